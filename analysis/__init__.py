@@ -1,0 +1,1 @@
+"""Analysis over the records runs write: tables with pandas, plots with matplotlib."""

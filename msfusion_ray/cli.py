@@ -1,0 +1,152 @@
+"""Command line: run, validate, profiles, plot.
+
+Bad input of any kind ends with one line on stderr naming the field or file, and exit code 2, before anything is
+started or written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from msfusion_ray.config import config_from_dict, load_config
+from msfusion_ray.errors import UserInputError
+from msfusion_ray.launch import RunFailed, execute, new_run_dir
+from msfusion_ray.schema import load_yaml
+
+EXIT_BAD_INPUT = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m msfusion_ray",
+                                     description="Compare collaborative training schemes on emulated device fleets.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run one experiment on a Ray cluster")
+    run.add_argument("config", nargs="?", help="experiment YAML (omit with --resume)")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
+    _add_config_options(run)
+    run.add_argument("--address", help="an existing Ray cluster (default: start an embedded local one)")
+    run.add_argument("--no-plots", action="store_true", help="skip the PNG plots at the end")
+
+    validate = commands.add_parser("validate", help="check a config, its fleet and data without running")
+    validate.add_argument("config")
+    _add_config_options(validate)
+
+    profiles = commands.add_parser("profiles", help="list the device profiles and fleets")
+    profiles.add_argument("--dir", help="profile directory (default: the project's device_profiles/)")
+
+    plot = commands.add_parser("plot", help="plot one or more finished runs")
+    plot.add_argument("run_dirs", nargs="+")
+    plot.add_argument("--out", help="output directory (default: RUN_DIR/plots for one run)")
+    return parser
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field, e.g. --set training.lr=0.01 (repeatable)")
+    parser.add_argument("--data-dir", help="where the data set's files are (same as --set data.data_dir=DIR)")
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    extra = [f"data.data_dir={args.data_dir}"] if args.data_dir else []
+    return list(args.set) + extra
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from msfusion_ray.experiment import prepare
+
+    prepared = prepare(load_config(args.config, _overrides(args)))
+    config = prepared.config
+    print(f"config ok: {config.name}, strategy {prepared.strategy.name}, model {config.model.name} "
+          f"(width {config.model.width}), {len(prepared.fleet)} participants, {len(prepared.data.train)} training "
+          f"samples")
+    print(f"{'participant':>11}  {'device':<22} {'samples':>7}  {'cap MiB':>9}  {'max rate':>8}")
+    for p in prepared.fleet.participants:
+        rate = prepared.capacity.max_rate(p.id)
+        print(f"{p.id:>11}  {p.device.name:<22} {len(prepared.partitions[p.id]):>7}  "
+              f"{p.memory_cap_bytes / 2**20:>9.1f}  {'none' if rate is None else f'{rate:.3f}':>8}")
+    return 0
+
+
+def _profiles(args: argparse.Namespace) -> int:
+    from msfusion_ray.devices.profile import default_profiles_dir, load_profiles
+
+    directory = Path(args.dir) if args.dir else default_profiles_dir()
+    print(f"{'profile':<22} {'memory MiB':>10} {'GFLOP/s':>8} {'up Mb/s':>8} {'down Mb/s':>9} {'RTT ms':>7} "
+          f"{'avail':>5}")
+    for profile in load_profiles(directory).values():
+        print(f"{profile.name:<22} {profile.memory_mib:>10.0f} {profile.train_gflops:>8.1f} "
+              f"{profile.uplink_mbps:>8.1f} {profile.downlink_mbps:>9.1f} {profile.latency_ms:>7.0f} "
+              f"{profile.availability:>5.2f}")
+    fleets = sorted((directory / "fleets").glob("*.yaml"))
+    if fleets:
+        print("\nfleets: " + ", ".join(f.stem for f in fleets))
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from analysis.plots import plot_runs
+
+    for run_dir in args.run_dirs:
+        if not (Path(run_dir) / "config.yaml").is_file():
+            raise UserInputError(run_dir, "not a run directory (no config.yaml)")
+    out = Path(args.out) if args.out else Path(args.run_dirs[0]) / "plots"
+    for path in plot_runs(args.run_dirs, out):
+        print(path)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from msfusion_ray.experiment import prepare
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise UserInputError(str(run_dir), "not a run directory (no config.yaml)")
+        config = config_from_dict(load_yaml(run_dir / "config.yaml"), _overrides(args), where=str(run_dir))
+        run_id = run_dir.name
+    elif args.config:
+        config = load_config(args.config, _overrides(args))
+    else:
+        raise UserInputError("run", "give a CONFIG or --resume RUN_DIR")
+    if args.address:
+        config = config_from_dict(config.to_dict(), [f"runtime.address={args.address}"])
+    prepared = prepare(config)  # every check happens before anything is written
+    if not args.resume:
+        run_dir, run_id = new_run_dir(config)
+    elif _overrides(args):
+        (run_dir / "config.yaml").write_text(config.to_yaml())  # e.g. more rounds for the resumed run
+    try:
+        summary = execute(prepared, run_dir, run_id, resume=bool(args.resume))
+    except RunFailed as err:
+        print(f"error: run failed: {err}", file=sys.stderr)
+        print(f"records so far: {run_dir} (continue with: python -m msfusion_ray run --resume {run_dir})",
+              file=sys.stderr)
+        return 1
+    print(f"run {run_id}: {summary['rounds_completed']} rounds, final accuracy {summary['final_accuracy']}, "
+          f"best {summary['best_accuracy']}, {summary['wall_s']:.1f} s")
+    print(f"records: {run_dir}")
+    if not args.no_plots:
+        from analysis.plots import plot_runs
+
+        for path in plot_runs([run_dir], run_dir / "plots"):
+            print(f"plot: {path}")
+    return 0
+
+
+COMMANDS = {"run": _run, "validate": _validate, "profiles": _profiles, "plot": _plot}

@@ -1,0 +1,142 @@
+"""The experiment config: one YAML file, one typed section per component, strict validation.
+
+Unknown fields, wrong types and out-of-range values are rejected with the dotted field name. Names that refer to
+registries (data set, model, strategy, device profiles) are checked later, in `msfusion_ray.experiment.prepare`,
+where those registries are at hand.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from msfusion_ray.errors import UserInputError
+from msfusion_ray.schema import (build, checked, fraction, load_yaml, non_negative, positive, set_dotted,
+                                 to_dict)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "fashion_mnist"
+    data_dir: str | None = None  # default: where the data set's package installs it
+    partition: Literal["iid", "dirichlet"] = "dirichlet"
+    alpha: float = checked(0.5, check=positive)  # Dirichlet concentration: small = strong label skew
+    train_samples: int | None = checked(None, check=positive)  # seeded subset of the training split
+    eval_samples: int | None = checked(None, check=positive)  # seeded subset of the test split
+    pad_to: int | None = checked(None, check=positive)  # pad images to pad_to x pad_to (28 -> 32)
+    min_samples_per_participant: int = checked(8, check=positive)
+    options: dict[str, Any] = field(default_factory=dict)  # data-set specific (e.g. the text's context length)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "cnn"
+    width: float = checked(1.0, check=positive)  # width multiplier of the global model
+    options: dict[str, Any] = field(default_factory=dict)  # family specific (e.g. a transformer's depth)
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    file: str | None = None  # a fleet scenario under device_profiles/fleets/
+    devices: dict[str, int] | None = None  # or inline: profile name -> count
+    size: int | None = checked(None, check=positive)  # rescale the mix to this many participants
+    memory_scale: float | None = checked(None, check=positive)  # overrides the fleet file's
+    profiles_dir: str | None = None  # default: the project's device_profiles/
+    sample_fraction: float = checked(1.0, check=fraction)  # share of the fleet asked to train each round
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    name: str = "fedavg"
+    params: dict[str, Any] = field(default_factory=dict)  # checked against the strategy's own Params
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    local_epochs: int = checked(1, check=positive)
+    local_steps: int | None = checked(None, check=positive)  # if set, replaces local_epochs
+    batch_size: int = checked(32, check=positive)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = checked(0.05, check=positive)
+    momentum: float = checked(0.9, check=non_negative)
+    weight_decay: float = checked(0.0, check=non_negative)
+    lr_decay: float = checked(1.0, check=fraction)  # the learning rate is multiplied by this every round
+
+    def optimizer_state_copies(self) -> int:
+        """Copies of the parameters the optimizer keeps (for the memory footprint)."""
+        if self.optimizer == "adam":
+            return 2
+        return 1 if self.momentum > 0 else 0
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    address: str | None = None  # an existing Ray cluster; default: start an embedded local one
+    num_cpus: int | None = checked(None, check=positive)  # CPUs of the embedded cluster (default: all)
+    hosts: int | None = checked(None, check=positive)  # host actors (default: one per participant up to max_hosts)
+    max_hosts: int = checked(8, check=positive)
+    threads_per_host: int = checked(1, check=positive)  # torch.set_num_threads inside each host
+    clock: Literal["virtual", "real"] = "virtual"  # real: hosts sleep so wall time matches device time
+    task_timeout_s: float = checked(900.0, check=positive)
+    checkpoint_every: int = checked(1, check=positive)
+    eval_every: int = checked(1, check=positive)
+    eval_batch_size: int = checked(500, check=positive)
+    dashboard: bool = False
+    object_store_mib: int = checked(1024, check=positive)
+    device_resources: bool = False  # on a real cluster: place participants on nodes with resource device:<name>
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str
+    rounds: int = checked(check=positive)
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    output_dir: str = "runs"
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`a.b=value` with a YAML value (so numbers, booleans, lists and null work)."""
+    if "=" not in text:
+        raise UserInputError(f"--set {text}", "expected key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        raise UserInputError(f"--set {key}", f"cannot parse value {raw!r}") from None
+    return key.strip(), value
+
+
+def config_from_dict(data: dict[str, Any], overrides: list[str] = (), where: str = "") -> ExperimentConfig:
+    data = copy.deepcopy(data)
+    for text in overrides:
+        set_dotted(data, *parse_override(text))
+    config = build(ExperimentConfig, data, where)
+    if config.fleet.file is None and config.fleet.devices is None:
+        raise UserInputError(f"{where}.fleet" if where else "fleet", "give either 'file' or 'devices'")
+    return config
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
+    """Read, override and validate an experiment config; errors name the file and the field."""
+    try:
+        return config_from_dict(load_yaml(path), overrides)
+    except UserInputError as err:
+        if err.where.startswith(str(path)) or err.where.startswith("--set"):
+            raise
+        raise UserInputError(f"{path}: {err.where}", err.message) from None

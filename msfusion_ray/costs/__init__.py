@@ -1,0 +1,1 @@
+"""Cost measurement: FLOPs, bytes, planned training footprint and measured memory peaks."""

@@ -1,0 +1,54 @@
+"""FLOPs of training steps, counted by torch itself and measured once per shape.
+
+`torch.utils.flop_counter.FlopCounterMode` counts matrix multiplications, convolutions and attention (2 FLOPs per
+multiply-add), forward and backward; elementwise ops, normalisation and the optimizer step count zero. A step's
+FLOPs depend only on the shapes involved, so the first step of each (sub-model shape, batch size) is counted and
+the figure reused for every later step of that key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Hashable, Iterable, TypeVar
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from msfusion_ray.costs.memory import TensorPeakTracker
+
+T = TypeVar("T")
+
+
+def count_flops(fn: Callable[[], T]) -> tuple[T, int]:
+    """Run `fn` and return its result with the FLOPs torch counted while it ran."""
+    with FlopCounterMode(display=False) as counter:
+        result = fn()
+    return result, int(counter.get_total_flops())
+
+
+@dataclass(frozen=True)
+class StepCost:
+    flops: int
+    peak_tensor_bytes: int  # live-tensor peak of the measured step, including the model's own tensors
+
+
+class StepCostCache:
+    """Measures the first step of each key (FLOPs and live-tensor peak) and remembers it."""
+
+    def __init__(self) -> None:
+        self._costs: dict[Hashable, StepCost] = {}
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._costs
+
+    def run(self, key: Hashable, step: Callable[[], T], resident: Iterable[torch.Tensor]) -> tuple[T, StepCost]:
+        """Run one step; measure it if `key` is new. `resident` are tensors alive before the step (the model)."""
+        cost = self._costs.get(key)
+        if cost is not None:
+            return step(), cost
+        tracker = TensorPeakTracker()
+        tracker.track(resident)
+        with tracker:
+            result, flops = count_flops(step)
+        cost = self._costs[key] = StepCost(flops=flops, peak_tensor_bytes=tracker.peak_bytes)
+        return result, cost

@@ -1,0 +1,103 @@
+"""The planned training footprint of a model: what must fit in a device's memory to train it.
+
+footprint = parameters + gradients + optimizer state + activations saved for backward + the input batch
+            + whatever the local objective keeps (e.g. frozen reference models)
+
+Activations are measured, not estimated: one forward pass on an example batch runs under torch's saved-tensor
+hooks and every distinct storage autograd keeps for backward is summed (parameters excluded: already counted).
+The result depends only on shapes, so it is cached per (model shape, batch size).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+OPTIMIZER_STATE_COPIES = {"sgd": 0, "sgd_momentum": 1, "adam": 2}
+
+
+@dataclass(frozen=True)
+class Footprint:
+    parameters: int
+    gradients: int
+    optimizer_state: int
+    activations: int
+    inputs: int
+    extra: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.parameters + self.gradients + self.optimizer_state + self.activations + self.inputs + self.extra
+
+
+def tensor_bytes(tensors: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def batch_bytes(batch: Any) -> int:
+    if isinstance(batch, torch.Tensor):
+        return batch.numel() * batch.element_size()
+    return sum(batch_bytes(item) for item in batch)
+
+
+def saved_activation_bytes(model: nn.Module, batch: Any, loss_of: Callable[[nn.Module, Any], torch.Tensor]) -> int:
+    """Bytes of the distinct storages autograd saves for backward in one forward pass (parameters excluded)."""
+    parameter_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameter_storages:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss_of(model, batch)
+    return sum(saved.values())
+
+
+def plan_footprint(model: nn.Module, batch: Any, loss_of: Callable[[nn.Module, Any], torch.Tensor],
+                   optimizer_state_copies: int, extra_bytes: int = 0) -> Footprint:
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    params = tensor_bytes(model.parameters()) + tensor_bytes(model.buffers())
+    grads = tensor_bytes(trainable)
+    return Footprint(
+        parameters=params,
+        gradients=grads,
+        optimizer_state=optimizer_state_copies * grads,
+        activations=saved_activation_bytes(model, batch, loss_of),
+        inputs=batch_bytes(batch),
+        extra=extra_bytes,
+    )
+
+
+class FootprintPlanner:
+    """Cached footprints of models built at given widths (units per width group).
+
+    `build(widths)` makes the model, `example_batch(batch_size)` an input batch of the right shape, `loss_of(model,
+    batch)` the training loss; `extra_bytes(model)` what the local objective adds.
+    """
+
+    def __init__(self, build: Callable[[Mapping[str, int]], nn.Module], example_batch: Callable[[int], Any],
+                 loss_of: Callable[[nn.Module, Any], torch.Tensor], optimizer_state_copies: int,
+                 extra_bytes: Callable[[nn.Module], int] = lambda model: 0):
+        self._build = build
+        self._example_batch = example_batch
+        self._loss_of = loss_of
+        self._copies = optimizer_state_copies
+        self._extra_bytes = extra_bytes
+        self._cache: dict[tuple[tuple, int], Footprint] = {}
+
+    def footprint(self, widths: Mapping[str, int], batch_size: int) -> Footprint:
+        key = (tuple(sorted(widths.items())), batch_size)
+        cached = self._cache.get(key)
+        if cached is None:
+            torch.manual_seed(0)
+            model = self._build(widths)
+            cached = plan_footprint(model, self._example_batch(batch_size), self._loss_of, self._copies,
+                                    self._extra_bytes(model))
+            self._cache[key] = cached
+        return cached

@@ -1,0 +1,100 @@
+"""Measured memory: the live-tensor peak of a block of torch code, and the process's resident-set peak."""
+
+from __future__ import annotations
+
+import weakref
+from contextlib import contextmanager
+from typing import Iterable, Iterator
+
+import psutil
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+
+class TensorPeakTracker(TorchDispatchMode):
+    """Peak bytes of tensor storage alive at once while the mode is active.
+
+    Every tensor an op returns is followed by a weak reference to its storage until it is freed, so the figure is
+    what torch allocated (activations, gradients, optimizer state, temporaries), independent of the allocator's
+    caching and of how the planner estimates it. Tensors that exist beforehand are added with `track`.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live_bytes = 0
+        self.peak_bytes = 0
+        self._refs: dict[int, weakref.ref] = {}
+
+    def track(self, tensors: Iterable[torch.Tensor]) -> None:
+        for tensor in tensors:
+            self._add(tensor)
+
+    def _add(self, tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        key, size = storage._cdata, storage.nbytes()
+        if size == 0 or key in self._refs:
+            return
+
+        def freed(_ref: weakref.ref, key: int = key, size: int = size) -> None:
+            if self._refs.pop(key, None) is not None:
+                self.live_bytes -= size
+
+        self._refs[key] = weakref.ref(storage, freed)
+        self.live_bytes += size
+        self.peak_bytes = max(self.peak_bytes, self.live_bytes)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 (torch's signature)
+        out = func(*args, **(kwargs or {}))
+        for leaf in tree_leaves(out):
+            if isinstance(leaf, torch.Tensor):
+                self._add(leaf)
+        return out
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's resident-set high-water mark (Linux >= 4.0); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class RssPeak:
+    """Result holder of `rss_peak`: bytes the process's resident set rose above its level at entry."""
+
+    delta_bytes: int = 0
+
+
+@contextmanager
+def rss_peak() -> Iterator[RssPeak]:
+    """Peak rise of the process's resident set over a block (VmHWM after a reset; plain RSS delta elsewhere).
+
+    Memory the allocator kept from earlier work is reused without raising RSS, so this is a lower bound on what the
+    block used; the live-tensor tracker gives the allocation-level figure.
+    """
+    result = RssPeak()
+    process = psutil.Process()
+    has_hwm = _reset_peak_rss()
+    start = process.memory_info().rss
+    try:
+        yield result
+    finally:
+        hwm_kib = _status_kib("VmHWM") if has_hwm else None
+        end = hwm_kib * 1024 if hwm_kib is not None else process.memory_info().rss
+        if torch.cuda.is_available():
+            end = max(end, start + torch.cuda.max_memory_allocated())
+        result.delta_bytes = max(0, end - start)

@@ -1,0 +1,72 @@
+"""Real data sets, read offline, and their partitioning across participants."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from msfusion_ray.config import DataConfig
+from msfusion_ray.data.arrays import ArrayDataset, DataBundle, channel_stats, pad_images
+from msfusion_ray.data.partition import partition_dirichlet, partition_iid
+from msfusion_ray.errors import UserInputError
+from msfusion_ray.models.base import DataShape
+
+
+def _image_bundle(name: str, arrays: dict[str, np.ndarray], config: DataConfig, seed: int) -> DataBundle:
+    if config.options:
+        raise UserInputError(f"data.options.{next(iter(config.options))}", f"unknown option for {name}")
+    train_x, test_x = arrays["train_x"], arrays["test_x"]
+    if config.pad_to is not None:
+        try:
+            train_x, test_x = pad_images(train_x, config.pad_to), pad_images(test_x, config.pad_to)
+        except ValueError as err:
+            raise UserInputError("data.pad_to", str(err)) from None
+    train = _subset(ArrayDataset(train_x, arrays["train_y"]), config.train_samples, seed, "train")
+    test = _subset(ArrayDataset(test_x, arrays["test_y"]), config.eval_samples, seed, "eval")
+    mean, std = channel_stats(train.x[:10000])
+    num_classes = int(max(arrays["train_y"].max(), arrays["test_y"].max())) + 1
+    return DataBundle(name, train, test, DataShape(tuple(train.x.shape[1:]), num_classes), mean, std)
+
+
+def _subset(split: ArrayDataset, size: int | None, seed: int, which: str) -> ArrayDataset:
+    if size is None or size >= len(split):
+        return split
+    chosen = np.sort(np.random.default_rng([seed, 0x5B5E7, len(which)]).choice(len(split), size, replace=False))
+    return split.subset(chosen)
+
+
+def _fashion_mnist(config: DataConfig, seed: int) -> DataBundle:
+    from msfusion_ray.data.fashion_mnist import load_fashion_mnist
+
+    return _image_bundle("fashion_mnist", load_fashion_mnist(config.data_dir), config, seed)
+
+
+def _cifar10(config: DataConfig, seed: int) -> DataBundle:
+    from msfusion_ray.data.cifar10 import load_cifar10
+
+    return _image_bundle("cifar10", load_cifar10(config.data_dir), config, seed)
+
+
+LOADERS: dict[str, Callable[[DataConfig, int], DataBundle]] = {
+    "fashion_mnist": _fashion_mnist,
+    "cifar10": _cifar10,
+}
+
+
+def load_data(config: DataConfig, seed: int) -> DataBundle:
+    if config.dataset not in LOADERS:
+        raise UserInputError("data.dataset", f"unknown data set '{config.dataset}' (known: {', '.join(LOADERS)})")
+    return LOADERS[config.dataset](config, seed)
+
+
+def partition(bundle: DataBundle, config: DataConfig, n_parts: int, seed: int) -> list[np.ndarray]:
+    """Each participant's sample indices into the training split."""
+    if n_parts * config.min_samples_per_participant > len(bundle.train):
+        raise UserInputError("fleet", f"{n_parts} participants need at least "
+                                      f"{n_parts * config.min_samples_per_participant} training samples "
+                                      f"({config.min_samples_per_participant} each) but the training split has "
+                                      f"{len(bundle.train)}")
+    if config.partition == "iid":
+        return partition_iid(len(bundle.train), n_parts, seed)
+    return partition_dirichlet(bundle.train.y, n_parts, config.alpha, seed, config.min_samples_per_participant)

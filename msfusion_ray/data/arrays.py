@@ -1,0 +1,68 @@
+"""In-memory data sets as plain numpy arrays: what travels through Ray's object store without copies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from msfusion_ray.models.base import DataShape
+
+
+@dataclass(frozen=True)
+class ArrayDataset:
+    """Samples `x` (uint8 images N x C x H x W, or int token windows) and integer labels `y`."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, indices: np.ndarray) -> "ArrayDataset":
+        return ArrayDataset(self.x[indices], self.y[indices])
+
+
+@dataclass(frozen=True)
+class DataBundle:
+    """A data set ready for training: splits, shape, and how to turn stored samples into model inputs."""
+
+    name: str
+    train: ArrayDataset
+    test: ArrayDataset
+    shape: DataShape
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    extras: dict = field(default_factory=dict)
+
+    def to_batch(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model inputs from stored samples: images scaled to [0, 1] and standardised per channel."""
+        if self.shape.task == "language_model":
+            return torch.from_numpy(np.asarray(x, dtype=np.int64)), torch.from_numpy(np.asarray(y, dtype=np.int64))
+        images = torch.from_numpy(np.asarray(x, dtype=np.float32)).div_(255.0)
+        if self.mean:
+            mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
+            std = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
+            images = images.sub_(mean).div_(std)
+        return images, torch.from_numpy(np.asarray(y, dtype=np.int64))
+
+
+def pad_images(x: np.ndarray, size: int) -> np.ndarray:
+    """Zero-pad N x C x H x W images to size x size (e.g. Fashion-MNIST 28 -> 32, CIFAR's shape)."""
+    height, width = x.shape[-2:]
+    if (height, width) == (size, size):
+        return x
+    if height > size or width > size:
+        raise ValueError(f"cannot pad {height}x{width} images to {size}x{size}")
+    top, left = (size - height) // 2, (size - width) // 2
+    padded = np.zeros((*x.shape[:-2], size, size), dtype=x.dtype)
+    padded[..., top:top + height, left:left + width] = x
+    return padded
+
+
+def channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation of uint8 images, on the [0, 1] scale."""
+    scaled = x.astype(np.float32) / 255.0
+    axes = (0, 2, 3)
+    return tuple(float(v) for v in scaled.mean(axis=axes)), tuple(float(v) for v in scaled.std(axis=axes))

@@ -1,0 +1,86 @@
+"""CIFAR-10 for users who have it: the binary batches, or the python batches through a locked-down unpickler.
+
+The binary version (cifar-10-batches-bin) is read directly: each record is one label byte and 3072 pixel bytes.
+The python version (cifar-10-batches-py) is a pickle; it is opened with an unpickler that admits nothing but
+numpy's array reconstruction, so a tampered file cannot run code.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from msfusion_ray.errors import UserInputError
+
+RECORD_BYTES = 1 + 3 * 32 * 32
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCH = "test_batch"
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+INSTALL_HINT = ("download CIFAR-10 (binary or python version) from https://www.cs.toronto.edu/~kriz/cifar.html, "
+                "extract it and pass --data-dir DIR")
+
+# The only globals a CIFAR python batch needs: numpy's array reconstruction.
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+}
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):  # noqa: ANN201 (pickle's signature)
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
+
+
+def read_binary_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size == 0 or raw.size % RECORD_BYTES:
+        raise UserInputError(str(path), f"not a CIFAR-10 binary batch (size {raw.size} is not a multiple of "
+                                        f"{RECORD_BYTES})")
+    records = raw.reshape(-1, RECORD_BYTES)
+    return records[:, 1:].reshape(-1, 3, 32, 32), records[:, 0].astype(np.int64)
+
+
+def read_python_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as stream:
+            batch = _ArraysOnlyUnpickler(stream, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError) as err:
+        raise UserInputError(str(path), f"not a safe CIFAR-10 python batch ({err})") from None
+    if not isinstance(batch, dict):
+        raise UserInputError(str(path), "not a CIFAR-10 python batch (expected a dict)")
+    data = batch.get(b"data", batch.get("data"))
+    labels = batch.get(b"labels", batch.get("labels"))
+    if not isinstance(data, np.ndarray) or labels is None or data.shape[1:] != (3072,) or len(data) != len(labels):
+        raise UserInputError(str(path), "not a CIFAR-10 python batch (needs 'data' N x 3072 and 'labels')")
+    return data.astype(np.uint8).reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+
+
+def _batch_paths(directory: Path) -> tuple[list[Path], Path, str] | None:
+    for sub, suffix, kind in (("cifar-10-batches-bin", ".bin", "binary"), ("cifar-10-batches-py", "", "python"),
+                              ("", ".bin", "binary"), ("", "", "python")):
+        base = directory / sub if sub else directory
+        train = [base / f"{name}{suffix}" for name in TRAIN_BATCHES]
+        test = base / f"{TEST_BATCH}{suffix}"
+        if test.is_file() and all(p.is_file() for p in train):
+            return train, test, kind
+    return None
+
+
+def load_cifar10(directory: str | Path | None) -> dict[str, np.ndarray]:
+    """{"train_x", "train_y", "test_x", "test_y"}: images N x 3 x 32 x 32 uint8, labels int64."""
+    if directory is None:
+        raise UserInputError("data.data_dir", f"CIFAR-10 is not shipped with this tool; {INSTALL_HINT}")
+    directory = Path(directory)
+    found = _batch_paths(directory) if directory.is_dir() else None
+    if found is None:
+        raise UserInputError("data.data_dir", f"{directory}: no CIFAR-10 batches found; {INSTALL_HINT}")
+    train_paths, test_path, kind = found
+    read = read_binary_batch if kind == "binary" else read_python_batch
+    train = [read(p) for p in train_paths]
+    test_x, test_y = read(test_path)
+    return {"train_x": np.concatenate([x for x, _ in train]), "train_y": np.concatenate([y for _, y in train]),
+            "test_x": test_x, "test_y": test_y}

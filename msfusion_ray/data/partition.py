@@ -1,0 +1,52 @@
+"""Splitting a training set across participants: IID, or label skew drawn from a Dirichlet distribution.
+
+Both are seeded: the same seed, labels and participant count give the same partition.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from msfusion_ray.errors import UserInputError
+
+
+def partition_iid(n_samples: int, n_parts: int, seed: int) -> list[np.ndarray]:
+    """A random permutation cut into `n_parts` near-equal shares."""
+    if n_parts > n_samples:
+        raise UserInputError("fleet", f"{n_parts} participants but only {n_samples} training samples")
+    order = np.random.default_rng([seed, 0x11D]).permutation(n_samples)
+    return [np.sort(part) for part in np.array_split(order, n_parts)]
+
+
+def partition_dirichlet(labels: np.ndarray, n_parts: int, alpha: float, seed: int, min_samples: int = 1,
+                        max_tries: int = 1000) -> list[np.ndarray]:
+    """Label skew: for every class, its samples are shared out with proportions drawn from Dirichlet(alpha).
+
+    Small alpha gives each participant few classes; large alpha approaches IID. Draws are repeated until every
+    participant holds at least `min_samples` samples.
+    """
+    labels = np.asarray(labels)
+    if n_parts * min_samples > len(labels):
+        raise UserInputError("fleet", f"{n_parts} participants need {n_parts * min_samples} training samples "
+                                      f"(data.min_samples_per_participant={min_samples}) but only {len(labels)} exist")
+    rng = np.random.default_rng([seed, 0xD1C])
+    classes = np.unique(labels)
+    by_class = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
+    for _ in range(max_tries):
+        parts: list[list[np.ndarray]] = [[] for _ in range(n_parts)]
+        for indices in by_class:
+            shares = rng.dirichlet(np.full(n_parts, alpha))
+            cuts = (np.cumsum(shares)[:-1] * len(indices)).astype(int)
+            for part, chunk in zip(parts, np.split(indices, cuts)):
+                part.append(chunk)
+        merged = [np.sort(np.concatenate(p)) for p in parts]
+        if min(len(p) for p in merged) >= min_samples:
+            return merged
+    raise UserInputError("data.alpha", f"Dirichlet(alpha={alpha}) could not give each of {n_parts} participants "
+                                       f"{min_samples} samples in {max_tries} draws; raise alpha or lower "
+                                       "data.min_samples_per_participant")
+
+
+def label_histogram(labels: np.ndarray, parts: list[np.ndarray], num_classes: int) -> np.ndarray:
+    """Participants x classes counts (for records and tests)."""
+    return np.stack([np.bincount(labels[p], minlength=num_classes) for p in parts])

@@ -1,0 +1,1 @@
+"""Device emulation: profiles, fleets, the memory guard, the virtual clock, and capacity answers for strategies."""

@@ -1,0 +1,71 @@
+"""Answers a strategy's question "what can this participant hold?" from the fleet's memory caps.
+
+Strategies never see device profiles; they get the largest uniform splitting rate whose planned training
+footprint fits a participant's cap, or a yes/no for given widths. The planner behind it is the same one each
+participant's memory guard uses, so a planned rate is never refused.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from msfusion_ray.config import TrainingConfig
+from msfusion_ray.costs.footprint import FootprintPlanner
+from msfusion_ray.devices.fleet import Fleet
+from msfusion_ray.models.base import ModelFamily
+from msfusion_ray.splitting.index_map import prefix_selection, widths_of
+from msfusion_ray.training.losses import loss_of
+from msfusion_ray.training.objective import LocalObjective
+
+
+def make_planner(family: ModelFamily, training: TrainingConfig,
+                 objective: LocalObjective | None = None) -> FootprintPlanner:
+    """The footprint planner for a model family trained with these settings and this local objective."""
+    return FootprintPlanner(
+        build=family.build,
+        example_batch=family.example_batch,
+        loss_of=loss_of(family.data.task),
+        optimizer_state_copies=training.optimizer_state_copies(),
+        extra_bytes=objective.extra_bytes if objective is not None else (lambda model: 0),
+    )
+
+
+class CapacityOracle:
+    """Rates are searched on a grid of 1/resolution steps (footprints grow with the rate)."""
+
+    def __init__(self, fleet: Fleet, family: ModelFamily, planner: FootprintPlanner, batch_size: int,
+                 resolution: int = 64):
+        self._caps = {p.id: p.memory_cap_bytes for p in fleet.participants}
+        self._family = family
+        self._planner = planner
+        self._batch_size = batch_size
+        self._resolution = resolution
+        self._rate_by_cap: dict[int, float | None] = {}
+
+    def footprint_bytes(self, widths: Mapping[str, int]) -> int:
+        return self._planner.footprint(widths, self._batch_size).total
+
+    def rate_widths(self, rate: float) -> dict[str, int]:
+        return widths_of(self._family.spec, prefix_selection(self._family.spec, rate))
+
+    def fits(self, participant: int, widths: Mapping[str, int]) -> bool:
+        return self.footprint_bytes(widths) <= self._caps[participant]
+
+    def max_rate(self, participant: int) -> float | None:
+        cap = self._caps[participant]
+        if cap not in self._rate_by_cap:
+            self._rate_by_cap[cap] = self._search(cap)
+        return self._rate_by_cap[cap]
+
+    def _search(self, cap: int) -> float | None:
+        low, high = 0, self._resolution  # invariant: step `low` fits (0 means none), steps above `high` do not
+        if self.footprint_bytes(self.rate_widths(1 / self._resolution)) > cap:
+            return None
+        low = 1
+        while low < high:
+            middle = (low + high + 1) // 2
+            if self.footprint_bytes(self.rate_widths(middle / self._resolution)) <= cap:
+                low = middle
+            else:
+                high = middle - 1
+        return low / self._resolution

@@ -1,0 +1,70 @@
+"""The virtual clock: how long a participant's work would take on its device.
+
+device seconds = FLOPs / (device FLOP/s) + bytes down / downlink + bytes up / uplink + round-trip latency.
+In `real` mode the participant also sleeps until its wall time matches that figure.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from msfusion_ray.devices.profile import DeviceProfile
+
+
+@dataclass(frozen=True)
+class DeviceTime:
+    compute_s: float
+    download_s: float
+    upload_s: float
+    latency_s: float
+
+    @property
+    def communication_s(self) -> float:
+        return self.download_s + self.upload_s + self.latency_s
+
+    @property
+    def total_s(self) -> float:
+        return self.compute_s + self.communication_s
+
+
+def device_time(profile: DeviceProfile, flops: float, bytes_down: int, bytes_up: int) -> DeviceTime:
+    return DeviceTime(
+        compute_s=flops / profile.flops_per_s,
+        download_s=bytes_down / profile.downlink_bytes_per_s,
+        upload_s=bytes_up / profile.uplink_bytes_per_s,
+        latency_s=profile.latency_ms / 1000.0,
+    )
+
+
+class VirtualClock:
+    """A participant's own clock: the device seconds it has spent so far."""
+
+    def __init__(self, now_s: float = 0.0):
+        self.now_s = now_s
+
+    def advance(self, seconds: float) -> float:
+        self.now_s += seconds
+        return self.now_s
+
+
+@dataclass(frozen=True)
+class Pacing:
+    slept_s: float
+    behind_s: float  # > 0 when the host was slower than the device it emulates
+
+    def warning(self, device: str) -> str | None:
+        if self.behind_s <= 0:
+            return None
+        return (f"host slower than profile '{device}' by {self.behind_s:.2f} s this round: "
+                "wall time cannot match device time")
+
+
+def pace(device_s: float, wall_s: float, sleep: Callable[[float], None] = time.sleep) -> Pacing:
+    """Real mode: sleep off the difference so that wall time equals device time."""
+    gap = device_s - wall_s
+    if gap > 0:
+        sleep(gap)
+        return Pacing(slept_s=gap, behind_s=0.0)
+    return Pacing(slept_s=0.0, behind_s=-gap)

@@ -1,0 +1,64 @@
+"""Device profiles: what one class of device can give to training (memory, compute, network, availability)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from msfusion_ray.errors import UserInputError
+from msfusion_ray.schema import build, checked, load_yaml, positive, probability
+
+MIB = 1024**2
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """One device class. Values are for the training job, not the spec sheet: memory the job may use, sustained
+    FLOP/s of training (not peak), and the link the device actually gets."""
+
+    name: str
+    description: str
+    memory_mib: float = checked(check=positive)
+    train_gflops: float = checked(check=positive)
+    uplink_mbps: float = checked(check=positive)
+    downlink_mbps: float = checked(check=positive)
+    latency_ms: float = checked(0.0, check=lambda v: None if v >= 0 else f"must be >= 0 (got {v})")
+    availability: float = checked(1.0, check=probability)
+    native: bool = False  # on a real cluster: the node is the device, nothing is emulated
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(self.memory_mib * MIB)
+
+    @property
+    def flops_per_s(self) -> float:
+        return self.train_gflops * 1e9
+
+    @property
+    def uplink_bytes_per_s(self) -> float:
+        return self.uplink_mbps * 1e6 / 8
+
+    @property
+    def downlink_bytes_per_s(self) -> float:
+        return self.downlink_mbps * 1e6 / 8
+
+
+def default_profiles_dir() -> Path:
+    """device_profiles/ beside the package (the project checkout)."""
+    return Path(__file__).resolve().parents[2] / "device_profiles"
+
+
+def load_profile(path: str | Path) -> DeviceProfile:
+    path = Path(path)
+    profile = build(DeviceProfile, load_yaml(path), str(path))
+    if profile.name != path.stem:
+        raise UserInputError(f"{path}.name", f"must match the file name '{path.stem}' (got '{profile.name}')")
+    return profile
+
+
+def load_profiles(directory: str | Path | None = None) -> dict[str, DeviceProfile]:
+    """Every profile in a directory (one YAML file per device class), by name."""
+    directory = Path(directory) if directory is not None else default_profiles_dir()
+    if not directory.is_dir():
+        raise UserInputError(str(directory), "device profile directory not found")
+    return {p.stem: load_profile(p) for p in sorted(directory.glob("*.yaml"))}

@@ -1,0 +1,81 @@
+"""From a config to everything a run needs, checked before anything is started or written.
+
+`prepare` resolves every name (data set, model, strategy, device profiles, fleet), loads and partitions the data,
+asks the strategy to fix its global model against the fleet's capacity, and rejects impossible set-ups. It runs in
+the CLI before a run directory exists (so bad input leaves nothing behind) and again inside the driver actor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from msfusion_ray.config import ExperimentConfig
+from msfusion_ray.data import load_data, partition
+from msfusion_ray.data.arrays import DataBundle
+from msfusion_ray.devices.capacity import CapacityOracle, make_planner
+from msfusion_ray.devices.fleet import Fleet, FleetSpec, load_fleet_spec, make_fleet
+from msfusion_ray.devices.profile import default_profiles_dir, load_profiles
+from msfusion_ray.errors import UserInputError
+from msfusion_ray.models.base import ModelFamily, build_family
+from msfusion_ray.strategies import make_strategy
+from msfusion_ray.strategies.base import ParticipantInfo, Strategy
+from msfusion_ray.training.objective import make_objective
+
+
+@dataclass
+class Prepared:
+    config: ExperimentConfig
+    data: DataBundle
+    fleet: Fleet
+    partitions: list[np.ndarray]
+    family: ModelFamily  # the global model's family (after the strategy fixed it)
+    strategy: Strategy
+    capacity: CapacityOracle
+
+    def participant_infos(self) -> list[ParticipantInfo]:
+        return [ParticipantInfo(p.id, p.device.name, len(self.partitions[p.id])) for p in self.fleet.participants]
+
+
+def project_path(path: str) -> Path:
+    """A path as given if it exists, else relative to the project checkout (configs name project files)."""
+    given = Path(path)
+    if given.exists() or given.is_absolute():
+        return given
+    in_project = Path(__file__).resolve().parents[1] / path
+    return in_project if in_project.exists() else given
+
+
+def resolve_fleet(config: ExperimentConfig) -> Fleet:
+    fleet_config = config.fleet
+    profiles_dir = project_path(fleet_config.profiles_dir) if fleet_config.profiles_dir else default_profiles_dir()
+    profiles = load_profiles(profiles_dir)
+    if fleet_config.file is not None:
+        spec, where = load_fleet_spec(project_path(fleet_config.file)), str(fleet_config.file)
+    else:
+        spec, where = FleetSpec(name="inline", devices=dict(fleet_config.devices)), "fleet"
+    return make_fleet(spec, profiles, size=fleet_config.size, memory_scale=fleet_config.memory_scale,
+                      seed=config.seed, where=where)
+
+
+def prepare(config: ExperimentConfig, data: DataBundle | None = None) -> Prepared:
+    fleet = resolve_fleet(config)
+    if data is None:
+        data = load_data(config.data, config.seed)
+    partitions = partition(data, config.data, len(fleet), config.seed)
+    family = build_family(config.model.name, data.shape, config.model.width, config.model.options)
+    strategy = make_strategy(config.strategy, family, config.seed)
+    spec = strategy.objective()
+    objective = make_objective(spec.name, spec.params) if spec is not None else None
+    capacity = CapacityOracle(fleet, family, make_planner(family, config.training, objective),
+                              config.training.batch_size)
+    infos = [ParticipantInfo(p.id, p.device.name, len(partitions[p.id])) for p in fleet.participants]
+    if all(capacity.max_rate(p.id) is None for p in fleet.participants):
+        narrowest = capacity.footprint_bytes(capacity.rate_widths(1e-9))
+        largest = max(p.memory_cap_bytes for p in fleet.participants)
+        raise UserInputError("fleet", f"no participant can train even the narrowest sub-model (needs "
+                                      f"{narrowest / 2**20:.1f} MiB, largest memory cap {largest / 2**20:.1f} MiB)")
+    global_family = strategy.configure(capacity, infos)
+    return Prepared(config, data, fleet, partitions, global_family, strategy, capacity)

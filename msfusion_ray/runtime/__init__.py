@@ -1,0 +1,1 @@
+"""Ray: the embedded cluster, the driver actor, host actors, the round engine and checkpoints."""

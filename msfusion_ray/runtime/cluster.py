@@ -1,0 +1,50 @@
+"""Starting (or joining) the Ray cluster a run uses.
+
+The embedded local cluster is an offline tool's cluster: it binds to 127.0.0.1 only, sends no usage statistics,
+and its processes get a proxy setting that makes any attempt to reach outside (Ray's dashboard probes a cloud
+metadata address at start-up) fail at once on loopback. Joining an existing cluster (`--address`) changes nothing
+in the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
+import ray
+
+from msfusion_ray.config import RuntimeConfig
+
+_DEAD_PROXY = "http://127.0.0.1:9"
+OFFLINE_LOOPBACK_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # bind every Ray socket to 127.0.0.1
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "http_proxy": _DEAD_PROXY, "https_proxy": _DEAD_PROXY,
+    "HTTP_PROXY": _DEAD_PROXY, "HTTPS_PROXY": _DEAD_PROXY,
+    "no_proxy": "localhost,127.0.0.1,::1", "NO_PROXY": "localhost,127.0.0.1,::1",
+}
+
+
+def apply_offline_env() -> None:
+    """Set the loopback-only, no-telemetry environment for this process and the Ray processes it starts."""
+    os.environ.update(OFFLINE_LOOPBACK_ENV)
+
+
+@contextmanager
+def ray_cluster(runtime: RuntimeConfig) -> Iterator[None]:
+    """Use the Ray session already open in this process, join `runtime.address`, or start an embedded cluster.
+    Only a cluster this call started or joined is shut down on exit (never `ray stop`)."""
+    if ray.is_initialized():
+        yield
+        return
+    if runtime.address:
+        ray.init(address=runtime.address, log_to_driver=False)
+    else:
+        apply_offline_env()
+        ray.init(num_cpus=runtime.num_cpus, include_dashboard=runtime.dashboard, log_to_driver=False,
+                 object_store_memory=runtime.object_store_mib * 1024**2)
+    try:
+        yield
+    finally:
+        ray.shutdown()

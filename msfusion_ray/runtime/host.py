@@ -1,0 +1,65 @@
+"""Host actors: the Ray processes that hold participants.
+
+A host keeps a `ParticipantWorker` (data shard, virtual clock, objective state) for every participant assigned to
+it and runs their rounds one after another. By default each participant has its own host; for large fleets a
+bounded pool of hosts carries many participants each. Assignment is sticky, so a participant's state never moves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+import torch
+
+from msfusion_ray.costs.flops import StepCostCache
+from msfusion_ray.models.base import ModelFamily
+from msfusion_ray.runtime.participant import ParticipantSpec, ParticipantWorker, WorkerSettings
+from msfusion_ray.strategies.base import TrainTask
+
+
+class Host:
+    def __init__(self, host_id: int, family: ModelFamily, data_box: list, participants: list[ParticipantSpec],
+                 settings: WorkerSettings, threads: int, fetch_timeout_s: float):
+        torch.set_num_threads(threads)
+        self.host_id = host_id
+        self.fetch_timeout_s = fetch_timeout_s
+        data = ray.get(data_box[0], timeout=fetch_timeout_s)
+        costs = StepCostCache()  # shared by the host's participants: same shapes cost the same
+        self.workers = {p.id: ParticipantWorker(p, family, data, settings, costs) for p in participants}
+
+    def ping(self) -> int:
+        return self.host_id
+
+    def run(self, round_idx: int, task: TrainTask, payload_box: list, lr: float):  # noqa: ANN201
+        """Train one participant. The payload ref comes boxed in a list so that it is fetched only if the
+        participant's memory guard lets the work start."""
+        worker = self.workers[task.participant]
+        return worker.run(round_idx, task, lambda: ray.get(payload_box[0], timeout=self.fetch_timeout_s), lr)
+
+    def export_state(self) -> dict[int, Any]:
+        return {pid: worker.export_state() for pid, worker in self.workers.items()}
+
+    def import_state(self, states: dict[int, Any]) -> None:
+        for pid, state in states.items():
+            if pid in self.workers:
+                self.workers[pid].import_state(state)
+
+
+HostActor = ray.remote(max_restarts=0)(Host)
+
+
+def assign_hosts(participant_ids: list[int], n_hosts: int, groups: dict[int, str] | None = None) -> list[list[int]]:
+    """Sticky assignment of participants to hosts: round-robin, or within device classes when `groups` is given
+    (so that a host serves one class and can be placed on that class's nodes)."""
+    if groups is None:
+        return [participant_ids[h::n_hosts] for h in range(n_hosts)]
+    by_class: dict[str, list[int]] = {}
+    for pid in participant_ids:
+        by_class.setdefault(groups[pid], []).append(pid)
+    hosts: list[list[int]] = []
+    share = max(1, n_hosts // len(by_class))
+    for members in by_class.values():
+        count = min(share, len(members))
+        hosts.extend(members[h::count] for h in range(count))
+    return hosts

@@ -1,0 +1,80 @@
+"""Streaming scatter-add aggregation of (sub-)model updates.
+
+Each update is added into running weighted sums at the global positions its index map names, with per-entry
+weights: sum_k w_k * x_k[i] and sum_k w_k over the updates that cover entry i. The result is their ratio where some
+update covered the entry and the previous global value elsewhere. Memory is two arrays per parameter, whatever the
+number of updates. Optionally it also keeps weighted sums of squares, from which the disagreement between
+updates on shared entries (the model shift) is computed.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from msfusion_ray.splitting.index_map import IndexMap, Weights, outer_index
+
+
+class ScatterAccumulator:
+    def __init__(self, template: Mapping[str, np.ndarray], track_dispersion: bool = False):
+        self._shapes = {k: v.shape for k, v in template.items()}
+        self._sums = {k: np.zeros(s, dtype=np.float64) for k, s in self._shapes.items()}
+        self._weights = {k: np.zeros(s, dtype=np.float64) for k, s in self._shapes.items()}
+        self._squares = ({k: np.zeros(s, dtype=np.float64) for k, s in self._shapes.items()}
+                         if track_dispersion else None)
+        self._counts = ({k: np.zeros(s, dtype=np.int32) for k, s in self._shapes.items()}
+                        if track_dispersion else None)
+        self.updates = 0
+
+    def add(self, sub: Mapping[str, np.ndarray], imap: IndexMap | None, weight: float,
+            reference: Mapping[str, np.ndarray] | None = None) -> None:
+        """Fold one update in. With dispersion tracking, `reference` (the weights the participant started from,
+        restricted like `sub`) turns the update into a delta before its square is kept."""
+        if weight <= 0:
+            return
+        for key, value in sub.items():
+            index = imap[key] if imap is not None else (None,) * value.ndim
+            where = outer_index(index, self._shapes[key]) if any(i is not None for i in index) else ...
+            self._sums[key][where] += weight * value
+            self._weights[key][where] += weight
+            if self._squares is not None:
+                delta = value - reference[key] if reference is not None else value
+                self._squares[key][where] += weight * np.square(delta, dtype=np.float64)
+                self._counts[key][where] += 1
+        self.updates += 1
+
+    def coverage(self) -> dict[str, np.ndarray]:
+        """Per entry, the total weight of the updates that covered it (0: nobody trained it)."""
+        return self._weights
+
+    def result(self, previous: Mapping[str, np.ndarray]) -> Weights:
+        out = {}
+        for key, prev in previous.items():
+            weights = self._weights[key]
+            covered = weights > 0
+            merged = np.array(prev, dtype=np.float32)
+            merged[covered] = (self._sums[key][covered] / weights[covered]).astype(np.float32)
+            out[key] = merged
+        return out
+
+    def shared_dispersion(self, previous: Mapping[str, np.ndarray]) -> tuple[float, float]:
+        """(mean variance of the updates' deltas, mean squared delta) over entries that two or more updates
+        shared. Their ratio is a scale-free measure of how far the updates disagree where they overlap."""
+        if self._squares is None:
+            raise RuntimeError("ScatterAccumulator was built without track_dispersion")
+        variance = energy = 0.0
+        entries = 0
+        for key, prev in previous.items():
+            shared = self._counts[key] >= 2
+            if not shared.any():
+                continue
+            w = self._weights[key][shared]
+            mean_delta = self._sums[key][shared] / w - prev[shared]
+            mean_square = self._squares[key][shared] / w
+            variance += float(np.maximum(mean_square - mean_delta**2, 0.0).sum())
+            energy += float(mean_square.sum())
+            entries += int(shared.sum())
+        if entries == 0:
+            return 0.0, 0.0
+        return variance / entries, energy / entries

@@ -1,0 +1,99 @@
+"""Declarative split specs: which axis of which parameter is "width", and which axes must move together.
+
+A model tags the layers whose sizes are width with `width_axes(layer, inp=..., out=...)`, naming a *width group*
+for the input and output side. Layers that share a group share one index set: a conv's output channels, its
+BatchNorm and the next conv's input channels; every layer that writes a residual stream; the three projections of
+an attention layer (whose unit is a whole head). The spec is then read off the model by layer *type* (which axis of
+a Conv2d weight is "out"), never by layer name. Untagged layers, and the input of the first layer and the output of
+the classifier, stay whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+from torch import nn
+
+# Which axis of each parameter or buffer is the layer's output side and which its input side.
+AXIS_ROLES: dict[type[nn.Module], dict[str, tuple[str | None, ...]]] = {
+    nn.Conv2d: {"weight": ("out", "in", None, None), "bias": ("out",)},
+    nn.Linear: {"weight": ("out", "in"), "bias": ("out",)},
+    nn.modules.batchnorm._BatchNorm: {
+        "weight": ("out",), "bias": ("out",), "running_mean": ("out",), "running_var": ("out",),
+    },
+    nn.LayerNorm: {"weight": ("out",), "bias": ("out",)},
+    nn.Embedding: {"weight": (None, "out")},
+}
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One width axis of a parameter: its group, and how many consecutive elements make one unit of the group
+    (1 for channels; H*W where a conv output is flattened into a linear layer; head_dim for attention heads)."""
+
+    group: str
+    block: int = 1
+
+
+AxisTag = str | tuple[str, int] | None
+
+
+def _axis(tag: AxisTag) -> Axis | None:
+    if tag is None:
+        return None
+    return Axis(tag) if isinstance(tag, str) else Axis(*tag)
+
+
+def width_axes(module: nn.Module, *, inp: AxisTag = None, out: AxisTag = None) -> nn.Module:
+    """Tag `module`'s input and output sides with width groups; returns the module for inline use."""
+    module.width_in = _axis(inp)
+    module.width_out = _axis(out)
+    return module
+
+
+def _roles_for(module: nn.Module) -> dict[str, tuple[str | None, ...]] | None:
+    for kind, roles in AXIS_ROLES.items():
+        if isinstance(module, kind):
+            return roles
+    return None
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """Width groups (units at full width) and, per state-dict key, the width axis of each dimension."""
+
+    groups: Mapping[str, int]
+    params: Mapping[str, tuple[Axis | None, ...]]
+
+    @classmethod
+    def of(cls, model: nn.Module) -> "SplitSpec":
+        """Read the spec off a full-width model's tags."""
+        state = model.state_dict()
+        params: dict[str, tuple[Axis | None, ...]] = {
+            key: (None,) * value.dim() for key, value in state.items() if value.is_floating_point()
+        }
+        groups: dict[str, int] = {}
+        for prefix, module in model.named_modules():
+            roles = _roles_for(module)
+            if roles is None or not hasattr(module, "width_in"):
+                continue
+            sides = {"in": module.width_in, "out": module.width_out}
+            for name, role in roles.items():
+                key = f"{prefix}.{name}" if prefix else name
+                if key not in params:
+                    continue
+                axes = tuple(sides[r] if r is not None else None for r in role)
+                params[key] = axes
+                for dim, axis in enumerate(axes):
+                    if axis is not None:
+                        _register(groups, axis, state[key].shape[dim], key)
+        return cls(groups=groups, params=params)
+
+
+def _register(groups: dict[str, int], axis: Axis, length: int, key: str) -> None:
+    if length % axis.block:
+        raise ValueError(f"{key}: axis of length {length} is not a whole number of {axis.block}-element units")
+    units = length // axis.block
+    if groups.setdefault(axis.group, units) != units:
+        raise ValueError(f"{key}: width group '{axis.group}' has {units} units here, {groups[axis.group]} elsewhere")

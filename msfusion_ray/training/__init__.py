@@ -1,0 +1,1 @@
+"""The local training loop and evaluation, shared by every scheme."""

@@ -1,0 +1,29 @@
+"""Evaluation of a model on held-out data: accuracy and loss, or perplexity for language models."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from msfusion_ray.data.arrays import ArrayDataset, DataBundle
+from msfusion_ray.training.losses import task_loss
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: DataBundle, split: ArrayDataset, batch_size: int) -> dict[str, float]:
+    model.eval()
+    loss_sum = correct = count = 0.0
+    for start in range(0, len(split), batch_size):
+        x, y = data.to_batch(split.x[start:start + batch_size], split.y[start:start + batch_size])
+        logits = model(x)
+        weight = y.numel()
+        loss_sum += float(task_loss(data.shape.task, logits, y)) * weight
+        correct += float((logits.argmax(dim=-1) == y).sum())
+        count += weight
+    loss = loss_sum / max(count, 1)
+    metrics = {"loss": loss, "accuracy": correct / max(count, 1)}
+    if data.shape.task == "language_model":
+        metrics["perplexity"] = math.exp(min(loss, 50.0))
+    return metrics

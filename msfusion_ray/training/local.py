@@ -1,0 +1,84 @@
+"""The local training loop every participant runs, whatever the scheme."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Hashable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from msfusion_ray.config import TrainingConfig
+from msfusion_ray.costs.flops import StepCostCache
+from msfusion_ray.data.arrays import DataBundle
+from msfusion_ray.training.losses import task_loss
+from msfusion_ray.training.objective import LocalObjective
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    samples: int  # samples seen, counting repeats over epochs
+    steps: int
+    flops: int
+    peak_tensor_bytes: int  # live-tensor peak of the largest measured step
+    task_loss: float  # mean over steps
+    extra_loss: float  # mean over steps of the objective's term (0 without one)
+
+
+def make_optimizer(model: nn.Module, training: TrainingConfig, lr: float) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if training.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=training.weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=training.momentum, weight_decay=training.weight_decay)
+
+
+def batch_indices(n_samples: int, training: TrainingConfig, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Shuffled mini-batches: `local_epochs` passes, or exactly `local_steps` batches (reshuffling each pass)."""
+    steps_per_epoch = math.ceil(n_samples / training.batch_size)
+    total = training.local_steps if training.local_steps is not None else training.local_epochs * steps_per_epoch
+    done = 0
+    while done < total:
+        order = rng.permutation(n_samples)
+        for start in range(0, n_samples, training.batch_size):
+            if done == total:
+                return
+            yield order[start:start + training.batch_size]
+            done += 1
+
+
+def train_local(model: nn.Module, data: DataBundle, indices: np.ndarray, training: TrainingConfig, lr: float,
+                rng: np.random.Generator, costs: StepCostCache, shape_key: Hashable,
+                objective: LocalObjective | None = None) -> LocalResult:
+    """Train `model` on the participant's samples. The first step of each (shape, batch size) is measured for
+    FLOPs and peak tensor memory; later steps reuse the figure."""
+    model.train()
+    optimizer = make_optimizer(model, training, lr)
+    resident = list(model.parameters()) + list(model.buffers())
+    flops = steps = samples = peak = 0
+    task_sum = extra_sum = 0.0
+    for batch in batch_indices(len(indices), training, rng):
+        chosen = indices[batch]
+        x, y = data.to_batch(data.train.x[chosen], data.train.y[chosen])
+
+        def step() -> tuple[float, float]:
+            optimizer.zero_grad(set_to_none=True)
+            features, logits = model.forward_features(x)
+            loss = task_loss(data.shape.task, logits, y)
+            extra = objective.loss(x, features, logits) if objective is not None else None
+            total = loss + extra if extra is not None else loss
+            total.backward()
+            optimizer.step()
+            return float(loss.detach()), float(extra.detach()) if extra is not None else 0.0
+
+        key = (shape_key, len(chosen), objective.name if objective is not None else None)
+        (task_value, extra_value), cost = costs.run(key, step, resident)
+        flops += cost.flops
+        peak = max(peak, cost.peak_tensor_bytes)
+        task_sum += task_value
+        extra_sum += extra_value
+        steps += 1
+        samples += len(chosen)
+    return LocalResult(samples=samples, steps=steps, flops=flops, peak_tensor_bytes=peak,
+                       task_loss=task_sum / max(steps, 1), extra_loss=extra_sum / max(steps, 1))

@@ -1,0 +1,71 @@
+"""Local objectives: extra loss terms a strategy asks its participants to add to the task loss.
+
+A strategy names an objective in its tasks (`ObjectiveSpec`); the participant builds it from this registry, calls
+`begin` before training (with the weights it received and its own persistent state), adds `loss(...)` to every
+step's task loss, and calls `end` after training so the objective can keep what it needs for the next round.
+Objectives are plain torch: they run inside whatever process hosts the participant.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from msfusion_ray.models.base import ModelFamily
+from msfusion_ray.schema import build
+from msfusion_ray.splitting.index_map import Weights
+
+
+@dataclass
+class ObjectiveContext:
+    round_idx: int
+    family: ModelFamily  # the global model's family
+    selection: Mapping[str, np.ndarray] | None  # the units this participant trains
+    received: Weights  # the (sub-)model weights it was sent
+    state: dict[str, Any] = field(default_factory=dict)  # persists in the participant across rounds
+
+
+class LocalObjective(ABC):
+    name: ClassVar[str] = ""
+    Params: ClassVar[type]
+
+    def __init__(self, params: Any):
+        self.params = params
+
+    def extra_bytes(self, model: nn.Module) -> int:
+        """Memory the objective holds beyond the trained model (e.g. frozen reference copies)."""
+        return 0
+
+    def begin(self, model: nn.Module, context: ObjectiveContext) -> None:
+        pass
+
+    @abstractmethod
+    def loss(self, x: torch.Tensor, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """The extra term for one batch, given the trained model's penultimate features and logits."""
+
+    def end(self, model: nn.Module, context: ObjectiveContext) -> None:
+        pass
+
+
+_OBJECTIVES: dict[str, type[LocalObjective]] = {}
+
+
+def register_objective(name: str) -> Callable[[type[LocalObjective]], type[LocalObjective]]:
+    def add(cls: type[LocalObjective]) -> type[LocalObjective]:
+        cls.name = name
+        _OBJECTIVES[name] = cls
+        return cls
+    return add
+
+
+def make_objective(name: str, params: Mapping[str, Any]) -> LocalObjective:
+    import msfusion_ray.strategies as strategies  # objectives are declared beside the strategies that use them
+
+    strategies.strategy_names()
+    cls = _OBJECTIVES[name]
+    return cls(build(cls.Params, dict(params), f"objective {name}"))

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs everything msfusion_ray needs on a Debian machine: the Fashion-MNIST data package, and a virtual
+# environment (.venv) with the pinned Python requirements and this project. Safe to re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || missing+=(dataset-fashion-mnist)
+python3 -c "import venv, ensurepip" 2>/dev/null || missing+=(python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing Debian packages: ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+# torch is pinned to the CPU build (requirements.txt); the project itself adds no dependencies of its own.
+.venv/bin/pip install -q -r requirements.txt 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+.venv/bin/pip install -q --no-deps -e . 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+.venv/bin/python -c "import torch, ray, msfusion_ray, analysis; print('installed: torch', torch.__version__, '/ ray', ray.__version__)"

@@ -1,0 +1,66 @@
+"""A real run on the shared Ray cluster: records, costs, checkpoint and resume."""
+
+import json
+
+import numpy as np
+import pytest
+
+from analysis.plots import plot_runs
+from msfusion_ray.config import config_from_dict
+from msfusion_ray.experiment import prepare
+from msfusion_ray.launch import execute, new_run_dir
+from msfusion_ray.records import ParticipantRoundRow, RoundRow, read_participant_rows, read_round_rows
+from msfusion_ray.runtime.checkpoint import load_checkpoint
+
+
+@pytest.fixture
+def finished_run(ray_session, small_config_dict):
+    config = config_from_dict(small_config_dict)
+    run_dir, run_id = new_run_dir(config)
+    summary = execute(prepare(config), run_dir, run_id, show_progress=False)
+    return config, run_dir, summary
+
+
+def test_two_round_run_writes_complete_records(finished_run):
+    config, run_dir, summary = finished_run
+    assert summary["status"] == "complete" and summary["rounds_completed"] == 2
+    participants = read_participant_rows(run_dir)
+    rounds = read_round_rows(run_dir)
+    assert set(ParticipantRoundRow.__annotations__) <= set(participants.columns)
+    assert {f for f in RoundRow.__annotations__ if f != "strategy_metrics"} <= set(rounds.columns)
+    assert len(participants) == 2 * 3 and rounds["round"].tolist() == [1, 2]
+
+    by_device = participants.groupby("device")["status"].agg(set)
+    assert by_device["phone-midrange"] <= {"oom", "unavailable"}  # its cap is below the model's footprint
+    trained = participants[participants["status"] == "ok"]
+    assert len(trained) >= 2
+    assert (trained["flops"] > 0).all() and (trained["bytes_down"] > 0).all() and (trained["bytes_up"] > 0).all()
+    assert (trained["mem_planned_bytes"] <= trained["mem_cap_bytes"]).all()
+    assert (trained["device_time_s"] > 0).all() and (trained["wall_train_s"] > 0).all()
+    assert (trained["steps"] == 3).all()
+    # every trained participant ran the same shape and batch size: identical FLOPs
+    assert trained["flops"].nunique() == 1
+    assert rounds["test_accuracy"].between(0, 1).all()
+    assert (rounds["flops_total"] == participants.groupby("round")["flops"].sum().to_numpy()).all()
+
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "complete"
+    checkpoint = load_checkpoint(run_dir)
+    assert checkpoint.round == 2 and checkpoint.weights
+    assert set(checkpoint.participants) == {0, 1, 2}
+    pngs = plot_runs([run_dir], run_dir / "plots")
+    assert all(p.stat().st_size > 10_000 for p in pngs)
+
+
+def test_resume_continues_from_the_checkpoint(finished_run):
+    config, run_dir, _ = finished_run
+    before = read_round_rows(run_dir)
+    clocks_before = load_checkpoint(run_dir).participants
+    longer = config_from_dict(config.to_dict(), ["rounds=3"])
+    summary = execute(prepare(longer), run_dir, run_dir.name, resume=True, show_progress=False)
+    after = read_round_rows(run_dir)
+    assert summary["rounds_completed"] == 3 and after["round"].tolist() == [1, 2, 3]
+    assert np.allclose(after["test_accuracy"][:2], before["test_accuracy"])  # earlier rounds untouched
+    clocks_after = load_checkpoint(run_dir).participants
+    for pid, state in clocks_before.items():
+        assert clocks_after[pid]["clock_s"] >= state["clock_s"]  # virtual clocks carried over, not reset
+    assert read_participant_rows(run_dir)["round"].max() == 3
