@@ -128,7 +128,7 @@ def _run(args: argparse.Namespace) -> int:
         config = config_from_dict(config.to_dict(), [f"runtime.address={args.address}"])
     prepared = prepare(config)  # every check happens before anything is written
     if not args.resume:
-        run_dir, run_id = new_run_dir(config)
+        run_dir, run_id = new_run_dir(prepared)
     elif _overrides(args):
         (run_dir / "config.yaml").write_text(config.to_yaml())  # e.g. more rounds for the resumed run
     try:

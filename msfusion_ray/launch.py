@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from msfusion_ray.config import ExperimentConfig
 from msfusion_ray.experiment import Prepared
 
 
@@ -16,12 +15,16 @@ class RunFailed(Exception):
     """The run started but did not finish; its records so far stay in the run directory."""
 
 
-def new_run_dir(config: ExperimentConfig) -> tuple[Path, str]:
-    """Create runs/<name>-<time>-<tag>/ with the resolved config in it (only after every check passed)."""
+def new_run_dir(prepared: Prepared) -> tuple[Path, str]:
+    """Create runs/<name>-<time>-<tag>/ with the resolved config and the data set's artifacts (e.g. a tokenizer)
+    in it; called only after every check passed."""
+    config = prepared.config
     run_id = f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     run_dir = Path(config.output_dir) / run_id
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text(config.to_yaml())
+    for name, text in prepared.data.artifacts.items():
+        (run_dir / name).write_text(text)
     return run_dir, run_id
 
 

@@ -31,6 +31,7 @@ class ParticipantRoundRow:
     param_fraction: float = 1.0  # share of the global model's parameters it held
     samples: int = 0
     steps: int = 0
+    tokens: int = 0  # predicted tokens trained on (language models; 0 otherwise)
     flops: int = 0  # forward + backward, counted by FlopCounterMode
     bytes_down: int = 0  # arrays received (weights and index maps)
     bytes_up: int = 0  # arrays sent back
@@ -74,6 +75,9 @@ class RoundRow:
     test_accuracy: float = math.nan
     test_loss: float = math.nan
     test_perplexity: float = math.nan
+    val_accuracy: float = math.nan
+    val_loss: float = math.nan
+    val_perplexity: float = math.nan
     strategy_metrics: dict[str, float] = field(default_factory=dict)
 
     @classmethod

@@ -34,7 +34,10 @@ class DataBundle:
     shape: DataShape
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
-    extras: dict = field(default_factory=dict)
+    validation: ArrayDataset | None = None  # evaluated beside the test split when present
+    groups: dict[str, np.ndarray] = field(default_factory=dict)  # per training sample: natural partition keys
+    artifacts: dict[str, str] = field(default_factory=dict)  # file name -> text, saved in the run directory
+    tokens_per_sample: int = 0  # language models: predicted tokens per sample (for tokens/s)
 
     def to_batch(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Model inputs from stored samples: images scaled to [0, 1] and standardised per channel."""

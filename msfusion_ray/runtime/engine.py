@@ -88,6 +88,7 @@ def run_sync_round(round_idx: int, tasks: list[TrainTask], strategy: Strategy, h
                                       f"host failed: {type(err).__name__}: {str(err).splitlines()[0]}"), None
         row.param_fraction = payloads.param_fraction(task)
         if weights is not None:
+            row.bytes_p2p = strategy.peer_bytes(task, tasks, weights)
             strategy.fold(accumulator, task, Update(task.participant, weights, row.samples), global_weights)
         rows.append(row)
     for task in pending.values():

@@ -129,7 +129,8 @@ class ParticipantWorker:
         if self.settings.clock == "real":
             message = pace(spent.total_s, time.perf_counter() - started).warning(self.spec.device.name) or ""
         row = self._row(
-            round_idx, task, "ok", samples=local.samples, steps=local.steps, flops=local.flops,
+            round_idx, task, "ok", samples=local.samples, steps=local.steps,
+            tokens=local.samples * self.data.tokens_per_sample, flops=local.flops,
             bytes_down=bytes_down, bytes_up=bytes_up,
             wall_setup_s=setup_done - started, wall_train_s=train_done - setup_done,
             wall_serialize_s=serialise_done - train_done, wall_total_s=time.perf_counter() - started,

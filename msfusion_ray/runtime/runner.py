@@ -97,13 +97,13 @@ class Runner:
         wall_round = time.perf_counter() - started
         evaluation, wall_eval = self._evaluate(round_idx)
         rows = sorted(result.rows + absent, key=lambda r: r.participant)
-        round_row = RoundRow.summarise(
-            self.run_id, round_idx, strategy.name, rows, wall_round_s=wall_round, wall_eval_s=wall_eval,
-            test_accuracy=evaluation.get("accuracy", math.nan), test_loss=evaluation.get("loss", math.nan),
-            test_perplexity=evaluation.get("perplexity", math.nan), strategy_metrics=result.metrics)
+        metrics = {f"{split}_{name}": evaluation.get(split, {}).get(name, math.nan)
+                   for split in ("test", "val") for name in ("accuracy", "loss", "perplexity")}
+        round_row = RoundRow.summarise(self.run_id, round_idx, strategy.name, rows, wall_round_s=wall_round,
+                                       wall_eval_s=wall_eval, strategy_metrics=result.metrics, **metrics)
         self.writer.write_round(rows, round_row)
         self.history.append({"round": round_idx, "accuracy": round_row.test_accuracy, "loss": round_row.test_loss,
-                             "perplexity": round_row.test_perplexity})
+                             "perplexity": round_row.test_perplexity, "val_perplexity": round_row.val_perplexity})
         if round_idx % self.config.runtime.checkpoint_every == 0 or round_idx == self.config.rounds:
             self._checkpoint(round_idx)
         self._write_summary("running")
@@ -116,14 +116,17 @@ class Runner:
         return ParticipantRoundRow(run_id=self.run_id, round=round_idx, participant=pid, device=self.devices[pid],
                                    host=self.hosts.host_of[pid], status="unavailable")
 
-    def _evaluate(self, round_idx: int) -> tuple[dict[str, float], float]:
+    def _evaluate(self, round_idx: int) -> tuple[dict[str, dict[str, float]], float]:
+        """The global model on the test split (and the validation split where the data set has one)."""
         if round_idx % self.config.runtime.eval_every and round_idx != self.config.rounds:
             return {}, 0.0
         started = time.perf_counter()
         model = self.prepared.family.build()
         load_weights(model, self.weights)
         data = self.prepared.data
-        metrics = evaluate(model, data, data.test, self.config.runtime.eval_batch_size)
+        batch = self.config.runtime.eval_batch_size
+        splits = {"test": data.test, "val": data.validation}
+        metrics = {name: evaluate(model, data, split, batch) for name, split in splits.items() if split is not None}
         return metrics, time.perf_counter() - started
 
     def _checkpoint(self, round_idx: int) -> None:

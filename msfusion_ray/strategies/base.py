@@ -105,6 +105,11 @@ class Strategy(ABC):
     def widths(self, task: TrainTask) -> dict[str, int]:
         return widths_of(self.spec, task.selection)
 
+    def peer_bytes(self, task: TrainTask, round_tasks: Sequence[TrainTask], weights: Weights) -> int:
+        """Bytes this update would cost in a peer-to-peer exchange instead of through a coordinator (0 where the
+        scheme defines no such exchange)."""
+        return 0
+
     def new_accumulator(self, global_weights: Weights) -> ScatterAccumulator:
         return ScatterAccumulator(global_weights)
 

@@ -16,8 +16,9 @@ from msfusion_ray.runtime.checkpoint import load_checkpoint
 @pytest.fixture
 def finished_run(ray_session, small_config_dict):
     config = config_from_dict(small_config_dict)
-    run_dir, run_id = new_run_dir(config)
-    summary = execute(prepare(config), run_dir, run_id, show_progress=False)
+    prepared = prepare(config)
+    run_dir, run_id = new_run_dir(prepared)
+    summary = execute(prepared, run_dir, run_id, show_progress=False)
     return config, run_dir, summary
 
 
