@@ -27,8 +27,8 @@ class ParticipantRoundRow:
     device: str
     host: int
     status: str  # one of STATUSES
-    rate: float = 1.0  # the splitting rate planned for this participant
-    param_fraction: float = 1.0  # share of the global model's parameters it held
+    rate: float = math.nan  # the splitting rate planned for this participant (none when it was unavailable)
+    param_fraction: float = math.nan  # share of the global model's parameters it was asked to hold
     samples: int = 0
     steps: int = 0
     tokens: int = 0  # predicted tokens trained on (language models; 0 otherwise)

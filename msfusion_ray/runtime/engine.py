@@ -41,7 +41,6 @@ class PayloadStore:
     def __init__(self, strategy: Strategy, global_weights: Weights):
         self._strategy = strategy
         self._weights = global_weights
-        self._shapes = {k: v.shape for k, v in global_weights.items()}
         self._refs: dict[Hashable, ray.ObjectRef] = {}
         self._fractions: dict[Hashable, float] = {}
 
@@ -54,7 +53,7 @@ class PayloadStore:
     def param_fraction(self, task: TrainTask) -> float:
         key = selection_key(task.selection)
         if key not in self._fractions:
-            self._fractions[key] = selection_fraction(self._strategy.spec, task.selection, self._shapes)
+            self._fractions[key] = selection_fraction(self._strategy.spec, task.selection)
         return self._fractions[key]
 
 

@@ -34,13 +34,14 @@ class ScatterAccumulator:
         if weight <= 0:
             return
         for key, value in sub.items():
+            value = np.asarray(value, dtype=np.float64)  # weight x float32 would round in float32
             index = imap[key] if imap is not None else (None,) * value.ndim
             where = outer_index(index, self._shapes[key]) if any(i is not None for i in index) else ...
             self._sums[key][where] += weight * value
             self._weights[key][where] += weight
             if self._squares is not None:
                 delta = value - reference[key] if reference is not None else value
-                self._squares[key][where] += weight * np.square(delta, dtype=np.float64)
+                self._squares[key][where] += weight * np.square(delta)
                 self._counts[key][where] += 1
         self.updates += 1
 

@@ -70,11 +70,45 @@ def extract(weights: Mapping[str, np.ndarray], imap: IndexMap | None) -> Weights
     return sub
 
 
-def selection_fraction(spec: SplitSpec, selection: Selection | None, shapes: Mapping[str, tuple[int, ...]]) -> float:
+def _axis_indices(index: np.ndarray | None, length: int) -> np.ndarray:
+    return np.arange(length) if index is None else index
+
+
+def overlay(spec: SplitSpec, target: Mapping[str, np.ndarray], target_selection: Selection | None,
+            source: Mapping[str, np.ndarray], source_selection: Selection | None) -> Weights:
+    """A copy of sub-model `target` in which every entry that sub-model `source` also holds (same position in the
+    global model) takes the source's value: the source re-expressed in the target's coordinates."""
+    target_map, source_map = index_map(spec, target_selection), index_map(spec, source_selection)
+    out = {key: np.array(value) for key, value in target.items()}
+    for key, value in out.items():
+        into, take = [], []
+        for t_idx, s_idx, length in zip(target_map[key], source_map[key], spec.shapes[key]):
+            _, t_pos, s_pos = np.intersect1d(_axis_indices(t_idx, length), _axis_indices(s_idx, length),
+                                             assume_unique=True, return_indices=True)
+            into.append(t_pos)
+            take.append(s_pos)
+        if all(len(i) for i in into):
+            value[np.ix_(*into)] = np.asarray(source[key])[np.ix_(*take)]
+    return out
+
+
+def shared_entries(spec: SplitSpec, a: Selection | None, b: Selection | None) -> int:
+    """Number of parameter entries two sub-models have in common (with a == b: the sub-model's size)."""
+    a, b = a or {}, b or {}
+    common = {}
+    for group, units in spec.groups.items():
+        if group in a and group in b:
+            common[group] = len(np.intersect1d(a[group], b[group], assume_unique=True))
+        else:
+            common[group] = len(a.get(group, b.get(group, range(units))))
+    total = 0
+    for key, axes in spec.params.items():
+        total += math.prod(n if axis is None else common[axis.group] * axis.block
+                           for axis, n in zip(axes, spec.shapes[key]))
+    return total
+
+
+def selection_fraction(spec: SplitSpec, selection: Selection | None) -> float:
     """Share of the global model's parameters a sub-model holds."""
-    imap = index_map(spec, selection)
-    total = kept = 0
-    for key, shape in shapes.items():
-        total += math.prod(shape)
-        kept += math.prod(len(i) if i is not None else n for i, n in zip(imap[key], shape))
-    return kept / total if total else 1.0
+    full = sum(math.prod(shape) for shape in spec.shapes.values())
+    return shared_entries(spec, selection, selection) / full if full else 1.0

@@ -61,10 +61,12 @@ def _roles_for(module: nn.Module) -> dict[str, tuple[str | None, ...]] | None:
 
 @dataclass(frozen=True)
 class SplitSpec:
-    """Width groups (units at full width) and, per state-dict key, the width axis of each dimension."""
+    """Width groups (units at full width) and, per state-dict key, its shape and the width axis of each
+    dimension."""
 
     groups: Mapping[str, int]
     params: Mapping[str, tuple[Axis | None, ...]]
+    shapes: Mapping[str, tuple[int, ...]]
 
     @classmethod
     def of(cls, model: nn.Module) -> "SplitSpec":
@@ -88,7 +90,7 @@ class SplitSpec:
                 for dim, axis in enumerate(axes):
                     if axis is not None:
                         _register(groups, axis, state[key].shape[dim], key)
-        return cls(groups=groups, params=params)
+        return cls(groups=groups, params=params, shapes={k: tuple(state[k].shape) for k in params})
 
 
 def _register(groups: dict[str, int], axis: Axis, length: int, key: str) -> None:

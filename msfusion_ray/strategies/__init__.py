@@ -39,4 +39,5 @@ def make_strategy(config: StrategyConfig, family: ModelFamily, seed: int) -> Str
 
 
 def _load_all() -> None:
-    from msfusion_ray.strategies import fedavg, small_fedavg  # noqa: F401  (registration side effect)
+    from msfusion_ray.strategies import (  # noqa: F401  (registration side effect)
+        fed_dropout, fedavg, fedrolex, heterofl, msfusion, small_fedavg)

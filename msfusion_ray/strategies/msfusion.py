@@ -1,0 +1,175 @@
+"""MSfusion (Xie & Li, arXiv 2407.03622), as formulated here: the paper's equations are not public, so every rule
+below is our reading of its abstract; docs/algorithms.md states them with their defaults.
+
+- Rates: each participant trains the largest width slice whose footprint (including the contrastive loss's two
+  frozen reference models) fits its memory.
+- Double shifting: in every width group the participants' windows are laid around the group as a ring, each
+  starting at (1 - overlap) x its tiled offset (spatial shift), and the whole arrangement advances `step` units per
+  round (temporal shift; default: the smallest window of the round).
+- Adaptive overlap: after each round the model shift s = (variance of the participants' updates on the entries
+  two or more of them shared) / (mean squared update there), a number in [0, 1], sets next round's overlap:
+  overlap <- (1 - beta) overlap + beta (overlap_min + (overlap_max - overlap_min) s). Participants that disagree
+  get more common parameters to fuse on; participants that agree spread out and cover more of the model.
+- Contrastive loss (MOON-style, on the penultimate representation z of the local sub-model): positive is the
+  representation of the sub-model as received this round, negative that of the participant's previous local
+  model expressed in this round's window; loss = CE + mu x -log(e^{cos(z,z+)/tau} / (e^{cos(z,z+)/tau} +
+  e^{cos(z,z-)/tau})).
+- Aggregation on common parameters: scatter-average of the updates over the participants holding each entry,
+  weighted by sample count. Peer-to-peer bytes: what each participant would send its peers, i.e. the entries of its
+  update that each other participant also holds.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from msfusion_ray.models.weights import Weights, load_weights, to_weights
+from msfusion_ray.schema import checked, fraction, positive, probability
+from msfusion_ray.splitting import schedules
+from msfusion_ray.splitting.aggregate import ScatterAccumulator
+from msfusion_ray.splitting.index_map import Selection, extract, overlay, shared_entries, units_at_rate
+from msfusion_ray.strategies import register
+from msfusion_ray.strategies.base import ObjectiveSpec, ParticipantInfo, TrainTask, Update
+from msfusion_ray.strategies.width import WidthParams, WidthSplitting
+from msfusion_ray.training.objective import LocalObjective, ObjectiveContext, register_objective
+
+BYTES_PER_ENTRY = 4  # float32
+
+
+@dataclass(frozen=True)
+class MSfusionParams(WidthParams):
+    overlap: float = checked(0.0, check=probability)  # the first round's overlap (fixed without adaptation)
+    adaptive_overlap: bool = True
+    overlap_min: float = checked(0.0, check=probability)
+    overlap_max: float = checked(1.0, check=probability)
+    overlap_smoothing: float = checked(0.5, check=fraction)  # beta: weight of the newest measurement
+    temporal_step: float | None = checked(None, check=fraction)  # share of a group moved per round
+    contrastive: bool = True
+    contrastive_weight: float = checked(1.0, check=positive)  # mu
+    temperature: float = checked(0.5, check=positive)  # tau
+
+
+@register("msfusion")
+class MSfusion(WidthSplitting):
+    Params = MSfusionParams
+
+    def __init__(self, params: MSfusionParams, family, seed: int):  # noqa: ANN001 (ModelFamily)
+        super().__init__(params, family, seed)
+        self.overlap = params.overlap
+        self._round_stats: dict[str, float] = {}
+
+    def objective(self) -> ObjectiveSpec | None:
+        if not self.params.contrastive:
+            return None
+        return ObjectiveSpec("msfusion_contrastive", {"weight": self.params.contrastive_weight,
+                                                       "temperature": self.params.temperature})
+
+    def select(self, round_idx: int, participants: list[ParticipantInfo],
+               rates: dict[int, float]) -> dict[int, Selection]:
+        ring = sorted(participants, key=lambda p: p.id)
+        selections: dict[int, dict[str, np.ndarray]] = {p.id: {} for p in ring}
+        covered = total = 0
+        for group, units in self.spec.groups.items():
+            lengths = [units_at_rate(units, rates[p.id]) for p in ring]
+            step = units_at_rate(units, self.params.temporal_step) if self.params.temporal_step else min(lengths)
+            starts = schedules.double_shift_starts(lengths, units, self.overlap, round_idx - 1, step)
+            hit = np.zeros(units, dtype=bool)
+            for p, start, length in zip(ring, starts, lengths):
+                selections[p.id][group] = schedules.window(units, start, length)
+                hit[selections[p.id][group]] = True
+            covered += int(hit.sum())
+            total += units
+        self._round_stats = {"overlap": self.overlap, "coverage": covered / total if total else 1.0}
+        return selections
+
+    def new_accumulator(self, global_weights: Weights) -> ScatterAccumulator:
+        return ScatterAccumulator(global_weights, track_dispersion=True)
+
+    def fold(self, accumulator: ScatterAccumulator, task: TrainTask, update: Update, global_weights: Weights) -> None:
+        imap = self.index_map(task)
+        weight = float(update.samples) if self.params.weighting == "samples" else 1.0
+        accumulator.add(update.weights, imap, weight=weight, reference=extract(global_weights, imap))
+
+    def combine(self, round_idx: int, global_weights: Weights,
+                accumulator: ScatterAccumulator) -> tuple[Weights, dict[str, float]]:
+        variance, energy = accumulator.shared_dispersion(global_weights)
+        shift = variance / energy if energy > 0 else 0.0
+        if self.params.adaptive_overlap and energy > 0:
+            target = self.params.overlap_min + (self.params.overlap_max - self.params.overlap_min) * shift
+            beta = self.params.overlap_smoothing
+            self.overlap = (1 - beta) * self.overlap + beta * target
+        metrics = {**self._round_stats, "model_shift": shift, "next_overlap": self.overlap}
+        return accumulator.result(global_weights), metrics
+
+    def peer_bytes(self, task: TrainTask, round_tasks: Sequence[TrainTask], weights: Weights) -> int:
+        return BYTES_PER_ENTRY * sum(shared_entries(self.spec, task.selection, other.selection)
+                                     for other in round_tasks if other.participant != task.participant)
+
+    def state_dict(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        return {"overlap": self.overlap}, {}
+
+    def load_state_dict(self, values: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        self.overlap = float(values["overlap"])
+
+
+@dataclass(frozen=True)
+class ContrastiveParams:
+    weight: float = checked(1.0, check=positive)
+    temperature: float = checked(0.5, check=positive)
+
+
+def _model_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in itertools.chain(model.parameters(), model.buffers()))
+
+
+@register_objective("msfusion_contrastive")
+class SubModelContrastive(LocalObjective):
+    """Keeps the local sub-model's representation near the received sub-model's and away from its own previous
+    one. Holds two frozen copies of the sub-model, counted in the participant's footprint."""
+
+    Params = ContrastiveParams
+
+    def extra_bytes(self, model: nn.Module) -> int:
+        return 2 * _model_bytes(model)
+
+    def begin(self, model: nn.Module, context: ObjectiveContext) -> None:
+        previous = context.state.get("previous")
+        before = context.received
+        if previous is not None:
+            before = overlay(context.family.spec, context.received, context.selection, previous["weights"],
+                             previous["selection"])
+        self._positive = _frozen_copy(model, context.received)
+        self._negative = _frozen_copy(model, before)
+
+    def loss(self, x: torch.Tensor, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            positive = self._positive.forward_features(x)[0]
+            negative = self._negative.forward_features(x)[0]
+        z = features.reshape(-1, features.shape[-1])
+        similarities = torch.stack([
+            F.cosine_similarity(z, positive.reshape(z.shape), dim=-1),
+            F.cosine_similarity(z, negative.reshape(z.shape), dim=-1),
+        ], dim=-1) / self.params.temperature
+        target = torch.zeros(len(z), dtype=torch.long)
+        return self.params.weight * F.cross_entropy(similarities, target)
+
+    def end(self, model: nn.Module, context: ObjectiveContext) -> None:
+        selection = {g: np.asarray(u) for g, u in (context.selection or {}).items()}
+        context.state["previous"] = {"weights": to_weights(model), "selection": selection}
+
+
+def _frozen_copy(model: nn.Module, weights: Weights) -> nn.Module:
+    frozen = copy.deepcopy(model)
+    load_weights(frozen, weights)
+    frozen.eval()
+    for parameter in frozen.parameters():
+        parameter.requires_grad_(False)
+    return frozen
