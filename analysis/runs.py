@@ -1,16 +1,20 @@
-"""Loading run directories and deriving the cost curves the plots and tables are made of."""
+"""Loading run and sweep directories, naming the runs, and deriving the cost curves plots and tables are made of."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pandas as pd
 import yaml
 
 from msfusion_ray.records import read_participant_rows, read_round_rows
+
+# Config keys that never make two runs different experiments (where they are, what they are called, how long the
+# run went on: a longer run of an experiment repeats its rounds).
+NOT_EXPERIMENT_KEYS = ("name", "output_dir", "data.data_dir", "runtime.address", "runtime.host_cpus", "rounds")
 
 
 @dataclass
@@ -20,16 +24,36 @@ class RunRecords:
     summary: dict[str, Any]
     participants: pd.DataFrame
     rounds: pd.DataFrame
+    group: str = ""  # the experiment it repeats (same config but the seed); set by `label_runs`
+    cell: str = ""  # its sweep cell, if it is one
 
     @property
     def label(self) -> str:
+        return self.group or self.strategy
+
+    @property
+    def strategy(self) -> str:
         return str(self.summary.get("strategy") or self.config.get("strategy", {}).get("name") or self.run_dir.name)
+
+    @property
+    def seed(self) -> int:
+        return int(self.config.get("seed", 0))
 
     @property
     def fleet_size(self) -> int:
         if "participants" in self.summary:
             return int(self.summary["participants"])
         return int(self.participants["participant"].nunique())
+
+
+@dataclass
+class SweepRecords:
+    """A sweep directory: its recorded sweep config, each cell's status, and the runs its cells left."""
+
+    directory: Path
+    config: dict[str, Any]
+    cells: dict[str, dict[str, Any]]
+    runs: list[RunRecords] = field(default_factory=list)
 
 
 def load_run(run_dir: str | Path) -> RunRecords:
@@ -42,9 +66,80 @@ def load_run(run_dir: str | Path) -> RunRecords:
     return RunRecords(run_dir, config, summary, read_participant_rows(run_dir), read_round_rows(run_dir))
 
 
+def is_sweep_dir(path: str | Path) -> bool:
+    return (Path(path) / "sweep.yaml").is_file() and (Path(path) / "status.json").is_file()
+
+
+def load_sweep(directory: str | Path) -> SweepRecords:
+    """The sweep and every cell that wrote at least one round (a failed cell may have some)."""
+    directory = Path(directory)
+    config = yaml.safe_load((directory / "sweep.yaml").read_text())
+    cells = json.loads((directory / "status.json").read_text())["cells"]
+    runs = []
+    for cell_id, cell in cells.items():
+        run_dir = directory / cell.get("run_dir", f"cells/{cell_id}")
+        if (run_dir / "config.yaml").is_file() and (run_dir / "records" / "rounds").is_dir():
+            run = load_run(run_dir)
+            run.cell = cell_id
+            runs.append(run)
+    return SweepRecords(directory, config, cells, label_runs(runs))
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config -> {dotted key: value} (lists and empty mappings stay whole)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def varying_keys(runs: Sequence[RunRecords]) -> list[str]:
+    """Config keys whose values differ between the runs (the experiment's factors), in config order."""
+    flats = [flatten(r.config) for r in runs]
+    keys = list(dict.fromkeys(k for flat in flats for k in flat))
+    return [k for k in keys if k not in NOT_EXPERIMENT_KEYS
+            and len({json.dumps(flat.get(k), sort_keys=True, default=str) for flat in flats}) > 1]
+
+
+def describe(flat: dict[str, Any], keys: Sequence[str]) -> str:
+    """'fedavg, size=100': the strategy by name, other factors as short key=value (a file path by its stem)."""
+    parts = []
+    for key in keys:
+        value = flat.get(key)
+        if isinstance(value, str) and "/" in value:
+            value = Path(value).stem
+        parts.append(str(value) if key == "strategy.name" else f"{key.rsplit('.', 1)[-1]}={value}")
+    return ", ".join(parts)
+
+
+def group_names(runs: Sequence[RunRecords], besides: Sequence[str] = ()) -> list[str]:
+    """Each run's group: the factors that vary between the runs, except the seed (runs that differ only by seed
+    repeat one experiment) and `besides`. The strategy names a group when nothing else varies."""
+    keys = [k for k in varying_keys(runs) if k != "seed" and k not in besides]
+    return [describe(flatten(run.config), keys) or run.strategy for run in runs]
+
+
+def label_runs(runs: list[RunRecords]) -> list[RunRecords]:
+    for run, name in zip(runs, group_names(runs)):
+        run.group = name
+    return runs
+
+
+def load_runs(path: str | Path) -> list[RunRecords]:
+    """The runs of a run directory or of a sweep directory, labelled."""
+    if is_sweep_dir(path):
+        return load_sweep(path).runs
+    return label_runs([load_run(path)])
+
+
 def cost_curves(run: RunRecords) -> pd.DataFrame:
     """Per round: the metric, and cumulative cost per fleet member (FLOPs, bytes both ways, device seconds of the
-    round's slowest participant, wall seconds). Per-member costs are totals divided by the fleet size."""
+    round's slowest participant, wall seconds of the round and its evaluation). Per-member costs are totals
+    divided by the fleet size."""
     rounds = run.rounds.sort_values("round")
     size = run.fleet_size
     curves = pd.DataFrame({

@@ -1,4 +1,4 @@
-"""Command line: run, validate, profiles, plot.
+"""Command line: run, sweep, validate, profiles, plot, report.
 
 Bad input of any kind ends with one line on stderr naming the field or file, and exit code 2, before anything is
 started or written.
@@ -31,6 +31,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="an existing Ray cluster (default: start an embedded local one)")
     run.add_argument("--no-plots", action="store_true", help="skip the PNG plots at the end")
 
+    sweep = commands.add_parser("sweep", help="run a grid of experiments on one Ray cluster (resumable)")
+    sweep.add_argument("config", nargs="?", help="sweep YAML: a base config and a grid (omit with --resume)")
+    sweep.add_argument("--resume", metavar="SWEEP_DIR", help="continue a sweep (running the same command also does)")
+    sweep.add_argument("--retry-failed", action="store_true", help="run failed cells again")
+    sweep.add_argument("--max-parallel", type=int, metavar="N", help="cells side by side (default: from the cluster)")
+    _add_config_options(sweep)
+    sweep.add_argument("--address", help="an existing Ray cluster (default: start an embedded local one)")
+    sweep.add_argument("--no-report", action="store_true", help="skip the HTML report at the end")
+
     validate = commands.add_parser("validate", help="check a config, its fleet and data without running")
     validate.add_argument("config")
     _add_config_options(validate)
@@ -41,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     plot = commands.add_parser("plot", help="plot one or more finished runs")
     plot.add_argument("run_dirs", nargs="+")
     plot.add_argument("--out", help="output directory (default: RUN_DIR/plots for one run)")
+
+    report = commands.add_parser("report", help="an HTML report (plots, tables, config) of a run or a sweep")
+    report.add_argument("path", metavar="RUN_OR_SWEEP_DIR")
+    report.add_argument("--out", help="output directory (default: RUN_OR_SWEEP_DIR/report)")
     return parser
 
 
@@ -103,8 +116,7 @@ def _plot(args: argparse.Namespace) -> int:
     from analysis.plots import plot_runs
 
     for run_dir in args.run_dirs:
-        if not (Path(run_dir) / "config.yaml").is_file():
-            raise UserInputError(run_dir, "not a run directory (no config.yaml)")
+        _check_run_dir(run_dir)
     out = Path(args.out) if args.out else Path(args.run_dirs[0]) / "plots"
     for path in plot_runs(args.run_dirs, out):
         print(path)
@@ -116,8 +128,7 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.resume:
         run_dir = Path(args.resume)
-        if not (run_dir / "config.yaml").is_file():
-            raise UserInputError(str(run_dir), "not a run directory (no config.yaml)")
+        _check_run_dir(run_dir)
         config = config_from_dict(load_yaml(run_dir / "config.yaml"), _overrides(args), where=str(run_dir))
         run_id = run_dir.name
     elif args.config:
@@ -149,4 +160,53 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "validate": _validate, "profiles": _profiles, "plot": _plot}
+def _check_run_dir(path: str | Path) -> None:
+    if not (Path(path) / "config.yaml").is_file():
+        raise UserInputError(str(path), "not a run directory (no config.yaml)")
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from msfusion_ray import sweep as sweeps
+
+    if args.max_parallel is not None and args.max_parallel < 1:
+        raise UserInputError("--max-parallel", f"must be >= 1 (got {args.max_parallel})")
+    if args.resume:
+        if _overrides(args):
+            raise UserInputError("--set", "a resumed sweep keeps its recorded config; start a new sweep to change it")
+        plan = sweeps.load_sweep_dir(args.resume)
+    elif args.config:
+        plan = sweeps.load_sweep(args.config, _overrides(args))
+        sweeps.check_directory(plan)
+    else:
+        raise UserInputError("sweep", "give a CONFIG or --resume SWEEP_DIR")
+    todo = sweeps.SweepStatus.load_or_new(plan).to_run(args.retry_failed)
+    prepared = sweeps.prepare_cells(plan, todo, sweeps.DataCache())  # every check before anything is written
+    status = sweeps.create_directory(plan)
+    sweeps.run_sweep(plan, prepared, status, todo, args.max_parallel, address=args.address)
+    print(f"{'cell':<48} {'status':<9} {'rounds':>6} {'final acc':>9} {'wall s':>7}  error")
+    for cell_id, cell in status.cells.items():
+        accuracy, wall = cell.get("final_accuracy"), cell.get("wall_s")
+        print(f"{cell_id:<48} {cell['status']:<9} {cell.get('rounds_completed') or 0:>6} "
+              f"{'' if accuracy is None else f'{accuracy:.4f}':>9} {'' if wall is None else f'{wall:.1f}':>7}  "
+              f"{cell.get('error') or ''}")
+    print(f"sweep: {plan.directory}")
+    if not args.no_report:
+        from analysis.report import write_report
+
+        print(f"report: {write_report(plan.directory, plan.directory / 'report')}")
+    return 1 if status.counts()["failed"] else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from analysis.report import write_report
+    from analysis.runs import is_sweep_dir
+
+    path = Path(args.path)
+    if not is_sweep_dir(path):
+        _check_run_dir(path)
+    print(write_report(path, Path(args.out) if args.out else path / "report"))
+    return 0
+
+
+COMMANDS = {"run": _run, "sweep": _sweep, "validate": _validate, "profiles": _profiles, "plot": _plot,
+            "report": _report}

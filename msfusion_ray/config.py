@@ -79,6 +79,7 @@ class RuntimeConfig:
     num_cpus: int | None = checked(None, check=positive)  # CPUs of the embedded cluster (default: all)
     hosts: int | None = checked(None, check=positive)  # host actors (default: one per participant up to max_hosts)
     max_hosts: int = checked(8, check=positive)
+    host_cpus: float | None = checked(None, check=positive)  # logical CPUs the hosts claim (default: 90% of all)
     threads_per_host: int = checked(1, check=positive)  # torch.set_num_threads inside each host
     clock: Literal["virtual", "real"] = "virtual"  # real: hosts sleep so wall time matches device time
     task_timeout_s: float = checked(900.0, check=positive)

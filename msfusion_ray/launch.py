@@ -21,73 +21,131 @@ def new_run_dir(prepared: Prepared) -> tuple[Path, str]:
     config = prepared.config
     run_id = f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     run_dir = Path(config.output_dir) / run_id
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text(config.to_yaml())
-    for name, text in prepared.data.artifacts.items():
-        (run_dir / name).write_text(text)
+    write_run_dir(prepared, run_dir)
     return run_dir, run_id
 
 
-class _Progress:
-    """A progress bar on a terminal; one line per finished round otherwise (logs, CI)."""
+def write_run_dir(prepared: Prepared, run_dir: Path) -> None:
+    """Make `run_dir` (a new directory) hold the resolved config and the data set's artifacts."""
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(prepared.config.to_yaml())
+    for name, text in prepared.data.artifacts.items():
+        (run_dir / name).write_text(text)
 
-    def __init__(self, total: int, enabled: bool):
+
+class ProgressDisplay:
+    """A progress bar on a terminal; otherwise one line whenever the count moves (logs, CI)."""
+
+    def __init__(self, total: int, unit: str, enabled: bool, label: str = ""):
         from tqdm import tqdm
 
         self.enabled = enabled
+        self.label = label
         self.interactive = enabled and sys.stderr.isatty()
-        self.bar = tqdm(total=total, unit="round", file=sys.stderr, dynamic_ncols=True) if self.interactive else None
+        self.bar = tqdm(total=total, unit=unit, file=sys.stderr, dynamic_ncols=True) if self.interactive else None
         self.total = total
         self.last = 0
 
-    def update(self, progress: dict[str, Any]) -> None:
-        done = progress.get("round", self.last)
-        postfix = {}
-        if progress.get("accuracy") is not None:
-            postfix = {"acc": f"{progress['accuracy']:.3f}", "ok": progress.get("ok"), "oom": progress.get("oom")}
+    def update(self, done: int, postfix: dict[str, Any], force: bool = False) -> None:
         if self.bar is not None:
             self.bar.n = done
             self.bar.set_postfix(postfix, refresh=False)
             self.bar.refresh()
-        elif self.enabled and done > self.last:
+        elif self.enabled and (done > self.last or force):
             details = " ".join(f"{k}={v}" for k, v in postfix.items())
-            print(f"round {done}/{self.total} {details}", file=sys.stderr, flush=True)
+            print(f"{self.label}{done}/{self.total} {details}".rstrip(), file=sys.stderr, flush=True)
         self.last = done
+
+    def note(self, text: str) -> None:
+        """A line of its own (above the bar on a terminal)."""
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
 
 
+def round_postfix(progress: dict[str, Any]) -> dict[str, Any]:
+    """What a run's progress line shows besides the round: the last evaluation and the round's outcomes."""
+    if progress.get("accuracy") is None:
+        return {}
+    return {"acc": f"{progress['accuracy']:.3f}", "ok": progress.get("ok"), "oom": progress.get("oom")}
+
+
+class RunHandle:
+    """A run whose driver actor is working in the cluster; polled without blocking, so that one process can
+    watch several runs at once (a sweep)."""
+
+    def __init__(self, prepared: Prepared, run_dir: Path, run_id: str, resume: bool = False,
+                 data_ref: Any = None):
+        import ray
+
+        from msfusion_ray.runtime.driver import start_driver
+
+        self.rounds = prepared.config.rounds
+        if data_ref is None:
+            data_ref = ray.put(prepared.data)
+        self.driver = start_driver(prepared.config, data_ref, run_dir, run_id, resume)
+        self.finished = self.driver.run.remote()
+        self.progress: dict[str, Any] = {"round": 0}
+        self._asked = self.driver.progress.remote()
+
+    def poll_progress(self) -> dict[str, Any]:
+        """The latest progress the driver reported; asks again once the previous answer is in."""
+        import ray
+        from ray.exceptions import RayError
+
+        ready, _ = ray.wait([self._asked], timeout=0)
+        if ready:
+            try:
+                self.progress = ray.get(self._asked, timeout=60)
+            except RayError:
+                pass  # the driver is gone or busy dying; its result says why
+            self._asked = self.driver.progress.remote()
+        return self.progress
+
+    def result(self) -> dict[str, Any]:
+        """The run's summary once `finished` is ready; `RunFailed` with the root cause otherwise."""
+        import ray
+        from ray.exceptions import RayError
+
+        try:
+            return ray.get(self.finished, timeout=60)
+        except RayError as err:
+            raise RunFailed(_root_cause(err)) from None
+
+    def stop(self) -> None:
+        import ray
+
+        ray.kill(self.driver)
+
+
 def execute(prepared: Prepared, run_dir: Path, run_id: str, resume: bool = False,
             show_progress: bool = True) -> dict[str, Any]:
     """Run a prepared experiment on the configured Ray cluster; returns the run's summary."""
     import ray
-    from ray.exceptions import RayError
 
     from msfusion_ray.runtime.cluster import ray_cluster
-    from msfusion_ray.runtime.driver import start_driver
 
     config = prepared.config
     with ray_cluster(config.runtime):
-        data_ref = ray.put(prepared.data)
-        driver = start_driver(config, data_ref, run_dir, run_id, resume)
-        finished = driver.run.remote()
-        progress = _Progress(config.rounds, show_progress)
+        handle = RunHandle(prepared, run_dir, run_id, resume)
+        progress = ProgressDisplay(config.rounds, "round", show_progress, label="round ")
         try:
             while True:
-                done, _ = ray.wait([finished], timeout=0.5)
-                try:
-                    progress.update(ray.get(driver.progress.remote(), timeout=60))
-                except RayError:
-                    pass
+                done, _ = ray.wait([handle.finished], timeout=0.5)
+                state = handle.poll_progress()
+                progress.update(state.get("round", progress.last), round_postfix(state))
                 if done:
-                    return ray.get(finished, timeout=60)
-        except RayError as err:
-            raise RunFailed(_root_cause(err)) from None
+                    return handle.result()
         finally:
             progress.close()
-            ray.kill(driver)
+            handle.stop()
 
 
 def _root_cause(err: Exception) -> str:

@@ -14,7 +14,7 @@ import torch
 
 from msfusion_ray.costs.flops import StepCostCache
 from msfusion_ray.models.base import ModelFamily
-from msfusion_ray.runtime.participant import ParticipantSpec, ParticipantWorker, WorkerSettings
+from msfusion_ray.runtime.participant import ParticipantSpec, ParticipantWorker, PlannerCache, WorkerSettings
 from msfusion_ray.strategies.base import TrainTask
 
 
@@ -26,7 +26,8 @@ class Host:
         self.fetch_timeout_s = fetch_timeout_s
         data = ray.get(data_box[0], timeout=fetch_timeout_s)
         costs = StepCostCache()  # shared by the host's participants: same shapes cost the same
-        self.workers = {p.id: ParticipantWorker(p, family, data, settings, costs) for p in participants}
+        planners = PlannerCache(family, settings.training)  # and need the same memory
+        self.workers = {p.id: ParticipantWorker(p, family, data, settings, costs, planners) for p in participants}
 
     def ping(self) -> int:
         return self.host_id

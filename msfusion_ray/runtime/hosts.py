@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ray
 
+from msfusion_ray.config import RuntimeConfig
 from msfusion_ray.experiment import Prepared
 from msfusion_ray.runtime.host import HostActor, assign_hosts
 from msfusion_ray.runtime.participant import ParticipantSpec, WorkerSettings
@@ -11,17 +12,23 @@ from msfusion_ray.runtime.participant import ParticipantSpec, WorkerSettings
 STARTUP_TIMEOUT_S = 300.0
 
 
+def host_count(runtime: RuntimeConfig, participants: int) -> int:
+    """Host actors a run starts: runtime.hosts, else one per participant up to runtime.max_hosts."""
+    return min(runtime.hosts or min(participants, runtime.max_hosts), participants)
+
+
 class HostPool:
     def __init__(self, prepared: Prepared, data_ref: ray.ObjectRef, run_id: str):
         runtime = prepared.config.runtime
         fleet = prepared.fleet
         ids = [p.id for p in fleet.participants]
-        n_hosts = min(runtime.hosts or min(len(ids), runtime.max_hosts), len(ids))
         groups = {p.id: p.device.name for p in fleet.participants} if runtime.device_resources else None
-        assignments = assign_hosts(ids, n_hosts, groups)
+        assignments = assign_hosts(ids, host_count(runtime, len(ids)), groups)
         cpus = ray.cluster_resources().get("CPU", 1.0)
-        # Hosts share the cluster's CPUs logically; each caps its real threads with torch.set_num_threads.
-        num_cpus = round(min(float(runtime.threads_per_host), 0.9 * cpus / len(assignments)), 4)
+        # Hosts share the run's CPU budget logically (several runs of a sweep share the cluster); each caps its real
+        # threads with torch.set_num_threads.
+        budget = runtime.host_cpus if runtime.host_cpus is not None else 0.9 * cpus
+        num_cpus = round(min(float(runtime.threads_per_host), budget / len(assignments)), 4)
         settings = WorkerSettings(run_id=run_id, host=0, seed=prepared.config.seed,
                                   training=prepared.config.training, clock=runtime.clock)
         self.host_of: dict[int, int] = {}

@@ -18,6 +18,7 @@ import torch
 
 from msfusion_ray.config import TrainingConfig
 from msfusion_ray.costs.flops import StepCostCache
+from msfusion_ray.costs.footprint import FootprintPlanner
 from msfusion_ray.costs.memory import rss_peak
 from msfusion_ray.costs.payload import payload_bytes
 from msfusion_ray.data.arrays import DataBundle
@@ -51,24 +52,47 @@ class WorkerSettings:
     clock: str = "virtual"  # or "real": sleep until wall time matches device time
 
 
+class PlannerCache:
+    """Footprint planners by local objective, shared by the participants of a host. A footprint depends on the
+    sub-model's shape, the batch size and the objective, not on whose memory it must fit, so it is measured once
+    per host instead of once per participant (at 1000 participants that was a forward pass in every
+    participant's first round)."""
+
+    def __init__(self, family: ModelFamily, training: TrainingConfig):
+        self._family = family
+        self._training = training
+        self._planners: dict[str | None, FootprintPlanner] = {}
+
+    def planner(self, objective) -> FootprintPlanner:  # noqa: ANN001 (LocalObjective | None)
+        key = objective.name if objective is not None else None
+        if key not in self._planners:
+            self._planners[key] = make_planner(self._family, self._training, objective)
+        return self._planners[key]
+
+
+def seed_torch(seed: int) -> None:
+    """Seed the generators training draws from. `torch.manual_seed` also queues a seed for every accelerator
+    backend, capturing a stack trace each time (about 1 ms, paid per participant per round); on a CPU-only host
+    the CPU generator is all there is."""
+    torch.default_generator.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
 class ParticipantWorker:
     def __init__(self, spec: ParticipantSpec, family: ModelFamily, data: DataBundle, settings: WorkerSettings,
-                 step_costs: StepCostCache):
+                 step_costs: StepCostCache, planners: PlannerCache | None = None):
         self.spec = spec
         self.family = family
         self.data = data
         self.settings = settings
         self.step_costs = step_costs
+        self.planners = planners if planners is not None else PlannerCache(family, settings.training)
         self.clock = VirtualClock()
         self.state: dict = {}  # what the local objective keeps between rounds
-        self._guards: dict[str | None, MemoryGuard] = {}
 
     def _guard(self, objective) -> MemoryGuard:  # noqa: ANN001 (LocalObjective | None)
-        key = objective.name if objective is not None else None
-        if key not in self._guards:
-            planner = make_planner(self.family, self.settings.training, objective)
-            self._guards[key] = MemoryGuard(self.spec.memory_cap_bytes, planner)
-        return self._guards[key]
+        return MemoryGuard(self.spec.memory_cap_bytes, self.planners.planner(objective))
 
     def _row(self, round_idx: int, task: TrainTask, status: str, **values) -> ParticipantRoundRow:
         return ParticipantRoundRow(run_id=self.settings.run_id, round=round_idx, participant=self.spec.id,
@@ -103,7 +127,7 @@ class ParticipantWorker:
                              wall_total_s=time.perf_counter() - started), None
 
         seed = [self.settings.seed, round_idx, self.spec.id]
-        torch.manual_seed(int(np.random.default_rng(seed).integers(2**31)))
+        seed_torch(int(np.random.default_rng(seed).integers(2**31)))
         with rss_peak() as rss:
             received = fetch_payload()
             model = self.family.build(widths)

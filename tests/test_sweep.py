@@ -1,0 +1,138 @@
+"""Sweeps: the grid, validation before anything is written, and a real 2x2 sweep on the shared Ray cluster that
+records a cell failing at run time, is resumed without re-running finished cells, and retries the failed ones."""
+
+import copy
+import json
+import shutil
+
+import pytest
+import yaml
+
+from msfusion_ray.cli import main
+from msfusion_ray.devices.profile import default_profiles_dir
+from msfusion_ray.errors import UserInputError
+from msfusion_ray.sweep import (DataCache, SweepStatus, auto_parallel, cell_name, check_directory, create_directory,
+                                grid_points, load_sweep, load_sweep_dir, prepare_cells, run_sweep)
+from tests.conftest import SMALL_CONFIG
+
+
+def _sweep_file(tmp_path, grid, base=None, **extra):
+    data = {"name": "grid", "output_dir": str(tmp_path / "sweeps"), "base": base or copy.deepcopy(SMALL_CONFIG),
+            "grid": grid, **extra}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_grid_points_are_the_product_first_key_slowest():
+    points = grid_points({"strategy.name": ["a", "b"], "seed": [0, 1, 2]})
+    assert len(points) == 6
+    assert points[:4] == [{"strategy.name": "a", "seed": 0}, {"strategy.name": "a", "seed": 1},
+                          {"strategy.name": "a", "seed": 2}, {"strategy.name": "b", "seed": 0}]
+    assert cell_name(7, {"fleet.file": "device_profiles/fleets/quickstart.yaml", "training.lr": 0.01}) == (
+        "007-file=quickstart_lr=0.01")
+
+
+def test_cells_get_their_values_and_share_one_output_tree(tmp_path):
+    plan = load_sweep(_sweep_file(tmp_path, {"strategy.name": ["fedavg", "small_fedavg"], "training.lr": [0.1, 0.2]}),
+                      ["rounds=3"])
+    assert [c.id for c in plan.cells] == ["000-name=fedavg_lr=0.1", "001-name=fedavg_lr=0.2",
+                                          "002-name=small_fedavg_lr=0.1", "003-name=small_fedavg_lr=0.2"]
+    last = plan.cells[3].config
+    assert (last.strategy.name, last.training.lr, last.rounds) == ("small_fedavg", 0.2, 3)
+    assert plan.directory == tmp_path / "sweeps" / "grid"
+    assert {c.config.output_dir for c in plan.cells} == {str(tmp_path / "sweeps" / "grid" / "cells")}
+
+
+def test_a_base_config_given_by_path(tmp_path):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(SMALL_CONFIG))
+    plan = load_sweep(_sweep_file(tmp_path, {"seed": [1, 2]}, base="base.yaml"))
+    assert [c.config.seed for c in plan.cells] == [1, 2] and plan.config.base["name"] == "test"
+
+
+@pytest.mark.parametrize("grid, field", [
+    ({"training.learning_rate": [0.1]}, "training.learning_rate"),
+    ({"training.lr": [0.1, -1.0]}, "training.lr"),
+    ({"runtime.num_cpus": [1, 2]}, "grid.runtime.num_cpus"),
+    ({"seed": []}, "grid.seed"),
+    ({"seed": [1, 1]}, "grid.seed"),
+    ({"strategy.name": ["fedavg", "magic"]}, "strategy.name"),
+    ({"fleet.devices.toaster": [1]}, "fleet.devices.toaster"),
+])
+def test_bad_input_names_the_field_exits_2_and_writes_nothing(tmp_path, capsys, grid, field):
+    code = main(["sweep", str(_sweep_file(tmp_path, grid))])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and field in err
+    assert not (tmp_path / "sweeps").exists()
+
+
+def test_an_unknown_sweep_field_and_a_missing_base_are_named(tmp_path, capsys):
+    assert main(["sweep", str(_sweep_file(tmp_path, {"seed": [0]}, max_paralel=2))]) == 2
+    assert "max_paralel" in capsys.readouterr().err
+    assert main(["sweep", str(_sweep_file(tmp_path, {"seed": [0]}, base="nowhere.yaml"))]) == 2
+    assert "nowhere.yaml" in capsys.readouterr().err
+    assert main(["sweep", "--resume", str(tmp_path)]) == 2
+    assert "not a sweep directory" in capsys.readouterr().err
+
+
+def test_a_directory_holding_another_sweep_is_not_reused(tmp_path):
+    plan = load_sweep(_sweep_file(tmp_path, {"seed": [0, 1]}))
+    create_directory(plan)
+    check_directory(load_sweep(_sweep_file(tmp_path, {"seed": [0, 1]}, max_parallel=1)))  # same sweep
+    with pytest.raises(UserInputError, match="different sweep"):
+        check_directory(load_sweep(_sweep_file(tmp_path, {"seed": [0, 2]})))
+
+
+def test_parallel_cells_are_bounded_by_cpus_and_memory():
+    gib = 2**30
+    assert auto_parallel(cpus=2, memory_bytes=16 * gib, actors_per_cell=3) == 2
+    assert auto_parallel(cpus=16, memory_bytes=16 * gib, actors_per_cell=9) == 3  # 12.8 GiB / 3.5 GiB a cell
+    assert auto_parallel(cpus=2, memory_bytes=gib, actors_per_cell=9) == 1
+
+
+def _status(plan):
+    return json.loads((plan.directory / "status.json").read_text())["cells"]
+
+
+def _run(plan, retry_failed=False, before_running=lambda: None):
+    """What the sweep command does, with a hook between validation and running."""
+    todo = SweepStatus.load_or_new(plan).to_run(retry_failed)
+    prepared = prepare_cells(plan, todo, DataCache())
+    status = create_directory(plan)
+    before_running()
+    run_sweep(plan, prepared, status, todo, max_parallel=2, show_progress=False)
+    return todo
+
+
+def test_sweep_runs_records_a_failed_cell_and_resumes_without_rerunning(ray_session, tmp_path):
+    doomed = tmp_path / "profiles"
+    shutil.copytree(default_profiles_dir(), doomed)
+    base = copy.deepcopy(SMALL_CONFIG)
+    base["runtime"]["hosts"] = 1  # fewer actors to start: the test is about the sweep, not the pool
+    path = _sweep_file(tmp_path, {"strategy.name": ["fedavg", "small_fedavg"],
+                                  "fleet.profiles_dir": [str(default_profiles_dir()), str(doomed)]}, base=base)
+    plan = load_sweep(path)
+    # the second profile directory passes validation, then disappears before its cells run: they fail at run time
+    assert len(_run(plan, before_running=lambda: shutil.rmtree(doomed))) == 4
+    cells = _status(plan)
+    complete = [k for k, c in cells.items() if c["status"] == "complete"]
+    failed = [k for k, c in cells.items() if c["status"] == "failed"]
+    assert complete == ["000-name=fedavg_profiles_dir=device_profiles", "002-name=small_fedavg_profiles_dir="
+                        "device_profiles"]
+    assert len(failed) == 2
+    for cell_id in failed:
+        error = cells[cell_id]["error"]
+        assert "device profile directory not found" in error and "\n" not in error
+    for cell_id in complete:
+        summary = json.loads((plan.directory / "cells" / cell_id / "summary.json").read_text())
+        assert summary["status"] == "complete" and summary["rounds_completed"] == 2
+        assert cells[cell_id]["rounds_completed"] == 2 and cells[cell_id]["final_accuracy"] is not None
+    stamps = {k: (plan.directory / "cells" / k / "summary.json").stat().st_mtime_ns for k in complete}
+
+    # running the same sweep again: nothing to do (finished cells stay, failed ones wait for --retry-failed)
+    again = load_sweep_dir(plan.directory)
+    assert _run(again) == []
+    shutil.copytree(default_profiles_dir(), doomed)
+    assert sorted(_run(again, retry_failed=True)) == sorted(failed)
+    assert all(c["status"] == "complete" and c["error"] is None for c in _status(plan).values())
+    assert {k: (plan.directory / "cells" / k / "summary.json").stat().st_mtime_ns for k in complete} == stamps
