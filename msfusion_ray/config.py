@@ -23,7 +23,7 @@ from msfusion_ray.schema import (build, checked, fraction, load_yaml, non_negati
 class DataConfig:
     dataset: str = "fashion_mnist"
     data_dir: str | None = None  # default: where the data set's package installs it
-    partition: Literal["iid", "dirichlet"] = "dirichlet"
+    partition: Literal["iid", "dirichlet", "play", "speaker"] = "dirichlet"  # play, speaker: shakespeare's groups
     alpha: float = checked(0.5, check=positive)  # Dirichlet concentration: small = strong label skew
     train_samples: int | None = checked(None, check=positive)  # seeded subset of the training split
     eval_samples: int | None = checked(None, check=positive)  # seeded subset of the test split

@@ -8,7 +8,7 @@ import numpy as np
 
 from msfusion_ray.config import DataConfig
 from msfusion_ray.data.arrays import ArrayDataset, DataBundle, channel_stats, pad_images
-from msfusion_ray.data.partition import partition_dirichlet, partition_iid
+from msfusion_ray.data.partition import partition_dirichlet, partition_groups, partition_iid
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.models.base import DataShape
 
@@ -29,11 +29,17 @@ def _image_bundle(name: str, arrays: dict[str, np.ndarray], config: DataConfig, 
     return DataBundle(name, train, test, DataShape(tuple(train.x.shape[1:]), num_classes), mean, std)
 
 
+def subset_indices(n_samples: int, size: int | None, seed: int, which: str) -> np.ndarray | None:
+    """A seeded, sorted sample of `size` of `n_samples` indices (None: keep them all), the cap that
+    data.train_samples and data.eval_samples put on a split."""
+    if size is None or size >= n_samples:
+        return None
+    return np.sort(np.random.default_rng([seed, 0x5B5E7, len(which)]).choice(n_samples, size, replace=False))
+
+
 def _subset(split: ArrayDataset, size: int | None, seed: int, which: str) -> ArrayDataset:
-    if size is None or size >= len(split):
-        return split
-    chosen = np.sort(np.random.default_rng([seed, 0x5B5E7, len(which)]).choice(len(split), size, replace=False))
-    return split.subset(chosen)
+    chosen = subset_indices(len(split), size, seed, which)
+    return split if chosen is None else split.subset(chosen)
 
 
 def _fashion_mnist(config: DataConfig, seed: int) -> DataBundle:
@@ -48,9 +54,16 @@ def _cifar10(config: DataConfig, seed: int) -> DataBundle:
     return _image_bundle("cifar10", load_cifar10(config.data_dir), config, seed)
 
 
+def _shakespeare(config: DataConfig, seed: int) -> DataBundle:
+    from msfusion_ray.data.shakespeare import load_shakespeare
+
+    return load_shakespeare(config, seed)
+
+
 LOADERS: dict[str, Callable[[DataConfig, int], DataBundle]] = {
     "fashion_mnist": _fashion_mnist,
     "cifar10": _cifar10,
+    "shakespeare": _shakespeare,
 }
 
 
@@ -61,7 +74,8 @@ def load_data(config: DataConfig, seed: int) -> DataBundle:
 
 
 def partition(bundle: DataBundle, config: DataConfig, n_parts: int, seed: int) -> list[np.ndarray]:
-    """Each participant's sample indices into the training split."""
+    """Each participant's sample indices into the training split: IID, Dirichlet label skew (classification), or
+    whole natural groups of the data set (e.g. shakespeare's plays or speakers)."""
     if n_parts * config.min_samples_per_participant > len(bundle.train):
         raise UserInputError("fleet", f"{n_parts} participants need at least "
                                       f"{n_parts * config.min_samples_per_participant} training samples "
@@ -69,4 +83,11 @@ def partition(bundle: DataBundle, config: DataConfig, n_parts: int, seed: int) -
                                       f"{len(bundle.train)}")
     if config.partition == "iid":
         return partition_iid(len(bundle.train), n_parts, seed)
-    return partition_dirichlet(bundle.train.y, n_parts, config.alpha, seed, config.min_samples_per_participant)
+    known = ["iid", *(["dirichlet"] if bundle.shape.task == "classification" else []), *bundle.groups]
+    if config.partition not in known:
+        raise UserInputError("data.partition", f"{bundle.name} cannot be partitioned by '{config.partition}' "
+                                               f"(it can: {', '.join(known)})")
+    if config.partition == "dirichlet":
+        return partition_dirichlet(bundle.train.y, n_parts, config.alpha, seed, config.min_samples_per_participant)
+    return partition_groups(bundle.groups[config.partition], n_parts, seed, config.min_samples_per_participant,
+                            what=config.partition)

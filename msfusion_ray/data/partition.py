@@ -1,6 +1,7 @@
-"""Splitting a training set across participants: IID, or label skew drawn from a Dirichlet distribution.
+"""Splitting a training set across participants: IID, label skew drawn from a Dirichlet distribution, or whole
+natural groups (the plays or speakers of a text corpus).
 
-Both are seeded: the same seed, labels and participant count give the same partition.
+All are seeded: the same seed, labels (or groups) and participant count give the same partition.
 """
 
 from __future__ import annotations
@@ -50,3 +51,32 @@ def partition_dirichlet(labels: np.ndarray, n_parts: int, alpha: float, seed: in
 def label_histogram(labels: np.ndarray, parts: list[np.ndarray], num_classes: int) -> np.ndarray:
     """Participants x classes counts (for records and tests)."""
     return np.stack([np.bincount(labels[p], minlength=num_classes) for p in parts])
+
+
+def partition_groups(keys: np.ndarray, n_parts: int, seed: int, min_samples: int = 1,
+                     what: str = "group") -> list[np.ndarray]:
+    """Natural non-IID split: every group (a play, a speaker) goes whole to one participant.
+
+    Groups are dealt largest first to the participant holding the fewest samples so far (balanced by size; ties
+    in a seeded order), then the resulting shares are handed to participants in a seeded order, so the seed
+    decides which device gets which plays.
+    """
+    names, inverse, sizes = np.unique(np.asarray(keys), return_inverse=True, return_counts=True)
+    if n_parts > len(names):
+        raise UserInputError("fleet", f"{n_parts} participants but the training split has only {len(names)} "
+                                      f"{what} groups; use fewer participants or another data.partition")
+    rng = np.random.default_rng([seed, 0x6E0])
+    order = rng.permutation(len(names))
+    order = order[np.argsort(-sizes[order], kind="stable")]
+    loads = np.zeros(n_parts, dtype=np.int64)
+    owner = np.empty(len(names), dtype=np.int64)
+    for group in order:
+        owner[group] = np.argmin(loads)
+        loads[owner[group]] += sizes[group]
+    owner = rng.permutation(n_parts)[owner]
+    parts = [np.flatnonzero(owner[inverse] == p) for p in range(n_parts)]
+    smallest = min(len(p) for p in parts)
+    if smallest < min_samples:
+        raise UserInputError("data.partition", f"by {what}, the smallest of {n_parts} shares has {smallest} "
+                                               f"samples (< data.min_samples_per_participant = {min_samples})")
+    return parts
