@@ -86,6 +86,7 @@ class RuntimeConfig:
     checkpoint_every: int = checked(1, check=positive)
     eval_every: int = checked(1, check=positive)
     eval_batch_size: int = checked(500, check=positive)
+    bn_calibration_samples: int = checked(1000, check=non_negative)  # BatchNorm statistics recomputed before eval
     dashboard: bool = False
     object_store_mib: int = checked(1024, check=positive)
     device_resources: bool = False  # on a real cluster: place participants on nodes with resource device:<name>

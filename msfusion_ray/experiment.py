@@ -36,7 +36,12 @@ class Prepared:
     capacity: CapacityOracle
 
     def participant_infos(self) -> list[ParticipantInfo]:
-        return [ParticipantInfo(p.id, p.device.name, len(self.partitions[p.id])) for p in self.fleet.participants]
+        return participant_infos(self.fleet, self.partitions)
+
+
+def participant_infos(fleet: Fleet, partitions: list[np.ndarray]) -> list[ParticipantInfo]:
+    """What strategies may know of each participant: id, device class name, and how many samples it holds."""
+    return [ParticipantInfo(p.id, p.device.name, len(partitions[p.id])) for p in fleet.participants]
 
 
 def project_path(path: str) -> Path:
@@ -71,11 +76,10 @@ def prepare(config: ExperimentConfig, data: DataBundle | None = None) -> Prepare
     objective = make_objective(spec.name, spec.params) if spec is not None else None
     capacity = CapacityOracle(fleet, family, make_planner(family, config.training, objective),
                               config.training.batch_size)
-    infos = [ParticipantInfo(p.id, p.device.name, len(partitions[p.id])) for p in fleet.participants]
     if all(capacity.max_rate(p.id) is None for p in fleet.participants):
         narrowest = capacity.footprint_bytes(capacity.rate_widths(1e-9))
         largest = max(p.memory_cap_bytes for p in fleet.participants)
         raise UserInputError("fleet", f"no participant can train even the narrowest sub-model (needs "
                                       f"{narrowest / 2**20:.1f} MiB, largest memory cap {largest / 2**20:.1f} MiB)")
-    global_family = strategy.configure(capacity, infos)
+    global_family = strategy.configure(capacity, participant_infos(fleet, partitions))
     return Prepared(config, data, fleet, partitions, global_family, strategy, capacity)

@@ -24,7 +24,7 @@ class DeviceProfile:
     downlink_mbps: float = checked(check=positive)
     latency_ms: float = checked(0.0, check=lambda v: None if v >= 0 else f"must be >= 0 (got {v})")
     availability: float = checked(1.0, check=probability)
-    native: bool = False  # on a real cluster: the node is the device, nothing is emulated
+    native: bool = False  # on a real cluster: the node is the device (no memory refusal, measured compute time)
 
     @property
     def memory_bytes(self) -> int:

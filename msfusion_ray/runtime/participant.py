@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -117,7 +117,7 @@ class ParticipantWorker:
         objective = make_objective(task.objective.name, task.objective.params) if task.objective else None
         widths = widths_of(self.family.spec, task.selection)
         verdict = self._guard(objective).check(widths, training.batch_size)
-        if not verdict.fits:
+        if not verdict.fits and not self.spec.device.native:
             latency = device_time(self.spec.device, 0, 0, 0).latency_s
             self.clock.advance(latency)
             return self._row(round_idx, task, "oom", mem_planned_bytes=verdict.planned_bytes,
@@ -148,6 +148,8 @@ class ParticipantWorker:
         bytes_down = payload_bytes(received) + selection_bytes
         bytes_up = payload_bytes(weights)
         spent = device_time(self.spec.device, local.flops, bytes_down, bytes_up)
+        if self.spec.device.native:  # the node is the device: its compute time is what it measured
+            spent = replace(spent, compute_s=train_done - setup_done)
         self.clock.advance(spent.total_s)
         message = ""
         if self.settings.clock == "real":

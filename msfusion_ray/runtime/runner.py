@@ -21,12 +21,21 @@ from msfusion_ray.records import ParticipantRoundRow, RecordWriter, RoundRow
 from msfusion_ray.runtime.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from msfusion_ray.runtime.engine import ENGINES
 from msfusion_ray.runtime.hosts import HostPool
-from msfusion_ray.training.evaluate import evaluate
+from msfusion_ray.data.arrays import ArrayDataset
+from msfusion_ray.training.evaluate import evaluate, recalibrate_batchnorm
 
 
 def initial_weights(prepared: Prepared) -> Weights:
     torch.manual_seed(prepared.config.seed)
     return to_weights(prepared.family.build())
+
+
+def calibration_split(prepared: Prepared) -> ArrayDataset:
+    """A seeded sample of training data on which the global model's BatchNorm statistics are recomputed."""
+    train = prepared.data.train
+    size = min(prepared.config.runtime.bn_calibration_samples, len(train))
+    chosen = np.random.default_rng([prepared.config.seed, 0xB7]).choice(len(train), size, replace=False)
+    return train.subset(np.sort(chosen))
 
 
 class Runner:
@@ -42,6 +51,7 @@ class Runner:
         self.devices = {p.id: p.device.name for p in prepared.fleet.participants}
         self.infos = {info.id: info for info in prepared.participant_infos()}
         self.weights = initial_weights(prepared)
+        self.calibration = calibration_split(prepared)
         self.start_round = 1
         self.history: list[dict[str, float]] = []
         self.started = time.time()
@@ -125,6 +135,7 @@ class Runner:
         load_weights(model, self.weights)
         data = self.prepared.data
         batch = self.config.runtime.eval_batch_size
+        recalibrate_batchnorm(model, data, self.calibration, batch)
         splits = {"test": data.test, "val": data.validation}
         metrics = {name: evaluate(model, data, split, batch) for name, split in splits.items() if split is not None}
         return metrics, time.perf_counter() - started

@@ -37,8 +37,8 @@ from msfusion_ray.splitting import schedules
 from msfusion_ray.splitting.aggregate import ScatterAccumulator
 from msfusion_ray.splitting.index_map import Selection, extract, overlay, shared_entries, units_at_rate
 from msfusion_ray.strategies import register
-from msfusion_ray.strategies.base import ObjectiveSpec, ParticipantInfo, TrainTask, Update
-from msfusion_ray.strategies.width import WidthParams, WidthSplitting
+from msfusion_ray.strategies.base import Capacity, ObjectiveSpec, ParticipantInfo, TrainTask, Update
+from msfusion_ray.strategies.width import SMALLEST_RATE, WidthParams, WidthSplitting
 from msfusion_ray.training.objective import LocalObjective, ObjectiveContext, register_objective
 
 BYTES_PER_ENTRY = 4  # float32
@@ -52,6 +52,9 @@ class MSfusionParams(WidthParams):
     overlap_max: float = checked(1.0, check=probability)
     overlap_smoothing: float = checked(0.5, check=fraction)  # beta: weight of the newest measurement
     temporal_step: float | None = checked(None, check=fraction)  # share of a group moved per round
+    # Train only as much as needed: rates are lowered (water-filling under each device's cap) until they sum to
+    # this many copies of the model per round. None: every participant trains the largest slice it can hold.
+    target_multiplicity: float | None = checked(None, check=positive)
     contrastive: bool = True
     contrastive_weight: float = checked(1.0, check=positive)  # mu
     temperature: float = checked(0.5, check=positive)  # tau
@@ -71,6 +74,14 @@ class MSfusion(WidthSplitting):
             return None
         return ObjectiveSpec("msfusion_contrastive", {"weight": self.params.contrastive_weight,
                                                        "temperature": self.params.temperature})
+
+    def rates(self, participants: Sequence[ParticipantInfo], capacity: Capacity) -> dict[int, float]:
+        largest = super().rates(participants, capacity)
+        target = self.params.target_multiplicity
+        if target is None or sum(largest.values()) <= target:
+            return largest
+        level = water_level(list(largest.values()), target)
+        return {pid: max(SMALLEST_RATE, min(rate, level)) for pid, rate in largest.items()}
 
     def select(self, round_idx: int, participants: list[ParticipantInfo],
                rates: dict[int, float]) -> dict[int, Selection]:
@@ -118,6 +129,19 @@ class MSfusion(WidthSplitting):
 
     def load_state_dict(self, values: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         self.overlap = float(values["overlap"])
+
+
+def water_level(caps: list[float], total: float) -> float:
+    """The level L with sum(min(cap, L)) = total (caps summing to more than total): everyone gets the same rate
+    unless its device caps it lower."""
+    low, high = 0.0, max(caps)
+    for _ in range(50):
+        middle = (low + high) / 2
+        if sum(min(cap, middle) for cap in caps) < total:
+            low = middle
+        else:
+            high = middle
+    return high
 
 
 @dataclass(frozen=True)

@@ -61,8 +61,11 @@ class WidthSplitting(Strategy):
         """Units each group keeps at this rate."""
         return {group: units_at_rate(size, rate) for group, size in self.spec.groups.items()}
 
+    def rates(self, participants: Sequence[ParticipantInfo], capacity: Capacity) -> dict[int, float]:
+        return {p.id: self.rate(p.id, capacity) for p in participants}
+
     def plan(self, round_idx: int, participants: Sequence[ParticipantInfo], capacity: Capacity) -> list[TrainTask]:
-        rates = {p.id: self.rate(p.id, capacity) for p in participants}
+        rates = self.rates(participants, capacity)
         selections = self.select(round_idx, list(participants), rates)
         objective = self.objective()
         return [TrainTask(p.id, selections[p.id], objective, rates[p.id]) for p in participants]

@@ -12,6 +12,28 @@ from msfusion_ray.training.losses import task_loss
 
 
 @torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, data: DataBundle, split: ArrayDataset, batch_size: int) -> bool:
+    """Recompute every BatchNorm layer's running statistics as plain averages over `split` (HeteroFL's static BN
+    protocol). A global model assembled from sub-models has statistics gathered inside narrower networks, which
+    do not describe its own activations. Returns whether the model had BatchNorm layers."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or len(split) == 0:
+        return False
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    for start in range(0, len(split), batch_size):
+        x, _ = data.to_batch(split.x[start:start + batch_size], split.y[start:start + batch_size])
+        model(x)
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    model.eval()
+    return True
+
+
+@torch.no_grad()
 def evaluate(model: nn.Module, data: DataBundle, split: ArrayDataset, batch_size: int) -> dict[str, float]:
     model.eval()
     loss_sum = correct = count = 0.0

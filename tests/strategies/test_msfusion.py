@@ -93,3 +93,15 @@ def test_contrastive_objective_pulls_towards_the_received_model_and_remembers_it
     objective.end(model, context)
     assert set(state["previous"]["selection"]) == set(task.selection)
     assert objective.extra_bytes(model) == 2 * sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def test_target_multiplicity_lowers_rates_until_they_sum_to_the_target():
+    from msfusion_ray.strategies.msfusion import water_level
+
+    assert water_level([0.2, 0.5, 0.9], 1.0) == pytest.approx(0.4)  # 0.2 + 0.4 + 0.4
+    strategy, capacity, infos, _, _ = _setup("msfusion", {"target_multiplicity": 1.5})
+    largest, _, _, _, _ = _setup("msfusion")
+    lowered = {t.participant: t.rate for t in strategy.plan(1, infos, capacity)}
+    unconstrained = {t.participant: t.rate for t in largest.plan(1, infos, capacity)}
+    assert sum(lowered.values()) == pytest.approx(1.5, abs=1e-6)
+    assert all(lowered[p] <= unconstrained[p] + 1e-12 for p in lowered)

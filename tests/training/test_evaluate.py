@@ -1,0 +1,29 @@
+import torch
+
+from msfusion_ray.config import DataConfig
+from msfusion_ray.data import load_data
+from msfusion_ray.models import build_family
+from msfusion_ray.training.evaluate import evaluate, recalibrate_batchnorm
+
+
+def test_batchnorm_recalibration_computes_the_statistics_of_the_calibration_data():
+    data = load_data(DataConfig(train_samples=200, eval_samples=100), seed=0)
+    model = build_family("cnn", data.shape, 0.25).build()
+    first_bn = model.features[1]
+    first_bn.running_mean.fill_(50.0)  # statistics that describe some other network
+    first_bn.running_var.fill_(1e-4)
+    assert recalibrate_batchnorm(model, data, data.train, batch_size=200)
+    x, _ = data.to_batch(data.train.x, data.train.y)
+    with torch.no_grad():
+        conv = model.features[0](x)
+    assert torch.allclose(first_bn.running_mean, conv.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert torch.allclose(first_bn.running_var, conv.var(dim=(0, 2, 3), unbiased=True), rtol=1e-4)
+    assert first_bn.momentum == 0.1 and not model.training
+    metrics = evaluate(model, data, data.test, batch_size=50)
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["loss"] > 0
+
+
+def test_models_without_batchnorm_are_left_alone():
+    data = load_data(DataConfig(train_samples=50, eval_samples=20), seed=0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    assert not recalibrate_batchnorm(model, data, data.train, batch_size=25)
