@@ -3,8 +3,8 @@
 `FlopCounterMode` knows the CUDA kernels behind `scaled_dot_product_attention` (flash, efficient, cuDNN) but not
 the CPU one (`_scaled_dot_product_flash_attention_for_cpu` and its backward), so on a CPU attention counted zero.
 The CPU kernel does the same two matrix products forward (Q K^T and A V, each 2*B*h*T*T*head_dim, the causal mask
-not subtracted) and five backward, so torch's own formulas for the other kernels apply unchanged. Importing this
-module registers them once per process; models that call scaled_dot_product_attention import it.
+not subtracted) and five backward, so torch's own formulas for the other kernels apply unchanged.
+`msfusion_ray.costs.flops` registers them when it is imported, so every FLOP count in the project includes them.
 """
 
 from __future__ import annotations
@@ -26,5 +26,3 @@ def register_cpu_attention_flops() -> None:
         if op is not None and op not in flop_registry:
             register_flop_formula(op)(formula.__wrapped__)
 
-
-register_cpu_attention_flops()

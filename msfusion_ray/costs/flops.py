@@ -14,7 +14,10 @@ from typing import Callable, Hashable, Iterable, TypeVar
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from msfusion_ray.costs.attention import register_cpu_attention_flops
 from msfusion_ray.costs.memory import TensorPeakTracker
+
+register_cpu_attention_flops()  # every count in this project sees CPU attention
 
 T = TypeVar("T")
 

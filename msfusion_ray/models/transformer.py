@@ -21,7 +21,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-import msfusion_ray.costs.attention  # noqa: F401  (registers FLOP formulas for the CPU attention kernel)
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.models.base import DataShape, ModelFamily, register, scaled
 from msfusion_ray.schema import checked, positive
