@@ -42,7 +42,10 @@ SWEEP_FILE = "sweep.yaml"
 class SweepConfig:
     name: str
     base: dict[str, Any] | str  # an experiment config, inline or the path of its YAML file
-    grid: dict[str, list[Any]]  # dotted config key -> the values it takes; the cells are their product
+    grid: dict[str, list[Any]] = field(default_factory=dict)  # dotted key -> its values; cells: their product
+    # Hand-picked combinations (dotted key -> value), each crossed with the grid: for cells that differ in several
+    # keys at once, e.g. the upper-bound scheme on its own fleet beside the others on the constrained one.
+    cases: list[dict[str, Any]] = field(default_factory=list)
     max_parallel: int | None = checked(None, check=positive)  # cells side by side (default: from the cluster)
     output_dir: str = "sweeps"
 
@@ -96,9 +99,18 @@ def load_sweep_dir(directory: str | Path) -> SweepPlan:
 
 
 def plan_sweep(sweep: SweepConfig, directory: Path, source: str) -> SweepPlan:
-    """Expand the grid into cells and build each cell's config (strictly, like any experiment config)."""
-    if not sweep.grid:
-        raise UserInputError(f"{source}: grid", "give at least one key with a list of values")
+    """Expand cases x grid into cells and build each cell's config (strictly, like any experiment config)."""
+    if not sweep.grid and not sweep.cases:
+        raise UserInputError(f"{source}: grid", "give at least one key with a list of values (or cases)")
+    for index, case in enumerate(sweep.cases):
+        for key in case:
+            if key in CLUSTER_KEYS:
+                raise UserInputError(f"{source}: cases[{index}].{key}", "the cells share one cluster: set it in base")
+            if key in sweep.grid:
+                raise UserInputError(f"{source}: cases[{index}].{key}", "also in the grid: give it in one place")
+    texts = [json.dumps(case, sort_keys=True) for case in sweep.cases]
+    if len(set(texts)) < len(texts):
+        raise UserInputError(f"{source}: cases", "a case is repeated")
     for key, values in sweep.grid.items():
         if key in CLUSTER_KEYS:
             raise UserInputError(f"{source}: grid.{key}", "the cells share one cluster: set it in base")
@@ -108,7 +120,8 @@ def plan_sweep(sweep: SweepConfig, directory: Path, source: str) -> SweepPlan:
         if len(set(texts)) < len(texts):
             raise UserInputError(f"{source}: grid.{key}", "a value is repeated")
     cells = []
-    for index, values in enumerate(grid_points(sweep.grid)):
+    points = [{**case, **point} for case in (sweep.cases or [{}]) for point in grid_points(sweep.grid)]
+    for index, values in enumerate(points):
         cell_id = cell_name(index, values)
         data = copy.deepcopy(sweep.base)
         try:

@@ -44,6 +44,16 @@ def test_cells_get_their_values_and_share_one_output_tree(tmp_path):
     assert {c.config.output_dir for c in plan.cells} == {str(tmp_path / "sweeps" / "grid" / "cells")}
 
 
+def test_cases_are_crossed_with_the_grid(tmp_path):
+    cases = [{"strategy.name": "small_fedavg"},
+             {"strategy.name": "fedavg", "fleet.memory_scale": 1.0}]
+    plan = load_sweep(_sweep_file(tmp_path, {"seed": [0, 1]}, cases=cases))
+    assert [(c.config.strategy.name, c.config.fleet.memory_scale, c.config.seed) for c in plan.cells] == [
+        ("small_fedavg", 0.001, 0), ("small_fedavg", 0.001, 1), ("fedavg", 1.0, 0), ("fedavg", 1.0, 1)]
+    with pytest.raises(UserInputError, match="also in the grid"):
+        load_sweep(_sweep_file(tmp_path, {"seed": [0]}, cases=[{"seed": 3}]))
+
+
 def test_a_base_config_given_by_path(tmp_path):
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(SMALL_CONFIG))
     plan = load_sweep(_sweep_file(tmp_path, {"seed": [1, 2]}, base="base.yaml"))
