@@ -9,6 +9,7 @@ in the environment.
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -29,6 +30,14 @@ OFFLINE_LOOPBACK_ENV = {
 def apply_offline_env() -> None:
     """Set the loopback-only, no-telemetry environment for this process and the Ray processes it starts."""
     os.environ.update(OFFLINE_LOOPBACK_ENV)
+    # Ray reads the loopback switch once, when it is first imported: if that has happened, set what it read.
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:
+        constants.ENABLE_RAY_CLUSTER = False
+
+
+def node_addresses() -> set[str]:
+    return {node["NodeManagerAddress"] for node in ray.nodes() if node.get("Alive")}
 
 
 @contextmanager
@@ -44,6 +53,9 @@ def ray_cluster(runtime: RuntimeConfig) -> Iterator[None]:
         apply_offline_env()
         ray.init(num_cpus=runtime.num_cpus, include_dashboard=runtime.dashboard, log_to_driver=False,
                  object_store_memory=runtime.object_store_mib * 1024**2)
+        if node_addresses() != {"127.0.0.1"}:
+            ray.shutdown()
+            raise RuntimeError(f"the embedded Ray cluster did not bind to loopback ({node_addresses()})")
     try:
         yield
     finally:

@@ -1,0 +1,22 @@
+"""The embedded cluster stays on loopback even when Ray was imported before the environment was set (as the CLI
+does): Ray reads its loopback switch at import time."""
+
+import subprocess
+import sys
+
+SCRIPT = """
+import ray  # imported first, before the offline environment exists
+from msfusion_ray.config import RuntimeConfig
+from msfusion_ray.runtime.cluster import node_addresses, ray_cluster
+with ray_cluster(RuntimeConfig(num_cpus=1, object_store_mib=128)):
+    print(sorted(node_addresses()))
+"""
+
+
+def test_embedded_cluster_binds_to_loopback_whatever_the_import_order():
+    env_without_switch = {k: v for k, v in __import__("os").environ.items()
+                          if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=180,
+                          env=env_without_switch)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "['127.0.0.1']"
