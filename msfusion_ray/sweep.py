@@ -31,9 +31,9 @@ from msfusion_ray.schema import build, checked, load_yaml, positive, set_dotted
 
 # The cells share one cluster, so the keys that configure the cluster belong in the base config, not in the grid.
 CLUSTER_KEYS = ("runtime.address", "runtime.num_cpus", "runtime.object_store_mib", "runtime.dashboard")
-# Resident set of one torch actor while it trains a small model here (research/environment.md: 175 MiB idle);
-# a cell needs its hosts and its driver.
-ACTOR_MEMORY_BYTES = 400 * 2**20
+# Peak resident set of one actor of a run (a host or the driver: torch, the data set, a small model), as
+# benchmarks/scalability.py measured it here (docs/benchmarks.md); a cell needs its hosts and its driver.
+ACTOR_MEMORY_BYTES = 500 * 2**20
 STATUS_FILE = "status.json"
 SWEEP_FILE = "sweep.yaml"
 

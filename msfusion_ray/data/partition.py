@@ -19,12 +19,13 @@ def partition_iid(n_samples: int, n_parts: int, seed: int) -> list[np.ndarray]:
     return [np.sort(part) for part in np.array_split(order, n_parts)]
 
 
-def partition_dirichlet(labels: np.ndarray, n_parts: int, alpha: float, seed: int, min_samples: int = 1,
-                        max_tries: int = 1000) -> list[np.ndarray]:
+def partition_dirichlet(labels: np.ndarray, n_parts: int, alpha: float, seed: int,
+                        min_samples: int = 1) -> list[np.ndarray]:
     """Label skew: for every class, its samples are shared out with proportions drawn from Dirichlet(alpha).
 
-    Small alpha gives each participant few classes; large alpha approaches IID. Draws are repeated until every
-    participant holds at least `min_samples` samples.
+    Small alpha gives each participant few classes; large alpha approaches IID. Participants the draw leaves under
+    `min_samples` are topped up with samples taken at random from the largest shares (redrawing instead could
+    take thousands of draws, or never succeed, with hundreds of participants and a few dozen samples each).
     """
     labels = np.asarray(labels)
     if n_parts * min_samples > len(labels):
@@ -33,19 +34,32 @@ def partition_dirichlet(labels: np.ndarray, n_parts: int, alpha: float, seed: in
     rng = np.random.default_rng([seed, 0xD1C])
     classes = np.unique(labels)
     by_class = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
-    for _ in range(max_tries):
-        parts: list[list[np.ndarray]] = [[] for _ in range(n_parts)]
-        for indices in by_class:
-            shares = rng.dirichlet(np.full(n_parts, alpha))
-            cuts = (np.cumsum(shares)[:-1] * len(indices)).astype(int)
-            for part, chunk in zip(parts, np.split(indices, cuts)):
-                part.append(chunk)
-        merged = [np.sort(np.concatenate(p)) for p in parts]
-        if min(len(p) for p in merged) >= min_samples:
-            return merged
-    raise UserInputError("data.alpha", f"Dirichlet(alpha={alpha}) could not give each of {n_parts} participants "
-                                       f"{min_samples} samples in {max_tries} draws; raise alpha or lower "
-                                       "data.min_samples_per_participant")
+    parts: list[list[np.ndarray]] = [[] for _ in range(n_parts)]
+    for indices in by_class:
+        shares = rng.dirichlet(np.full(n_parts, alpha))
+        cuts = (np.cumsum(shares)[:-1] * len(indices)).astype(int)
+        for part, chunk in zip(parts, np.split(indices, cuts)):
+            part.append(chunk)
+    return top_up([np.sort(np.concatenate(p)) for p in parts], min_samples, rng)
+
+
+def top_up(parts: list[np.ndarray], min_samples: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Move randomly chosen samples from the largest parts to every part under `min_samples` (possible whenever
+    the parts hold n_parts * min_samples samples in all)."""
+    parts = list(parts)
+    sizes = np.array([len(p) for p in parts])
+    for needy in np.flatnonzero(sizes < min_samples):
+        while sizes[needy] < min_samples:
+            donor = int(np.argmax(sizes))
+            take = int(min(min_samples - sizes[needy], sizes[donor] - min_samples))
+            moved = rng.choice(sizes[donor], take, replace=False)
+            kept = np.ones(sizes[donor], dtype=bool)
+            kept[moved] = False
+            parts[needy] = np.sort(np.concatenate([parts[needy], parts[donor][moved]]))
+            parts[donor] = parts[donor][kept]
+            sizes[needy] += take
+            sizes[donor] -= take
+    return parts
 
 
 def label_histogram(labels: np.ndarray, parts: list[np.ndarray], num_classes: int) -> np.ndarray:

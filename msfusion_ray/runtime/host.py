@@ -22,6 +22,7 @@ class Host:
     def __init__(self, host_id: int, family: ModelFamily, data_box: list, participants: list[ParticipantSpec],
                  settings: WorkerSettings, threads: int, fetch_timeout_s: float):
         torch.set_num_threads(threads)
+        warm_up_torch()
         self.host_id = host_id
         self.fetch_timeout_s = fetch_timeout_s
         data = ray.get(data_box[0], timeout=fetch_timeout_s)
@@ -48,6 +49,12 @@ class Host:
 
 
 HostActor = ray.remote(max_restarts=0)(Host)
+
+
+def warm_up_torch() -> None:
+    """Pay torch's one-off lazy start-up while the host starts: the first optimizer a process makes imports
+    torch._dynamo (1-4 s here), which would otherwise be recorded as the first participant's training time."""
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
 
 
 def assign_hosts(participant_ids: list[int], n_hosts: int, groups: dict[int, str] | None = None) -> list[list[int]]:

@@ -52,3 +52,12 @@ def test_more_participants_than_samples_is_a_user_error():
         partition_iid(5, 6, seed=0)
     with pytest.raises(UserInputError, match="participants"):
         partition_dirichlet(LABELS[:20], 5, alpha=1.0, seed=0, min_samples=5)
+
+
+def test_dirichlet_tops_up_small_shares_at_a_thousand_participants():
+    labels = np.repeat(np.arange(10), 2000)  # 20 samples a participant on average: most draws leave some under 8
+    parts = partition_dirichlet(labels, 1000, alpha=0.5, seed=0, min_samples=8)
+    merged = np.concatenate(parts)
+    assert min(len(p) for p in parts) >= 8
+    assert len(merged) == len(labels) == len(np.unique(merged))
+    assert _mean_top_class_share(partition_dirichlet(LABELS, 10, alpha=0.1, seed=0, min_samples=50)) > 0.4

@@ -1,0 +1,141 @@
+"""What every benchmark needs: the machine and its load, one Ray cluster, the peak memory of the run's actors,
+and a JSON file of the results (benchmarks/out/, ignored by git).
+
+The machine may be shared while a benchmark runs, so each measurement carries the load average next to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import psutil
+
+OUT_DIR = Path(__file__).resolve().parent / "out"
+
+
+def machine() -> dict[str, Any]:
+    """The machine as a reader of the results needs it: CPU, cores, memory, and software versions."""
+    import ray
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": psutil.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__,
+            "kernel": platform.release()}
+
+
+def load() -> float:
+    """The 1-minute load average (runnable processes; above the core count the machine is oversubscribed)."""
+    return round(os.getloadavg()[0], 2)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def _peak_rss_bytes(pid: int) -> int | None:
+    """The process's resident-set high-water mark (VmHWM): its peak since it started, whenever it is read."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+class ActorMemory:
+    """Peak resident memory of this process's own Ray actors by class (the driver actor, the host actors), read
+    from VmHWM while they live. Only descendants of this process count: other Ray sessions on the machine (other
+    people's tests) have processes of the same names."""
+
+    def __init__(self, classes: tuple[str, ...] = ("Driver", "Host"), interval_s: float = 0.25):
+        self.classes = classes
+        self.interval_s = interval_s
+        self.peaks: dict[int, tuple[str, int]] = {}  # pid -> (class, peak bytes)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _class_of(self, process: psutil.Process) -> str | None:
+        try:
+            title = " ".join(process.cmdline())
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            return None
+        for name in self.classes:
+            if title.startswith(f"ray::{name}"):
+                return name
+        return None
+
+    def _watch(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            for process in me.children(recursive=True):
+                name = self._class_of(process)
+                peak = _peak_rss_bytes(process.pid) if name else None
+                if peak is not None:
+                    self.peaks[process.pid] = (name, max(peak, self.peaks.get(process.pid, (name, 0))[1]))
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> "ActorMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def peak(self, name: str) -> int:
+        """The largest peak of any one actor of the class (0: none seen)."""
+        return max((b for n, b in self.peaks.values() if n == name), default=0)
+
+    def total(self, name: str) -> int:
+        """The actors' peaks added up (an upper bound on their memory at once)."""
+        return sum(b for n, b in self.peaks.values() if n == name)
+
+
+@contextmanager
+def ray_session() -> Iterator[None]:
+    """One embedded Ray cluster (the runtime's own, on loopback only) for a whole benchmark."""
+    from msfusion_ray.config import RuntimeConfig
+    from msfusion_ray.runtime.cluster import ray_cluster
+
+    with ray_cluster(RuntimeConfig()):
+        yield
+
+
+def write_results(name: str, results: dict[str, Any]) -> Path:
+    OUT_DIR.mkdir(exist_ok=True)
+    path = OUT_DIR / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(results, indent=2))
+    return path
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """Rows as a Markdown table (for docs/benchmarks.md)."""
+    if not rows:
+        return ""
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row[c]) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
