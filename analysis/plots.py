@@ -15,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (backend first)
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from analysis import metrics  # noqa: E402
 from analysis.runs import RunRecords, label_runs, load_run  # noqa: E402
@@ -166,12 +167,13 @@ def figure_outcomes(runs: Sequence[RunRecords], straggler_factor: float = 2.0) -
         left.barh(table["group"], table[outcome], left=start, color=OUTCOME_COLOURS[outcome], label=outcome)
         start = start + table[outcome]
     left.set(title="Participant-rounds by outcome", xlabel="participant-rounds (count)", ylabel="group")
-    left.legend(fontsize=8)
     right.barh(table["group"], table["stragglers"], color="tab:brown",
                label=f"device time > {straggler_factor:g} x round median")
     right.set(title="Stragglers among trained participant-rounds", xlabel="participant-rounds (count)")
-    right.legend(fontsize=8)
-    for ax in (left, right):
+    for ax, most in ((left, table["participant_rounds"].max()), (right, table["stragglers"].max())):
+        ax.set_xlim(0, 1.35 * max(most, 1))  # room on the right for the legend
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=8, loc="upper right")
         ax.invert_yaxis()
     return _finish(fig, "Out-of-memory, failures, unavailability and stragglers")
 

@@ -13,6 +13,7 @@ import pandas as pd
 import yaml
 
 from analysis import metrics
+from analysis.comparison import comparison_table
 from analysis.plots import save_figure, standard_figures
 from analysis.runs import RunRecords, is_sweep_dir, load_runs, load_sweep
 
@@ -62,6 +63,7 @@ def _figure_html(stem: str, caption: str, png: Path) -> str:
 def report_tables(runs: Sequence[RunRecords]) -> list[tuple[str, pd.DataFrame]]:
     """(title, table) for every standard table; the tokens table only for language-model runs."""
     tables = [
+        ("Comparison (per group, mean over seeds)", comparison_table(runs)),
         ("Runs", metrics.run_table(runs)),
         ("Scalability (per run)", metrics.scalability(runs)),
         ("Memory by device class", metrics.memory_by_device(runs)),

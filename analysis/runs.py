@@ -106,21 +106,21 @@ def varying_keys(runs: Sequence[RunRecords]) -> list[str]:
 
 
 def describe(flat: dict[str, Any], keys: Sequence[str]) -> str:
-    """'fedavg, size=100': the strategy by name, other factors as short key=value (a file path by its stem)."""
+    """'size=100, lr=0.1': short key=value for each key (the last part of the key; a file path by its stem)."""
     parts = []
     for key in keys:
         value = flat.get(key)
         if isinstance(value, str) and "/" in value:
             value = Path(value).stem
-        parts.append(str(value) if key == "strategy.name" else f"{key.rsplit('.', 1)[-1]}={value}")
+        parts.append(f"{key.rsplit('.', 1)[-1]}={value}")
     return ", ".join(parts)
 
 
 def group_names(runs: Sequence[RunRecords], besides: Sequence[str] = ()) -> list[str]:
-    """Each run's group: the factors that vary between the runs, except the seed (runs that differ only by seed
-    repeat one experiment) and `besides`. The strategy names a group when nothing else varies."""
-    keys = [k for k in varying_keys(runs) if k != "seed" and k not in besides]
-    return [describe(flatten(run.config), keys) or run.strategy for run in runs]
+    """Each run's group: its strategy, then the other factors that vary between the runs, except the seed (runs
+    that differ only by seed repeat one experiment) and `besides`."""
+    keys = [k for k in varying_keys(runs) if k not in ("seed", "strategy.name", *besides)]
+    return [", ".join(filter(None, [run.strategy, describe(flatten(run.config), keys)])) for run in runs]
 
 
 def label_runs(runs: list[RunRecords]) -> list[RunRecords]:

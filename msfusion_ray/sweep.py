@@ -98,8 +98,8 @@ def load_sweep_dir(directory: str | Path) -> SweepPlan:
     return plan_sweep(read_sweep(directory / SWEEP_FILE), directory, str(directory / SWEEP_FILE))
 
 
-def plan_sweep(sweep: SweepConfig, directory: Path, source: str) -> SweepPlan:
-    """Expand cases x grid into cells and build each cell's config (strictly, like any experiment config)."""
+def check_factors(sweep: SweepConfig, source: str) -> None:
+    """Cases and grid name each key once, never a cluster key, and no value or case twice."""
     if not sweep.grid and not sweep.cases:
         raise UserInputError(f"{source}: grid", "give at least one key with a list of values (or cases)")
     for index, case in enumerate(sweep.cases):
@@ -119,6 +119,11 @@ def plan_sweep(sweep: SweepConfig, directory: Path, source: str) -> SweepPlan:
         texts = [json.dumps(v, sort_keys=True) for v in values]
         if len(set(texts)) < len(texts):
             raise UserInputError(f"{source}: grid.{key}", "a value is repeated")
+
+
+def plan_sweep(sweep: SweepConfig, directory: Path, source: str) -> SweepPlan:
+    """Expand cases x grid into cells and build each cell's config (strictly, like any experiment config)."""
+    check_factors(sweep, source)
     cells = []
     points = [{**case, **point} for case in (sweep.cases or [{}]) for point in grid_points(sweep.grid)]
     for index, values in enumerate(points):
