@@ -137,15 +137,17 @@ def load_runs(path: str | Path) -> list[RunRecords]:
 
 
 def cost_curves(run: RunRecords) -> pd.DataFrame:
-    """Per round: the metric, and cumulative cost per fleet member (FLOPs, bytes both ways, device seconds of the
-    round's slowest participant, wall seconds of the round and its evaluation). Per-member costs are totals
-    divided by the fleet size."""
+    """Per round: the metric on the test split (and on the validation split, `val_` columns, NaN without one), and
+    cumulative cost per fleet member (FLOPs, bytes both ways, device seconds of the round's slowest participant,
+    wall seconds of the round and its evaluation). Per-member costs are totals divided by the fleet size."""
     rounds = run.rounds.sort_values("round")
     size = run.fleet_size
     curves = pd.DataFrame({
         "round": rounds["round"].to_numpy(),
         "accuracy": rounds["test_accuracy"].to_numpy(dtype=float),
         "perplexity": rounds["test_perplexity"].to_numpy(dtype=float),
+        "val_accuracy": rounds["val_accuracy"].to_numpy(dtype=float),  # NaN where the data has no validation split
+        "val_perplexity": rounds["val_perplexity"].to_numpy(dtype=float),
         "cum_flops_per_participant": (rounds["flops_total"].cumsum() / size).to_numpy(dtype=float),
         "cum_bytes_per_participant": ((rounds["bytes_down_total"] + rounds["bytes_up_total"]).cumsum()
                                       / size).to_numpy(dtype=float),
