@@ -1,11 +1,13 @@
 """The planned training footprint of a model: what must fit in a device's memory to train it.
 
 footprint = parameters + gradients + optimizer state + activations saved for backward + the input batch
-            + whatever the local objective keeps (e.g. frozen reference models)
+            + backward workspace + whatever the local objective keeps (e.g. frozen reference models)
 
 Activations are measured, not estimated: one forward pass on an example batch runs under torch's saved-tensor
 hooks and every distinct storage autograd keeps for backward is summed (parameters excluded: already counted).
-The result depends only on shapes, so it is cached per (model shape, batch size).
+Backward needs, on top, the gradient of the tensor it is working through while that tensor is still held: the
+largest saved storage stands for that workspace. The result depends only on shapes, so it is cached per (model
+shape, batch size).
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ class Footprint:
     optimizer_state: int
     activations: int
     inputs: int
+    workspace: int = 0
     extra: int = 0
 
     @property
     def total(self) -> int:
-        return self.parameters + self.gradients + self.optimizer_state + self.activations + self.inputs + self.extra
+        return (self.parameters + self.gradients + self.optimizer_state + self.activations + self.inputs
+                + self.workspace + self.extra)
 
 
 def tensor_bytes(tensors: Any) -> int:
@@ -43,8 +47,9 @@ def batch_bytes(batch: Any) -> int:
     return sum(batch_bytes(item) for item in batch)
 
 
-def saved_activation_bytes(model: nn.Module, batch: Any, loss_of: Callable[[nn.Module, Any], torch.Tensor]) -> int:
-    """Bytes of the distinct storages autograd saves for backward in one forward pass (parameters excluded)."""
+def saved_activations(model: nn.Module, batch: Any,
+                      loss_of: Callable[[nn.Module, Any], torch.Tensor]) -> dict[int, int]:
+    """Size of each distinct storage autograd saves for backward in one forward pass (parameters excluded)."""
     parameter_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved: dict[int, int] = {}
 
@@ -56,7 +61,7 @@ def saved_activation_bytes(model: nn.Module, batch: Any, loss_of: Callable[[nn.M
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         loss_of(model, batch)
-    return sum(saved.values())
+    return saved
 
 
 def plan_footprint(model: nn.Module, batch: Any, loss_of: Callable[[nn.Module, Any], torch.Tensor],
@@ -64,12 +69,14 @@ def plan_footprint(model: nn.Module, batch: Any, loss_of: Callable[[nn.Module, A
     trainable = [p for p in model.parameters() if p.requires_grad]
     params = tensor_bytes(model.parameters()) + tensor_bytes(model.buffers())
     grads = tensor_bytes(trainable)
+    saved = saved_activations(model, batch, loss_of)
     return Footprint(
         parameters=params,
         gradients=grads,
         optimizer_state=optimizer_state_copies * grads,
-        activations=saved_activation_bytes(model, batch, loss_of),
+        activations=sum(saved.values()),
         inputs=batch_bytes(batch),
+        workspace=max(saved.values(), default=0),
         extra=extra_bytes,
     )
 
@@ -78,12 +85,12 @@ class FootprintPlanner:
     """Cached footprints of models built at given widths (units per width group).
 
     `build(widths)` makes the model, `example_batch(batch_size)` an input batch of the right shape, `loss_of(model,
-    batch)` the training loss; `extra_bytes(model)` what the local objective adds.
+    batch)` the training loss; `extra_bytes(model, batch)` what the local objective adds.
     """
 
     def __init__(self, build: Callable[[Mapping[str, int]], nn.Module], example_batch: Callable[[int], Any],
                  loss_of: Callable[[nn.Module, Any], torch.Tensor], optimizer_state_copies: int,
-                 extra_bytes: Callable[[nn.Module], int] = lambda model: 0):
+                 extra_bytes: Callable[[nn.Module, Any], int] = lambda model, batch: 0):
         self._build = build
         self._example_batch = example_batch
         self._loss_of = loss_of
@@ -97,7 +104,7 @@ class FootprintPlanner:
         if cached is None:
             torch.manual_seed(0)
             model = self._build(widths)
-            cached = plan_footprint(model, self._example_batch(batch_size), self._loss_of, self._copies,
-                                    self._extra_bytes(model))
+            batch = self._example_batch(batch_size)
+            cached = plan_footprint(model, batch, self._loss_of, self._copies, self._extra_bytes(model, batch))
             self._cache[key] = cached
         return cached

@@ -161,8 +161,15 @@ class SubModelContrastive(LocalObjective):
 
     Params = ContrastiveParams
 
-    def extra_bytes(self, model: nn.Module) -> int:
-        return 2 * _model_bytes(model)
+    def extra_bytes(self, model: nn.Module, batch: Any) -> int:
+        """Two frozen copies of the sub-model and the two representations kept from their passes. The passes run
+        before the trained model's forward (`before_forward`), when its saved activations are not yet alive, and a
+        no-grad pass holds less than a training forward keeps, so their transient memory adds nothing to the
+        peak."""
+        with torch.no_grad():
+            kept = model.eval().forward_features(batch[0])[0]
+        model.train()
+        return 2 * (_model_bytes(model) + kept.numel() * kept.element_size())
 
     def begin(self, model: nn.Module, context: ObjectiveContext) -> None:
         previous = context.state.get("previous")
@@ -173,10 +180,12 @@ class SubModelContrastive(LocalObjective):
         self._positive = _frozen_copy(model, context.received)
         self._negative = _frozen_copy(model, before)
 
-    def loss(self, x: torch.Tensor, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    def before_forward(self, x: torch.Tensor) -> None:
         with torch.no_grad():
-            positive = self._positive.forward_features(x)[0]
-            negative = self._negative.forward_features(x)[0]
+            self._targets = (self._positive.forward_features(x)[0], self._negative.forward_features(x)[0])
+
+    def loss(self, x: torch.Tensor, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        positive, negative = self._targets
         z = features.reshape(-1, features.shape[-1])
         similarities = torch.stack([
             F.cosine_similarity(z, positive.reshape(z.shape), dim=-1),

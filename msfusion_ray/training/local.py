@@ -64,6 +64,8 @@ def train_local(model: nn.Module, data: DataBundle, indices: np.ndarray, trainin
 
         def step() -> tuple[float, float]:
             optimizer.zero_grad(set_to_none=True)
+            if objective is not None:
+                objective.before_forward(x)
             features, logits = model.forward_features(x)
             loss = task_loss(data.shape.task, logits, y)
             extra = objective.loss(x, features, logits) if objective is not None else None

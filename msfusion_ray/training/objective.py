@@ -1,8 +1,9 @@
 """Local objectives: extra loss terms a strategy asks its participants to add to the task loss.
 
 A strategy names an objective in its tasks (`ObjectiveSpec`); the participant builds it from this registry, calls
-`begin` before training (with the weights it received and its own persistent state), adds `loss(...)` to every
-step's task loss, and calls `end` after training so the objective can keep what it needs for the next round.
+`begin` before training (with the weights it received and its own persistent state), `before_forward(x)` before
+every step's forward pass, adds `loss(...)` to every step's task loss, and calls `end` after training so the
+objective can keep what it needs for the next round.
 Objectives are plain torch: they run inside whatever process hosts the participant.
 """
 
@@ -37,12 +38,17 @@ class LocalObjective(ABC):
     def __init__(self, params: Any):
         self.params = params
 
-    def extra_bytes(self, model: nn.Module) -> int:
-        """Memory the objective holds beyond the trained model (e.g. frozen reference copies)."""
+    def extra_bytes(self, model: nn.Module, batch: Any) -> int:
+        """Memory the objective holds beyond the trained model while a training step on `batch` runs (frozen
+        reference copies, their forward passes): it counts in the participant's planned footprint."""
         return 0
 
     def begin(self, model: nn.Module, context: ObjectiveContext) -> None:
         pass
+
+    def before_forward(self, x: torch.Tensor) -> None:
+        """Called with each batch before the trained model's forward pass: work done here (e.g. frozen reference
+        passes) does not overlap with the activations that pass keeps for backward."""
 
     @abstractmethod
     def loss(self, x: torch.Tensor, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

@@ -31,8 +31,8 @@ def test_planned_footprint_matches_measured_peak(name, shape, width, batch):
 
     resident = list(model.parameters()) + list(model.buffers()) + [x, y]
     _, cost = StepCostCache().run("k", step, resident)
-    # Parameters, gradients, momentum and saved activations are the bulk; temporaries of backward are not planned.
-    assert 0.8 * cost.peak_tensor_bytes <= plan.total <= 1.25 * cost.peak_tensor_bytes
+    # The plan is an upper bound of what a real step holds at its peak, and a tight one.
+    assert cost.peak_tensor_bytes <= plan.total <= 1.3 * cost.peak_tensor_bytes
 
 
 def test_footprint_parts_follow_the_optimizer():

@@ -87,12 +87,15 @@ def test_contrastive_objective_pulls_towards_the_received_model_and_remembers_it
     context = ObjectiveContext(1, family, task.selection, received, state)
     objective.begin(model, context)
     x = torch.randn(8, 1, 28, 28)
+    objective.before_forward(x)
     features, logits = model.forward_features(x)
     # first round: the negative is the received model too, so the two similarities tie: loss = mu * log 2
     assert float(objective.loss(x, features, logits).detach()) == pytest.approx(np.log(2), abs=1e-4)
     objective.end(model, context)
     assert set(state["previous"]["selection"]) == set(task.selection)
-    assert objective.extra_bytes(model) == 2 * sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    copies = 2 * sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    # two frozen copies, plus the two representations the loss keeps
+    assert objective.extra_bytes(model, (x, None)) == copies + 2 * features.numel() * 4
 
 
 def test_target_multiplicity_lowers_rates_until_they_sum_to_the_target():
@@ -105,3 +108,38 @@ def test_target_multiplicity_lowers_rates_until_they_sum_to_the_target():
     unconstrained = {t.participant: t.rate for t in largest.plan(1, infos, capacity)}
     assert sum(lowered.values()) == pytest.approx(1.5, abs=1e-6)
     assert all(lowered[p] <= unconstrained[p] + 1e-12 for p in lowered)
+
+
+@pytest.mark.parametrize("name,shape,width", [("cnn", (1, 28, 28), 1.0), ("resnet18", (1, 32, 32), 0.25)])
+def test_planned_footprint_with_the_contrastive_loss_covers_a_measured_step(name, shape, width):
+    """The memory guard admits MSfusion work on this plan: a real step (both frozen passes included) must fit."""
+    from msfusion_ray.config import TrainingConfig
+    from msfusion_ray.costs.flops import StepCostCache
+    from msfusion_ray.devices.capacity import make_planner
+    from msfusion_ray.models import DataShape, build_family
+    from msfusion_ray.strategies.msfusion import ContrastiveParams, SubModelContrastive
+    from msfusion_ray.training.local import make_optimizer
+    from msfusion_ray.training.losses import task_loss
+
+    family = build_family(name, DataShape(shape, 10), width)
+    training = TrainingConfig(batch_size=16)
+    objective = SubModelContrastive(ContrastiveParams())
+    widths = {g: max(1, n // 2) for g, n in family.full_widths().items()}
+    plan = make_planner(family, training, objective).footprint(widths, 16)
+
+    model = family.build(widths)
+    objective.begin(model, ObjectiveContext(1, family, None, to_weights(model), {}))
+    optimizer = make_optimizer(model, training, lr=0.01)
+    x, y = torch.randn(16, *shape), torch.randint(0, 10, (16,))
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        objective.before_forward(x)
+        features, logits = model.forward_features(x)
+        (task_loss("classification", logits, y) + objective.loss(x, features, logits)).backward()
+        optimizer.step()
+
+    frozen = [t for m in (objective._positive, objective._negative) for t in (*m.parameters(), *m.buffers())]
+    resident = [*model.parameters(), *model.buffers(), *frozen, x, y]
+    _, cost = StepCostCache().run("k", step, resident)
+    assert cost.peak_tensor_bytes <= plan.total <= 1.3 * cost.peak_tensor_bytes
