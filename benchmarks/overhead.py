@@ -28,7 +28,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import load, machine, markdown_table, median, ray_session, write_results  # noqa: E402
+from benchmarks.common import (load, machine, markdown_table, measured_run, median, ray_session,  # noqa: E402
+                               write_results)
 from msfusion_ray.config import ExperimentConfig, config_from_dict  # noqa: E402
 from msfusion_ray.devices.profile import default_profiles_dir  # noqa: E402
 from msfusion_ray.experiment import Prepared, prepare  # noqa: E402
@@ -92,14 +93,10 @@ def bare_rounds(prepared: Prepared, steps: int, batch_size: int, threads: int) -
 
 def framework_rounds(prepared: Prepared) -> tuple[list[float], float]:
     """The same rounds through msfusion_ray: the driver's wall time per round, and the whole run's."""
-    from msfusion_ray.launch import execute, new_run_dir
     from msfusion_ray.records import read_round_rows
 
-    run_dir, run_id = new_run_dir(prepared)
-    started = time.perf_counter()
-    execute(prepared, run_dir, run_id, show_progress=False)
-    total = time.perf_counter() - started
-    return read_round_rows(run_dir)["wall_round_s"].tolist(), total
+    run = measured_run(prepared)
+    return read_round_rows(run["run_dir"])["wall_round_s"].tolist(), run["run_wall_s"]
 
 
 def main() -> None:

@@ -23,13 +23,11 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (ActorMemory, load, machine, markdown_table, median, ray_session,  # noqa: E402
-                               write_results)
+from benchmarks.common import machine, markdown_table, measured_run, median, ray_session, write_results  # noqa: E402
 from msfusion_ray.config import ExperimentConfig, config_from_dict  # noqa: E402
 from msfusion_ray.records import (ParticipantRoundRow, RecordWriter, RoundRow, read_participant_rows,  # noqa: E402
                                   read_round_rows)
 
-MB = 1e6
 
 
 def config_for(size: int, rounds: int, hosts: int, output_dir: str) -> ExperimentConfig:
@@ -66,31 +64,21 @@ def writer_rows_per_s(participants: pd.DataFrame, rounds: pd.DataFrame) -> float
 def measure(size: int, rounds: int, hosts: int, scratch: Path) -> dict:
     """One run of `size` participants; round times from its records, memory from its actors."""
     from msfusion_ray.experiment import prepare
-    from msfusion_ray.launch import execute, new_run_dir
 
-    prepared = prepare(config_for(size, rounds, hosts, str(scratch)))
-    run_dir, run_id = new_run_dir(prepared)
-    load_before = load()
-    started = time.perf_counter()
-    with ActorMemory() as memory:
-        summary = execute(prepared, run_dir, run_id, show_progress=False)
-    run_wall = time.perf_counter() - started
-    rounds_frame, participants = read_round_rows(run_dir), read_participant_rows(run_dir)
-    later = rounds_frame[rounds_frame["round"] >= 2]  # round 1 also warms up each host (first FLOP count, imports)
-    rows = len(participants)
+    run = measured_run(prepare(config_for(size, rounds, hosts, str(scratch))))
+    rounds_frame, participants = read_round_rows(run["run_dir"]), read_participant_rows(run["run_dir"])
+    later = rounds_frame[rounds_frame["round"] >= 2]  # round 1 also warms up each host (first FLOP count)
+    walls = (rounds_frame["wall_round_s"] + rounds_frame["wall_eval_s"]).sum()
     return {
-        "participants": size, "hosts": summary["hosts"], "rounds": summary["rounds_completed"],
+        "participants": size, "hosts": run["summary"]["hosts"], "rounds": run["summary"]["rounds_completed"],
         "round_wall_s": median(later["wall_round_s"].tolist()),
         "first_round_wall_s": float(rounds_frame["wall_round_s"].iloc[0]),
         "trained_per_round": float(rounds_frame["participants_ok"].mean()),
-        "run_wall_s": run_wall,
-        "driver_peak_mb": memory.peak("Driver") / MB,
-        "host_peak_mb": memory.peak("Host") / MB,
-        "hosts_total_mb": memory.total("Host") / MB,
-        "rows": rows,
+        **{k: run[k] for k in ("run_wall_s", "driver_peak_mb", "host_peak_mb", "hosts_total_mb")},
+        "rows": len(participants),
         "writer_rows_per_s": writer_rows_per_s(participants, rounds_frame),
-        "rows_per_s_of_rounds": rows / float((rounds_frame["wall_round_s"] + rounds_frame["wall_eval_s"]).sum()),
-        "load_before": load_before, "load_after": load(),
+        "rows_per_s_of_rounds": len(participants) / float(walls),
+        "load_before": run["load_before"], "load_after": run["load_after"],
     }
 
 
