@@ -124,15 +124,14 @@ def figure_timeline(run: RunRecords, round_idx: int | None = None) -> Figure | N
         start = start + device[column]
     shown = "" if len(device) == len(metrics.device_timeline(run, round_idx)) else f" (first {len(device)})"
     left.set(title=f"Device time per participant{shown}", xlabel="device time (s)", ylabel="participant")
-    left.invert_yaxis()
-    left.legend(fontsize=8, loc="lower right")
     for phase, frame in hosts.groupby("phase", sort=False):
         right.barh(frame["host"].astype(str), frame["duration_s"], left=frame["start_s"], color=PHASE_COLOURS[phase],
                    edgecolor="white", linewidth=0.3, label=phase)
     right.set(title="Wall time per host actor (participants one after another)", xlabel="wall time (s)",
               ylabel="host actor")
-    right.invert_yaxis()
-    right.legend(fontsize=8, loc="lower right")
+    for ax in (left, right):
+        ax.invert_yaxis()
+        ax.legend(fontsize=8, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.2))  # below: bars stay clear
     return _finish(fig, f"Round {round_idx} of {run.cell or run.run_dir.name} ({run.label})")
 
 
@@ -143,7 +142,7 @@ def figure_memory(runs: Sequence[RunRecords]) -> Figure:
     rows = math.ceil(len(groups) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.0 * rows), squeeze=False)
     measures = (("planned_bytes", "planned footprint"), ("peak_tensor_bytes", "peak live tensors"),
-                ("peak_rss_bytes", "peak RSS rise"))
+                ("peak_rss_bytes", "peak RSS rise of the host process"))
     for ax, group in zip(axes.flat, groups):
         frame = table[table["group"] == group].reset_index(drop=True)
         width = 0.8 / len(measures)

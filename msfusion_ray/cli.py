@@ -183,12 +183,12 @@ def _sweep(args: argparse.Namespace) -> int:
     prepared = sweeps.prepare_cells(plan, todo, sweeps.DataCache())  # every check before anything is written
     status = sweeps.create_directory(plan)
     sweeps.run_sweep(plan, prepared, status, todo, args.max_parallel, address=args.address)
-    print(f"{'cell':<48} {'status':<9} {'rounds':>6} {'final acc':>9} {'wall s':>7}  error")
+    print(f"{'cell':<48} {'status':<9} {'rounds':>6} {'final':>10} {'wall s':>7}  error")
     for cell_id, cell in status.cells.items():
-        accuracy, wall = cell.get("final_accuracy"), cell.get("wall_s")
-        print(f"{cell_id:<48} {cell['status']:<9} {cell.get('rounds_completed') or 0:>6} "
-              f"{'' if accuracy is None else f'{accuracy:.4f}':>9} {'' if wall is None else f'{wall:.1f}':>7}  "
-              f"{cell.get('error') or ''}")
+        accuracy, perplexity, wall = cell.get("final_accuracy"), cell.get("final_perplexity"), cell.get("wall_s")
+        final = f"acc {accuracy:.4f}" if accuracy is not None else f"ppl {perplexity:.2f}" if perplexity else ""
+        print(f"{cell_id:<48} {cell['status']:<9} {cell.get('rounds_completed') or 0:>6} {final:>10} "
+              f"{'' if wall is None else f'{wall:.1f}':>7}  {cell.get('error') or ''}")
     print(f"sweep: {plan.directory}")
     if not args.no_report:
         from analysis.report import write_report

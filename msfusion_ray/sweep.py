@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import re
 from collections import deque
 from dataclasses import dataclass, field
@@ -342,9 +343,10 @@ class SweepRunner:
             self.status.set(cell_id, status="failed", error=str(err), rounds_completed=reached)
             self.display.note(f"cell {cell_id} failed: {err}")
         else:
-            self.status.set(cell_id, status="complete", error=None, **cell_summary(summary))
-            self.display.note(f"cell {cell_id} complete: final accuracy {summary.get('final_accuracy')}, "
-                              f"{summary.get('wall_s', 0.0):.1f} s")
+            kept = cell_summary(summary)
+            self.status.set(cell_id, status="complete", error=None, **kept)
+            self.display.note(f"cell {cell_id} complete: final accuracy {kept['final_accuracy']}, perplexity "
+                              f"{kept['final_perplexity']}, {summary.get('wall_s', 0.0):.1f} s")
         finally:
             running.handle.stop()
         return running.data_key
@@ -365,9 +367,11 @@ class SweepRunner:
 
 
 def cell_summary(summary: dict[str, Any]) -> dict[str, Any]:
-    """What status.json keeps of a finished cell's summary."""
+    """What status.json keeps of a finished cell's summary (language models: the last test perplexity)."""
     keys = ("rounds_completed", "final_accuracy", "best_accuracy", "participants", "wall_s")
-    return {k: summary.get(k) for k in keys}
+    perplexities = [h["perplexity"] for h in summary.get("history", [])
+                    if h.get("perplexity") is not None and not math.isnan(h["perplexity"])]
+    return {**{k: summary.get(k) for k in keys}, "final_perplexity": perplexities[-1] if perplexities else None}
 
 
 def one_line(err: BaseException) -> str:

@@ -147,3 +147,13 @@ def test_sweep_runs_records_a_failed_cell_and_resumes_without_rerunning(ray_sess
     assert sorted(_run(again, retry_failed=True)) == sorted(failed)
     assert all(c["status"] == "complete" and c["error"] is None for c in _status(plan).values())
     assert {k: (plan.directory / "cells" / k / "summary.json").stat().st_mtime_ns for k in complete} == stamps
+
+
+def test_a_finished_cell_keeps_its_last_accuracy_or_perplexity():
+    from msfusion_ray.sweep import cell_summary
+
+    history = [{"round": 1, "perplexity": 9.0}, {"round": 2, "perplexity": 7.5},
+               {"round": 3, "perplexity": float("nan")}]
+    kept = cell_summary({"rounds_completed": 3, "final_accuracy": None, "wall_s": 2.0, "history": history})
+    assert kept["final_perplexity"] == 7.5 and kept["final_accuracy"] is None and kept["rounds_completed"] == 3
+    assert cell_summary({"final_accuracy": 0.5, "history": [{"perplexity": None}]})["final_perplexity"] is None

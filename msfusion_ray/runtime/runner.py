@@ -70,7 +70,8 @@ class Runner:
         self.start_round = checkpoint.round + 1
         summary = self.run_dir / "summary.json"
         if summary.is_file():
-            self.history = json.loads(summary.read_text()).get("history", [])[: checkpoint.round]
+            history = json.loads(summary.read_text()).get("history", [])[: checkpoint.round]
+            self.history = [_none_to_nan(entry) for entry in history]
 
     def cohort(self, round_idx: int) -> list[int]:
         """Participants asked to train this round: a seeded sample of the fleet."""
@@ -161,6 +162,11 @@ class Runner:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(_nan_to_none(self.summary(status)), indent=2, allow_nan=False))
         tmp.replace(path)
+
+
+def _none_to_nan(entry: dict[str, Any]) -> dict[str, Any]:
+    """A history entry read back from summary.json: its nulls (rounds without an evaluation) are NaN again."""
+    return {k: math.nan if v is None else v for k, v in entry.items()}
 
 
 def _nan_to_none(value: Any) -> Any:
