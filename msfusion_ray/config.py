@@ -26,7 +26,7 @@ class DataConfig:
     partition: Literal["iid", "dirichlet", "play", "speaker"] = "dirichlet"  # play, speaker: shakespeare's groups
     alpha: float = checked(0.5, check=positive)  # Dirichlet concentration: small = strong label skew
     train_samples: int | None = checked(None, check=positive)  # seeded subset of the training split
-    eval_samples: int | None = checked(None, check=positive)  # seeded subset of the test split
+    eval_samples: int | None = checked(None, check=positive)  # seeded subset of each evaluation split
     pad_to: int | None = checked(None, check=positive)  # pad images to pad_to x pad_to (28 -> 32)
     min_samples_per_participant: int = checked(8, check=positive)
     options: dict[str, Any] = field(default_factory=dict)  # data-set specific (e.g. the text's context length)

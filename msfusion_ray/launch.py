@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 import sys
 import time
@@ -71,10 +72,16 @@ class ProgressDisplay:
 
 
 def round_postfix(progress: dict[str, Any]) -> dict[str, Any]:
-    """What a run's progress line shows besides the round: the last evaluation and the round's outcomes."""
-    if progress.get("accuracy") is None:
+    """What a run's progress line shows besides the round: the last evaluation (perplexity for a language model,
+    else accuracy) and the round's outcomes."""
+    accuracy, perplexity = progress.get("accuracy"), progress.get("perplexity")
+    if perplexity is not None and math.isfinite(perplexity):
+        shown = {"ppl": f"{perplexity:.2f}"}
+    elif accuracy is not None and math.isfinite(accuracy):
+        shown = {"acc": f"{accuracy:.3f}"}
+    else:
         return {}
-    return {"acc": f"{progress['accuracy']:.3f}", "ok": progress.get("ok"), "oom": progress.get("oom")}
+    return {**shown, "ok": progress.get("ok"), "oom": progress.get("oom")}
 
 
 class RunHandle:
