@@ -51,7 +51,8 @@ def ray_cluster(runtime: RuntimeConfig) -> Iterator[None]:
         ray.init(address=runtime.address, log_to_driver=False)
     else:
         apply_offline_env()
-        ray.init(num_cpus=runtime.num_cpus, include_dashboard=runtime.dashboard, log_to_driver=False,
+        # "local": a new cluster of our own, never one that another program started here (or RAY_ADDRESS names)
+        ray.init(address="local", num_cpus=runtime.num_cpus, include_dashboard=runtime.dashboard, log_to_driver=False,
                  object_store_memory=runtime.object_store_mib * 1024**2)
         if node_addresses() != {"127.0.0.1"}:
             ray.shutdown()

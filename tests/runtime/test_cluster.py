@@ -1,5 +1,6 @@
 """The embedded cluster stays on loopback even when Ray was imported before the environment was set (as the CLI
-does): Ray reads its loopback switch at import time."""
+does): Ray reads its loopback switch at import time. And it is a cluster of its own: not one that RAY_ADDRESS
+names or that another program started on this machine."""
 
 import subprocess
 import sys
@@ -13,9 +14,10 @@ with ray_cluster(RuntimeConfig(num_cpus=1, object_store_mib=128)):
 """
 
 
-def test_embedded_cluster_binds_to_loopback_whatever_the_import_order():
+def test_embedded_cluster_is_its_own_and_binds_to_loopback_whatever_the_import_order():
     env_without_switch = {k: v for k, v in __import__("os").environ.items()
                           if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    env_without_switch["RAY_ADDRESS"] = "127.0.0.1:9"  # nothing listens there: joining it would fail
     done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=180,
                           env=env_without_switch)
     assert done.returncode == 0, done.stderr[-2000:]
