@@ -32,7 +32,7 @@ def main() -> None:
     summary = run["summary"]
     result = {
         "config": args.config, "participants": summary["participants"], "hosts": summary["hosts"],
-        "rounds": summary["rounds_completed"], "asked_per_round": float(rounds["participants_planned"].mean()),
+        "rounds": summary["rounds_completed"], "asked_per_round": len(participants) / len(rounds),
         "trained_per_round": float(rounds["participants_ok"].mean()), "rows": len(participants),
         "final_accuracy": summary["final_accuracy"], "best_accuracy": summary["best_accuracy"],
         "run_wall_s": run["run_wall_s"], "rounds_wall_s": float((rounds["wall_round_s"] + rounds["wall_eval_s"]).sum()),
