@@ -86,11 +86,12 @@ def load_sweep(directory: str | Path) -> SweepRecords:
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested config -> {dotted key: value} (lists and empty mappings stay whole)."""
+    """Nested config -> {dotted key: value}: lists stay whole, an empty mapping adds nothing (`params: {}` says no
+    more than leaving `params` out)."""
     flat: dict[str, Any] = {}
     for key, value in config.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict):
             flat.update(flatten(value, f"{dotted}."))
         else:
             flat[dotted] = value
@@ -106,10 +107,13 @@ def varying_keys(runs: Sequence[RunRecords]) -> list[str]:
 
 
 def describe(flat: dict[str, Any], keys: Sequence[str]) -> str:
-    """'size=100, lr=0.1': short key=value for each key (the last part of the key; a file path by its stem)."""
+    """'size=100, lr=0.1': short key=value for each key the config sets (the last part of the key; a file path by
+    its stem). A key the config leaves out has its default, which the run beside it changed: it is not named."""
     parts = []
     for key in keys:
-        value = flat.get(key)
+        if key not in flat:
+            continue
+        value = flat[key]
         if isinstance(value, str) and "/" in value:
             value = Path(value).stem
         parts.append(f"{key.rsplit('.', 1)[-1]}={value}")

@@ -22,6 +22,15 @@ def test_groups_name_the_factors_that_vary_except_the_seed(runs):
     assert group_names(runs, besides=("fleet.size",)) == ["fedavg", "fedavg", "small_fedavg"]
 
 
+def test_groups_name_only_the_factors_a_run_sets():
+    full = {"strategy": {"name": "msfusion", "params": {}}, "seed": 0}
+    ablated = {"strategy": {"name": "msfusion", "params": {"contrastive": False}}, "seed": 0}
+    both = {"strategy": {"name": "msfusion", "params": {"contrastive": False, "adaptive_overlap": False}}, "seed": 1}
+    runs = [type("Run", (), {"config": c, "strategy": "msfusion"})() for c in (full, ablated, both)]
+    assert group_names(runs) == ["msfusion", "msfusion, contrastive=False",
+                                 "msfusion, contrastive=False, adaptive_overlap=False"]
+
+
 def test_cost_curves_are_cumulative_per_fleet_member(runs):
     curve = cost_curves(runs[0])
     assert curve["cum_flops_per_participant"].tolist() == [50.0, 150.0]  # (100, 100 + 200) / 2
