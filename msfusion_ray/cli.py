@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from msfusion_ray.config import config_from_dict, load_config
-from msfusion_ray.errors import UserInputError
+from msfusion_ray.errors import ClusterStartError, UserInputError
 from msfusion_ray.launch import RunFailed, execute, new_run_dir
 from msfusion_ray.schema import load_yaml
 
@@ -75,6 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except ClusterStartError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

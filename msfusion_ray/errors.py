@@ -1,6 +1,5 @@
-"""The one exception type that means "the user's input is wrong".
-
-The CLI turns it into a single line on stderr and exit code 2; everything else is a bug or an outage.
+"""The exception types the CLI reports in one line: the user's input is wrong (exit code 2), or the machine could
+not start the embedded cluster (exit code 1). Everything else is a bug or an outage.
 """
 
 
@@ -11,3 +10,7 @@ class UserInputError(Exception):
         self.where = where
         self.message = message
         super().__init__(f"{where}: {message}")
+
+
+class ClusterStartError(RuntimeError):
+    """The embedded Ray cluster did not start (or not on loopback): says why and what to do."""

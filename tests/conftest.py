@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from msfusion_ray.runtime.cluster import apply_offline_env
+from msfusion_ray.runtime.cluster import apply_offline_env, start_local_ray
 
 apply_offline_env()  # before Ray is imported anywhere: loopback only, no telemetry, no cloud probes
 
@@ -37,6 +37,6 @@ def small_config_dict(tmp_path):
 def ray_session():
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=256 * 1024**2)
+    start_local_ray(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024**2)
     yield
     ray.shutdown()

@@ -8,6 +8,7 @@ in the environment.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from contextlib import contextmanager
@@ -16,6 +17,7 @@ from typing import Iterator
 import ray
 
 from msfusion_ray.config import RuntimeConfig
+from msfusion_ray.errors import ClusterStartError
 
 _DEAD_PROXY = "http://127.0.0.1:9"
 OFFLINE_LOOPBACK_ENV = {
@@ -36,6 +38,34 @@ def apply_offline_env() -> None:
         constants.ENABLE_RAY_CLUSTER = False
 
 
+STARTUP_ATTEMPTS = 3
+log = logging.getLogger(__name__)
+
+
+def start_local_ray(**init_args) -> None:
+    """A new local Ray instance of our own (`address="local"`: never one that another program started here or
+    that RAY_ADDRESS names), on loopback. On a busy machine Ray's raylet can give up waiting 15 s for its
+    dashboard agent and die (ray-project/ray#65983: "The current node timed out during startup"); a fresh
+    attempt usually starts, so a few are made before the failure is reported in one line."""
+    apply_offline_env()
+    for attempt in range(1, STARTUP_ATTEMPTS + 1):
+        try:
+            ray.init(address="local", log_to_driver=False, **init_args)
+            break
+        except Exception as err:  # noqa: BLE001  (Ray raises a bare Exception for this)
+            if "timed out during startup" not in str(err):
+                raise
+            log.warning("Ray did not start (attempt %d of %d): %s", attempt, STARTUP_ATTEMPTS, err)
+            ray.shutdown()
+    else:
+        raise ClusterStartError(f"the embedded Ray cluster did not start in {STARTUP_ATTEMPTS} attempts: its raylet gave "
+                           "up waiting for its dashboard agent, which happens when the machine is very busy "
+                           "(ray-project/ray#65983); try again when it is less loaded")
+    if node_addresses() != {"127.0.0.1"}:
+        ray.shutdown()
+        raise ClusterStartError(f"the embedded Ray cluster did not bind to loopback ({node_addresses()})")
+
+
 def node_addresses() -> set[str]:
     return {node["NodeManagerAddress"] for node in ray.nodes() if node.get("Alive")}
 
@@ -50,13 +80,8 @@ def ray_cluster(runtime: RuntimeConfig) -> Iterator[None]:
     if runtime.address:
         ray.init(address=runtime.address, log_to_driver=False)
     else:
-        apply_offline_env()
-        # "local": a new cluster of our own, never one that another program started here (or RAY_ADDRESS names)
-        ray.init(address="local", num_cpus=runtime.num_cpus, include_dashboard=runtime.dashboard, log_to_driver=False,
-                 object_store_memory=runtime.object_store_mib * 1024**2)
-        if node_addresses() != {"127.0.0.1"}:
-            ray.shutdown()
-            raise RuntimeError(f"the embedded Ray cluster did not bind to loopback ({node_addresses()})")
+        start_local_ray(num_cpus=runtime.num_cpus, include_dashboard=runtime.dashboard,
+                        object_store_memory=runtime.object_store_mib * 1024**2)
     try:
         yield
     finally:

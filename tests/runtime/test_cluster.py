@@ -22,3 +22,30 @@ def test_embedded_cluster_is_its_own_and_binds_to_loopback_whatever_the_import_o
                           env=env_without_switch)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "['127.0.0.1']"
+
+
+def test_a_cluster_that_times_out_at_start_is_tried_again_then_reported_in_one_line(monkeypatch):
+    import pytest
+    import ray
+
+    from msfusion_ray.errors import ClusterStartError
+    from msfusion_ray.runtime import cluster
+
+    calls = []
+
+    def never_starts(**kwargs):
+        calls.append(kwargs)
+        raise Exception("The current node timed out during startup. This could happen because ...")
+
+    monkeypatch.setattr(ray, "init", never_starts)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    with pytest.raises(ClusterStartError, match="did not start in 3 attempts"):
+        cluster.start_local_ray(num_cpus=1)
+    assert len(calls) == cluster.STARTUP_ATTEMPTS and all(c["address"] == "local" for c in calls)
+
+    def wrong_argument(**kwargs):
+        raise ValueError("bad argument")
+
+    monkeypatch.setattr(ray, "init", wrong_argument)
+    with pytest.raises(ValueError):  # anything else is not retried
+        cluster.start_local_ray(num_cpus=1)
