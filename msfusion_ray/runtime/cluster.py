@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 import ray
 
@@ -42,7 +42,7 @@ STARTUP_ATTEMPTS = 3
 log = logging.getLogger(__name__)
 
 
-def start_local_ray(**init_args) -> None:
+def start_local_ray(**init_args: Any) -> None:
     """A new local Ray instance of our own (`address="local"`: never one that another program started here or
     that RAY_ADDRESS names), on loopback. On a busy machine Ray's raylet can give up waiting 15 s for its
     dashboard agent and die (ray-project/ray#65983: "The current node timed out during startup"); a fresh
@@ -58,9 +58,9 @@ def start_local_ray(**init_args) -> None:
             log.warning("Ray did not start (attempt %d of %d): %s", attempt, STARTUP_ATTEMPTS, err)
             ray.shutdown()
     else:
-        raise ClusterStartError(f"the embedded Ray cluster did not start in {STARTUP_ATTEMPTS} attempts: its raylet gave "
-                           "up waiting for its dashboard agent, which happens when the machine is very busy "
-                           "(ray-project/ray#65983); try again when it is less loaded")
+        raise ClusterStartError(f"the embedded Ray cluster did not start in {STARTUP_ATTEMPTS} attempts: its raylet "
+                                "gave up waiting for its dashboard agent, which happens when the machine is very "
+                                "busy (ray-project/ray#65983); try again when it is less loaded")
     if node_addresses() != {"127.0.0.1"}:
         ray.shutdown()
         raise ClusterStartError(f"the embedded Ray cluster did not bind to loopback ({node_addresses()})")
