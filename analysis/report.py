@@ -50,7 +50,8 @@ def table_html(frame: pd.DataFrame) -> str:
 def cells_table(cells: dict[str, dict]) -> pd.DataFrame:
     """The sweep's cells as status.json records them, failed ones with their one-line error."""
     return pd.DataFrame([{"cell": cell_id, "status": cell["status"], "rounds": cell.get("rounds_completed"),
-                          "final accuracy": cell.get("final_accuracy"), "wall_s": cell.get("wall_s"),
+                          "final accuracy": cell.get("final_accuracy"),
+                          "final perplexity": cell.get("final_perplexity"), "wall_s": cell.get("wall_s"),
                           "error": cell.get("error") or ""} for cell_id, cell in cells.items()])
 
 
