@@ -29,7 +29,6 @@ from msfusion_ray.records import (ParticipantRoundRow, RecordWriter, RoundRow, r
                                   read_round_rows)
 
 
-
 def config_for(size: int, rounds: int, hosts: int, output_dir: str) -> ExperimentConfig:
     return config_from_dict({
         "name": f"scale{size}", "rounds": rounds, "seed": 0,

@@ -85,12 +85,12 @@ class FootprintPlanner:
     """Cached footprints of models built at given widths (units per width group).
 
     `build(widths)` makes the model, `example_batch(batch_size)` an input batch of the right shape, `loss_of(model,
-    batch)` the training loss; `extra_bytes(model, batch)` what the local objective adds.
+    batch)` the training loss; `extra_bytes(model, batch)` what the local objective adds (None: nothing).
     """
 
     def __init__(self, build: Callable[[Mapping[str, int]], nn.Module], example_batch: Callable[[int], Any],
                  loss_of: Callable[[nn.Module, Any], torch.Tensor], optimizer_state_copies: int,
-                 extra_bytes: Callable[[nn.Module, Any], int] = lambda model, batch: 0):
+                 extra_bytes: Callable[[nn.Module, Any], int] | None = None):
         self._build = build
         self._example_batch = example_batch
         self._loss_of = loss_of
@@ -105,6 +105,7 @@ class FootprintPlanner:
             torch.manual_seed(0)
             model = self._build(widths)
             batch = self._example_batch(batch_size)
-            cached = plan_footprint(model, batch, self._loss_of, self._copies, self._extra_bytes(model, batch))
+            extra = self._extra_bytes(model, batch) if self._extra_bytes is not None else 0
+            cached = plan_footprint(model, batch, self._loss_of, self._copies, extra)
             self._cache[key] = cached
         return cached

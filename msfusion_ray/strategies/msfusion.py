@@ -166,9 +166,10 @@ class SubModelContrastive(LocalObjective):
         before the trained model's forward (`before_forward`), when its saved activations are not yet alive, and a
         no-grad pass holds less than a training forward keeps, so their transient memory adds nothing to the
         peak."""
+        was_training = model.training
         with torch.no_grad():
-            kept = model.eval().forward_features(batch[0])[0]
-        model.train()
+            kept = model.eval().forward_features(batch[0])[0]  # eval: BatchNorm's running statistics stay as they are
+        model.train(was_training)
         return 2 * (_model_bytes(model) + kept.numel() * kept.element_size())
 
     def begin(self, model: nn.Module, context: ObjectiveContext) -> None:

@@ -96,6 +96,10 @@ def test_contrastive_objective_pulls_towards_the_received_model_and_remembers_it
     copies = 2 * sum(t.numel() * t.element_size() for t in model.state_dict().values())
     # two frozen copies, plus the two representations the loss keeps
     assert objective.extra_bytes(model, (x, None)) == copies + 2 * features.numel() * 4
+    assert model.training  # sizing the representations leaves the model in the mode it was in
+    model.eval()
+    objective.extra_bytes(model, (x, None))
+    assert not model.training
 
 
 def test_target_multiplicity_lowers_rates_until_they_sum_to_the_target():
