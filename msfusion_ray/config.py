@@ -94,6 +94,8 @@ class RuntimeConfig:
     dashboard: bool = False
     object_store_mib: int = checked(1024, check=positive)
     device_resources: bool = False  # on a real cluster: place participants on nodes with resource device:<name>
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # where hosts train (auto: cuda when the cluster has GPUs)
+    gpus_per_host: float | None = checked(None, check=fraction)  # GPU each host asks for (default: an even share)
 
 
 @dataclass(frozen=True)

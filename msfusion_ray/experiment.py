@@ -18,6 +18,7 @@ from msfusion_ray.data.arrays import DataBundle
 from msfusion_ray.devices.availability import Availability, make_availability
 from msfusion_ray.devices.capacity import CapacityOracle, make_planner
 from msfusion_ray.devices.fleet import Fleet, FleetSpec, load_fleet_spec, make_fleet
+from msfusion_ray.devices.gpu import check_device
 from msfusion_ray.devices.profile import default_profiles_dir, load_profiles
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.models.base import ModelFamily, build_family
@@ -76,6 +77,7 @@ def resolve_availability(config: ExperimentConfig, fleet: Fleet) -> Availability
 
 
 def prepare(config: ExperimentConfig, data: DataBundle | None = None) -> Prepared:
+    check_device(config.runtime.device, config.runtime.address)
     fleet = resolve_fleet(config)
     availability = resolve_availability(config, fleet)
     if data is None:

@@ -22,7 +22,7 @@ SMALL_CONFIG = {
     "fleet": {"devices": {"raspberry-pi-4": 2, "phone-midrange": 1}, "memory_scale": 0.001},
     "strategy": {"name": "fedavg"},
     "training": {"local_steps": 3, "batch_size": 16, "lr": 0.05},
-    "runtime": {"hosts": 2, "task_timeout_s": 120},
+    "runtime": {"hosts": 2, "task_timeout_s": 120, "device": "cpu"},  # results pinned on CPU, GPU or not
 }
 
 

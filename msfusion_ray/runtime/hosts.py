@@ -5,6 +5,7 @@ from __future__ import annotations
 import ray
 
 from msfusion_ray.config import RuntimeConfig
+from msfusion_ray.devices.gpu import gpu_share, resolve_device
 from msfusion_ray.experiment import Prepared
 from msfusion_ray.runtime.host import HostActor, assign_hosts
 from msfusion_ray.runtime.participant import ParticipantSpec, WorkerSettings
@@ -29,15 +30,21 @@ class HostPool:
         # threads with torch.set_num_threads.
         budget = runtime.host_cpus if runtime.host_cpus is not None else 0.9 * cpus
         num_cpus = round(min(float(runtime.threads_per_host), budget / len(assignments)), 4)
+        gpus = ray.cluster_resources().get("GPU", 0.0)
+        self.device = resolve_device(runtime.device, gpus)
+        self.gpu_share = gpu_share(gpus, len(assignments), runtime.gpus_per_host) if self.device == "cuda" else 0.0
         settings = WorkerSettings(run_id=run_id, host=0, seed=prepared.config.seed,
                                   training=prepared.config.training, clock=runtime.clock,
-                                  task_timeout_s=runtime.task_timeout_s)
+                                  task_timeout_s=runtime.task_timeout_s, device=self.device,
+                                  device_required=runtime.device == "cuda", gpu_share=self.gpu_share)
         self.host_of: dict[int, int] = {}
         self.actors = []
         for host_id, members in enumerate(assignments):
             specs = [ParticipantSpec(pid, fleet.participants[pid].device, fleet.participants[pid].memory_cap_bytes,
                                      prepared.partitions[pid]) for pid in members]
             options: dict = {"num_cpus": num_cpus}
+            if self.gpu_share:
+                options["num_gpus"] = self.gpu_share
             if groups is not None:
                 options["resources"] = {f"device:{groups[members[0]]}": 0.001}
             host_settings = WorkerSettings(**{**settings.__dict__, "host": host_id})
@@ -46,13 +53,17 @@ class HostPool:
                 runtime.task_timeout_s))
             self.host_of.update({pid: host_id for pid in members})
         self._wait_ready(cpus)
+        # what each host trains on, for the per-host records (runs whose hosts hold GPUs)
+        self.descriptions = (ray.get([a.describe.remote() for a in self.actors], timeout=STARTUP_TIMEOUT_S)
+                             if self.gpu_share else [])
 
     def _wait_ready(self, cpus: float) -> None:
         pings = [actor.ping.remote() for actor in self.actors]
         ready, _ = ray.wait(pings, num_returns=len(pings), timeout=STARTUP_TIMEOUT_S)
         if len(ready) < len(pings):
+            gpus = f", {self.gpu_share:g} GPU each" if self.gpu_share else ""
             raise RuntimeError(f"only {len(ready)} of {len(pings)} host actors started within {STARTUP_TIMEOUT_S:.0f} s "
-                               f"(cluster CPUs: {cpus:g}); lower runtime.hosts or runtime.threads_per_host")
+                               f"(cluster CPUs: {cpus:g}{gpus}); lower runtime.hosts or runtime.threads_per_host")
         ray.get(ready, timeout=STARTUP_TIMEOUT_S)  # surfaces a host that failed in its constructor
 
     def actor_for(self, participant: int):  # noqa: ANN201 (a Ray actor handle)

@@ -192,7 +192,7 @@ class SubModelContrastive(LocalObjective):
             F.cosine_similarity(z, positive.reshape(z.shape), dim=-1),
             F.cosine_similarity(z, negative.reshape(z.shape), dim=-1),
         ], dim=-1) / self.params.temperature
-        target = torch.zeros(len(z), dtype=torch.long)
+        target = torch.zeros(len(z), dtype=torch.long, device=z.device)
         return self.params.weight * F.cross_entropy(similarities, target)
 
     def end(self, model: nn.Module, context: ObjectiveContext) -> None:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from msfusion_ray.data.arrays import ArrayDataset, DataBundle
+from msfusion_ray.models.weights import model_device
 from msfusion_ray.training.losses import task_loss
 
 
@@ -24,8 +25,9 @@ def recalibrate_batchnorm(model: nn.Module, data: DataBundle, split: ArrayDatase
         norm.reset_running_stats()
         norm.momentum = None  # cumulative average over the calibration batches
     model.train()
+    device = model_device(model)
     for start in range(0, len(split), batch_size):
-        x, _ = data.to_batch(split.x[start:start + batch_size], split.y[start:start + batch_size])
+        x, _ = data.to_batch(split.x[start:start + batch_size], split.y[start:start + batch_size], device)
         model(x)
     for norm, momentum in zip(norms, momenta):
         norm.momentum = momentum
@@ -36,9 +38,10 @@ def recalibrate_batchnorm(model: nn.Module, data: DataBundle, split: ArrayDatase
 @torch.no_grad()
 def evaluate(model: nn.Module, data: DataBundle, split: ArrayDataset, batch_size: int) -> dict[str, float]:
     model.eval()
+    device = model_device(model)  # batches go where the model is
     loss_sum = correct = count = 0.0
     for start in range(0, len(split), batch_size):
-        x, y = data.to_batch(split.x[start:start + batch_size], split.y[start:start + batch_size])
+        x, y = data.to_batch(split.x[start:start + batch_size], split.y[start:start + batch_size], device)
         logits = model(x)
         weight = y.numel()
         loss_sum += float(task_loss(data.shape.task, logits, y)) * weight

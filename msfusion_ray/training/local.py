@@ -13,6 +13,7 @@ from torch import nn
 from msfusion_ray.config import TrainingConfig
 from msfusion_ray.costs.flops import StepCostCache
 from msfusion_ray.data.arrays import DataBundle
+from msfusion_ray.models.weights import model_device
 from msfusion_ray.training.losses import task_loss
 from msfusion_ray.training.objective import LocalObjective
 
@@ -70,8 +71,9 @@ def train_local(model: nn.Module, data: DataBundle, indices: np.ndarray, trainin
                 objective: LocalObjective | None = None, on_step: Callable[[], None] | None = None) -> LocalResult:
     """Train `model` on the participant's samples. The first step of each (shape, batch size) is measured for
     FLOPs and peak tensor memory; later steps reuse the figure. `on_step` is called before every step (a
-    deadline check may raise there)."""
+    deadline check may raise there). Batches go to the device the model is on."""
     model.train()
+    device = model_device(model)
     optimizer = make_optimizer(model, training, lr)
     resident = list(model.parameters()) + list(model.buffers())
     flops = steps = samples = peak = 0
@@ -80,7 +82,7 @@ def train_local(model: nn.Module, data: DataBundle, indices: np.ndarray, trainin
         if on_step is not None:
             on_step()
         chosen = indices[batch]
-        x, y = data.to_batch(data.train.x[chosen], data.train.y[chosen])
+        x, y = data.to_batch(data.train.x[chosen], data.train.y[chosen], device)
 
         def step() -> tuple[float, float]:
             optimizer.zero_grad(set_to_none=True)
