@@ -56,11 +56,20 @@ def test_a_host_may_plan_its_share_of_the_gpu_less_a_cuda_context():
 
 @no_cuda
 def test_cuda_on_a_machine_without_gpus_is_refused_before_anything_starts(monkeypatch):
+    monkeypatch.setattr(gpu, "cluster_gpus", lambda: None)  # no Ray session open: the embedded cluster is this machine
     with pytest.raises(UserInputError) as refused:
         gpu.check_device("cuda", address=None)
     assert refused.value.where == "runtime.device"
     gpu.check_device("auto", address=None)
     gpu.check_device("cuda", address="10.0.0.1:6379")  # a cluster still to be joined: its driver checks
+
+
+def test_an_open_session_is_checked_by_its_own_gpus(monkeypatch):
+    monkeypatch.setattr(gpu, "cluster_gpus", lambda: 0.0)
+    with pytest.raises(UserInputError, match="no GPUs"):
+        gpu.check_device("cuda", address="10.0.0.1:6379")
+    monkeypatch.setattr(gpu, "cluster_gpus", lambda: 2.0)
+    gpu.check_device("cuda", address=None)
 
 
 @no_cuda
@@ -218,3 +227,24 @@ def test_a_batch_goes_to_the_models_device():
     cpu_x, cpu_y = data.to_batch(data.train.x[:8], data.train.y[:8])
     assert x.is_cuda and y.is_cuda
     assert np.array_equal(x.cpu().numpy(), cpu_x.numpy()) and np.array_equal(y.cpu().numpy(), cpu_y.numpy())
+
+
+def test_a_sweeps_cells_share_the_gpus_unless_they_say_otherwise():
+    import dataclasses
+
+    from msfusion_ray.config import config_from_dict
+    from msfusion_ray.sweep import with_gpu_share
+    from tests.conftest import SMALL_CONFIG
+
+    @dataclasses.dataclass
+    class Cell:  # what with_gpu_share reads of a prepared cell
+        config: object
+        fleet: list
+
+    def cell(**runtime):
+        data = {**SMALL_CONFIG, "runtime": {**SMALL_CONFIG["runtime"], "hosts": 4, **runtime}}
+        return Cell(config_from_dict(data), fleet=list(range(8)))
+
+    assert with_gpu_share(cell(device="auto"), 2 / 3).config.runtime.gpus_per_host == 0.1666  # 3 cells, 2 GPUs
+    assert with_gpu_share(cell(device="cuda", gpus_per_host=0.5), 0.5).config.runtime.gpus_per_host == 0.5
+    assert with_gpu_share(cell(device="cpu"), 0.5).config.runtime.gpus_per_host is None
