@@ -3,9 +3,18 @@ back in a shuffled order and a few at a time (as hosts finishing in any order wo
 
 from __future__ import annotations
 
-import numpy as np
+import copy
 
+import numpy as np
+import yaml
+
+from msfusion_ray.config import config_from_dict
+from msfusion_ray.devices.timeline import VirtualTimeline
+from msfusion_ray.experiment import prepare
 from msfusion_ray.records import ParticipantRoundRow
+from msfusion_ray.runtime.engines import EngineContext, make_engine
+from msfusion_ray.runtime.runner import initial_weights
+from tests.conftest import SMALL_CONFIG
 
 
 class FakeHosts:
@@ -39,3 +48,20 @@ class FakeHosts:
     def get(self, handle, timeout_s):
         row, payload, trained = self.results.pop(handle)
         return row, payload, trained
+
+
+# A device so fast that predictions are ~0: the engine only has lower bounds and must wait for the hosts' answers.
+INSTANT = {"name": "instant", "description": "test", "memory_mib": 10_000, "train_gflops": 1e9,
+           "uplink_mbps": 1e9, "downlink_mbps": 1e9, "latency_ms": 0}
+
+
+def engine_for(profiles_dir, strategy, params, device_times, rounds, seed=0, fleet_extra=(), **config):
+    """The engine `strategy` names, on `instant` devices whose tasks take `device_times` (participant -> s) on fake
+    hosts that answer in an order drawn from `seed`."""
+    data = copy.deepcopy(SMALL_CONFIG)
+    data.update(rounds=rounds, strategy={"name": strategy, "params": params}, **config)
+    data["fleet"] = {"devices": {"instant": len(device_times)}, "profiles_dir": str(profiles_dir), **dict(fleet_extra)}
+    prepared = prepare(config_from_dict(data))
+    context = EngineContext(prepared, FakeHosts(device_times, seed=seed), "fake", VirtualTimeline(),
+                            prepared.availability, {i.id: i for i in prepared.participant_infos()})
+    return make_engine(prepared.strategy.engine, context, initial_weights(prepared))

@@ -1,39 +1,9 @@
 """The semi-asynchronous engine on a hand-built fleet, with hosts that answer in any order."""
 
-import copy
-
 import numpy as np
 import pytest
-import yaml
 
-from msfusion_ray.config import config_from_dict
-from msfusion_ray.devices.timeline import VirtualTimeline
-from msfusion_ray.experiment import prepare
-from msfusion_ray.runtime.engines import EngineContext, make_engine
-from msfusion_ray.runtime.runner import initial_weights
-from tests.conftest import SMALL_CONFIG
-from tests.runtime.fake_hosts import FakeHosts
-
-# A device so fast that predictions are ~0: the engine only has lower bounds and must wait for the hosts' answers.
-INSTANT = {"name": "instant", "description": "test", "memory_mib": 10_000, "train_gflops": 1e9,
-           "uplink_mbps": 1e9, "downlink_mbps": 1e9, "latency_ms": 0}
-
-
-@pytest.fixture
-def profiles_dir(tmp_path):
-    (tmp_path / "instant.yaml").write_text(yaml.safe_dump(INSTANT))
-    return tmp_path
-
-
-def engine_for(profiles_dir, strategy, params, device_times, rounds, seed=0, fleet_extra=(), **config):
-    data = copy.deepcopy(SMALL_CONFIG)
-    data.update(rounds=rounds, strategy={"name": strategy, "params": params}, **config)
-    data["fleet"] = {"devices": {"instant": len(device_times)}, "profiles_dir": str(profiles_dir), **dict(fleet_extra)}
-    prepared = prepare(config_from_dict(data))
-    context = EngineContext(prepared, FakeHosts(device_times, seed=seed), "fake", VirtualTimeline(),
-                            prepared.availability, {i.id: i for i in prepared.participant_infos()})
-    return make_engine(prepared.strategy.engine, context, initial_weights(prepared))
-
+from tests.runtime.fake_hosts import engine_for
 
 def schedule(steps):
     return [(s.index, s.vt_end, [(r.participant, r.staleness, r.vt_start, r.vt_end) for r in s.rows]) for s in steps]
