@@ -25,6 +25,7 @@ class DeviceProfile:
     latency_ms: float = checked(0.0, check=lambda v: None if v >= 0 else f"must be >= 0 (got {v})")
     availability: float = checked(1.0, check=probability)
     native: bool = False  # on a real cluster: the node is the device (no memory refusal, measured compute time)
+    hourly_cost_usd: float | None = checked(None, check=positive)  # renting one (compute nodes), where known
 
     @property
     def memory_bytes(self) -> int:
