@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from msfusion_ray.costs.layers import LayerCost, part_flops, part_memory
+
+Objective = Literal["time", "memory"]
+GIB = 2**30
 
 
 @dataclass(frozen=True)
@@ -117,22 +120,24 @@ def balanced_split(problem: SplitProblem) -> Split:
     return make_split(problem, range(problem.nodes), _ranges(first, end, cuts))
 
 
-def brute_force_split(problem: SplitProblem) -> Split | None:
+def brute_force_split(problem: SplitProblem, objective: Objective = "time") -> Split | None:
     """Every cut and every order of the nodes; the best that fits (None: nothing fits). For small cases."""
     first, end = problem.middle
     best: Split | None = None
+    score = (lambda split: split.pipe_full_s) if objective == "time" else (lambda split: max(split.memory_bytes))
     for cuts in itertools.combinations(range(first + 1, end), problem.nodes - 1):
         ranges = _ranges(first, end, cuts)
         for order in itertools.permutations(range(problem.nodes)):
             split = make_split(problem, order, ranges)
-            if split.fits and (best is None or split.pipe_full_s < best.pipe_full_s - 1e-12):
+            if split.fits and (best is None or score(split) < score(best) * (1 - 1e-12)):
                 best = split
     return best
 
 
-def optimal_split(problem: SplitProblem, time_limit_s: float = 60.0) -> Split | None:
-    """Solve the integer program; None when no assignment fits the nodes' memory."""
-    program = _Program(problem)
+def optimal_split(problem: SplitProblem, objective: Objective = "time", time_limit_s: float = 60.0) -> Split | None:
+    """Solve the integer program; None when no assignment fits the nodes' memory. The objective is the paper's
+    (`time`: max forward + max backward stage time) or the largest node's memory (`memory`)."""
+    program = _Program(problem, objective)
     result = milp(program.objective, constraints=program.constraints, integrality=program.integrality,
                   bounds=program.bounds, options={"mip_rel_gap": 0.0, "time_limit": time_limit_s})
     if result.x is None:
@@ -142,13 +147,14 @@ def optimal_split(problem: SplitProblem, time_limit_s: float = 60.0) -> Split | 
 
 class _Program:
     """Variables: x[n, j] (node n holds middle layer j), s[n, j] (its range starts at j), e[n, j] (ends at j),
-    W[n] (its workspace as a share of its cap), Lf, Lb (the slowest forward and backward stage)."""
+    W[n] (its workspace as a share of its cap), Lf, Lb (the slowest forward and backward stage), M (the largest
+    node's memory in GiB)."""
 
-    def __init__(self, problem: SplitProblem):
+    def __init__(self, problem: SplitProblem, objective: Objective = "time"):
         self.problem = problem
         n, s = problem.nodes, problem.layers
-        self.size = 3 * n * s + n + 2
-        self.lf, self.lb = self.size - 2, self.size - 1
+        self.size = 3 * n * s + n + 3
+        self.lf, self.lb, self.m = self.size - 3, self.size - 2, self.size - 1
         rows: list[tuple[np.ndarray, float, float]] = []
         self._assignment_rows(rows)
         self._contiguity_rows(rows)
@@ -157,9 +163,12 @@ class _Program:
         matrix = np.array([r[0] for r in rows])
         self.constraints = LinearConstraint(matrix, [r[1] for r in rows], [r[2] for r in rows])
         self.objective = np.zeros(self.size)
-        self.objective[[self.lf, self.lb]] = 1.0
-        self.integrality = np.r_[np.ones(3 * n * s), np.zeros(n + 2)]
-        upper = np.r_[np.ones(3 * n * s), np.full(n, np.inf), np.inf, np.inf]
+        if objective == "time":
+            self.objective[[self.lf, self.lb]] = 1.0
+        else:
+            self.objective[self.m] = 1.0
+        self.integrality = np.r_[np.ones(3 * n * s), np.zeros(n + 3)]
+        upper = np.r_[np.ones(3 * n * s), np.full(n + 3, np.inf)]
         self.bounds = Bounds(np.zeros(self.size), upper)
 
     def x(self, node: int, layer: int) -> int:
@@ -219,15 +228,17 @@ class _Program:
         return held, starts, ends, workspace
 
     def _memory_rows(self, rows: list) -> None:
+        """Per node: its memory within its cap, and M at least its memory (rows scaled to the cap and to GiB)."""
         held, starts, ends, workspace = self._memory_terms()
         for n, cap in enumerate(self.problem.caps):
-            entries = {self.w(n): 1.0}
+            bytes_of = {self.w(n): float(cap)}
             for j in range(self.problem.layers):
-                entries[self.x(n, j)] = held[j] / cap
-                entries[self.s(n, j)] = starts[j] / cap
-                entries[self.e(n, j)] = ends[j] / cap
+                bytes_of[self.x(n, j)] = held[j]
+                bytes_of[self.s(n, j)] = starts[j]
+                bytes_of[self.e(n, j)] = ends[j]
                 rows.append((self._row({self.w(n): -1, self.x(n, j): workspace[j] / cap}), -np.inf, 0))
-            rows.append((self._row(entries), -np.inf, 1))
+            rows.append((self._row({k: v / cap for k, v in bytes_of.items()}), -np.inf, 1))
+            rows.append((self._row({**{k: v / GIB for k, v in bytes_of.items()}, self.m: -1}), -np.inf, 0))
 
     def _time_rows(self, rows: list) -> None:
         problem = self.problem

@@ -50,6 +50,16 @@ def test_integer_program_matches_brute_force(seed):
     assert sorted(found.order) == list(range(problem.nodes))
 
 
+@pytest.mark.parametrize("seed", range(0, 40, 3))
+def test_smallest_largest_node_matches_brute_force(seed):
+    problem = _random_problem(seed)
+    expected = brute_force_split(problem, "memory")
+    found = optimal_split(problem, "memory")
+    assert (found is None) == (expected is None)
+    if expected is not None:
+        assert max(found.memory_bytes) == max(expected.memory_bytes) and found.fits
+
+
 def test_some_random_cases_are_tight_and_some_do_not_fit():
     outcomes = [brute_force_split(_random_problem(seed)) for seed in range(40)]
     assert any(o is None for o in outcomes) and sum(o is not None for o in outcomes) > 20
