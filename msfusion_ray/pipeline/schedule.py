@@ -20,11 +20,29 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field
-from typing import Literal
-
-from msfusion_ray.pipeline.time_model import PipelineTimes
+from typing import Literal, Protocol
 
 Kind = Literal["front_forward", "forward", "back", "backward", "front_backward"]
+
+
+class MessageTimes(Protocol):
+    """Seconds of every piece of work and every transfer of an epoch. `time_model.PipelineTimes` gives the same
+    figure for every batch of an owner (a plan); the pipeline engine gives what each message really carried."""
+
+    n_owners: int
+    n_nodes: int
+
+    def owner_batches(self, owner: int) -> int: ...
+
+    def owner_s(self, owner: int, batch: int, kind: str) -> float:
+        """kind: front_forward, back, front_backward (compute) or to_first, from_last, to_last, from_first
+        (transfers), upload, download (the parts to and from the aggregator; batch is ignored)."""
+
+    def node_s(self, node: int, owner: int, batch: int, kind: str) -> float:
+        """kind: forward or backward."""
+
+    def hop_s(self, node: int, owner: int, batch: int, kind: str) -> float:
+        """Between node and node + 1: forward (the activation) or backward (the gradient)."""
 
 
 @dataclass(frozen=True)
@@ -79,22 +97,22 @@ class _Message:
 
 
 class _Simulation:
-    def __init__(self, times: PipelineTimes):
+    def __init__(self, times: MessageTimes):
         self.times = times
         self.events: list[tuple[float, int, str, object]] = []
         self.sequence = 0
-        self.queues: list[list[_Message]] = [[] for _ in times.stages]
-        self.free = [True] * len(times.stages)
+        self.queues: list[list[_Message]] = [[] for _ in range(times.n_nodes)]
+        self.free = [True] * times.n_nodes
         self.tasks: list[Task] = []
-        self.owner_done = [0.0] * len(times.owners)
+        self.owner_done = [0.0] * times.n_owners
 
     def push(self, at: float, what: str, payload: object) -> None:
         heapq.heappush(self.events, (at, self.sequence, what, payload))
         self.sequence += 1
 
     def run(self) -> None:
-        for owner, spec in enumerate(self.times.owners):
-            if spec.batches > 0:
+        for owner in range(self.times.n_owners):
+            if self.times.owner_batches(owner) > 0:
                 self.push(0.0, "owner_start", (owner, 0))
         while self.events:
             now = self.events[0][0]
@@ -110,23 +128,24 @@ class _Simulation:
 
     def _on_owner_start(self, now: float, payload: tuple[int, int]) -> None:
         owner, batch = payload
-        spec = self.times.owners[owner]
-        done = self._record("owner", owner, owner, batch, "front_forward", now, now, spec.front_forward_s)
-        self.push(done + spec.to_first_s, "arrive", (0, _Message(done + spec.to_first_s, owner, 1, batch, "forward")))
+        times = self.times
+        done = self._record("owner", owner, owner, batch, "front_forward", now, now,
+                            times.owner_s(owner, batch, "front_forward"))
+        at = done + times.owner_s(owner, batch, "to_first")
+        self.push(at, "arrive", (0, _Message(at, owner, 1, batch, "forward")))
 
     def _on_owner_back(self, now: float, payload: tuple[int, int]) -> None:
         owner, batch = payload
-        spec = self.times.owners[owner]
-        done = self._record("owner", owner, owner, batch, "back", now, now, spec.back_s)
-        last = len(self.times.stages) - 1
-        at = done + spec.to_last_s
-        self.push(at, "arrive", (last, _Message(at, owner, 0, batch, "backward")))
+        times = self.times
+        done = self._record("owner", owner, owner, batch, "back", now, now, times.owner_s(owner, batch, "back"))
+        at = done + times.owner_s(owner, batch, "to_last")
+        self.push(at, "arrive", (times.n_nodes - 1, _Message(at, owner, 0, batch, "backward")))
 
     def _on_owner_front_backward(self, now: float, payload: tuple[int, int]) -> None:
         owner, batch = payload
-        spec = self.times.owners[owner]
-        done = self._record("owner", owner, owner, batch, "front_backward", now, now, spec.front_backward_s)
-        if batch + 1 < spec.batches:
+        done = self._record("owner", owner, owner, batch, "front_backward", now, now,
+                            self.times.owner_s(owner, batch, "front_backward"))
+        if batch + 1 < self.times.owner_batches(owner):
             self.push(done, "owner_start", (owner, batch + 1))
         else:
             self.owner_done[owner] = done
@@ -138,42 +157,41 @@ class _Simulation:
     def _on_node_done(self, now: float, payload: tuple[int, _Message]) -> None:
         node, message = payload
         self.free[node] = True
-        times, owner = self.times, self.times.owners[message.owner]
+        times, owner, batch = self.times, message.owner, message.batch
         if message.kind == "forward":
-            if node + 1 < len(times.stages):
-                at = now + times.hops_forward_s[node]
-                self.push(at, "arrive", (node + 1, _Message(at, message.owner, 1, message.batch, "forward")))
+            if node + 1 < times.n_nodes:
+                at = now + times.hop_s(node, owner, batch, "forward")
+                self.push(at, "arrive", (node + 1, _Message(at, owner, 1, batch, "forward")))
             else:
-                self.push(now + owner.from_last_s, "owner_back", (message.owner, message.batch))
+                self.push(now + times.owner_s(owner, batch, "from_last"), "owner_back", (owner, batch))
         elif node > 0:
-            at = now + times.hops_backward_s[node - 1]
-            self.push(at, "arrive", (node - 1, _Message(at, message.owner, 0, message.batch, "backward")))
+            at = now + times.hop_s(node - 1, owner, batch, "backward")
+            self.push(at, "arrive", (node - 1, _Message(at, owner, 0, batch, "backward")))
         else:
-            self.push(now + owner.from_first_s, "owner_front_backward", (message.owner, message.batch))
+            self.push(now + times.owner_s(owner, batch, "from_first"), "owner_front_backward", (owner, batch))
 
     def _start_free_nodes(self, now: float) -> None:
         for node, queue in enumerate(self.queues):
             if self.free[node] and queue:
                 message = heapq.heappop(queue)
-                stage = self.times.stages[node]
-                seconds = stage.forward_s if message.kind == "forward" else stage.backward_s
+                seconds = self.times.node_s(node, message.owner, message.batch, message.kind)
                 done = self._record("node", node, message.owner, message.batch, message.kind, message.ready_s, now,
                                     seconds)
                 self.free[node] = False
                 self.push(done, "node_done", (node, message))
 
 
-def schedule_epoch(times: PipelineTimes) -> EpochSchedule:
+def schedule_epoch(times: MessageTimes) -> EpochSchedule:
     simulation = _Simulation(times)
     simulation.run()
-    owners = times.owners
-    aggregated = max(done + spec.upload_s for done, spec in zip(simulation.owner_done, owners))
+    owners = range(times.n_owners)
+    aggregated = max(simulation.owner_done[k] + times.owner_s(k, 0, "upload") for k in owners)
     updated, clock = [], aggregated
-    for spec in owners:
-        clock += spec.download_s
+    for k in owners:
+        clock += times.owner_s(k, 0, "download")
         updated.append(clock)
-    node_busy = [0.0] * len(times.stages)
-    owner_busy = [0.0] * len(owners)
+    node_busy = [0.0] * times.n_nodes
+    owner_busy = [0.0] * times.n_owners
     for task in simulation.tasks:
         busy = node_busy if task.actor == "node" else owner_busy
         busy[task.index] += task.end_s - task.start_s

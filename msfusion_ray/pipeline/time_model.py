@@ -65,6 +65,29 @@ class PipelineTimes:
     def batches(self) -> int:
         return sum(o.batches for o in self.owners)
 
+    # The per-message view the schedule reads (schedule.MessageTimes): every batch of an owner costs the same.
+    @property
+    def n_owners(self) -> int:
+        return len(self.owners)
+
+    @property
+    def n_nodes(self) -> int:
+        return len(self.stages)
+
+    def owner_batches(self, owner: int) -> int:
+        return self.owners[owner].batches
+
+    def owner_s(self, owner: int, batch: int, kind: str) -> float:
+        return getattr(self.owners[owner], f"{kind}_s")
+
+    def node_s(self, node: int, owner: int, batch: int, kind: str) -> float:
+        stage = self.stages[node]
+        return stage.forward_s if kind == "forward" else stage.backward_s
+
+    def hop_s(self, node: int, owner: int, batch: int, kind: str) -> float:
+        """Between node and node + 1: the activation (`forward`) or the gradient coming back (`backward`)."""
+        return self.hops_forward_s[node] if kind == "forward" else self.hops_backward_s[node]
+
 
 @dataclass(frozen=True)
 class EdgeSysEstimate:
