@@ -10,6 +10,9 @@ Memory of a range of layers is exact, not a sum of per-layer footprints: the act
 one storage, kept for backward by the layer that made it, by the layer that reads it, or by both. Each layer
 therefore records its inner saved storages apart from its input and output and whether it keeps those two, and
 `part_memory` counts each boundary storage once inside a part, and on each side of a cut where that side keeps it.
+Backward needs room on top of what forward kept: each layer's is measured (the live-tensor peak of what its
+backward allocates: the incoming gradient, the gradients it produces, its temporaries), and a part reserves the
+largest of its layers'.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 
 from msfusion_ray.costs.flops import count_flops
 from msfusion_ray.costs.footprint import batch_bytes, saved_activations, tensor_bytes
+from msfusion_ray.costs.memory import TensorPeakTracker
 from msfusion_ray.models.layers import Layer
 
 
@@ -36,7 +40,7 @@ class LayerCost:
     input_bytes: int  # the activation it receives (what crosses a cut before it, either way)
     output_bytes: int  # the activation it produces (what crosses a cut after it, either way)
     inner_activation_bytes: int  # storages it saves for backward other than its input and output
-    largest_saved_bytes: int  # its largest saved storage: stands for the backward workspace, as in footprint.py
+    backward_workspace_bytes: int  # peak of what its backward allocates (incoming and produced gradients, temporaries)
     saves_input: bool
     saves_output: bool
 
@@ -79,7 +83,9 @@ def _profile_one(name: str, module: torch.nn.Module, inputs: torch.Tensor) -> tu
 
     saved, forward_flops = count_flops(lambda: saved_activations(module, inputs, forward))
     output = produced[0]
-    _, backward_flops = count_flops(lambda: output.backward(torch.ones_like(output)))
+    workspace = TensorPeakTracker()
+    with workspace:
+        _, backward_flops = count_flops(lambda: output.backward(torch.ones_like(output)))
     input_ptr, output_ptr = inputs.untyped_storage().data_ptr(), output.untyped_storage().data_ptr()
     if input_ptr == output_ptr:
         raise ValueError(f"layer {name} returns a view of its input: merge it with a neighbouring layer")
@@ -93,7 +99,7 @@ def _profile_one(name: str, module: torch.nn.Module, inputs: torch.Tensor) -> tu
         input_bytes=batch_bytes(inputs),
         output_bytes=batch_bytes(output),
         inner_activation_bytes=sum(size for ptr, size in saved.items() if ptr not in (input_ptr, output_ptr)),
-        largest_saved_bytes=max(saved.values(), default=0),
+        backward_workspace_bytes=workspace.peak_bytes,
         saves_input=input_ptr in saved,
         saves_output=output_ptr in saved,
     )
@@ -119,7 +125,7 @@ def part_memory(costs: Sequence[LayerCost], start: int, end: int, optimizer_stat
         optimizer_state=optimizer_state_copies * gradients,
         activations=part_activation_bytes(costs, start, end),
         gradients=gradients,
-        workspace=max(max(c.largest_saved_bytes, c.output_bytes) for c in part),
+        workspace=max(c.backward_workspace_bytes for c in part),
     )
 
 

@@ -65,14 +65,13 @@ class Stage:
     def begin_epoch(self, epoch: int, weights: Mapping[str, np.ndarray], owners: list[int], lr: float,
                     planned_bytes: int) -> dict[str, Any]:
         """Build one copy per owner, unless they do not fit: then nothing is built and the verdict says so."""
-        self.epoch, self.log, self.pending = epoch, [], {}
+        self._rss.close()
+        self.epoch, self.log, self.pending, self.copies, self._rss_result = epoch, [], {}, {}, None
         if planned_bytes > self.memory_cap_bytes and not self.native:
             return {"status": "oom", "planned_bytes": planned_bytes}
         self.tracker = TensorPeakTracker()
         self._rss = contextlib.ExitStack()
         self._rss_result = self._rss.enter_context(rss_peak())
-        torch.manual_seed(0)
-        self.copies = {}
         for owner in owners:
             part = build_part(self.layers, *self.range).train()
             load_part_weights(part, weights)

@@ -224,7 +224,7 @@ class _Program:
                        + cost.gradient_bytes)
             starts[j] = k * ((cost.input_bytes if cost.saves_input else 0) - shared)
             ends[j] = k * (cost.output_bytes if cost.saves_output else 0)
-            workspace[j] = max(cost.largest_saved_bytes, cost.output_bytes)
+            workspace[j] = cost.backward_workspace_bytes
         return held, starts, ends, workspace
 
     def _memory_rows(self, rows: list) -> None:

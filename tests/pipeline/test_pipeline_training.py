@@ -8,6 +8,7 @@ import torch
 
 from msfusion_ray.config import DataConfig, TrainingConfig
 from msfusion_ray.costs.flops import StepCostCache
+from msfusion_ray.costs.layers import part_memory, profile_layers
 from msfusion_ray.data import load_data
 from msfusion_ray.devices.profile import DeviceProfile
 from msfusion_ray.models import build_family
@@ -126,3 +127,22 @@ def test_a_stage_over_its_cap_builds_nothing(setting):
     stage = Stage(0, family, (1, 9), TRAINING, seed=0, memory_cap_bytes=1000, native=False)
     verdict = stage.begin_epoch(1, start, [0, 1], 0.1, planned_bytes=5000)
     assert verdict == {"status": "oom", "planned_bytes": 5000} and stage.copies == {}
+
+
+def test_planned_memory_bounds_what_owners_and_stages_measure(setting):
+    data, family, start, shards = setting
+    costs = profile_layers(family.layers(), family.example_batch(TRAINING.batch_size)[0])
+    copies = TRAINING.optimizer_state_copies()
+    results, _, _ = _pipeline_epoch(setting, 2)
+    owner_planned = part_memory(costs, *FRONT, copies).total() + part_memory(costs, *BACK, copies).total()
+    for row, _, _ in results.values():
+        assert 0 < row.mem_peak_tensor_bytes <= owner_planned
+    stages = _stages(family, 2, start, [0, 1])
+    outputs = [stages[0].forward(pid, 0, np.random.default_rng(pid).standard_normal(
+        (TRAINING.batch_size, 8, 32, 32), dtype=np.float32)) for pid in (0, 1)]  # both owners in flight at once
+    for pid, output in zip((0, 1), outputs):
+        stages[-1].backward(pid, 0, np.ones_like(output))
+    for stage in stages:
+        planned = part_memory(costs, *stage.range, copies).total(2, 2)
+        assert 0 < stage.tracker.peak_bytes <= planned, stage.range
+        stage.end_epoch({0: 8, 1: 8})

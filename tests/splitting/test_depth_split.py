@@ -18,7 +18,7 @@ def _random_costs(rng, n_layers):
         costs.append(LayerCost(
             name=f"l{i}", forward_flops=int(rng.integers(1, 100)) * 10**6, backward_flops=int(rng.integers(1, 200)) * 10**6,
             parameter_bytes=params, gradient_bytes=params, input_bytes=size, output_bytes=out,
-            inner_activation_bytes=int(rng.integers(0, 3000)), largest_saved_bytes=int(rng.integers(0, 6000)),
+            inner_activation_bytes=int(rng.integers(0, 3000)), backward_workspace_bytes=int(rng.integers(0, 6000)),
             saves_input=bool(rng.random() < 0.7), saves_output=bool(rng.random() < 0.5)))
         size = out
     return costs

@@ -165,8 +165,7 @@ class PipelineEngine(SyncEngine):
         up = sum(measured.owner_s(pid, b, k) for b in batches for k in ("to_first", "to_last"))
         down = sum(measured.owner_s(pid, b, k) for b in batches for k in ("from_last", "from_first"))
         up, down = up + measured.owner_s(pid, 0, "upload"), down + measured.owner_s(pid, 0, "download")
-        row.bytes_up += sum(e["sent_bytes"] for e in trained["pipeline_batches"])
-        row.bytes_up += measured.part_bytes[pid]
+        row.bytes_up += sum(e["sent_bytes"] for e in trained["pipeline_batches"])  # besides its trained parts
         row.device_compute_s = schedule.owner_busy_s[pid]
         row.device_upload_s, row.device_download_s = up, down
         row.device_comm_s = up + down
@@ -187,7 +186,8 @@ class PipelineEngine(SyncEngine):
                 mem_cap_bytes=node.memory_cap_bytes, vt_start=self.now, vt_end=self.now,
                 metrics={"layer_start": float(a), "layer_end": float(b)})
             if verdict["status"] == "oom":
-                row.message = (f"cannot hold {len(self.plan.owners)} copies of layers {a}-{b - 1}: needs "
+                layers = f"layer {a}" if b - a == 1 else f"layers {a}-{b - 1}"
+                row.message = (f"cannot hold {len(self.plan.owners)} copies of {layers}: needs "
                                f"{verdict['planned_bytes'] / 2**20:.1f} MiB, cap {node.memory_cap_bytes / 2**20:.1f} MiB")
             elif schedule is not None:
                 self._place_node(row, position, reports[position], measured, schedule)
