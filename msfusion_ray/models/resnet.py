@@ -9,7 +9,7 @@ channels (`stage{s}.block{b}`).
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -54,19 +54,25 @@ def _stem(in_channels: int, widths: Mapping[str, int]) -> nn.Module:
     )
 
 
-def _block_builders(widths: Mapping[str, int]) -> list[Callable[[], nn.Module]]:
-    """One builder per residual block, in order (each block can be built alone)."""
+def _block_builders(block: type[nn.Module], widths: Mapping[str, int], first: str, blocks_per_stage: tuple[int, ...],
+                    inner_units: Callable[[str], Any]) -> list[Callable[[], nn.Module]]:
+    """One builder per residual block, in order (each block can be built alone): stage s > 1 starts with a
+    stride-2 block; `first` is the width group the first block reads, `inner_units(block group)` its inner units."""
     builders = []
-    previous = "stage1"
-    for s, blocks_in_stage in enumerate(BLOCKS_PER_STAGE, start=1):
+    previous = first
+    for s, blocks_in_stage in enumerate(blocks_per_stage, start=1):
         stage = f"stage{s}"
         for b in range(1, blocks_in_stage + 1):
             inner = f"{stage}.block{b}"
             stride = 2 if (s > 1 and b == 1) else 1
-            builders.append(partial(BasicBlock, previous, widths[previous], stage, widths[stage], inner,
-                                    widths[inner], stride))
+            builders.append(partial(block, previous, widths[previous], stage, widths[stage], inner,
+                                    inner_units(inner), stride))
             previous = stage
     return builders
+
+
+def _basic_blocks(widths: Mapping[str, int]) -> list[Callable[[], nn.Module]]:
+    return _block_builders(BasicBlock, widths, "stage1", BLOCKS_PER_STAGE, lambda inner: widths[inner])
 
 
 def _head_layers(widths: Mapping[str, int], classes: int) -> list[Layer]:
@@ -82,7 +88,7 @@ class ResNet18(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, widths: Mapping[str, int]):
         super().__init__()
         self.stem = _stem(in_channels, widths)
-        self.blocks = nn.Sequential(*(build() for build in _block_builders(widths)))
+        self.blocks = nn.Sequential(*(build() for build in _basic_blocks(widths)))
         self.classifier = width_axes(nn.Linear(widths["stage4"], num_classes), inp="stage4")
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,7 +114,7 @@ class ResNet18Family(ModelFamily):
         widths = {**self.full_widths(), **(widths or {})}
         return [
             Layer("stem", "stem.", lambda: _stem(self.data.input_shape[0], widths)),
-            *(Layer(f"block{i}", f"blocks.{i}.", build) for i, build in enumerate(_block_builders(widths))),
+            *(Layer(f"block{i}", f"blocks.{i}.", build) for i, build in enumerate(_basic_blocks(widths))),
             *_head_layers(widths, self.data.num_outputs),
         ]
 
@@ -160,17 +166,8 @@ def _stem_pool(widths: Mapping[str, int]) -> nn.Module:
 
 
 def _bottleneck_builders(widths: Mapping[str, int]) -> list[Callable[[], nn.Module]]:
-    builders = []
-    previous = "stem"
-    for s, blocks_in_stage in enumerate(BOTTLENECK_BLOCKS, start=1):
-        stage = f"stage{s}"
-        for b in range(1, blocks_in_stage + 1):
-            inner = f"{stage}.block{b}"
-            stride = 2 if (s > 1 and b == 1) else 1
-            builders.append(partial(Bottleneck, previous, widths[previous], stage, widths[stage], inner,
-                                    (widths[f"{inner}.a"], widths[f"{inner}.b"]), stride))
-            previous = stage
-    return builders
+    return _block_builders(Bottleneck, widths, "stem", BOTTLENECK_BLOCKS,
+                           lambda inner: (widths[f"{inner}.a"], widths[f"{inner}.b"]))
 
 
 class ResNet101(nn.Module):

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
+import time
 from dataclasses import replace
 from typing import Sequence
 
@@ -88,8 +90,9 @@ def memory_table(back_layers: int, owners: int = 100) -> list[str]:
     rows = [f"Owners keep layers 0-{middle[0] - 1} and {middle[1]}-{len(names) - 1} ({', '.join(names[middle[1]:])});"
             f" {owners} owners, batch {config.training.batch_size}.", "",
             "| compute nodes | largest node, at best (GB) | that split, parameters + activations only (GB) "
-            "| cheapest nodes that fit | $/hour | their memory, in pipeline order (GB) | pipe-full s/batch |",
-            "|---|---|---|---|---|---|---|"]
+            "| cheapest nodes that fit | $/hour | their memory, in pipeline order (GB) | pipe-full s/batch "
+            "| epoch, schedule (min) | $ per epoch |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for n_nodes in (1, 2, 3, 4):
         planner = _planner(config, owners, {PAPER_NODE: n_nodes}, params, costs, memory_scale=UNBOUNDED)
         smallest = optimal_split(planner.problem, "memory")
@@ -99,13 +102,40 @@ def memory_table(back_layers: int, owners: int = 100) -> list[str]:
         label = "1 (one hop)" if n_nodes == 1 else str(n_nodes)
         cheapest = cheapest_nodes(config, owners, n_nodes, params, costs)
         if cheapest is None:
-            rows.append(f"| {label} | {largest / GB:.1f} | {light_bytes / GB:.1f} | none of the profiles | | | |")
+            rows.append(f"| {label} | {largest / GB:.1f} | {light_bytes / GB:.1f} | none of the profiles | | | | | |")
             continue
         price, nodes, fitted = cheapest
+        epoch_s = _planner(config, owners, nodes, params, costs).plan(fitted).schedule.epoch_s
         chosen = " + ".join(f"{count} x {name}" for name, count in nodes.items())
         memory = " / ".join(f"{m / GB:.1f}" for m in fitted.memory_bytes)
         rows.append(f"| {label} | {largest / GB:.1f} | {light_bytes / GB:.1f} | {chosen} | {price:.3f} | {memory} | "
-                    f"{fitted.pipe_full_s:.2f} |")
+                    f"{fitted.pipe_full_s:.2f} | {epoch_s / 60:.1f} | {price * epoch_s / 3600:.2f} |")
+    rows += horizontal_rows(config, owners, params, costs)
+    return rows
+
+
+def horizontal_rows(config: ExperimentConfig, owners: int, params: PipelineParams,
+                    costs: Sequence[LayerCost]) -> list[str]:
+    """Horizontally scaled one-hop parallel split learning (the paper's baseline): h nodes, each serving its own
+    ceil(K / h) owners with the whole middle; the cheapest profile of which h fit, and the slowest node's epoch."""
+    priced = {name: p.hourly_cost_usd for name, p in _profiles().items() if p.hourly_cost_usd is not None}
+    rows = []
+    for h in (2, 3, 4):
+        share = math.ceil(owners / h)
+        best = None
+        for name in sorted(priced, key=priced.get):
+            planner = _planner(config, share, {name: 1}, params, costs)
+            split = optimal_split(planner.problem)
+            if split is not None:
+                best = (name, split, planner.plan(split).schedule.epoch_s)
+                break
+        if best is None:
+            rows.append(f"| {h} x one hop, {share} owners each | | | none of the profiles | | | | | |")
+            continue
+        name, split, epoch_s = best
+        rows.append(f"| {h} x one hop, {share} owners each | | | {h} x {name} | {h * priced[name]:.3f} | "
+                    f"{split.memory_bytes[0] / GB:.1f} each | {split.pipe_full_s:.2f} | {epoch_s / 60:.1f} | "
+                    f"{h * priced[name] * epoch_s / 3600:.2f} |")
     return rows
 
 
@@ -124,7 +154,11 @@ def split_rows(model: str, owners: Sequence[int] = (100, 150), nodes: Sequence[i
     rows = []
     for k, n in itertools.product(owners, nodes):
         planner = _planner(config, k, {PAPER_NODE: n}, params, costs, memory_scale=UNBOUNDED)
-        plans = {rule: planner.plan(planner.split(rule)) for rule in ("optimal", "equal", "balanced")}
+        solving = time.perf_counter()
+        optimal = planner.split("optimal")
+        solve_s = time.perf_counter() - solving
+        plans = {rule: planner.plan(planner.split(rule)) for rule in ("equal", "balanced")}
+        plans["optimal"] = planner.plan(optimal)
         epochs = {rule: plan.schedule.epoch_s for rule, plan in plans.items()}
         closed = plans["optimal"].estimate.epoch_s
         fits = optimal_split(_planner(config, k, {PAPER_NODE: n}, params, costs).problem) is not None
@@ -133,7 +167,8 @@ def split_rows(model: str, owners: Sequence[int] = (100, 150), nodes: Sequence[i
             f"{epochs['optimal'] / 60:.1f} | {epochs['equal'] / 60:.1f} | {epochs['balanced'] / 60:.1f} | "
             f"{(epochs['optimal'] - epochs['equal']) / epochs['equal'] * 100:+.1f} | "
             f"{(epochs['optimal'] - epochs['balanced']) / epochs['balanced'] * 100:+.1f} | "
-            f"{(closed - epochs['optimal']) / epochs['optimal'] * 100:+.2f} | {'yes' if fits else 'no'} |")
+            f"{(closed - epochs['optimal']) / epochs['optimal'] * 100:+.2f} | {'yes' if fits else 'no'} | "
+            f"{solve_s:.2f} |")
     return rows
 
 
@@ -141,8 +176,8 @@ def split_experiment() -> None:
     print("## Split optimiser against manual splits: epoch time on the virtual timeline\n")
     print("| model | owners K | nodes N | optimal cuts | optimal (min) | equal layers (min) | balanced (min) | "
           "optimal vs equal (%) | optimal vs balanced (%) | closed form vs schedule, optimal (%) | "
-          "optimal fits 16 GB VMs with K copies |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "optimal fits 16 GB VMs with K copies | solve s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for model in ("resnet101", "vgg"):
         print("\n".join(split_rows(model)))
 
