@@ -23,6 +23,16 @@ STAGE_CHANNELS = (64, 128, 256, 512)
 BLOCKS_PER_STAGE = (2, 2, 2, 2)
 
 
+def _shortcut(in_group: str, in_units: int, out_group: str, out_units: int, stride: int) -> nn.Module:
+    """Identity, or a 1x1 projection with BatchNorm where the stride or the width group changes."""
+    if stride == 1 and in_group == out_group:
+        return nn.Sequential()
+    return nn.Sequential(
+        width_axes(nn.Conv2d(in_units, out_units, 1, stride, bias=False), inp=in_group, out=out_group),
+        width_axes(nn.BatchNorm2d(out_units), out=out_group),
+    )
+
+
 class BasicBlock(nn.Module):
     def __init__(self, in_group: str, in_units: int, out_group: str, out_units: int,
                  inner_group: str, inner_units: int, stride: int):
@@ -33,12 +43,7 @@ class BasicBlock(nn.Module):
         self.conv2 = width_axes(nn.Conv2d(inner_units, out_units, 3, 1, 1, bias=False), inp=inner_group,
                                 out=out_group)
         self.bn2 = width_axes(nn.BatchNorm2d(out_units), out=out_group)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or in_group != out_group:
-            self.shortcut = nn.Sequential(
-                width_axes(nn.Conv2d(in_units, out_units, 1, stride, bias=False), inp=in_group, out=out_group),
-                width_axes(nn.BatchNorm2d(out_units), out=out_group),
-            )
+        self.shortcut = _shortcut(in_group, in_units, out_group, out_units, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -142,12 +147,7 @@ class Bottleneck(nn.Module):
         self.bn2 = width_axes(nn.BatchNorm2d(inner_units[1]), out=b)
         self.conv3 = width_axes(nn.Conv2d(inner_units[1], out_units, 1, bias=False), inp=b, out=out_group)
         self.bn3 = width_axes(nn.BatchNorm2d(out_units), out=out_group)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or in_group != out_group:
-            self.shortcut = nn.Sequential(
-                width_axes(nn.Conv2d(in_units, out_units, 1, stride, bias=False), inp=in_group, out=out_group),
-                width_axes(nn.BatchNorm2d(out_units), out=out_group),
-            )
+        self.shortcut = _shortcut(in_group, in_units, out_group, out_units, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
