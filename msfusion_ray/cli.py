@@ -1,4 +1,4 @@
-"""Command line: run, sweep, validate, profiles, plot, report.
+"""Command line: run, sweep, validate, split, profiles, plot, report.
 
 Bad input of any kind ends with one line on stderr naming the field or file, and exit code 2, before anything is
 started or written.
@@ -43,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check a config, its fleet and data without running")
     validate.add_argument("config")
     _add_config_options(validate)
+
+    split = commands.add_parser("split", help="plan pipeline split learning: the cut, memory, stage and epoch times")
+    split.add_argument("config")
+    _add_config_options(split)
 
     profiles = commands.add_parser("profiles", help="list the device profiles and fleets")
     profiles.add_argument("--dir", help="profile directory (default: the project's device_profiles/)")
@@ -96,6 +100,16 @@ def _validate(args: argparse.Namespace) -> int:
         rate = prepared.capacity.max_rate(p.id)
         print(f"{p.id:>11}  {p.device.name:<22} {len(prepared.partitions[p.id]):>7}  "
               f"{p.memory_cap_bytes / 2**20:>9.1f}  {'none' if rate is None else f'{rate:.3f}':>8}")
+    return 0
+
+
+def _split(args: argparse.Namespace) -> int:
+    from msfusion_ray.pipeline.report import split_report
+    from msfusion_ray.pipeline.setup import planner_for
+
+    config = load_config(args.config, _overrides(args))
+    print(f"{config.name}: {config.model.name} (width {config.model.width}) on {config.data.dataset}")
+    print(split_report(planner_for(config)))
     return 0
 
 
@@ -211,5 +225,5 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "sweep": _sweep, "validate": _validate, "profiles": _profiles, "plot": _plot,
-            "report": _report}
+COMMANDS = {"run": _run, "sweep": _sweep, "validate": _validate, "split": _split, "profiles": _profiles,
+            "plot": _plot, "report": _report}

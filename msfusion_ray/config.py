@@ -47,6 +47,8 @@ class FleetConfig:
     memory_scale: float | None = checked(None, check=positive)  # overrides the fleet file's
     profiles_dir: str | None = None  # default: the project's device_profiles/
     sample_fraction: float = checked(1.0, check=fraction)  # share of the fleet asked to train each round
+    compute_nodes: dict[str, int] | None = None  # pipeline split learning: overrides the fleet file's compute nodes
+    aggregator: str | None = None  # pipeline split learning: overrides the fleet file's aggregator
     # when devices are reachable (msfusion_ray.devices.availability): a draw per round, on/off windows from the
     # profiles' on_mean_s/off_mean_s, or windows read from a CSV trace
     availability: Literal["per_round", "windows", "trace"] = "per_round"

@@ -7,7 +7,7 @@ the CLI before a run directory exists (so bad input leaves nothing behind) and a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +64,10 @@ def resolve_fleet(config: ExperimentConfig) -> Fleet:
         spec, where = load_fleet_spec(project_path(fleet_config.file)), str(fleet_config.file)
     else:
         spec, where = FleetSpec(name="inline", devices=dict(fleet_config.devices)), "fleet"
+    if fleet_config.compute_nodes is not None:
+        spec = replace(spec, compute_nodes=dict(fleet_config.compute_nodes))
+    if fleet_config.aggregator is not None:
+        spec = replace(spec, aggregator=fleet_config.aggregator)
     return make_fleet(spec, profiles, size=fleet_config.size, memory_scale=fleet_config.memory_scale,
                       seed=config.seed, where=where)
 

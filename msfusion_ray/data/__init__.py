@@ -67,6 +67,21 @@ LOADERS: dict[str, Callable[[DataConfig, int], DataBundle]] = {
 }
 
 
+IMAGE_SHAPES = {"fashion_mnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10)}  # per sample, classes
+
+
+def planned_shape(config: DataConfig) -> DataShape | None:
+    """An image data set's shape without reading it (planning, e.g. `split`); None where the data must be read."""
+    if config.dataset not in IMAGE_SHAPES:
+        return None
+    (channels, height, width), classes = IMAGE_SHAPES[config.dataset]
+    if config.pad_to is not None:
+        if config.pad_to < max(height, width):
+            raise UserInputError("data.pad_to", f"cannot pad {height}x{width} images to {config.pad_to} pixels")
+        height = width = config.pad_to
+    return DataShape((channels, height, width), classes)
+
+
 def load_data(config: DataConfig, seed: int) -> DataBundle:
     if config.dataset not in LOADERS:
         raise UserInputError("data.dataset", f"unknown data set '{config.dataset}' (known: {', '.join(LOADERS)})")

@@ -27,6 +27,7 @@ class DeviceProfile:
     on_mean_s: float | None = checked(None, check=positive)  # mean on and off periods in virtual seconds
     off_mean_s: float | None = checked(None, check=positive)  # (fleet.availability: windows)
     native: bool = False  # on a real cluster: the node is the device (no memory refusal, measured compute time)
+    hourly_cost_usd: float | None = checked(None, check=positive)  # renting one (compute nodes), where known
 
     @property
     def memory_bytes(self) -> int:

@@ -11,7 +11,7 @@ import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Callable, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 
 import torch
 from torch import nn
@@ -19,6 +19,9 @@ from torch import nn
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.schema import build
 from msfusion_ray.splitting.spec import SplitSpec
+
+if TYPE_CHECKING:
+    from msfusion_ray.models.layers import Layer
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,11 @@ class ModelFamily(ABC):
         merged = dict(full) if widths is None else {**full, **widths}
         return self._build(merged)
 
+    def layers(self, widths: Mapping[str, int] | None = None) -> list["Layer"]:
+        """The model cut by depth: its layers in forward order, each buildable alone (see models/layers.py).
+        Families that pipeline split learning can cut override this."""
+        raise UserInputError("model.name", f"the {self.name} model cannot be cut into layers")
+
     @cached_property
     def spec(self) -> SplitSpec:
         return SplitSpec.of(self.build())
@@ -115,4 +123,4 @@ def build_family(name: str, data: DataShape, width: float = 1.0,
 
 
 def _load_all() -> None:
-    from msfusion_ray.models import cnn, resnet, transformer  # noqa: F401  (registration side effect)
+    from msfusion_ray.models import cnn, resnet, transformer, vgg  # noqa: F401  (registration side effect)

@@ -23,6 +23,7 @@ from torch.nn import functional as F
 
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.models.base import DataShape, ModelFamily, register, scaled
+from msfusion_ray.models.layers import Layer
 from msfusion_ray.schema import checked, positive
 from msfusion_ray.splitting.spec import width_axes
 
@@ -152,5 +153,47 @@ class TransformerFamily(ModelFamily):
             widths[f"block{i}.mlp"] = hidden
         return widths
 
+    def layers(self, widths: Mapping[str, int] | None = None) -> list[Layer]:
+        """The embeddings, each block, and the final LayerNorm with the tied vocabulary head (n_layers + 2).
+        The first and last layers both hold `tokens.weight`: `models.layers.tie_shared` makes them one tensor
+        where one process holds both (a data owner in U-shaped split learning)."""
+        widths = {**self.full_widths(), **(widths or {})}
+        options, vocab = self.options, self.data.num_outputs
+        head_dim = options.d_model // options.n_heads
+        return [
+            Layer("embeddings", "", lambda: Embeddings(vocab, self.context, options.d_model)),
+            *(Layer(f"block{i}", f"blocks.{i}.",
+                    lambda i=i: Block(options.d_model, widths[f"block{i}.heads"], head_dim, widths[f"block{i}.mlp"],
+                                      i))
+              for i in range(options.n_layers)),
+            Layer("head", "", lambda: TiedHead(vocab, options.d_model)),
+        ]
+
     def _build(self, widths: Mapping[str, int]) -> nn.Module:
         return GPT(self.data.num_outputs, self.context, self.options, widths)
+
+
+class Embeddings(nn.Module):
+    """Token plus learned position embeddings: the transformer's first layer when it is cut by depth (parameters
+    named as in GPT: `tokens.weight`, `positions.weight`)."""
+
+    def __init__(self, vocab: int, context: int, d_model: int):
+        super().__init__()
+        self.tokens = nn.Embedding(vocab, d_model)
+        self.positions = nn.Embedding(context, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tokens(x) + self.positions(torch.arange(x.shape[1], device=x.device))
+
+
+class TiedHead(nn.Module):
+    """Final LayerNorm and the vocabulary head tied to the token embedding: the transformer's last layer when it is
+    cut by depth (`ln_f.*`, and `tokens.weight`, which it shares with the first layer)."""
+
+    def __init__(self, vocab: int, d_model: int):
+        super().__init__()
+        self.ln_f = nn.LayerNorm(d_model)
+        self.tokens = nn.Embedding(vocab, d_model)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.ln_f(hidden), self.tokens.weight)
