@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from msfusion_ray.models.base import ModelFamily, register, scaled
-from msfusion_ray.splitting.spec import width_axes
+from msfusion_ray.splitting.spec import class_outputs, width_axes
 
 
 class SmallCNN(nn.Module):
@@ -29,7 +29,7 @@ class SmallCNN(nn.Module):
             width_axes(nn.Linear(c2 * pooled, hidden), inp=("conv2", pooled), out="fc1"),
             nn.ReLU(inplace=True),
         )
-        self.classifier = width_axes(nn.Linear(hidden, num_classes), inp="fc1")
+        self.classifier = class_outputs(width_axes(nn.Linear(hidden, num_classes), inp="fc1"))
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(penultimate representation, logits)."""

@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from msfusion_ray.models.base import ModelFamily, register, scaled
-from msfusion_ray.splitting.spec import width_axes
+from msfusion_ray.splitting.spec import class_outputs, width_axes
 
 STAGE_CHANNELS = (64, 128, 256, 512)
 BLOCKS_PER_STAGE = (2, 2, 2, 2)
@@ -62,7 +62,7 @@ class ResNet18(nn.Module):
                                          stride))
                 previous = stage
         self.blocks = nn.Sequential(*blocks)
-        self.classifier = width_axes(nn.Linear(widths["stage4"], num_classes), inp="stage4")
+        self.classifier = class_outputs(width_axes(nn.Linear(widths["stage4"], num_classes), inp="stage4"))
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1).flatten(1)

@@ -111,7 +111,9 @@ class MSfusion(WidthSplitting):
 
     def combine(self, round_idx: int, global_weights: Weights,
                 accumulator: ScatterAccumulator) -> tuple[Weights, dict[str, float]]:
-        variance, energy = accumulator.shared_dispersion(global_weights)
+        # Over the trainable parameters only: BatchNorm's running statistics are few entries but move far more
+        # than any weight in a round, and would set the shift by themselves.
+        variance, energy = accumulator.shared_dispersion(global_weights, self.spec.trainable())
         shift = variance / energy if energy > 0 else 0.0
         if self.params.adaptive_overlap and energy > 0:
             target = self.params.overlap_min + (self.params.overlap_max - self.params.overlap_min) * shift

@@ -147,3 +147,39 @@ def test_planned_footprint_with_the_contrastive_loss_covers_a_measured_step(name
     resident = [*model.parameters(), *model.buffers(), *frozen, x, y]
     _, cost = StepCostCache().run("k", step, resident)
     assert cost.peak_tensor_bytes <= plan.total <= 1.3 * cost.peak_tensor_bytes
+
+
+def test_model_shift_is_measured_on_trainable_parameters_not_batchnorm_statistics():
+    """Participants whose weights move independently disagree, whatever their BatchNorm running statistics do: those
+    move far and alike in every participant (statistics of the same kind of data), and must not drown the
+    weights' disagreement (issue 14: 148.5 of 153.0 of the squared-delta energy was running statistics)."""
+    strategy, capacity, infos, _, family = _setup("msfusion", {"overlap": 0.5, "overlap_smoothing": 1.0})
+    weights = to_weights(family.build())
+    buffers = strategy.spec.buffers
+    assert {"features.1.running_mean", "features.1.running_var"} <= buffers
+    tasks = strategy.plan(1, infos, capacity)
+    rng = np.random.default_rng(0)
+
+    def noisy_weights_common_statistics(task):
+        sub = extract(weights, strategy.index_map(task))
+        return {k: v + (np.float32(5.0) if k in buffers else
+                        rng.normal(scale=0.01, size=v.shape).astype(np.float32)) for k, v in sub.items()}
+
+    _, metrics = _round(strategy, tasks, weights, noisy_weights_common_statistics)
+    assert metrics["model_shift"] > 0.5
+
+
+def test_model_shift_ignores_statistics_that_alone_disagree():
+    strategy, capacity, infos, _, family = _setup("msfusion", {"overlap": 0.5, "overlap_smoothing": 1.0})
+    weights = to_weights(family.build())
+    buffers = strategy.spec.buffers
+    tasks = strategy.plan(1, infos, capacity)
+    rng = np.random.default_rng(1)
+
+    def same_weights_noisy_statistics(task):
+        sub = extract(weights, strategy.index_map(task))
+        return {k: v + (rng.normal(scale=1.0, size=v.shape).astype(np.float32) if k in buffers else
+                        np.float32(0.01)) for k, v in sub.items()}
+
+    _, metrics = _round(strategy, tasks, weights, same_weights_noisy_statistics)
+    assert metrics["model_shift"] == pytest.approx(0.0, abs=1e-6)
