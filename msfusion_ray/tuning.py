@@ -6,8 +6,9 @@ and a search space of its own parameters), a space every scheme shares (the lear
 tuning runs each scheme gets. Two sweeps follow, both run by the sweep runner (one cluster, cells side by side,
 resumable by running the same command again):
 
-1. `tune/`: each scheme's settings, drawn from the product of its space without replacement (seeded, the budget
-   of them; all of them when the product is smaller), each run once on `tune_seed`. The setting with the best
+1. `tune/`: each scheme's settings, `budget` of the product of the shared space and its own (all of it when that
+   is smaller; else drawn without replacement, seeded, every shared value tried once where the budget allows),
+   each run once on `tune_seed`. The setting with the best
    validation metric (`select`: its final or its best value over the run; accuracy up, perplexity down) wins; a
    run that failed or never evaluated ranks last.
 2. `final/`: each scheme's winner on every seed of `seeds` (fresh seeds: the test numbers carry no selection on
@@ -114,13 +115,24 @@ def check_tuning(tune: TuneConfig, source: str) -> None:
 
 
 def scheme_settings(tune: TuneConfig, index: int) -> list[dict[str, Any]]:
-    """The settings scheme `index` is tuned over: `budget` points of the product of the shared and its own space,
-    drawn without replacement (seeded by the tuning seed and the scheme's place), in grid order."""
+    """The settings scheme `index` is tuned over, in grid order: all of the product of the shared space and its
+    own if that is within the budget; else `budget` of them drawn without replacement (seeded by the tuning seed
+    and the scheme's place), stratified on the shared space: when the budget allows, every shared value (each
+    learning rate) is tried once with a drawn setting of the scheme's own parameters, and the rest of the budget is
+    drawn from the remaining settings."""
     scheme = tune.schemes[index]
-    points = grid_points({**tune.space, **scheme.space})
+    shared = grid_points({k: v for k, v in tune.space.items() if k not in scheme.space})
+    own = grid_points(scheme.space)
+    points = [{**s, **o} for s in shared for o in own]
     if len(points) <= tune.budget:
         return points
-    chosen = np.random.default_rng([tune.tune_seed, index, 0x7E5]).choice(len(points), tune.budget, replace=False)
+    rng = np.random.default_rng([tune.tune_seed, index, 0x7E5])
+    if tune.budget >= len(shared):
+        chosen = [i * len(own) + int(rng.integers(len(own))) for i in range(len(shared))]
+        rest = np.setdiff1d(np.arange(len(points)), chosen)
+        chosen += rng.choice(rest, tune.budget - len(chosen), replace=False).tolist()
+    else:
+        chosen = rng.choice(len(points), tune.budget, replace=False).tolist()
     return [points[i] for i in sorted(chosen)]
 
 

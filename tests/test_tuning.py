@@ -69,7 +69,10 @@ def test_every_scheme_gets_the_same_budget_and_its_best_validation_setting_wins(
 def test_a_budget_above_the_space_tries_all_of_it_and_draws_are_seeded(tmp_path):
     plan = read_tuning(_tuning_file(tmp_path, budget=5))
     assert len(scheme_settings(plan.config, 0)) == 4  # the whole lr space: 4 settings
-    assert len(scheme_settings(plan.config, 1)) == 5  # 5 of the 12 (lr x rate)
+    narrow = scheme_settings(plan.config, 1)
+    assert len(narrow) == 5  # 5 of the 12 (lr x rate), every learning rate among them
+    assert {s["training.lr"] for s in narrow} == {0.01, 0.05, 0.1, 0.2}
+    assert len({tuple(s.items()) for s in narrow}) == 5
     again = read_tuning(_tuning_file(tmp_path, budget=5))
     assert [t.values for t in again.trials] == [t.values for t in plan.trials]
 
