@@ -16,7 +16,7 @@ import numpy as np
 from msfusion_ray.schema import checked
 from msfusion_ray.splitting.aggregate import ScatterAccumulator
 from msfusion_ray.splitting.index_map import Selection, units_at_rate
-from msfusion_ray.strategies.base import Capacity, ObjectiveSpec, ParticipantInfo, Strategy, TrainTask, Update
+from msfusion_ray.strategies.base import Capacity, ObjectiveSpec, ParticipantInfo, RoundStrategy, TrainTask, Update
 from msfusion_ray.models.weights import Weights
 
 # A participant that cannot hold even this is still asked, so that its refusal is recorded.
@@ -37,7 +37,7 @@ class WidthParams:
     weighting: Literal["samples", "count"] = "samples"  # how overlapping updates are averaged
 
 
-class WidthSplitting(Strategy):
+class WidthSplitting(RoundStrategy):
     Params = WidthParams
 
     def rate(self, participant: int, capacity: Capacity) -> float:
