@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
                                              "split, then each winner on fresh seeds (resumable)")
     tune.add_argument("config", help="tuning YAML: a base config, the schemes and their spaces, the budget")
     tune.add_argument("--max-parallel", type=int, metavar="N", help="cells side by side (default: from the cluster)")
+    tune.add_argument("--retry-failed", action="store_true", help="run failed cells again")
     _add_config_options(tune)
     tune.add_argument("--address", help="an existing Ray cluster (default: start an embedded local one)")
 
@@ -214,7 +215,12 @@ def _tune(args: argparse.Namespace) -> int:
     if args.max_parallel is not None and args.max_parallel < 1:
         raise UserInputError("--max-parallel", f"must be >= 1 (got {args.max_parallel})")
     plan = tuning.read_tuning(args.config, _overrides(args))
-    tuning.run_protocol(plan, tuning.sweep_stage_runner(args.max_parallel, args.address))
+    try:
+        tuning.run_protocol(plan, tuning.sweep_stage_runner(args.max_parallel, args.address,
+                                                            retry_failed=args.retry_failed))
+    except tuning.StageFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(tuning_report(plan.directory))
     print(f"tuning: {plan.directory}")
     return 0

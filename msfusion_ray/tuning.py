@@ -8,11 +8,14 @@ resumable by running the same command again):
 
 1. `tune/`: each scheme's settings, `budget` of the product of the shared space and its own (all of it when that
    is smaller; else drawn without replacement, seeded, every shared value tried once where the budget allows),
-   each run once on `tune_seed`. The setting with the best
-   validation metric (`select`: its final or its best value over the run; accuracy up, perplexity down) wins; a
-   run that failed or never evaluated ranks last.
+   each run once on `tune_seed`. The setting with the best validation metric (`select`: its final or its best
+   value over the run; accuracy up, perplexity down) wins.
 2. `final/`: each scheme's winner on every seed of `seeds` (fresh seeds: the test numbers carry no selection on
    the tuning seed).
+
+A stage whose cells did not all complete stops the protocol (run the same command with `--retry-failed`): a run
+that failed (an error, a host killed for memory) says nothing about its setting. A run that completed without a
+validation value (it never evaluated) ranks last.
 
 `tuning.json` in the protocol's directory records every setting tried with its validation value, each winner and
 the runs it took; `python -m analysis.tuning DIR` turns it and the final runs into the report.
@@ -237,17 +240,27 @@ def validation_score(run_dir: Path, select: str) -> tuple[float | None, str]:
     return (None if math.isnan(score) else score), metric
 
 
-def sweep_stage_runner(max_parallel: int | None = None, address: str | None = None,
-                       show_progress: bool = True) -> StageRunner:
-    """Runs a stage with the sweep runner (continuing it if its directory holds it) and scores its cells."""
+class StageFailed(Exception):
+    """Cells of a stage failed (an error, a host killed for memory): no winner is picked from a stage with holes."""
+
+
+def sweep_stage_runner(max_parallel: int | None = None, address: str | None = None, show_progress: bool = True,
+                       retry_failed: bool = False) -> StageRunner:
+    """Runs a stage with the sweep runner (continuing it if its directory holds it; `retry_failed` runs its failed
+    cells again) and scores its cells. A failed cell stops the protocol (`StageFailed`): a run the machine
+    killed says nothing about its setting, so it must be run again rather than ranked."""
     from msfusion_ray import sweep as sweeps
 
     def run_stage(plan: SweepPlan, select: str) -> tuple[dict[str, float | None], str]:
         sweeps.check_directory(plan)
-        todo = sweeps.SweepStatus.load_or_new(plan).to_run(retry_failed=False)
+        todo = sweeps.SweepStatus.load_or_new(plan).to_run(retry_failed=retry_failed)
         prepared = sweeps.prepare_cells(plan, todo, sweeps.DataCache())
         status = sweeps.create_directory(plan)
         status = sweeps.run_sweep(plan, prepared, status, todo, max_parallel, show_progress, address)
+        failed = [cell_id for cell_id, cell in status.cells.items() if cell["status"] != "complete"]
+        if failed:
+            raise StageFailed(f"{len(failed)} cells of {plan.directory} did not complete (first: {failed[0]}); run "
+                              f"the same command with --retry-failed")
         scores, metrics = {}, set()
         for cell_id, cell in status.cells.items():
             score, metric = validation_score(plan.directory / cell["run_dir"], select)

@@ -84,12 +84,12 @@ def test_perplexity_is_picked_from_below(tmp_path):
     assert result["metric_direction"] == "lower"
 
 
-def test_failed_trials_rank_last(tmp_path):
+def test_trials_without_a_validation_value_rank_last(tmp_path):
     plan = read_tuning(_tuning_file(tmp_path, budget=4))
 
     def runner(sweep, select):
         scores = {c.id: toy_validation(c.config) for c in sweep.cells}
-        scores.update({c.id: None for c in sweep.cells if c.config.training.lr == 0.05})  # the best ones failed
+        scores.update({c.id: None for c in sweep.cells if c.config.training.lr == 0.05})  # the best ones have no value
         return scores, "accuracy"
 
     assert run_protocol(plan, runner)["schemes"]["plain"]["winner"] == {"training.lr": 0.01}  # next best
@@ -121,3 +121,20 @@ def test_the_tune_command_runs_both_stages_and_reports_the_winners(ray_session, 
     report = tuning_report(tmp_path / "sweeps" / "toy")
     assert "| small | 2 |" in report and "| small | 1 |" in report  # the winners table, then the final table
     assert "final runs (seeds 5)" in capsys.readouterr().out
+
+
+def test_a_stage_with_a_failed_cell_stops_before_any_winner(tmp_path, monkeypatch):
+    """A cell the machine killed says nothing about its setting: the protocol stops and asks for --retry-failed."""
+    from msfusion_ray import sweep as sweeps
+    from msfusion_ray.tuning import StageFailed, sweep_stage_runner
+
+    def fake_run_sweep(plan, prepared, status, todo, *args, **kwargs):
+        for index, cell_id in enumerate(todo):
+            status.set(cell_id, status="failed" if index == 0 else "complete")
+        return status
+
+    monkeypatch.setattr(sweeps, "run_sweep", fake_run_sweep)
+    plan = read_tuning(_tuning_file(tmp_path, budget=2))
+    with pytest.raises(StageFailed, match="--retry-failed"):
+        run_protocol(plan, sweep_stage_runner(show_progress=False))
+    assert not (tmp_path / "sweeps" / "toy" / "tuning.json").exists()
