@@ -1,4 +1,4 @@
-"""Command line: run, sweep, validate, split, profiles, plot, report.
+"""Command line: run, sweep, tune, validate, split, profiles, plot, report.
 
 Bad input of any kind ends with one line on stderr naming the field or file, and exit code 2, before anything is
 started or written.
@@ -39,6 +39,14 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_options(sweep)
     sweep.add_argument("--address", help="an existing Ray cluster (default: start an embedded local one)")
     sweep.add_argument("--no-report", action="store_true", help="skip the HTML report at the end")
+
+    tune = commands.add_parser("tune", help="the fair tuning protocol: the same budget per scheme on the validation "
+                                             "split, then each winner on fresh seeds (resumable)")
+    tune.add_argument("config", help="tuning YAML: a base config, the schemes and their spaces, the budget")
+    tune.add_argument("--max-parallel", type=int, metavar="N", help="cells side by side (default: from the cluster)")
+    tune.add_argument("--retry-failed", action="store_true", help="run failed cells again")
+    _add_config_options(tune)
+    tune.add_argument("--address", help="an existing Ray cluster (default: start an embedded local one)")
 
     validate = commands.add_parser("validate", help="check a config, its fleet and data without running")
     validate.add_argument("config")
@@ -214,6 +222,24 @@ def _sweep(args: argparse.Namespace) -> int:
     return 1 if status.counts()["failed"] else 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from analysis.tuning import tuning_report
+    from msfusion_ray import tuning
+
+    if args.max_parallel is not None and args.max_parallel < 1:
+        raise UserInputError("--max-parallel", f"must be >= 1 (got {args.max_parallel})")
+    plan = tuning.read_tuning(args.config, _overrides(args))
+    try:
+        tuning.run_protocol(plan, tuning.sweep_stage_runner(args.max_parallel, args.address,
+                                                            retry_failed=args.retry_failed))
+    except tuning.StageFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(tuning_report(plan.directory))
+    print(f"tuning: {plan.directory}")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from analysis.report import write_report
     from analysis.runs import is_sweep_dir
@@ -225,5 +251,5 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "sweep": _sweep, "validate": _validate, "split": _split, "profiles": _profiles,
-            "plot": _plot, "report": _report}
+COMMANDS = {"run": _run, "sweep": _sweep, "tune": _tune, "validate": _validate, "split": _split,
+            "profiles": _profiles, "plot": _plot, "report": _report}

@@ -27,6 +27,8 @@ class DataConfig:
     alpha: float = checked(0.5, check=positive)  # Dirichlet concentration: small = strong label skew
     train_samples: int | None = checked(None, check=positive)  # seeded subset of the training split
     eval_samples: int | None = checked(None, check=positive)  # seeded subset of each evaluation split
+    # a seeded hold-out of the training split, evaluated as the validation split (image data sets, which have none)
+    validation_samples: int | None = checked(None, check=positive)
     pad_to: int | None = checked(None, check=positive)  # pad images to pad_to x pad_to (28 -> 32)
     min_samples_per_participant: int = checked(8, check=positive)
     options: dict[str, Any] = field(default_factory=dict)  # data-set specific (e.g. the text's context length)

@@ -39,12 +39,21 @@ class Prepared:
     availability: Availability
 
     def participant_infos(self) -> list[ParticipantInfo]:
-        return participant_infos(self.fleet, self.partitions)
+        return participant_infos(self.fleet, self.partitions, self.data)
 
 
-def participant_infos(fleet: Fleet, partitions: list[np.ndarray]) -> list[ParticipantInfo]:
-    """What strategies may know of each participant: id, device class name, and how many samples it holds."""
-    return [ParticipantInfo(p.id, p.device.name, len(partitions[p.id])) for p in fleet.participants]
+def participant_infos(fleet: Fleet, partitions: list[np.ndarray],
+                      data: DataBundle | None = None) -> list[ParticipantInfo]:
+    """What strategies may know of each participant: id, device class name, how many samples it holds, and (given
+    the data) which labels its training targets hold (label-split masking, as HeteroFL's reference code keeps)."""
+    return [ParticipantInfo(p.id, p.device.name, len(partitions[p.id]),
+                            held_labels(data, partitions[p.id]) if data is not None else None)
+            for p in fleet.participants]
+
+
+def held_labels(data: DataBundle, indices: np.ndarray) -> tuple[int, ...]:
+    """The distinct labels of these training samples (every target token of a language model's windows)."""
+    return tuple(int(label) for label in np.unique(data.train.y[indices]))
 
 
 def project_path(path: str) -> Path:
@@ -98,5 +107,5 @@ def prepare(config: ExperimentConfig, data: DataBundle | None = None) -> Prepare
         largest = max(p.memory_cap_bytes for p in fleet.participants)
         raise UserInputError("fleet", f"no participant can train even the narrowest sub-model (needs "
                                       f"{narrowest / 2**20:.1f} MiB, largest memory cap {largest / 2**20:.1f} MiB)")
-    global_family = strategy.configure(capacity, participant_infos(fleet, partitions))
+    global_family = strategy.configure(capacity, participant_infos(fleet, partitions, data))
     return Prepared(config, data, fleet, partitions, global_family, strategy, capacity, availability)

@@ -75,14 +75,19 @@ class SweepPlan:
 def read_sweep(path: str | Path, overrides: Iterable[str] = ()) -> SweepConfig:
     """Read a sweep file, its base resolved to a mapping; `overrides` (key=value) apply to the base config."""
     sweep = build(SweepConfig, load_yaml(path), str(path))
-    base = sweep.base
+    return dataclasses.replace(sweep, base=resolve_base(sweep.base, path, overrides))
+
+
+def resolve_base(base: dict[str, Any] | str, path: str | Path, overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """A base experiment config as a mapping: inline, or the YAML file it names (beside `path`, else in the
+    project); `overrides` (key=value) applied."""
     if isinstance(base, str):
         beside = Path(path).parent / base
         base = load_yaml(beside if beside.is_file() else project_path(base))
     base = copy.deepcopy(base)
     for text in overrides:
         set_dotted(base, *parse_override(text))
-    return dataclasses.replace(sweep, base=base)
+    return base
 
 
 def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> SweepPlan:

@@ -4,7 +4,8 @@ footprint = parameters + gradients + optimizer state + activations saved for bac
             + backward workspace + whatever the local objective keeps (e.g. frozen reference models)
 
 Activations are measured, not estimated: one forward pass on an example batch runs under torch's saved-tensor
-hooks and every distinct storage autograd keeps for backward is summed (parameters excluded: already counted).
+hooks and every distinct storage autograd keeps for backward is summed (parameters and the input batch excluded:
+counted in their own terms).
 Backward needs, on top, the gradient of the tensor it is working through while that tensor is still held: the
 largest saved storage stands for that workspace. The result depends only on shapes, so it is cached per (model
 shape, batch size).
@@ -42,20 +43,31 @@ def tensor_bytes(tensors: Any) -> int:
 
 
 def batch_bytes(batch: Any) -> int:
+    return tensor_bytes(batch_tensors(batch))
+
+
+def batch_tensors(batch: Any) -> list[torch.Tensor]:
+    """The tensors of a batch (a tensor, or nested tuples of them; None entries hold nothing)."""
+    if batch is None:
+        return []
     if isinstance(batch, torch.Tensor):
-        return batch.numel() * batch.element_size()
-    return sum(batch_bytes(item) for item in batch)
+        return [batch]
+    return [t for item in batch for t in batch_tensors(item)]
 
 
-def saved_activations(model: nn.Module, batch: Any,
-                      loss_of: Callable[[nn.Module, Any], torch.Tensor]) -> dict[int, int]:
-    """Size of each distinct storage autograd saves for backward in one forward pass (parameters excluded)."""
-    parameter_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
+def saved_activations(model: nn.Module, batch: Any, loss_of: Callable[[nn.Module, Any], torch.Tensor], *,
+                      count_batch: bool = False) -> dict[int, int]:
+    """Size of each distinct storage autograd saves for backward in one forward pass. Parameters are left out, and
+    so is the input batch unless `count_batch`: a whole model's footprint counts them once, as parameters and
+    inputs (the first layer saves its input for backward, which counted the batch twice); a pipeline part's input
+    is an activation it holds for backward, so layer profiles count it."""
+    held_elsewhere = [*model.parameters(), *([] if count_batch else batch_tensors(batch))]
+    counted = {t.untyped_storage().data_ptr() for t in held_elsewhere}
     saved: dict[int, int] = {}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         storage = tensor.untyped_storage()
-        if storage.data_ptr() not in parameter_storages:
+        if storage.data_ptr() not in counted:
             saved[storage.data_ptr()] = storage.nbytes()
         return tensor
 

@@ -81,7 +81,7 @@ def _profile_one(name: str, module: torch.nn.Module, inputs: torch.Tensor) -> tu
         produced.append(model(batch))
         return produced[-1]
 
-    saved, forward_flops = count_flops(lambda: saved_activations(module, inputs, forward))
+    saved, forward_flops = count_flops(lambda: saved_activations(module, inputs, forward, count_batch=True))
     output = produced[0]
     workspace = TensorPeakTracker()
     with workspace:

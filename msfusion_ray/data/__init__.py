@@ -22,11 +22,25 @@ def _image_bundle(name: str, arrays: dict[str, np.ndarray], config: DataConfig, 
             train_x, test_x = pad_images(train_x, config.pad_to), pad_images(test_x, config.pad_to)
         except ValueError as err:
             raise UserInputError("data.pad_to", str(err)) from None
-    train = _subset(ArrayDataset(train_x, arrays["train_y"]), config.train_samples, seed, "train")
+    train, validation = hold_out(ArrayDataset(train_x, arrays["train_y"]), config.validation_samples, seed)
+    train = _subset(train, config.train_samples, seed, "train")
     test = _subset(ArrayDataset(test_x, arrays["test_y"]), config.eval_samples, seed, "eval")
     mean, std = channel_stats(train.x[:10000])
     num_classes = int(max(arrays["train_y"].max(), arrays["test_y"].max())) + 1
-    return DataBundle(name, train, test, DataShape(tuple(train.x.shape[1:]), num_classes), mean, std)
+    return DataBundle(name, train, test, DataShape(tuple(train.x.shape[1:]), num_classes), mean, std,
+                      validation=validation)
+
+
+def hold_out(train: ArrayDataset, size: int | None, seed: int) -> tuple[ArrayDataset, ArrayDataset | None]:
+    """(the rest of the training split, a seeded hold-out of `size` samples as the validation split): tuning on it
+    never sees the test split, and training never sees it. None: no validation split."""
+    if size is None:
+        return train, None
+    if size >= len(train):
+        raise UserInputError("data.validation_samples", f"{size} leaves nothing of the {len(train)} training "
+                                                        f"samples to train on")
+    held = subset_indices(len(train), size, seed, "validation")
+    return train.subset(np.setdiff1d(np.arange(len(train)), held)), train.subset(held)
 
 
 def subset_indices(n_samples: int, size: int | None, seed: int, which: str) -> np.ndarray | None:

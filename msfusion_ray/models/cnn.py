@@ -10,7 +10,7 @@ from torch import nn
 
 from msfusion_ray.models.base import ModelFamily, register, scaled
 from msfusion_ray.models.layers import Layer
-from msfusion_ray.splitting.spec import width_axes
+from msfusion_ray.splitting.spec import class_outputs, width_axes
 
 
 def _conv_block(in_units: int, in_group: str | None, units: int, group: str) -> list[nn.Module]:
@@ -42,7 +42,7 @@ class SmallCNN(nn.Module):
             *_conv_block(c1, "conv1", c2, "conv2"),
             *_hidden_layer(c2, pooled, hidden),
         )
-        self.classifier = width_axes(nn.Linear(hidden, num_classes), inp="fc1")
+        self.classifier = class_outputs(width_axes(nn.Linear(hidden, num_classes), inp="fc1"))
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(penultimate representation, logits)."""

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 from msfusion_ray.models.base import ModelFamily, register, scaled
 from msfusion_ray.models.layers import Layer
-from msfusion_ray.splitting.spec import width_axes
+from msfusion_ray.splitting.spec import class_outputs, width_axes
 
 STAGE_CHANNELS = (64, 128, 256, 512)
 BLOCKS_PER_STAGE = (2, 2, 2, 2)
@@ -94,7 +94,7 @@ class ResNet18(nn.Module):
         super().__init__()
         self.stem = _stem(in_channels, widths)
         self.blocks = nn.Sequential(*(build() for build in _basic_blocks(widths)))
-        self.classifier = width_axes(nn.Linear(widths["stage4"], num_classes), inp="stage4")
+        self.classifier = class_outputs(width_axes(nn.Linear(widths["stage4"], num_classes), inp="stage4"))
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1).flatten(1)
@@ -176,7 +176,7 @@ class ResNet101(nn.Module):
         self.conv1 = _stem_conv(in_channels, widths)
         self.stem = _stem_pool(widths)
         self.blocks = nn.Sequential(*(build() for build in _bottleneck_builders(widths)))
-        self.classifier = width_axes(nn.Linear(widths["stage4"], num_classes), inp="stage4")
+        self.classifier = class_outputs(width_axes(nn.Linear(widths["stage4"], num_classes), inp="stage4"))
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = F.adaptive_avg_pool2d(self.blocks(self.stem(self.conv1(x))), 1).flatten(1)

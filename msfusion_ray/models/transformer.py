@@ -25,7 +25,7 @@ from msfusion_ray.errors import UserInputError
 from msfusion_ray.models.base import DataShape, ModelFamily, register, scaled
 from msfusion_ray.models.layers import Layer
 from msfusion_ray.schema import checked, positive
-from msfusion_ray.splitting.spec import width_axes
+from msfusion_ray.splitting.spec import class_outputs, width_axes
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ class GPT(nn.Module):
     def __init__(self, vocab: int, context: int, options: TransformerOptions, widths: Mapping[str, int]):
         super().__init__()
         head_dim = options.d_model // options.n_heads
-        self.tokens = nn.Embedding(vocab, options.d_model)
+        self.tokens = class_outputs(nn.Embedding(vocab, options.d_model))  # tied: its rows score the next token
         self.positions = nn.Embedding(context, options.d_model)
         self.blocks = nn.ModuleList(
             Block(options.d_model, widths[f"block{i}.heads"], head_dim, widths[f"block{i}.mlp"], i)

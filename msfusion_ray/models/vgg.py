@@ -21,7 +21,7 @@ from torch import nn
 from msfusion_ray.models.base import ModelFamily, register, scaled
 from msfusion_ray.models.layers import Layer
 from msfusion_ray.schema import checked, non_negative, positive, probability
-from msfusion_ray.splitting.spec import width_axes
+from msfusion_ray.splitting.spec import class_outputs, width_axes
 
 POOL = "M"
 CONFIGS: dict[int, tuple[int | str, ...]] = {  # channels per convolution, POOL for a max-pool (VGG's A, B, D, E)
@@ -71,7 +71,8 @@ def _conv(in_units: int, in_group: str | None, units: int, group: str, batch_nor
 
 def _linear(in_units: int, in_group, units: int, group: str | None, dropout: float | None) -> nn.Module:  # noqa: ANN001
     modules = [nn.Dropout(dropout)] if dropout is not None else []
-    modules.append(width_axes(nn.Linear(in_units, units), inp=in_group, out=group))
+    linear = width_axes(nn.Linear(in_units, units), inp=in_group, out=group)
+    modules.append(linear if group is not None else class_outputs(linear))  # no output group: the class scores
     if group is not None:
         modules.append(nn.ReLU(inplace=True))
     return nn.Sequential(*modules)

@@ -16,7 +16,7 @@ import numpy as np
 from msfusion_ray.schema import checked
 from msfusion_ray.splitting.aggregate import ScatterAccumulator
 from msfusion_ray.splitting.index_map import Selection, units_at_rate
-from msfusion_ray.strategies.base import Capacity, ParticipantInfo, RoundStrategy, TrainTask, Update
+from msfusion_ray.strategies.base import Capacity, ObjectiveSpec, ParticipantInfo, RoundStrategy, TrainTask, Update
 from msfusion_ray.models.weights import Weights
 
 # A participant that cannot hold even this is still asked, so that its refusal is recorded.
@@ -35,13 +35,6 @@ def _levels(value: list[float] | None) -> str | None:
 class WidthParams:
     rate_levels: list[float] | None = checked(None, check=_levels)  # None: the largest rate that fits
     weighting: Literal["samples", "count"] = "samples"  # how overlapping updates are averaged
-
-
-@dataclass(frozen=True)
-class CountAveragedParams(WidthParams):
-    """HeteroFL's and FedRolex's reference code average each entry over its holders, counted equally."""
-
-    weighting: Literal["samples", "count"] = "count"
 
 
 class WidthSplitting(RoundStrategy):
@@ -67,8 +60,12 @@ class WidthSplitting(RoundStrategy):
     def plan(self, round_idx: int, participants: Sequence[ParticipantInfo], capacity: Capacity) -> list[TrainTask]:
         rates = self.rates(participants, capacity)
         selections = self.select(round_idx, list(participants), rates)
-        objective = self.objective()
-        return [TrainTask(p.id, selections[p.id], objective, rates[p.id]) for p in participants]
+        return [TrainTask(p.id, selections[p.id], self.task_objective(p, rates[p.id]), rates[p.id])
+                for p in participants]
+
+    def task_objective(self, participant: ParticipantInfo, rate: float) -> ObjectiveSpec | None:
+        """The local objective of one participant's task (by default the strategy's one objective)."""
+        return self.objective()
 
     def select(self, round_idx: int, participants: list[ParticipantInfo],
                rates: dict[int, float]) -> dict[int, Selection]:

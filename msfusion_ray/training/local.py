@@ -89,7 +89,7 @@ def train_local(model: nn.Module, data: DataBundle, indices: np.ndarray, trainin
             if objective is not None:
                 objective.before_forward(x)
             features, logits = model.forward_features(x)
-            loss = task_loss(data.shape.task, logits, y)
+            loss = task_loss(data.shape.task, objective.task_logits(logits) if objective is not None else logits, y)
             extra = objective.loss(x, features, logits) if objective is not None else None
             total = loss + extra if extra is not None else loss
             total.backward()

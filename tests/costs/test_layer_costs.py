@@ -48,7 +48,7 @@ def test_part_activations_and_flops_match_the_built_part(case):
         inputs = inputs.detach().requires_grad_(start > 0)
         part = build_part(layers, start, end).train()
         outputs = []
-        saved = saved_activations(part, inputs, lambda m, b: outputs.append(m(b)) or outputs[-1])
+        saved = saved_activations(part, inputs, lambda m, b: outputs.append(m(b)) or outputs[-1], count_batch=True)
         assert part_activation_bytes(costs, start, end) == sum(saved.values()), (start, end)
         with torch.no_grad():
             out = part(inputs)
