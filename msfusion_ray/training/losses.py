@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -24,4 +24,27 @@ def loss_of(task: str):  # noqa: ANN201 (returns a closure)
         _, logits = model.forward_features(x)
         return task_loss(task, logits, y)
 
+    return loss
+
+
+def distillation_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(softmax(teacher / T) || softmax(student / T)), averaged over samples (over tokens for a language
+    model). The teacher is not detached: as in Co-S2P's code, the deepest exit also moves toward the others."""
+    classes = student.shape[-1]
+    return F.kl_div(F.log_softmax(student.reshape(-1, classes) / temperature, dim=-1),
+                    F.log_softmax(teacher.reshape(-1, classes) / temperature, dim=-1),
+                    log_target=True, reduction="batchmean")
+
+
+def exit_distillation_loss(task: str, exit_logits: Sequence[torch.Tensor], targets: torch.Tensor, gamma: float,
+                           temperature: float, distill: bool) -> torch.Tensor:
+    """Co-S2P's cross-block knowledge transfer (`new_weights_perform_local_epochs` in lee355/Co-S2P): every exit
+    learns the task, and with `distill` each shallower exit i also learns from the deepest one,
+    CE(z_last, y) + sum_{i < last} [CE(z_i, y) + gamma T^2 KL(softmax(z_last / T) || softmax(z_i / T))]."""
+    *shallow, last = exit_logits
+    loss = task_loss(task, last, targets)
+    for logits in shallow:
+        loss = loss + task_loss(task, logits, targets)
+        if distill:
+            loss = loss + gamma * temperature**2 * distillation_kl(logits, last, temperature)
     return loss
