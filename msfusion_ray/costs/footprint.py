@@ -13,7 +13,7 @@ shape, batch size).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Hashable, Mapping
 
 import torch
 from torch import nn
@@ -99,15 +99,19 @@ class FootprintPlanner:
         self._extra_bytes = extra_bytes
         self._cache: dict[tuple, Footprint] = {}
 
-    def variant(self, **changes: Any) -> "FootprintPlanner":
+    def variant(self, key: Hashable, **changes: Any) -> "FootprintPlanner":
         """A planner with some of `build`, `example_batch`, `loss_of`, `optimizer_state_copies`, `extra_bytes`
-        replaced (another kind of local work on the same models), with a cache of its own."""
-        parts = {"build": self._build, "example_batch": self._example_batch, "loss_of": self._loss_of,
-                 "optimizer_state_copies": self._copies, "extra_bytes": self._extra_bytes}
-        unknown = set(changes) - set(parts)
-        if unknown:
-            raise TypeError(f"FootprintPlanner has no part {sorted(unknown)}")
-        return FootprintPlanner(**{**parts, **changes})
+        replaced (another kind of local work on the same models), with a cache of its own; asked again with the
+        same `key`, the same planner (and its measured footprints)."""
+        variants = self.__dict__.setdefault("_variants", {})
+        if key not in variants:
+            parts = {"build": self._build, "example_batch": self._example_batch, "loss_of": self._loss_of,
+                     "optimizer_state_copies": self._copies, "extra_bytes": self._extra_bytes}
+            unknown = set(changes) - set(parts)
+            if unknown:
+                raise TypeError(f"FootprintPlanner has no part {sorted(unknown)}")
+            variants[key] = FootprintPlanner(**{**parts, **changes})
+        return variants[key]
 
     def footprint(self, widths: Mapping[str, int], batch_size: int, depth: int | None = None) -> Footprint:
         key = (tuple(sorted(widths.items())), batch_size) + ((depth,) if depth is not None else ())

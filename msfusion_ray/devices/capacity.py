@@ -10,7 +10,7 @@ and learnable scores) asks for the largest rate of its own shape, and for the sa
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Hashable, Mapping
 
 from msfusion_ray.config import TrainingConfig
 from msfusion_ray.costs.footprint import FootprintPlanner
@@ -61,11 +61,11 @@ class CapacityOracle:
         cap = self._caps[participant]
         return self._largest(lambda rate: self.footprint_bytes(*shape_at(rate)) <= cap)
 
-    def under(self, **planner_changes: Any) -> "CapacityOracle":
+    def under(self, key: Hashable, **planner_changes: Any) -> "CapacityOracle":
         """The same caps and batch size under another footprint: the planner with `build`, `loss_of` or
-        `extra_bytes` replaced (see FootprintPlanner.variant)."""
+        `extra_bytes` replaced (FootprintPlanner.variant, cached by `key`)."""
         other = copy.copy(self)
-        other._planner = self._planner.variant(**planner_changes)
+        other._planner = self._planner.variant(key, **planner_changes)
         other._rate_by_cap = {}
         return other
 

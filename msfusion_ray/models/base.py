@@ -107,6 +107,12 @@ class ModelFamily(ABC):
             cache[depth] = frozenset(k for k, v in state.items() if v.is_floating_point())
         return cache[depth]
 
+    def groups_at(self, depth: int | None) -> dict[str, int]:
+        """Width groups (units at full width) of the parameters a cut at `depth` blocks holds."""
+        keys = self.depth_keys(depth)
+        held = {axis.group for key in keys for axis in self.spec.params[key] if axis is not None}
+        return {g: n for g, n in self.spec.groups.items() if g in held}
+
     @abstractmethod
     def _build(self, widths: Mapping[str, int]) -> nn.Module:
         """The network with `widths` units per group (every group present)."""

@@ -69,3 +69,9 @@ def stream_through(hidden: torch.Tensor, blocks: Sequence[nn.Module], exit_after
             normed = head.norm(read(hidden))
             outputs.append((normed, head.linear(normed)))
     return hidden, outputs
+
+
+def exit_head_keys(model: nn.Module) -> frozenset[str]:
+    """State-dict keys of the model's exit heads (found by type)."""
+    return frozenset(f"{name}.{key}" for name, module in model.named_modules() if isinstance(module, ExitHead)
+                     for key in module.state_dict())

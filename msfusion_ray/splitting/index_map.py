@@ -99,8 +99,10 @@ def overlay(spec: SplitSpec, target: Mapping[str, np.ndarray], target_selection:
     return out
 
 
-def shared_entries(spec: SplitSpec, a: Selection | None, b: Selection | None) -> int:
-    """Number of parameter entries two sub-models have in common (with a == b: the sub-model's size)."""
+def shared_entries(spec: SplitSpec, a: Selection | None, b: Selection | None,
+                   keys: Collection[str] | None = None) -> int:
+    """Number of parameter entries two sub-models have in common (with a == b: the sub-model's size); with
+    `keys`, within those parameters only (a depth cut)."""
     a, b = a or {}, b or {}
     common = {}
     for group, units in spec.groups.items():
@@ -110,12 +112,14 @@ def shared_entries(spec: SplitSpec, a: Selection | None, b: Selection | None) ->
             common[group] = len(a.get(group, b.get(group, range(units))))
     total = 0
     for key, axes in spec.params.items():
+        if keys is not None and key not in keys:
+            continue
         total += math.prod(n if axis is None else common[axis.group] * axis.block
                            for axis, n in zip(axes, spec.shapes[key]))
     return total
 
 
-def selection_fraction(spec: SplitSpec, selection: Selection | None) -> float:
-    """Share of the global model's parameters a sub-model holds."""
+def selection_fraction(spec: SplitSpec, selection: Selection | None, keys: Collection[str] | None = None) -> float:
+    """Share of the global model's parameters a sub-model holds (within `keys`, where it is a depth cut)."""
     full = sum(math.prod(shape) for shape in spec.shapes.values())
-    return shared_entries(spec, selection, selection) / full if full else 1.0
+    return shared_entries(spec, selection, selection, keys) / full if full else 1.0

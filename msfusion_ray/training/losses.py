@@ -48,3 +48,28 @@ def exit_distillation_loss(task: str, exit_logits: Sequence[torch.Tensor], targe
         if distill:
             loss = loss + gamma * temperature**2 * distillation_kl(logits, last, temperature)
     return loss
+
+
+def exit_distillation_forward(task: str, gamma: float, temperature: float, distill: bool):  # noqa: ANN201
+    """A `forward_loss` for train_local: every exit of the model, the deepest exit's cross-entropy as the task
+    loss and the rest of `exit_distillation_loss` as the extra term."""
+
+    def forward(model: nn.Module, x: torch.Tensor, y: torch.Tensor):  # noqa: ANN202
+        exits = model.exit_features(x)
+        features, last = exits[-1]
+        total = exit_distillation_loss(task, [logits for _, logits in exits], y, gamma, temperature, distill)
+        deepest = task_loss(task, last, y)
+        return features, last, deepest, (total - deepest) if len(exits) > 1 else None
+
+    return forward
+
+
+def exit_distillation_loss_of(task: str, gamma: float, temperature: float, distill: bool):  # noqa: ANN201
+    """loss(model, batch) for footprints of training with every exit."""
+    forward = exit_distillation_forward(task, gamma, temperature, distill)
+
+    def loss(model: nn.Module, batch: Any) -> torch.Tensor:
+        _, _, deepest, extra = forward(model, *batch)
+        return deepest + extra if extra is not None else deepest
+
+    return loss

@@ -44,6 +44,14 @@ def test_the_bernoulli_gradient_is_p_times_the_gradient_autograd_gives_the_mask(
     assert torch.equal(torch.bernoulli(p), mask)  # the forward pass is a plain Bernoulli draw
 
 
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _random_images(n, seed=0):
     rng = np.random.default_rng(seed)
     return DataBundle("random", ArrayDataset(rng.integers(0, 256, (n, 1, 32, 32), dtype=np.uint8),
@@ -52,10 +60,12 @@ def _random_images(n, seed=0):
 
 
 @pytest.mark.parametrize("rate", [0.25, 0.75])
-def test_the_penalty_drives_the_kept_fraction_to_the_rate(rate):
-    """Frozen weights, random labels (the task term has nothing to teach), 200 Adam steps on the scores only:
-    the mean keep probability and a drawn mask's kept fraction end near r, and the weights did not move."""
-    family = _vit()
+def test_the_penalty_drives_the_kept_fraction_to_the_rate(rate, one_thread):
+    """A toy problem: a one-block ViT with frozen weights, random labels (the task term has nothing to teach), 100
+    Adam steps on the scores only: the mean keep probability and a drawn mask's kept fraction end near r, and
+    the weights did not move."""
+    family = build_family("vit", IMAGES, 1.0, {"d_model": 16, "n_heads": 2, "n_layers": 1, "mlp_ratio": 4.0,
+                                               "patch": 16})
     torch.manual_seed(0)
     network = family.build()
     before = to_weights(network)
@@ -63,15 +73,15 @@ def test_the_penalty_drives_the_kept_fraction_to_the_rate(rate):
     start = float(kept_fraction(masked.probabilities()).detach())
     penalty = SparsityPenalty(SparsityParams(rate=rate, weight=1.0))
     penalty.begin(masked)
-    data = _random_images(64)
-    training = TrainingConfig(local_steps=200, batch_size=16, optimizer="adam", lr=0.05, weight_decay=0.0)
-    result = train_local(masked, data, np.arange(64), training, training.lr, np.random.default_rng(0),
+    data = _random_images(32)
+    training = TrainingConfig(local_steps=100, batch_size=4, optimizer="adam", lr=0.1, weight_decay=0.0)
+    result = train_local(masked, data, np.arange(32), training, training.lr, np.random.default_rng(0),
                          StepCostCache(), "mask", penalty)
     probabilities = float(kept_fraction(masked.probabilities()).detach())
     assert abs(start - 0.5) < 0.15
     assert abs(probabilities - rate) < 0.06, (start, probabilities)
     selection = draw_selection(masked.score_arrays(), torch.Generator().manual_seed(1))
-    assert abs(selection_kept_fraction(family.spec.groups, selection) - rate) < 0.15
+    assert abs(selection_kept_fraction(family.spec.groups, selection) - rate) < 0.2
     assert all(len(units) >= 1 for units in selection.values())
     after = to_weights(network)
     assert all(np.array_equal(before[k], after[k]) for k in before)
