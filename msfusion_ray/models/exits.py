@@ -75,3 +75,21 @@ def exit_head_keys(model: nn.Module) -> frozenset[str]:
     """State-dict keys of the model's exit heads (found by type)."""
     return frozenset(f"{name}.{key}" for name, module in model.named_modules() if isinstance(module, ExitHead)
                      for key in module.state_dict())
+
+
+class ExitModel(nn.Module):
+    """A network whose `exit_features(x)` gives (features, logits) at every exit, shallow to deep: its output is
+    the last exit's."""
+
+    def exit_features(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        raise NotImplementedError
+
+    def forward_exits(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [logits for _, logits in self.exit_features(x)]
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, logits) of the deepest exit."""
+        return self.exit_features(x)[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)[1]

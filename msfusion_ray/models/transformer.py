@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.models.base import DataShape, ModelFamily, register, scaled
-from msfusion_ray.models.exits import ExitHead, check_depth, exit_depths, held_exits, stream_through
+from msfusion_ray.models.exits import ExitHead, ExitModel, check_depth, exit_depths, held_exits, stream_through
 from msfusion_ray.schema import checked, positive
 from msfusion_ray.splitting.spec import width_axes
 
@@ -91,7 +91,7 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
-class GPT(nn.Module):
+class GPT(ExitModel):
     """With `depth` < n_layers: the first `depth` blocks and the early exits at or below them (no final
     LayerNorm: it belongs to the last exit)."""
 
@@ -126,7 +126,8 @@ class GPT(nn.Module):
                 nn.init.normal_(layer.weight, std=0.02 / math.sqrt(2 * n_layers))
 
     def exit_features(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(normalised hidden states B x T x d_model, logits B x T x vocab) at every exit, shallow to deep."""
+        """(normalised hidden states B x T x d_model, logits B x T x vocab) at every exit, shallow to deep; the
+        deepest of the whole model is the final LayerNorm and the tied vocabulary head."""
         positions = torch.arange(x.shape[1], device=x.device)
         hidden, outputs = stream_through(self.tokens(x) + self.positions(positions), self.blocks,
                                          self.early_exit_after, self.exits)
@@ -135,15 +136,16 @@ class GPT(nn.Module):
             outputs.append((hidden, F.linear(hidden, self.tokens.weight)))
         return outputs
 
-    def forward_exits(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [logits for _, logits in self.exit_features(x)]
 
-    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(hidden states, logits) of the deepest exit: the final LayerNorm and tied head in the whole model."""
-        return self.exit_features(x)[-1]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(x)[1]
+def block_widths(options, width: float) -> dict[str, int]:  # noqa: ANN001 (TransformerOptions or ViTOptions)
+    """Heads and MLP units of every block at the width multiplier (head_dim fixed)."""
+    heads = scaled(options.n_heads, width)
+    hidden = scaled(round(options.mlp_ratio * options.d_model), width)
+    widths = {}
+    for i in range(options.n_layers):
+        widths[f"block{i}.heads"] = heads
+        widths[f"block{i}.mlp"] = hidden
+    return widths
 
 
 def gpt_exit_depths(options: TransformerOptions) -> tuple[int, ...]:
@@ -173,14 +175,7 @@ class TransformerFamily(ModelFamily):
         return self.options.context or self.data.input_shape[0]
 
     def default_widths(self) -> dict[str, int]:
-        options = self.options
-        heads = scaled(options.n_heads, self.width)
-        hidden = scaled(round(options.mlp_ratio * options.d_model), self.width)
-        widths = {}
-        for i in range(options.n_layers):
-            widths[f"block{i}.heads"] = heads
-            widths[f"block{i}.mlp"] = hidden
-        return widths
+        return block_widths(self.options, self.width)
 
     def _build(self, widths: Mapping[str, int]) -> nn.Module:
         return GPT(self.data.num_outputs, self.context, self.options, widths)

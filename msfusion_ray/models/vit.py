@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from msfusion_ray.errors import UserInputError
-from msfusion_ray.models.base import DataShape, ModelFamily, register, scaled
-from msfusion_ray.models.exits import ExitHead, check_depth, exit_depths, held_exits, stream_through
-from msfusion_ray.models.transformer import Block
+from msfusion_ray.models.base import DataShape, ModelFamily, register
+from msfusion_ray.models.exits import ExitHead, ExitModel, check_depth, exit_depths, held_exits, stream_through
+from msfusion_ray.models.transformer import Block, block_widths
 from msfusion_ray.schema import checked, positive
 
 
@@ -39,7 +39,7 @@ class ViTOptions:
     patch: int = checked(4, check=positive)  # patch side in pixels; 32x32 images give 64 patches + class token
 
 
-class ViT(nn.Module):
+class ViT(ExitModel):
     def __init__(self, channels: int, image_size: int, classes: int, options: ViTOptions,
                  widths: Mapping[str, int], depth: int):
         super().__init__()
@@ -76,16 +76,6 @@ class ViT(nn.Module):
         _, outputs = stream_through(hidden, self.blocks, self.exit_after, self.exits, read=lambda h: h[:, 0])
         return outputs
 
-    def forward_exits(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [logits for _, logits in self.exit_features(x)]
-
-    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(class token representation, logits) of the deepest exit."""
-        return self.exit_features(x)[-1]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(x)[1]
-
 
 @register("vit")
 class ViTFamily(ModelFamily):
@@ -107,14 +97,7 @@ class ViTFamily(ModelFamily):
             raise UserInputError("model.options.n_heads", f"must divide d_model = {options.d_model}")
 
     def default_widths(self) -> dict[str, int]:
-        options = self.options
-        heads = scaled(options.n_heads, self.width)
-        hidden = scaled(round(options.mlp_ratio * options.d_model), self.width)
-        widths = {}
-        for i in range(options.n_layers):
-            widths[f"block{i}.heads"] = heads
-            widths[f"block{i}.mlp"] = hidden
-        return widths
+        return block_widths(self.options, self.width)
 
     @property
     def n_blocks(self) -> int:

@@ -44,14 +44,6 @@ def test_the_bernoulli_gradient_is_p_times_the_gradient_autograd_gives_the_mask(
     assert torch.equal(torch.bernoulli(p), mask)  # the forward pass is a plain Bernoulli draw
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _random_images(n, seed=0):
     rng = np.random.default_rng(seed)
     return DataBundle("random", ArrayDataset(rng.integers(0, 256, (n, 1, 32, 32), dtype=np.uint8),

@@ -25,12 +25,8 @@ PROFILE = DeviceProfile(name="tiny", description="", memory_mib=1, train_gflops=
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread, as in the runtime's hosts: on a shared 2-core machine more threads only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    pass
 
 
 @pytest.fixture(scope="module")
