@@ -10,14 +10,13 @@ elsewhere) and the version tau_i of the global model it trained from. At aggrega
     w^(t+1)      = w^(t) + sum_i gamma_i Delta_i
 
 An entry only one participant holds moves by that participant's gamma_i times its delta (no per-entry averaging,
-as in the code). The driver keeps the global models a stale update may refer to, at most `max_staleness` versions
-back (`ModelHistory`). `WeightedDeltaSum` folds updates in as they arrive: the normalisation is one scalar, so
-sum_i gamma_i Delta_i = (sum_i g_i Delta_i) / (sum_i g_i) with the raw g_i.
+as in the code). The engine keeps the global models a stale update may refer to (the strategy's history depth,
+`max_staleness` versions back). `WeightedDeltaSum` folds updates in as they arrive: the normalisation is one
+scalar, so sum_i gamma_i Delta_i = (sum_i g_i Delta_i) / (sum_i g_i) with the raw g_i.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -84,38 +83,3 @@ class WeightedDeltaSum:
         return {k: (np.asarray(v, np.float64) + scale * self._sums[k]).astype(np.float32) if k in self._sums
                 else np.array(v, dtype=np.float32) for k, v in current.items()}
 
-
-class ModelHistory:
-    """The global models of the last `max_staleness` + 1 versions: what a stale update's drift is measured
-    against. Older versions are dropped; an update that refers to one is staler than the scheme accepts."""
-
-    def __init__(self, max_staleness: int):
-        if max_staleness < 0:
-            raise ValueError(f"max_staleness must be >= 0 (got {max_staleness})")
-        self.max_staleness = max_staleness
-        self._models: OrderedDict[int, Weights] = OrderedDict()
-
-    def record(self, version: int, weights: Mapping[str, np.ndarray]) -> None:
-        self._models[version] = {k: np.array(v, dtype=np.float32) for k, v in weights.items()}
-        for old in [v for v in self._models if v < version - self.max_staleness]:
-            del self._models[old]
-
-    def __contains__(self, version: int) -> bool:
-        return version in self._models
-
-    def get(self, version: int) -> Weights:
-        if version not in self._models:
-            raise KeyError(f"global model version {version} is no longer kept (kept: {list(self._models)})")
-        return self._models[version]
-
-    @property
-    def versions(self) -> list[int]:
-        return list(self._models)
-
-
-def resource_utilisation(busy_s: Sequence[float], interval_s: float, participants: int) -> float:
-    """Sum of the participants' training time over (aggregation interval x participants): the code's
-    `resource_usage`, the paper's "resource utilisation" (1 when every participant trained the whole interval)."""
-    if interval_s <= 0 or participants <= 0:
-        return float("nan")
-    return float(sum(busy_s)) / (interval_s * participants)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from msfusion_ray.config import TrainingConfig
+from msfusion_ray.costs.flops import TrainingStepFlops, count_flops
 from msfusion_ray.costs.payload import payload_bytes
 from msfusion_ray.models.base import ModelFamily
 from msfusion_ray.models.exits import exit_head_keys
@@ -40,6 +41,7 @@ from msfusion_ray.pruning.masks import (MaskedNetwork, SparsityParams, SparsityP
 from msfusion_ray.schema import checked, non_negative, positive, probability
 from msfusion_ray.splitting.index_map import Selection, extract, index_map, units_at_rate, widths_of
 from msfusion_ray.splitting.staleness import delta
+from msfusion_ray.strategies.base import WorkOrder
 from msfusion_ray.training.local import train_local
 from msfusion_ray.training.losses import exit_distillation_forward, exit_distillation_loss_of, loss_of
 from msfusion_ray.training.procedure import (LocalProcedure, MemoryPhase, ProcedureContext, ProcedureResult,
@@ -101,9 +103,33 @@ def shortened(training: TrainingConfig, ratio: float) -> TrainingConfig:
     return replace(training, local_epochs=max(1, training.local_epochs - math.floor(ratio * training.local_epochs)))
 
 
+_STEP_FLOPS: dict[tuple, int] = {}  # FLOPs of one training step, by (sub-model shape, batch size)
+
+
+def exit_step_flops(family: ModelFamily, widths: Mapping[str, int], depth: int | None, batch_size: int) -> int:
+    """FLOPs of one step of training every exit of a sub-model: what `run` counts on its first step of that shape
+    (the distillation terms are elementwise: they count zero either way)."""
+    key = (family.shape_key(widths, depth), batch_size)
+    if key not in _STEP_FLOPS:
+        model = family.build(widths, depth=depth).train()
+        loss = exit_distillation_loss_of(family.data.task, 0.5, 3.0, True)
+        batch = family.example_batch(batch_size)
+        _STEP_FLOPS[key] = count_flops(lambda: loss(model, batch).backward())[1]
+    return _STEP_FLOPS[key]
+
+
 @register_procedure("cos2p")
 class Cos2pProcedure(LocalProcedure):
     Params = Cos2pLocalParams
+
+    def predict_flops(self, family: ModelFamily, order: WorkOrder, batch_sizes: list[int],
+                      step_flops: TrainingStepFlops) -> int | None:
+        """Known for a task that trains a mask it already has; a mask task's pruned network is drawn as it runs,
+        and with local exit heads the upload is smaller than the download the engine's prediction assumes."""
+        if self.params.learn_mask or self.params.exit_heads == "local":
+            return None
+        widths = widths_of(family.spec, order.selection)
+        return sum(exit_step_flops(family, widths, order.depth, size) for size in batch_sizes)
 
     def memory_phases(self, context: ProcedureContext) -> list[MemoryPhase]:
         order, family, batch = context.order, context.family, context.training.batch_size

@@ -185,3 +185,33 @@ def test_stale_updates_weigh_less_by_the_drift_of_the_model_they_trained_from(da
     drift = sum(v.size for v in weights.values()) * 0.01
     assert stale.drifts[0] == pytest.approx(drift, rel=1e-3) and fresh.drifts[0] == 0
     assert stale.raw_weights[0] == pytest.approx(fresh.raw_weights[0] / (drift + 1), rel=1e-3)
+
+
+def test_the_drift_is_measured_from_the_model_the_participant_trained_from_to_the_current_one(data):
+    """Versions 0..3 of the global model differ by 0.01, 0.03, 0.06 everywhere; an update trained from version 1
+    that meets version 3 (staleness 2) drifted by ||w3 - w1||_1, not by any other pair's distance."""
+    strategy, worker, info, weights = _setup(data, prune=False)
+    order, _, update = _run(strategy, worker, info, weights, 0, task=0, state_from=-1)
+    shifts = {0: 0.0, 1: 0.01, 2: 0.03, 3: 0.06}
+    history = {v: {k: w + np.float32(shift) for k, w in weights.items()} for v, shift in shifts.items()}
+    update = Update(0, update.weights, update.samples, base_version=1, trained=update.trained)
+    buffer = strategy.new_buffer(history[3])
+    strategy.fold(buffer, order, update, staleness=2, history=history)
+    entries = sum(v.size for v in weights.values())
+    assert buffer.drifts == [pytest.approx(entries * 0.05, rel=1e-3)]
+    assert buffer.staleness == [2]
+
+
+def test_device_time_is_predicted_exactly_for_a_task_with_a_kept_mask_and_not_for_a_mask_task(data):
+    from msfusion_ray.costs.flops import TrainingStepFlops
+    from msfusion_ray.training.local import batch_sizes
+    from msfusion_ray.training.procedure import make_procedure
+
+    strategy, worker, info, weights = _setup(data, mask_rounds=1)
+    first, _, update = _run(strategy, worker, info, weights, 0, task=0, state_from=-1)
+    sizes = batch_sizes(40, TRAINING)
+    unused = TrainingStepFlops(strategy.family.build, strategy.family.example_batch, None)
+    assert make_procedure(first.procedure).predict_flops(strategy.family, first, sizes, unused) is None
+    strategy.fold(strategy.new_buffer(weights), first, update, 0, {0: weights})
+    second, row, _ = _run(strategy, worker, info, weights, 0, task=1, state_from=0)
+    assert make_procedure(second.procedure).predict_flops(strategy.family, second, sizes, unused) == row.flops
