@@ -46,6 +46,7 @@ class Cos2pParams:
     synchronous: bool = False  # True: aggregate once every participant has reported (ablation)
     mask_rounds: int = checked(2, check=non_negative)  # a participant's first tasks that learn its mask (code: 0, 1)
     mask_epochs: int = checked(20, check=positive)
+    mask_steps: int | None = checked(None, check=positive)  # if set, replaces mask_epochs (as local_steps does)
     mask_lr: float | None = checked(None, check=positive)  # None: training.lr (the code uses one optimizer)
     sparsity_weight: float = checked(1.0, check=positive)  # lambda1
     mask_round_ratio: float = checked(0.5, check=probability)  # share of the local work the mask phase replaces
@@ -138,6 +139,7 @@ class Cos2p(AsyncStrategy):
         learn = self.learns_mask(pid)
         selection = self.masks.get(pid) if params.prune and not learn else None
         local = {"learn_mask": learn, "prune": params.prune, "mask_epochs": params.mask_epochs,
+                 "mask_steps": params.mask_steps,
                  "mask_lr": params.mask_lr, "sparsity_weight": params.sparsity_weight,
                  "mask_round_ratio": params.mask_round_ratio, "distill": params.distill and version >= params.kd_start_round,
                  "gamma": params.gamma, "temperature": params.temperature, "exit_heads": params.exit_heads}

@@ -3,7 +3,7 @@
 
 In its first `mask_rounds` tasks (the strategy says which: `learn_mask`) the participant receives its depth cut
 at full width and learns which heads and MLP units to keep (pruning/masks.py): `mask_epochs` epochs of the
-score-only training with frozen weights, continuing from the scores of its previous mask task; then one binary
+score-only training with frozen weights (or `mask_steps` batches), continuing from the scores of its previous mask task; then one binary
 mask is drawn and the real pruned network built from it. It then trains that network's weights for what is left
 of its local work (the code's local_ep - floor(mask_round_ratio x local_ep)). In later tasks it is sent the
 pruned network of its kept mask directly and trains it for the whole local work.
@@ -55,6 +55,7 @@ class Cos2pLocalParams:
     learn_mask: bool = False  # this task runs the mask phase first (a mask round)
     prune: bool = True  # False: the depth cut at full width, no mask (ablation)
     mask_epochs: int = checked(20, check=positive)
+    mask_steps: int | None = checked(None, check=positive)  # if set, replaces mask_epochs (as local_steps does)
     mask_lr: float | None = checked(None, check=positive)  # None: the weights' learning rate (as the code)
     sparsity_weight: float = checked(1.0, check=positive)  # lambda1
     mask_round_ratio: float = checked(0.5, check=probability)
@@ -206,7 +207,7 @@ class Cos2pProcedure(LocalProcedure):
             masked.load_scores(context.state["scores"])
         penalty = SparsityPenalty(SparsityParams(rate=order.rate, weight=params.sparsity_weight))
         penalty.begin(masked)
-        training = replace(context.training, local_epochs=params.mask_epochs, local_steps=None)
+        training = replace(context.training, local_epochs=params.mask_epochs, local_steps=params.mask_steps)
         lr = params.mask_lr if params.mask_lr is not None else context.lr
         result = train_local(masked, context.data, context.indices, training, lr,
                              np.random.default_rng([*context.seed, MASK_SEED]), context.step_costs,

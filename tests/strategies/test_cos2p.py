@@ -215,3 +215,9 @@ def test_device_time_is_predicted_exactly_for_a_task_with_a_kept_mask_and_not_fo
     strategy.fold(strategy.new_buffer(weights), first, update, 0, {0: weights})
     second, row, _ = _run(strategy, worker, info, weights, 0, task=1, state_from=0)
     assert make_procedure(second.procedure).predict_flops(strategy.family, second, sizes, unused) == row.flops
+
+
+def test_the_mask_phase_can_be_a_number_of_batches_instead_of_epochs(data):
+    strategy, worker, info, weights = _setup(data, mask_steps=3)
+    _, row, _ = _run(strategy, worker, info, weights, 0, task=0, state_from=-1)
+    assert row.metrics["mask_steps"] == 3 and row.steps == 3 + TRAINING.local_steps - TRAINING.local_steps // 2
