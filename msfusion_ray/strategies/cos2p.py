@@ -25,6 +25,7 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
+from msfusion_ray.errors import UserInputError
 from msfusion_ray.models.base import ModelFamily
 from msfusion_ray.models.exits import deepest_exit_at_or_below
 from msfusion_ray.models.weights import Weights
@@ -34,7 +35,7 @@ from msfusion_ray.splitting.staleness import WeightedDeltaSum, drift, importance
 from msfusion_ray.strategies import register
 from msfusion_ray.strategies.base import (AsyncSchedule, AsyncStrategy, Capacity, ModelHistory, ParticipantInfo,
                                           ProcedureSpec, Update, WorkOrder)
-from msfusion_ray.strategies.width import SMALLEST_RATE, check_levels, snap_to_levels
+from msfusion_ray.strategies.width import check_levels, snap_to_levels
 from msfusion_ray.training.cos2p import mask_footprint, rate_widths, training_footprint
 
 
@@ -76,9 +77,9 @@ class Cos2p(AsyncStrategy):
 
     def __init__(self, params: Cos2pParams, family: ModelFamily, seed: int):
         super().__init__(params, family, seed)
-        if family.n_blocks is None or not family.exit_depths():
-            raise ValueError(f"Co-S2P needs a model with depth blocks and exits (vit, or transformer with "
-                             f"early_exits), not '{family.name}'")
+        if family.n_blocks is None or len(family.exit_depths()) < 2:
+            raise UserInputError("model.name", f"Co-S2P needs a model of blocks with early exits (vit, or "
+                                               f"transformer with early_exits: true), not '{family.name}'")
         self.rates: dict[int, float] = {}
         self.depths: dict[int, int] = {}
         self.masks: dict[int, Selection] = {}  # each participant's kept mask, from its folded updates
@@ -115,8 +116,7 @@ class Cos2p(AsyncStrategy):
     def configure(self, capacity: Capacity, participants: Sequence[ParticipantInfo]) -> ModelFamily:
         self.participants = len(participants)
         for p in participants:
-            largest = self.largest_rate(p.id, capacity)
-            self.rates[p.id] = SMALLEST_RATE if largest is None else snap_to_levels(largest, self.params.rate_levels)
+            self.rates[p.id] = snap_to_levels(self.largest_rate(p.id, capacity), self.params.rate_levels)
             self.depths[p.id] = self.depth_at(self.rates[p.id])
         deepest = max(self.depths.values())
         self.family = self.base_family if deepest == self.base_family.n_blocks else self.base_family.cut(deepest)

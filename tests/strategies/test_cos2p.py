@@ -12,7 +12,7 @@ from msfusion_ray.costs.flops import StepCostCache
 from msfusion_ray.data import load_data
 from msfusion_ray.devices.capacity import CapacityOracle, make_planner
 from msfusion_ray.devices.profile import DeviceProfile
-from msfusion_ray.models import build_family
+from msfusion_ray.models import DataShape, build_family
 from msfusion_ray.models.weights import to_weights
 from msfusion_ray.runtime.participant import ParticipantSpec, ParticipantWorker, WorkerSettings
 from msfusion_ray.strategies import make_strategy
@@ -221,3 +221,13 @@ def test_the_mask_phase_can_be_a_number_of_batches_instead_of_epochs(data):
     strategy, worker, info, weights = _setup(data, mask_steps=3)
     _, row, _ = _run(strategy, worker, info, weights, 0, task=0, state_from=-1)
     assert row.metrics["mask_steps"] == 3 and row.steps == 3 + TRAINING.local_steps - TRAINING.local_steps // 2
+
+
+def test_a_model_without_early_exits_is_a_one_line_error_naming_the_field(data):
+    from msfusion_ray.errors import UserInputError
+
+    with pytest.raises(UserInputError, match="model.name"):
+        _strategy(build_family("cnn", data.shape, 0.25))
+    plain = build_family("transformer", DataShape((16,), 50, "language_model"), 1.0, {"d_model": 16, "n_heads": 2})
+    with pytest.raises(UserInputError, match="early_exits"):
+        _strategy(plain)
