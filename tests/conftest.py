@@ -33,6 +33,17 @@ def small_config_dict(tmp_path):
     return data
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread, as in the runtime's hosts: on a shared 2-core machine more threads only contend."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     import ray

@@ -14,7 +14,7 @@ shape, batch size).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Hashable, Mapping
 
 import torch
 from torch import nn
@@ -96,8 +96,9 @@ def plan_footprint(model: nn.Module, batch: Any, loss_of: Callable[[nn.Module, A
 class FootprintPlanner:
     """Cached footprints of models built at given widths (units per width group).
 
-    `build(widths)` makes the model, `example_batch(batch_size)` an input batch of the right shape, `loss_of(model,
-    batch)` the training loss; `extra_bytes(model, batch)` what the local objective adds (None: nothing).
+    `build(widths)` makes the model (`build(widths, depth=k)` a depth cut, for families with blocks),
+    `example_batch(batch_size)` an input batch of the right shape, `loss_of(model, batch)` the training loss;
+    `extra_bytes(model, batch)` what the local objective adds (None: nothing).
     """
 
     def __init__(self, build: Callable[[Mapping[str, int]], nn.Module], example_batch: Callable[[int], Any],
@@ -108,14 +109,28 @@ class FootprintPlanner:
         self._loss_of = loss_of
         self._copies = optimizer_state_copies
         self._extra_bytes = extra_bytes
-        self._cache: dict[tuple[tuple, int], Footprint] = {}
+        self._cache: dict[tuple, Footprint] = {}
 
-    def footprint(self, widths: Mapping[str, int], batch_size: int) -> Footprint:
-        key = (tuple(sorted(widths.items())), batch_size)
+    def variant(self, key: Hashable, **changes: Any) -> "FootprintPlanner":
+        """A planner with some of `build`, `example_batch`, `loss_of`, `optimizer_state_copies`, `extra_bytes`
+        replaced (another kind of local work on the same models), with a cache of its own; asked again with the
+        same `key`, the same planner (and its measured footprints)."""
+        variants = self.__dict__.setdefault("_variants", {})
+        if key not in variants:
+            parts = {"build": self._build, "example_batch": self._example_batch, "loss_of": self._loss_of,
+                     "optimizer_state_copies": self._copies, "extra_bytes": self._extra_bytes}
+            unknown = set(changes) - set(parts)
+            if unknown:
+                raise TypeError(f"FootprintPlanner has no part {sorted(unknown)}")
+            variants[key] = FootprintPlanner(**{**parts, **changes})
+        return variants[key]
+
+    def footprint(self, widths: Mapping[str, int], batch_size: int, depth: int | None = None) -> Footprint:
+        key = (tuple(sorted(widths.items())), batch_size) + ((depth,) if depth is not None else ())
         cached = self._cache.get(key)
         if cached is None:
             torch.manual_seed(0)
-            model = self._build(widths)
+            model = self._build(widths) if depth is None else self._build(widths, depth=depth)
             batch = self._example_batch(batch_size)
             extra = self._extra_bytes(model, batch) if self._extra_bytes is not None else 0
             cached = plan_footprint(model, batch, self._loss_of, self._copies, extra)

@@ -40,4 +40,4 @@ def make_strategy(config: StrategyConfig, family: ModelFamily, seed: int) -> Str
 
 def _load_all() -> None:
     from msfusion_ray.strategies import (  # noqa: F401  (registration side effect)
-        fed_dropout, fedasync, fedavg, fedbuff, fedrolex, heterofl, mpsl, msfusion, small_fedavg)
+        cos2p, fed_dropout, fedasync, fedavg, fedbuff, fedrolex, heterofl, mpsl, msfusion, small_fedavg)

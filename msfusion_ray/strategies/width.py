@@ -23,7 +23,7 @@ from msfusion_ray.models.weights import Weights
 SMALLEST_RATE = 1 / 64
 
 
-def _levels(value: list[float] | None) -> str | None:
+def check_levels(value: list[float] | None) -> str | None:
     if value is None:
         return None
     if not value or any(not 0 < v <= 1 for v in value):
@@ -31,9 +31,20 @@ def _levels(value: list[float] | None) -> str | None:
     return None
 
 
+def snap_to_levels(largest: float | None, levels: list[float] | None) -> float:
+    """The largest level at or below the largest rate that fits (the smallest level where none does);
+    SMALLEST_RATE where nothing fits at all: the participant is still asked, so that its refusal is recorded."""
+    if largest is None:
+        return SMALLEST_RATE
+    if levels is None:
+        return largest
+    fitting = [level for level in levels if level <= largest + 1e-9]
+    return max(fitting) if fitting else min(levels)
+
+
 @dataclass(frozen=True)
 class WidthParams:
-    rate_levels: list[float] | None = checked(None, check=_levels)  # None: the largest rate that fits
+    rate_levels: list[float] | None = checked(None, check=check_levels)  # None: the largest rate that fits
     weighting: Literal["samples", "count"] = "samples"  # how overlapping updates are averaged
 
 
@@ -41,14 +52,7 @@ class WidthSplitting(RoundStrategy):
     Params = WidthParams
 
     def rate(self, participant: int, capacity: Capacity) -> float:
-        largest = capacity.max_rate(participant)
-        if largest is None:
-            return SMALLEST_RATE
-        levels = self.params.rate_levels
-        if levels is None:
-            return largest
-        fitting = [level for level in levels if level <= largest + 1e-9]
-        return max(fitting) if fitting else min(levels)
+        return snap_to_levels(capacity.max_rate(participant), self.params.rate_levels)
 
     def units(self, rate: float) -> dict[str, int]:
         """Units each group keeps at this rate."""

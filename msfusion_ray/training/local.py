@@ -28,6 +28,11 @@ class LocalResult:
     extra_loss: float  # mean over steps of the objective's term (0 without one)
 
 
+# (model, x, y) -> (features, logits, task loss, extra term or None)
+ForwardLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor],
+                       tuple[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"]]
+
+
 def make_optimizer(model: nn.Module, training: TrainingConfig, lr: float) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if training.optimizer == "adam":
@@ -68,10 +73,13 @@ def batch_indices(n_samples: int, training: TrainingConfig, rng: np.random.Gener
 
 def train_local(model: nn.Module, data: DataBundle, indices: np.ndarray, training: TrainingConfig, lr: float,
                 rng: np.random.Generator, costs: StepCostCache, shape_key: Hashable,
-                objective: LocalObjective | None = None, on_step: Callable[[], None] | None = None) -> LocalResult:
+                objective: LocalObjective | None = None, on_step: Callable[[], None] | None = None,
+                forward_loss: ForwardLoss | None = None) -> LocalResult:
     """Train `model` on the participant's samples. The first step of each (shape, batch size) is measured for
     FLOPs and peak tensor memory; later steps reuse the figure. `on_step` is called before every step (a
-    deadline check may raise there). Batches go to the device the model is on."""
+    deadline check may raise there). `forward_loss(model, x, y)` replaces the forward pass and task loss:
+    (features, logits, task loss, extra term or None), e.g. a loss over every early exit. Batches go to
+    the device the model is on."""
     model.train()
     device = model_device(model)
     optimizer = make_optimizer(model, training, lr)
@@ -88,9 +96,15 @@ def train_local(model: nn.Module, data: DataBundle, indices: np.ndarray, trainin
             optimizer.zero_grad(set_to_none=True)
             if objective is not None:
                 objective.before_forward(x)
-            features, logits = model.forward_features(x)
-            loss = task_loss(data.shape.task, objective.task_logits(logits) if objective is not None else logits, y)
-            extra = objective.loss(x, features, logits) if objective is not None else None
+            if forward_loss is None:
+                features, logits = model.forward_features(x)
+                task_logits = objective.task_logits(logits) if objective is not None else logits
+                loss, extra = task_loss(data.shape.task, task_logits, y), None
+            else:
+                features, logits, loss, extra = forward_loss(model, x, y)
+            if objective is not None:
+                term = objective.loss(x, features, logits)
+                extra = term if extra is None else extra + term
             total = loss + extra if extra is not None else loss
             total.backward()
             optimizer.step()
