@@ -13,7 +13,8 @@ from typing import Sequence
 
 from msfusion_ray.config import config_from_dict, load_config
 from msfusion_ray.errors import ClusterStartError, UserInputError
-from msfusion_ray.launch import RunFailed, execute, new_run_dir
+from msfusion_ray.launch import (RUN_LOG, RunFailed, RunInterrupted, check_output_dir, execute, new_run_dir,
+                                 reason_of, write_atomic)
 from msfusion_ray.schema import load_yaml
 
 EXIT_BAD_INPUT = 2
@@ -78,9 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ClusterStartError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        print(reason_of(stop), file=sys.stderr)
+        return stop.exit_code if isinstance(stop, RunInterrupted) else 130
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -128,30 +129,38 @@ def _plot(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from msfusion_ray.experiment import prepare
+    from msfusion_ray.runtime.checkpoint import check_resume
 
     if args.resume:
         run_dir = Path(args.resume)
         _check_run_dir(run_dir)
         config = config_from_dict(load_yaml(run_dir / "config.yaml"), _overrides(args), where=str(run_dir))
+        check_output_dir(run_dir, str(run_dir))
         run_id = run_dir.name
     elif args.config:
         config = load_config(args.config, _overrides(args))
+        check_output_dir(config.output_dir, "output_dir")
     else:
         raise UserInputError("run", "give a CONFIG or --resume RUN_DIR")
     if args.address:
         config = config_from_dict(config.to_dict(), [f"runtime.address={args.address}"])
     prepared = prepare(config)  # every check happens before anything is written
-    if not args.resume:
+    if args.resume:
+        check_resume(run_dir, prepared)  # the checkpoint against the records and the config, before any change
+        if _overrides(args):
+            write_atomic(run_dir / "config.yaml", config.to_yaml())  # e.g. more rounds for the resumed run
+    else:
         run_dir, run_id = new_run_dir(prepared)
-    elif _overrides(args):
-        (run_dir / "config.yaml").write_text(config.to_yaml())  # e.g. more rounds for the resumed run
+    resume_hint = f"continue with: python -m msfusion_ray run --resume {run_dir}"
     try:
         summary = execute(prepared, run_dir, run_id, resume=bool(args.resume))
     except RunFailed as err:
-        print(f"error: run failed: {err}", file=sys.stderr)
-        print(f"records so far: {run_dir} (continue with: python -m msfusion_ray run --resume {run_dir})",
-              file=sys.stderr)
+        print(f"error: run failed: {err} (full text: {run_dir / RUN_LOG})", file=sys.stderr)
+        print(resume_hint, file=sys.stderr)
         return 1
+    except KeyboardInterrupt as stop:
+        print(f"run {reason_of(stop)}; records so far: {run_dir} ({resume_hint})", file=sys.stderr)
+        return stop.exit_code if isinstance(stop, RunInterrupted) else 130
     print(f"run {run_id}: {summary['rounds_completed']} rounds, final accuracy {summary['final_accuracy']}, "
           f"best {summary['best_accuracy']}, {summary['wall_s']:.1f} s")
     print(f"records: {run_dir}")
@@ -182,6 +191,7 @@ def _sweep(args: argparse.Namespace) -> int:
         sweeps.check_directory(plan)
     else:
         raise UserInputError("sweep", "give a CONFIG or --resume SWEEP_DIR")
+    check_output_dir(plan.directory, f"{plan.source}: output_dir")
     todo = sweeps.SweepStatus.load_or_new(plan).to_run(args.retry_failed)
     prepared = sweeps.prepare_cells(plan, todo, sweeps.DataCache())  # every check before anything is written
     status = sweeps.create_directory(plan)

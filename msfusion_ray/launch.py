@@ -1,19 +1,144 @@
-"""Launching a prepared experiment: the run directory, the cluster, the driver actor, and progress."""
+"""Launching a prepared experiment: the run directory, the cluster, the driver actor, progress, and how a run
+ends.
+
+A run that fails or is stopped says so: its summary.json gets status `failed` or `interrupted` and the reason,
+the user gets one line, and the run's own log (runs/<id>/run.log) keeps the full text of what went wrong. Ctrl-C
+and SIGTERM stop a run cleanly: the driver actor is stopped, the summary written, the embedded cluster shut down.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import math
+import os
 import secrets
+import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+from msfusion_ray.errors import UserInputError
 from msfusion_ray.experiment import Prepared
+from msfusion_ray.failures import describe_failure
+
+RUN_LOG = "run.log"
+SUMMARY = "summary.json"
+log = logging.getLogger(__name__)
 
 
 class RunFailed(Exception):
     """The run started but did not finish; its records so far stay in the run directory."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """The run was stopped from outside (Ctrl-C, SIGTERM); its checkpoint and records stay."""
+
+    def __init__(self, reason: str, exit_code: int):
+        super().__init__(reason)
+        self.reason = reason
+        self.exit_code = exit_code
+
+
+def check_output_dir(path: str | Path, where: str) -> None:
+    """Refuse an output directory that cannot be written, before anything starts: `path`, or the nearest part of
+    it that exists, must be a directory in which a directory can be made (tried, and removed at once)."""
+    probe = Path(path)
+    while not probe.exists() and not probe.is_symlink() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserInputError(where, f"{probe} is not a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".write-check-", dir=probe))
+    except OSError as err:
+        raise UserInputError(where, f"cannot write in {probe} ({err.strerror})") from None
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace a file's text whole (a crash leaves the old text or the new, never half of one)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def write_summary_status(run_dir: Path, status: str, reason: str, base: dict[str, Any] | None = None) -> None:
+    """Set summary.json's status and its reason (a run that failed or was stopped says why); a run stopped before
+    its first round gets a summary that says only that."""
+    path = run_dir / SUMMARY
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        summary = None
+    if not isinstance(summary, dict):
+        summary = {**(base or {}), "rounds_completed": 0, "history": []}
+    summary.update(status=status, reason=reason)
+    write_atomic(path, json.dumps(summary, indent=2))
+
+
+def open_run_log(run_dir: Path) -> logging.Handler:
+    """A handler appending to the run's log (runs/<id>/run.log): its warnings and errors, in full."""
+    handler = logging.FileHandler(run_dir / RUN_LOG, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    return handler
+
+
+@contextlib.contextmanager
+def logging_to(handler: logging.Handler) -> Iterator[None]:
+    """While a run goes on in this process: the tool's log, Python's warnings and Ray's own log lines go to the
+    run's log, not the terminal (Ray's lines are its start-up notes and failure texts)."""
+    import ray  # noqa: F401  (Ray sets up its logger when imported; it is replaced below, then restored)
+
+    ours, ray_logger, warnings_logger = logging.getLogger("msfusion_ray"), logging.getLogger("ray"), \
+        logging.getLogger("py.warnings")
+    saved_ray = ray_logger.handlers[:]
+    saved_level = ours.level
+    ours.setLevel(logging.INFO)
+    ours.addHandler(handler)
+    warnings_logger.addHandler(handler)
+    ray_logger.handlers = [handler]
+    logging.captureWarnings(True)
+    try:
+        yield
+    finally:
+        logging.captureWarnings(False)
+        ray_logger.handlers = saved_ray
+        warnings_logger.removeHandler(handler)
+        ours.removeHandler(handler)
+        ours.setLevel(saved_level)
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[None]:
+    """SIGTERM raises `RunInterrupted` in the main thread (as Ctrl-C raises KeyboardInterrupt), so a stopped run
+    winds down through the same path. Ray's C++ failure handler would otherwise catch SIGTERM in this process,
+    print a stack dump and abort; it is left out of this (the driver) process only."""
+    import ray._private.ray_constants as ray_constants
+
+    ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
+    if threading_is_main():
+        def on_sigterm(signum: int, frame: Any) -> None:
+            raise RunInterrupted("stopped by SIGTERM", 128 + signal.SIGTERM)
+
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        if threading_is_main():
+            signal.signal(signal.SIGTERM, previous)
+
+
+def threading_is_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def reason_of(interrupt: KeyboardInterrupt) -> str:
+    return interrupt.reason if isinstance(interrupt, RunInterrupted) else "stopped by Ctrl-C (SIGINT)"
 
 
 def new_run_dir(prepared: Prepared) -> tuple[Path, str]:
@@ -29,7 +154,7 @@ def new_run_dir(prepared: Prepared) -> tuple[Path, str]:
 def write_run_dir(prepared: Prepared, run_dir: Path) -> None:
     """Make `run_dir` (a new directory) hold the resolved config and the data set's artifacts."""
     run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text(prepared.config.to_yaml())
+    write_atomic(run_dir / "config.yaml", prepared.config.to_yaml())
     for name, text in prepared.data.artifacts.items():
         (run_dir / name).write_text(text)
 
@@ -86,15 +211,28 @@ def round_postfix(progress: dict[str, Any]) -> dict[str, Any]:
 
 class RunHandle:
     """A run whose driver actor is working in the cluster; polled without blocking, so that one process can
-    watch several runs at once (a sweep)."""
+    watch several runs at once (a sweep). It writes the run's log, and the summary's status when the run fails
+    or is stopped."""
 
     def __init__(self, prepared: Prepared, run_dir: Path, run_id: str, resume: bool = False,
-                 data_ref: Any = None):
+                 data_ref: Any = None, log_handler: logging.Handler | None = None):
         import ray
 
         from msfusion_ray.runtime.driver import start_driver
 
+        self.run_dir = Path(run_dir)
         self.rounds = prepared.config.rounds
+        self.base_summary = {"run_id": run_id, "name": prepared.config.name, "strategy": prepared.strategy.name,
+                             "rounds": self.rounds}
+        self._own_handler = log_handler is None
+        self.log_handler = open_run_log(self.run_dir) if log_handler is None else log_handler
+        self.log = logging.getLogger(f"msfusion_ray.runs.{run_id}")
+        self.log.propagate = False
+        self.log.setLevel(logging.INFO)
+        self.log.addHandler(self.log_handler)
+        self.log.info("%s %s: %d rounds, %d participants", "resuming" if resume else "starting", run_id,
+                      self.rounds, len(prepared.fleet))
+        self.ended = False
         if data_ref is None:
             data_ref = ray.put(prepared.data)
         self.driver = start_driver(prepared.config, data_ref, run_dir, run_id, resume)
@@ -117,45 +255,100 @@ class RunHandle:
         return self.progress
 
     def result(self) -> dict[str, Any]:
-        """The run's summary once `finished` is ready; `RunFailed` with the root cause otherwise."""
+        """The run's summary once `finished` is ready. Otherwise the failure in one line: `UserInputError` if the
+        driver refused its input (a checkpoint it cannot trust), else `RunFailed`; the full text goes to run.log and
+        the summary says `failed` and why."""
+        import ray
+        from ray.exceptions import RayError, RayTaskError
+
+        try:
+            summary = ray.get(self.finished, timeout=60)
+        except RayError as err:
+            cause = err.cause if isinstance(err, RayTaskError) else None
+            if isinstance(cause, UserInputError):
+                self.fail(f"{cause.where}: {cause.message}", err)
+                raise UserInputError(cause.where, cause.message) from None
+            reason = describe_failure(err, "the driver actor")
+            self.fail(reason, err)
+            raise RunFailed(reason) from None
+        self.log.info("complete: %s rounds", summary.get("rounds_completed"))
+        return summary
+
+    def fail(self, reason: str, err: BaseException | None = None) -> None:
+        """Record a failure: one line in the summary, the full text in the run's log."""
+        self.log.error("run failed: %s%s", reason, f"\n{err}" if err is not None else "")
+        write_summary_status(self.run_dir, "failed", reason, self.base_summary)
+
+    def interrupt(self, reason: str) -> None:
+        """Stop the driver, waiting until it is gone (so that it writes nothing more), and record why."""
         import ray
         from ray.exceptions import RayError
 
-        try:
-            return ray.get(self.finished, timeout=60)
-        except RayError as err:
-            raise RunFailed(_root_cause(err)) from None
+        ray.kill(self.driver, no_restart=True)
+        with contextlib.suppress(RayError):
+            ray.get(self.finished, timeout=30)
+        self.log.warning("run interrupted: %s", reason)
+        write_summary_status(self.run_dir, "interrupted", reason, self.base_summary)
 
     def stop(self) -> None:
         import ray
 
         ray.kill(self.driver)
+        self.log.removeHandler(self.log_handler)
+        if self._own_handler:
+            self.log_handler.close()
+
+
+def watch(handle: RunHandle, show_progress: bool) -> dict[str, Any]:
+    """Show a run's progress until it ends; its summary, or its failure (see `RunHandle.result`)."""
+    import ray
+
+    progress = ProgressDisplay(handle.rounds, "round", show_progress, label="round ")
+    try:
+        while True:
+            done, _ = ray.wait([handle.finished], timeout=0.5)
+            state = handle.poll_progress()
+            progress.update(state.get("round", progress.last), round_postfix(state))
+            if done:
+                summary = handle.result()
+                progress.update(summary.get("rounds_completed", progress.last), round_postfix(state))
+                return summary
+    except KeyboardInterrupt as stop:
+        handle.interrupt(reason_of(stop))
+        raise
+    finally:
+        progress.close()
+        handle.stop()
 
 
 def execute(prepared: Prepared, run_dir: Path, run_id: str, resume: bool = False,
             show_progress: bool = True) -> dict[str, Any]:
-    """Run a prepared experiment on the configured Ray cluster; returns the run's summary."""
-    import ray
+    """Run a prepared experiment on the configured Ray cluster; returns the run's summary. A run that fails
+    raises `RunFailed` (one line; the full text in run.log), one stopped by Ctrl-C or SIGTERM KeyboardInterrupt
+    (`RunInterrupted` for SIGTERM), after its summary says so."""
+    from ray.exceptions import RayError
 
     from msfusion_ray.runtime.cluster import ray_cluster
 
     config = prepared.config
-    with ray_cluster(config.runtime):
-        handle = RunHandle(prepared, run_dir, run_id, resume)
-        progress = ProgressDisplay(config.rounds, "round", show_progress, label="round ")
-        try:
-            while True:
-                done, _ = ray.wait([handle.finished], timeout=0.5)
-                state = handle.poll_progress()
-                progress.update(state.get("round", progress.last), round_postfix(state))
-                if done:
-                    return handle.result()
-        finally:
-            progress.close()
-            handle.stop()
-
-
-def _root_cause(err: Exception) -> str:
-    cause = getattr(err, "cause", None) or err
-    lines = [line for line in str(cause).splitlines() if line.strip()]
-    return f"{type(cause).__name__}: {lines[-1] if lines else ''}"
+    base = {"run_id": run_id, "name": config.name, "strategy": prepared.strategy.name, "rounds": config.rounds}
+    handler = open_run_log(run_dir)
+    handle = None
+    try:
+        with logging_to(handler), stop_signals():
+            try:
+                with ray_cluster(config.runtime):
+                    handle = RunHandle(prepared, run_dir, run_id, resume, log_handler=handler)
+                    return watch(handle, show_progress)
+            except KeyboardInterrupt as stop:
+                if handle is None:  # stopped while the cluster or the driver started (`watch` records the rest)
+                    log.warning("run interrupted: %s", reason_of(stop))
+                    write_summary_status(run_dir, "interrupted", reason_of(stop), base)
+                raise
+            except RayError as err:  # the cluster failed under the run, or the driver could not be started
+                reason = describe_failure(err, "the run")
+                log.error("run failed: %s\n%s", reason, err)
+                write_summary_status(run_dir, "failed", reason, base)
+                raise RunFailed(reason) from None
+    finally:
+        handler.close()

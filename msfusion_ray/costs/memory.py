@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import weakref
+from pathlib import Path
 from contextlib import contextmanager
 from typing import Iterable, Iterator
 
@@ -98,3 +99,19 @@ def rss_peak() -> Iterator[RssPeak]:
         if torch.cuda.is_available():
             end = max(end, start + torch.cuda.max_memory_allocated())
         result.delta_bytes = max(0, end - start)
+
+
+_CGROUP_LIMITS = (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+
+
+def machine_memory_bytes() -> int:
+    """Memory this process's machine has: its physical memory, or less where a control group limits it."""
+    total = psutil.virtual_memory().total
+    for path in _CGROUP_LIMITS:
+        try:
+            limit = path.read_text().strip()
+        except OSError:
+            continue
+        if limit.isdigit():
+            total = min(total, int(limit))
+    return total

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,19 +65,31 @@ def scale_counts(devices: dict[str, int], size: int) -> dict[str, int]:
     return {name: c for name, c in counts.items() if c > 0}
 
 
-def make_fleet(spec: FleetSpec, profiles: dict[str, DeviceProfile], *, size: int | None = None,
-               memory_scale: float | None = None, seed: int = 0, where: str = "fleet") -> Fleet:
-    """Expand a fleet spec into participants, checking every device class against the known profiles."""
+def device_counts(spec: FleetSpec, profiles: dict[str, DeviceProfile], size: int | None = None,
+                  where: str = "fleet") -> dict[str, int]:
+    """How many participants of each device class the fleet has, checked against the known profiles (cheap: it
+    builds nothing, so a fleet too large for its data is refused before it is built)."""
     for name, count in spec.devices.items():
         if name not in profiles:
             raise UserInputError(f"{where}.devices.{name}",
                                  f"unknown device profile (known: {', '.join(sorted(profiles))})")
         if count < 0:
             raise UserInputError(f"{where}.devices.{name}", f"count must be >= 0 (got {count})")
-    devices = scale_counts(spec.devices, size) if size is not None else spec.devices
+    devices = scale_counts(spec.devices, size) if size is not None and sum(spec.devices.values()) else spec.devices
     if sum(devices.values()) == 0:
         raise UserInputError(f"{where}.devices", "the fleet has no participants")
+    return devices
+
+
+def make_fleet(spec: FleetSpec, profiles: dict[str, DeviceProfile], *, size: int | None = None,
+               memory_scale: float | None = None, seed: int = 0, where: str = "fleet") -> Fleet:
+    """Expand a fleet spec into participants, checking every device class against the known profiles."""
+    devices = device_counts(spec, profiles, size, where)
     scale = spec.memory_scale if memory_scale is None else memory_scale
+    largest = max(profiles[name].memory_bytes for name in devices)
+    if not math.isfinite(largest * scale):
+        raise UserInputError("fleet.memory_scale" if memory_scale is not None else f"{where}.memory_scale",
+                             f"is too large (got {scale}: memory caps become infinite)")
     participants = []
     for name, count in devices.items():
         for _ in range(count):
