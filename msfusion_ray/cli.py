@@ -13,8 +13,8 @@ from typing import Sequence
 
 from msfusion_ray.config import config_from_dict, load_config
 from msfusion_ray.errors import ClusterStartError, UserInputError
-from msfusion_ray.launch import (RUN_LOG, RunFailed, RunInterrupted, check_output_dir, execute, new_run_dir,
-                                 reason_of, write_atomic)
+from msfusion_ray.launch import (RUN_LOG, RunFailed, check_output_dir, execute, interruption, new_run_dir,
+                                 write_atomic)
 from msfusion_ray.schema import load_yaml
 
 EXIT_BAD_INPUT = 2
@@ -79,9 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ClusterStartError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt as stop:
-        print(reason_of(stop), file=sys.stderr)
-        return stop.exit_code if isinstance(stop, RunInterrupted) else 130
+    except KeyboardInterrupt as err:
+        stop = interruption(err)
+        print(stop.reason, file=sys.stderr)
+        return stop.exit_code
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -158,9 +159,10 @@ def _run(args: argparse.Namespace) -> int:
         print(f"error: run failed: {err} (full text: {run_dir / RUN_LOG})", file=sys.stderr)
         print(resume_hint, file=sys.stderr)
         return 1
-    except KeyboardInterrupt as stop:
-        print(f"run {reason_of(stop)}; records so far: {run_dir} ({resume_hint})", file=sys.stderr)
-        return stop.exit_code if isinstance(stop, RunInterrupted) else 130
+    except KeyboardInterrupt as err:
+        stop = interruption(err)
+        print(f"run {stop.reason}; records so far: {run_dir} ({resume_hint})", file=sys.stderr)
+        return stop.exit_code
     print(f"run {run_id}: {summary['rounds_completed']} rounds, final accuracy {summary['final_accuracy']}, "
           f"best {summary['best_accuracy']}, {summary['wall_s']:.1f} s")
     print(f"records: {run_dir}")

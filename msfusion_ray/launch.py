@@ -111,34 +111,58 @@ def logging_to(handler: logging.Handler) -> Iterator[None]:
         ours.setLevel(saved_level)
 
 
-@contextlib.contextmanager
-def stop_signals() -> Iterator[None]:
-    """SIGTERM raises `RunInterrupted` in the main thread (as Ctrl-C raises KeyboardInterrupt), so a stopped run
-    winds down through the same path. Ray's C++ failure handler would otherwise catch SIGTERM in this process,
-    print a stack dump and abort; it is left out of this (the driver) process only."""
+def quiet_ray_crash_handler() -> None:
+    """Before Ray starts in this process: leave Ray's C++ failure-signal handler out of it (the driver process
+    only; Ray's workers keep theirs). It catches SIGTERM, prints a C++ stack dump and aborts the process, before
+    any Python handler could stop the run cleanly."""
     import ray._private.ray_constants as ray_constants
 
     ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
-    if threading_is_main():
-        def on_sigterm(signum: int, frame: Any) -> None:
-            raise RunInterrupted("stopped by SIGTERM", 128 + signal.SIGTERM)
 
-        previous = signal.signal(signal.SIGTERM, on_sigterm)
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[None]:
+    """SIGTERM raises `RunInterrupted` in the main thread (as Ctrl-C raises KeyboardInterrupt), so a stopped run
+    winds down through the same path. Entered after `ray.init`, which sets a SIGTERM handler of its own."""
+    if not threading_is_main():
+        yield
+        return
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        _received.append(signum)
+        raise RunInterrupted(*_STOPS[signal.SIGTERM])
+
+    _received.clear()
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         yield
     finally:
-        if threading_is_main():
-            signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous)
+
+
+# Why a run stopped, by signal: the reason recorded and the exit code (128 + the signal's number, as a shell says).
+_STOPS = {signal.SIGTERM: ("stopped by SIGTERM", 128 + signal.SIGTERM),
+          signal.SIGINT: ("stopped by Ctrl-C (SIGINT)", 128 + signal.SIGINT)}
+_received: list[int] = []  # SIGTERMs `stop_signals` caught: Ray turns an exception raised in a signal handler
+# while it waits into a plain KeyboardInterrupt, so the handler's own exception cannot be relied on to arrive
+
+
+def interruption(err: BaseException) -> RunInterrupted | None:
+    """The stop that `err` is: a KeyboardInterrupt (Ctrl-C, or SIGTERM as `stop_signals` raises it), or the
+    SystemExit of Ray's own SIGTERM handler (in place while Ray starts); None for any other exit."""
+    if isinstance(err, RunInterrupted):
+        return err
+    if isinstance(err, KeyboardInterrupt):
+        return RunInterrupted(*_STOPS[signal.SIGTERM if _received else signal.SIGINT])
+    if isinstance(err, SystemExit) and err.code == signal.SIGTERM:
+        return RunInterrupted(*_STOPS[signal.SIGTERM])
+    return None
 
 
 def threading_is_main() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
-
-
-def reason_of(interrupt: KeyboardInterrupt) -> str:
-    return interrupt.reason if isinstance(interrupt, RunInterrupted) else "stopped by Ctrl-C (SIGINT)"
 
 
 def new_run_dir(prepared: Prepared) -> tuple[Path, str]:
@@ -313,9 +337,10 @@ def watch(handle: RunHandle, show_progress: bool) -> dict[str, Any]:
                 summary = handle.result()
                 progress.update(summary.get("rounds_completed", progress.last), round_postfix(state))
                 return summary
-    except KeyboardInterrupt as stop:
-        handle.interrupt(reason_of(stop))
-        raise
+    except KeyboardInterrupt as err:
+        stop = interruption(err)
+        handle.interrupt(stop.reason)
+        raise stop from None
     finally:
         progress.close()
         handle.stop()
@@ -334,17 +359,21 @@ def execute(prepared: Prepared, run_dir: Path, run_id: str, resume: bool = False
     base = {"run_id": run_id, "name": config.name, "strategy": prepared.strategy.name, "rounds": config.rounds}
     handler = open_run_log(run_dir)
     handle = None
+    quiet_ray_crash_handler()
     try:
-        with logging_to(handler), stop_signals():
+        with logging_to(handler):
             try:
-                with ray_cluster(config.runtime):
+                with ray_cluster(config.runtime), stop_signals():
                     handle = RunHandle(prepared, run_dir, run_id, resume, log_handler=handler)
                     return watch(handle, show_progress)
-            except KeyboardInterrupt as stop:
+            except (KeyboardInterrupt, SystemExit) as err:
+                stop = interruption(err)
+                if stop is None:
+                    raise
                 if handle is None:  # stopped while the cluster or the driver started (`watch` records the rest)
-                    log.warning("run interrupted: %s", reason_of(stop))
-                    write_summary_status(run_dir, "interrupted", reason_of(stop), base)
-                raise
+                    log.warning("run interrupted: %s", stop.reason)
+                    write_summary_status(run_dir, "interrupted", stop.reason, base)
+                raise stop from None
             except RayError as err:  # the cluster failed under the run, or the driver could not be started
                 reason = describe_failure(err, "the run")
                 log.error("run failed: %s\n%s", reason, err)

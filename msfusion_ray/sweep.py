@@ -28,7 +28,8 @@ from msfusion_ray.data.arrays import DataBundle
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.experiment import Prepared, prepare, project_path
 from msfusion_ray.inputs import load_json
-from msfusion_ray.launch import ProgressDisplay, RunFailed, RunHandle, reason_of, stop_signals, write_run_dir
+from msfusion_ray.launch import ProgressDisplay, RunFailed, RunHandle, quiet_ray_crash_handler, interruption,
+                                 stop_signals, write_run_dir
 from msfusion_ray.schema import build, checked, load_yaml, positive, set_dotted
 
 # The cells share one cluster, so the keys that configure the cluster belong in the base config, not in the grid.
@@ -317,10 +318,11 @@ class SweepRunner:
                     if users[key] == 0:
                         self.data_refs.pop(key, None)  # no cell left needs this data set in the object store
                 self._show()
-        except KeyboardInterrupt as stop:  # these stay "running" in status.json and continue next time
+        except KeyboardInterrupt as err:  # these stay "running" in status.json and continue next time
+            stop = interruption(err)
             for running in self.running.values():
-                running.handle.interrupt(reason_of(stop))
-            raise
+                running.handle.interrupt(stop.reason)
+            raise stop from None
         finally:
             for running in self.running.values():
                 running.handle.stop()
@@ -405,7 +407,8 @@ def run_sweep(plan: SweepPlan, prepared: dict[str, Prepared], status: SweepStatu
     runtime = prepared[cell_ids[0]].config.runtime
     if address:
         runtime = dataclasses.replace(runtime, address=address)
-    with stop_signals(), ray_cluster(runtime):
+    quiet_ray_crash_handler()
+    with ray_cluster(runtime), stop_signals():
         resources = ray.cluster_resources()
         cpus = resources.get("CPU", 1.0)
         actors = max(host_count(p.config.runtime, len(p.fleet)) for p in prepared.values()) + 1

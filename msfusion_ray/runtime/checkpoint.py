@@ -222,9 +222,12 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint | None:
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise UserInputError(str(directory / WEIGHTS), f"'{name}' holds non-finite values (NaN or infinity)")
     state = load_json(directory / STATE)
-    if state.get("round") != manifest["round"] or manifest["round"] < 1:
+    if state.get("round") != manifest["round"]:
         raise UserInputError(str(directory / STATE), f"names round {state.get('round')!r}, {MANIFEST} round "
-                                                    f"{manifest['round']} (a checkpoint is of a round >= 1)")
+                                                    f"{manifest['round']}")
+    if manifest["round"] < 1:
+        raise UserInputError(str(directory / STATE), f"names round {manifest['round']} (a checkpoint is of a finished "
+                                                    f"round: 1 or more)")
     try:
         participants = join_arrays(state["participants"], arrays(PARTICIPANTS))
         by_id = {int(k): v for k, v in participants.items()}
