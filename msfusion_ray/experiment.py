@@ -18,6 +18,7 @@ from msfusion_ray.costs.footprint import tensor_bytes
 from msfusion_ray.costs.memory import machine_memory_bytes
 from msfusion_ray.data import check_enough_samples, load_data, partition
 from msfusion_ray.data.arrays import DataBundle
+from msfusion_ray.devices.availability import Availability, make_availability
 from msfusion_ray.devices.capacity import CapacityOracle, make_planner
 from msfusion_ray.devices.fleet import Fleet, FleetSpec, device_counts, load_fleet_spec, make_fleet
 from msfusion_ray.devices.profile import DeviceProfile, default_profiles_dir, load_profiles
@@ -37,6 +38,7 @@ class Prepared:
     family: ModelFamily  # the global model's family (after the strategy fixed it)
     strategy: Strategy
     capacity: CapacityOracle
+    availability: Availability
 
     def participant_infos(self) -> list[ParticipantInfo]:
         return participant_infos(self.fleet, self.partitions)
@@ -121,6 +123,14 @@ def check_object_store(config: ExperimentConfig) -> None:
                                                          f"machine's {machine / 2**20:.0f} MiB")
 
 
+def resolve_availability(config: ExperimentConfig, fleet: Fleet) -> Availability:
+    fleet_config = config.fleet
+    if fleet_config.availability_trace is not None and fleet_config.availability != "trace":
+        raise UserInputError("fleet.availability_trace", "a trace is read only with fleet.availability: trace")
+    trace = project_path(fleet_config.availability_trace) if fleet_config.availability_trace else None
+    return make_availability(fleet_config.availability, fleet, config.seed, trace)
+
+
 def prepare(config: ExperimentConfig, data: DataBundle | None = None) -> Prepared:
     check_object_store(config)
     source = fleet_source(config)
@@ -129,6 +139,7 @@ def prepare(config: ExperimentConfig, data: DataBundle | None = None) -> Prepare
         data = load_data(config.data, config.seed)
     check_enough_samples(data, config.data, size)  # before a fleet of millions is built for nothing
     fleet = source.build(config)
+    availability = resolve_availability(config, fleet)
     partitions = partition(data, config.data, len(fleet), config.seed)
     family = build_family(config.model.name, data.shape, config.model.width, config.model.options)
     check_fits_machine(family, config.training)
@@ -143,4 +154,4 @@ def prepare(config: ExperimentConfig, data: DataBundle | None = None) -> Prepare
         raise UserInputError("fleet", f"no participant can train even the narrowest sub-model (needs "
                                       f"{narrowest / 2**20:.1f} MiB, largest memory cap {largest / 2**20:.1f} MiB)")
     global_family = strategy.configure(capacity, participant_infos(fleet, partitions))
-    return Prepared(config, data, fleet, partitions, global_family, strategy, capacity)
+    return Prepared(config, data, fleet, partitions, global_family, strategy, capacity, availability)

@@ -37,6 +37,7 @@ MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 # What `load_checkpoint` reads: each must be in the manifest.
 WEIGHTS, STRATEGY, PARTICIPANTS, STATE = "weights.npz", "strategy.npz", "participants.npz", "state.json"
+ENGINE = "engine.npz"
 
 
 def split_arrays(value: Any, arrays: dict[str, np.ndarray], prefix: str = "a") -> Any:
@@ -72,6 +73,8 @@ class Checkpoint:
     strategy_values: dict[str, Any]
     strategy_arrays: dict[str, np.ndarray]
     participants: dict[int, Any]
+    engine_values: dict[str, Any]
+    engine_arrays: dict[str, np.ndarray]
 
 
 def save_checkpoint(run_dir: str | Path, checkpoint: Checkpoint) -> None:
@@ -84,10 +87,12 @@ def save_checkpoint(run_dir: str | Path, checkpoint: Checkpoint) -> None:
     new.mkdir(parents=True)
     np.savez(new / WEIGHTS, **checkpoint.weights)
     np.savez(new / STRATEGY, **checkpoint.strategy_arrays)
+    np.savez(new / ENGINE, **checkpoint.engine_arrays)
     participant_arrays: dict[str, np.ndarray] = {}
     state = {
         "round": checkpoint.round,
         "strategy": checkpoint.strategy_values,
+        "engine": checkpoint.engine_values,
         "participants": split_arrays({str(k): v for k, v in checkpoint.participants.items()}, participant_arrays),
     }
     np.savez(new / PARTICIPANTS, **participant_arrays)
@@ -211,7 +216,7 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint | None:
     directory = checkpoint_dir(run_dir)
     if directory is None:
         return None
-    manifest = verify_files(directory, required=(WEIGHTS, STRATEGY, PARTICIPANTS, STATE))
+    manifest = verify_files(directory, required=(WEIGHTS, STRATEGY, PARTICIPANTS, ENGINE, STATE))
     files = manifest["files"]
 
     def arrays(name: str) -> dict[str, np.ndarray]:
@@ -231,12 +236,13 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint | None:
     try:
         participants = join_arrays(state["participants"], arrays(PARTICIPANTS))
         by_id = {int(k): v for k, v in participants.items()}
-        strategy_values = state["strategy"]
+        strategy_values, engine_values = state["strategy"], state["engine"]
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise UserInputError(str(directory / STATE), f"malformed checkpoint state ({type(err).__name__}: {err})") \
             from None
     return Checkpoint(round=manifest["round"], weights=weights, strategy_values=strategy_values,
-                      strategy_arrays=arrays(STRATEGY), participants=by_id)
+                      strategy_arrays=arrays(STRATEGY), participants=by_id, engine_values=engine_values,
+                      engine_arrays=arrays(ENGINE))
 
 
 _ROUND_FILE = re.compile(r"round-(\d+)\.parquet")
