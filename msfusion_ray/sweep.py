@@ -28,8 +28,8 @@ from msfusion_ray.data.arrays import DataBundle
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.experiment import Prepared, prepare, project_path
 from msfusion_ray.inputs import load_json
-from msfusion_ray.launch import ProgressDisplay, RunFailed, RunHandle, quiet_ray_crash_handler, interruption,
-                                 stop_signals, write_run_dir
+from msfusion_ray.launch import (ProgressDisplay, RunFailed, RunHandle, interruption, quiet_ray_crash_handler,
+                                 stop_signals, write_run_dir)
 from msfusion_ray.schema import build, checked, load_yaml, positive, set_dotted
 
 # The cells share one cluster, so the keys that configure the cluster belong in the base config, not in the grid.

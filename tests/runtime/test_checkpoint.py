@@ -38,7 +38,8 @@ def _checkpoint(prepared, round_idx=ROUNDS_DONE, **changes) -> Checkpoint:
     participants = {p.id: {"clock_s": 1.5 * p.id, "state": {"previous": np.arange(3.0)}}
                     for p in prepared.fleet.participants}
     fields = dict(round=round_idx, weights=weights, strategy_values={}, strategy_arrays={},
-                  participants=participants)
+                  participants=participants, engine_values={"tasks_issued": 6, "consumed": {}},
+                  engine_arrays={"clock": np.zeros(2)})
     fields.update(changes)
     return Checkpoint(**fields)
 
@@ -77,7 +78,7 @@ def _refused(capsys, run_dir: Path, expect: str, *extra: str) -> str:
 def test_a_checkpoint_holds_a_manifest_of_every_file(run_dir, prepared):
     manifest = json.loads((run_dir / "checkpoint" / MANIFEST).read_text())
     assert manifest["round"] == ROUNDS_DONE
-    assert set(manifest["files"]) == {"weights.npz", "strategy.npz", "participants.npz", "state.json"}
+    assert set(manifest["files"]) == {"weights.npz", "strategy.npz", "participants.npz", "engine.npz", "state.json"}
     weights = manifest["files"]["weights.npz"]
     assert weights["bytes"] == (run_dir / "checkpoint" / "weights.npz").stat().st_size and len(weights["sha256"]) == 64
     expected = to_weights(prepared.family.build())
@@ -114,7 +115,7 @@ def test_a_hand_edited_state_file_is_named(run_dir, capsys):
     _refused(capsys, run_dir, "checkpoint/state.json: damaged")
 
 
-@pytest.mark.parametrize("name", ["state.json", "participants.npz", "weights.npz", MANIFEST])
+@pytest.mark.parametrize("name", ["state.json", "participants.npz", "weights.npz", "engine.npz", MANIFEST])
 def test_a_missing_file_is_named(run_dir, capsys, name):
     (run_dir / "checkpoint" / name).unlink()
     _refused(capsys, run_dir, f"checkpoint/{name}: ")
