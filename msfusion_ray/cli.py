@@ -13,8 +13,8 @@ from typing import Sequence
 
 from msfusion_ray.config import config_from_dict, load_config
 from msfusion_ray.errors import ClusterStartError, UserInputError
-from msfusion_ray.launch import (RUN_LOG, RunFailed, check_output_dir, execute, interruption, new_run_dir,
-                                 write_atomic)
+from msfusion_ray.failures import RUN_LOG
+from msfusion_ray.launch import RunFailed, check_output_dir, execute, interruption, new_run_dir, write_atomic
 from msfusion_ray.schema import load_yaml
 
 EXIT_BAD_INPUT = 2

@@ -112,6 +112,8 @@ class RuntimeConfig:
     dashboard: bool = False
     object_store_mib: int = checked(1024, check=positive)
     device_resources: bool = False  # on a real cluster: place participants on nodes with resource device:<name>
+    max_host_restarts: int = checked(3, check=non_negative)  # host actors replaced after their process died, per run
+    max_driver_restarts: int = checked(2, check=non_negative)  # driver actors restarted from the last checkpoint
 
 
 @dataclass(frozen=True)

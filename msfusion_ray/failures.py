@@ -7,7 +7,11 @@ traceback); the user gets one line from `describe_failure`, and the full text go
 
 from __future__ import annotations
 
+import logging
 import re
+from pathlib import Path
+
+RUN_LOG = "run.log"
 
 _PID = re.compile(r"\bpid: (\d+)")
 _MODULE_PATH = re.compile(r"^(?:\w+\.)+(?=\w+:)")
@@ -34,8 +38,8 @@ def likely_cause(text: str) -> str:
         return "killed on purpose (ray.kill)"
     if "node" in lowered and ("died" in lowered or "dead" in lowered) and "raylet" in lowered:
         return "its node died"
-    if "sigsegv" in lowered and "potential root causes" not in lowered:
-        return "it crashed (SIGSEGV)"
+    if "unexpectedly exits" in lowered or "end of file" in lowered:
+        return "it ended without a word: killed (SIGKILL, the kernel's OOM killer) or crashed"
     detail = _EXIT_DETAIL.search(text)
     if detail:
         return f"Ray says: {detail.group(1).strip()}"
@@ -67,3 +71,12 @@ def describe_failure(err: BaseException, subject: str) -> str:
     if isinstance(err, ObjectLostError):
         return f"data of {subject} was lost from the object store ({first_line(err)})"
     return f"{subject}: {type(err).__name__}: {first_line(err) or '(no message)'}"
+
+
+def open_run_log(run_dir: Path) -> logging.Handler:
+    """A handler appending to the run's log (runs/<id>/run.log): its warnings and errors, in full. The CLI process
+    and the driver actor (on the same node) both append to it."""
+    handler = logging.FileHandler(Path(run_dir) / RUN_LOG, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    return handler

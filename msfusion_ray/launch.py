@@ -23,9 +23,8 @@ from typing import Any, Iterator
 
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.experiment import Prepared
-from msfusion_ray.failures import describe_failure
+from msfusion_ray.failures import describe_failure, open_run_log
 
-RUN_LOG = "run.log"
 SUMMARY = "summary.json"
 log = logging.getLogger(__name__)
 
@@ -76,14 +75,6 @@ def write_summary_status(run_dir: Path, status: str, reason: str, base: dict[str
         summary = {**(base or {}), "rounds_completed": 0, "history": []}
     summary.update(status=status, reason=reason)
     write_atomic(path, json.dumps(summary, indent=2))
-
-
-def open_run_log(run_dir: Path) -> logging.Handler:
-    """A handler appending to the run's log (runs/<id>/run.log): its warnings and errors, in full."""
-    handler = logging.FileHandler(run_dir / RUN_LOG, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.setLevel(logging.INFO)
-    return handler
 
 
 @contextlib.contextmanager
@@ -278,6 +269,15 @@ class RunHandle:
             self._asked = self.driver.progress.remote()
         return self.progress
 
+    def last_progress(self) -> dict[str, Any]:
+        """The driver's progress now (after its run ended: that of the last round)."""
+        import ray
+        from ray.exceptions import RayError
+
+        with contextlib.suppress(RayError):
+            self.progress = ray.get(self.driver.progress.remote(), timeout=30)
+        return self.progress
+
     def result(self) -> dict[str, Any]:
         """The run's summary once `finished` is ready. Otherwise the failure in one line: `UserInputError` if the
         driver refused its input (a checkpoint it cannot trust), else `RunFailed`; the full text goes to run.log and
@@ -335,7 +335,7 @@ def watch(handle: RunHandle, show_progress: bool) -> dict[str, Any]:
             progress.update(state.get("round", progress.last), round_postfix(state))
             if done:
                 summary = handle.result()
-                progress.update(summary.get("rounds_completed", progress.last), round_postfix(state))
+                progress.update(summary.get("rounds_completed", progress.last), round_postfix(handle.last_progress()))
                 return summary
     except KeyboardInterrupt as err:
         stop = interruption(err)

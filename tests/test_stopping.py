@@ -147,7 +147,9 @@ def test_ray_failure_texts_become_one_line_with_the_likely_cause():
                                                "the node ran low on memory)")
     assert "\n" not in describe_failure(OutOfMemoryError("a\nb"), "the driver actor")
     assert likely_cause("Worker exit detail: Worker unexpectedly exits with a connection error code 2. End of "
-                        "file.") == "Ray says: Worker unexpectedly exits with a connection error code 2"
+                        "file.") == "it ended without a word: killed (SIGKILL, the kernel's OOM killer) or crashed"
+    assert likely_cause("Worker exit type: SYSTEM_ERROR Worker exit detail: The leased worker has unrecoverable "
+                        "failure. x") == "Ray says: The leased worker has unrecoverable failure"
 
 
 @pytest.mark.parametrize("exit_code", [0, 1])

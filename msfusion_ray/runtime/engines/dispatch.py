@@ -9,10 +9,12 @@ from typing import Callable, Hashable, Iterable, Mapping
 
 import numpy as np
 import ray
-from ray.exceptions import RayError
+from ray.exceptions import RayActorError, RayError
 
+from msfusion_ray.failures import describe_failure
 from msfusion_ray.models.weights import Weights
 from msfusion_ray.records import ParticipantRoundRow
+from msfusion_ray.runtime.hosts import HostPool
 from msfusion_ray.strategies.base import Strategy, WorkOrder
 
 # Tasks queued at each host at once: one training while the next waits, so a host never idles on the driver.
@@ -121,6 +123,16 @@ class Dispatcher:
         now = self._clock()
         return [host for host, sent in self._sent.items() if sent and now - self._busy_since[host] > limit_s]
 
+    def drop_host(self, host: int) -> list[tuple[ray.ObjectRef, WorkOrder]]:
+        """Take out of flight the tasks sent to a host whose process died; those queued for it stay queued."""
+        self._busy_since.pop(host, None)
+        return [(ref, self.in_flight.pop(ref)) for ref in self._sent.pop(host, ())]
+
+    def refill(self, host: int) -> None:
+        """Send a (replaced) host the tasks queued for it, `depth` at a time as usual."""
+        while len(self._sent.get(host, ())) < self._depth and self._queues.get(host):
+            self._send(host)
+
     def abandon_host(self, host: int) -> list[WorkOrder]:
         """Give up on a host that stopped answering: its in-flight tasks and those queued for it."""
         tasks = [self.in_flight.pop(ref) for ref in self._sent.pop(host, ())]
@@ -147,3 +159,38 @@ def fetch_result(ref: ray.ObjectRef, fail: Callable[[str], ParticipantRoundRow],
         return ray.get(ref, timeout=timeout_s)
     except RayError as err:
         return fail(f"host failed: {type(err).__name__}: {str(err).splitlines()[0]}"), None, {}
+
+
+def take_result(ref: ray.ObjectRef, dispatch: Dispatcher, hosts: HostPool, state_from: Callable[[int], int],
+                fail: Callable[[WorkOrder, str], ParticipantRoundRow],
+                timeout_s: float) -> list[tuple[WorkOrder, Result]]:
+    """The outcome of a finished ref, and of every task lost with it: a host whose process died costs the tasks it
+    had in flight (`error` rows saying which host, that its process died and the likely cause), is replaced with
+    its participants' memory restored (`HostPool.replace`), and gets the tasks queued for it."""
+    task = dispatch.in_flight[ref]
+    host = dispatch.host_of(task)
+    try:
+        result = ray.get(ref, timeout=timeout_s)
+    except RayActorError as err:
+        cause = describe_failure(err, f"host {host}")
+        outcomes = [(lost, _finished_or_failed(lost_ref, lost, fail, cause))
+                    for lost_ref, lost in dispatch.drop_host(host)]
+        hosts.replace(host, cause, {pid: state_from(pid) for pid in hosts.members(host)}, str(err))
+        dispatch.refill(host)
+        return outcomes
+    except RayError as err:
+        result = fail(task, describe_failure(err, f"host {host}")), None, {}
+    dispatch.complete(ref)
+    return [(task, result)]
+
+
+def _finished_or_failed(ref: ray.ObjectRef, task: WorkOrder, fail: Callable[[WorkOrder, str], ParticipantRoundRow],
+                        cause: str) -> Result:
+    """A task of a host that died: its result if it was done before (results outlive the process), else `error`."""
+    ready, _ = ray.wait([ref], timeout=0)
+    if ready:
+        try:
+            return ray.get(ref, timeout=0)
+        except RayError:
+            pass
+    return fail(task, cause), None, {}
