@@ -11,11 +11,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from msfusion_ray.config import config_from_dict, load_config
+from msfusion_ray.config import load_config
 from msfusion_ray.errors import ClusterStartError, UserInputError
 from msfusion_ray.failures import RUN_LOG
-from msfusion_ray.launch import RunFailed, check_output_dir, execute, interruption, new_run_dir, write_atomic
-from msfusion_ray.schema import load_yaml
+from msfusion_ray.launch import RunFailed, check_output_dir, execute, interruption, open_run
 
 EXIT_BAD_INPUT = 2
 
@@ -129,29 +128,12 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from msfusion_ray.experiment import prepare
-    from msfusion_ray.runtime.checkpoint import check_resume
-
     if args.resume:
-        run_dir = Path(args.resume)
-        _check_run_dir(run_dir)
-        config = config_from_dict(load_yaml(run_dir / "config.yaml"), _overrides(args), where=str(run_dir))
-        check_output_dir(run_dir, str(run_dir))
-        run_id = run_dir.name
+        prepared, run_dir, run_id = open_run(None, args.resume, _overrides(args), address=args.address)
     elif args.config:
-        config = load_config(args.config, _overrides(args))
-        check_output_dir(config.output_dir, "output_dir")
+        prepared, run_dir, run_id = open_run(load_config(args.config, _overrides(args)), address=args.address)
     else:
         raise UserInputError("run", "give a CONFIG or --resume RUN_DIR")
-    if args.address:
-        config = config_from_dict(config.to_dict(), [f"runtime.address={args.address}"])
-    prepared = prepare(config)  # every check happens before anything is written
-    if args.resume:
-        check_resume(run_dir, prepared)  # the checkpoint against the records and the config, before any change
-        if _overrides(args):
-            write_atomic(run_dir / "config.yaml", config.to_yaml())  # e.g. more rounds for the resumed run
-    else:
-        run_dir, run_id = new_run_dir(prepared)
     resume_hint = f"continue with: python -m msfusion_ray run --resume {run_dir}"
     try:
         summary = execute(prepared, run_dir, run_id, resume=bool(args.resume))

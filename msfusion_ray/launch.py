@@ -9,6 +9,7 @@ and SIGTERM stop a run cleanly: the driver actor is stopped, the summary written
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -19,11 +20,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
+from msfusion_ray.config import ExperimentConfig, config_from_dict
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.experiment import Prepared
 from msfusion_ray.failures import describe_failure, open_run_log
+from msfusion_ray.schema import load_yaml
 
 SUMMARY = "summary.json"
 log = logging.getLogger(__name__)
@@ -33,6 +36,10 @@ class RunFailed(Exception):
     """The run started but did not finish; its records so far stay in the run directory."""
 
 
+class DriverDied(RunFailed):
+    """The driver actor's process died (it raised nothing): the run can go on from its last checkpoint."""
+
+
 class RunInterrupted(KeyboardInterrupt):
     """The run was stopped from outside (Ctrl-C, SIGTERM); its checkpoint and records stay."""
 
@@ -40,6 +47,7 @@ class RunInterrupted(KeyboardInterrupt):
         super().__init__(reason)
         self.reason = reason
         self.exit_code = exit_code
+        self.recorded = False  # whether the summary says so already
 
 
 def check_output_dir(path: str | Path, where: str) -> None:
@@ -247,7 +255,6 @@ class RunHandle:
         self.log.addHandler(self.log_handler)
         self.log.info("%s %s: %d rounds, %d participants", "resuming" if resume else "starting", run_id,
                       self.rounds, len(prepared.fleet))
-        self.ended = False
         if data_ref is None:
             data_ref = ray.put(prepared.data)
         self.driver = start_driver(prepared.config, data_ref, run_dir, run_id, resume)
@@ -280,10 +287,11 @@ class RunHandle:
 
     def result(self) -> dict[str, Any]:
         """The run's summary once `finished` is ready. Otherwise the failure in one line: `UserInputError` if the
-        driver refused its input (a checkpoint it cannot trust), else `RunFailed`; the full text goes to run.log and
-        the summary says `failed` and why."""
+        driver refused its input (a checkpoint it cannot trust), `DriverDied` if its process died (the run can
+        go on from its checkpoint), else `RunFailed`, the summary then saying `failed` and why; the full text goes
+        to run.log."""
         import ray
-        from ray.exceptions import RayError, RayTaskError
+        from ray.exceptions import RayActorError, RayError, RayTaskError
 
         try:
             summary = ray.get(self.finished, timeout=60)
@@ -293,6 +301,9 @@ class RunHandle:
                 self.fail(f"{cause.where}: {cause.message}", err)
                 raise UserInputError(cause.where, cause.message) from None
             reason = describe_failure(err, "the driver actor")
+            if isinstance(err, RayActorError) and not err.actor_init_failed:
+                self.log.error("driver died: %s\n%s", reason, err)
+                raise DriverDied(reason) from None
             self.fail(reason, err)
             raise RunFailed(reason) from None
         self.log.info("complete: %s rounds", summary.get("rounds_completed"))
@@ -323,16 +334,15 @@ class RunHandle:
             self.log_handler.close()
 
 
-def watch(handle: RunHandle, show_progress: bool) -> dict[str, Any]:
+def watch(handle: RunHandle, progress: ProgressDisplay) -> dict[str, Any]:
     """Show a run's progress until it ends; its summary, or its failure (see `RunHandle.result`)."""
     import ray
 
-    progress = ProgressDisplay(handle.rounds, "round", show_progress, label="round ")
     try:
         while True:
             done, _ = ray.wait([handle.finished], timeout=0.5)
             state = handle.poll_progress()
-            progress.update(state.get("round", progress.last), round_postfix(state))
+            progress.update(max(state.get("round", 0), progress.last), round_postfix(state))
             if done:
                 summary = handle.result()
                 progress.update(summary.get("rounds_completed", progress.last), round_postfix(handle.last_progress()))
@@ -340,17 +350,47 @@ def watch(handle: RunHandle, show_progress: bool) -> dict[str, Any]:
     except KeyboardInterrupt as err:
         stop = interruption(err)
         handle.interrupt(stop.reason)
+        stop.recorded = True
         raise stop from None
     finally:
-        progress.close()
         handle.stop()
+
+
+def run_with_restarts(prepared: Prepared, run_dir: Path, run_id: str, resume: bool, show_progress: bool,
+                      handler: logging.Handler) -> dict[str, Any]:
+    """Run, and start the driver again from the last checkpoint if its process dies (killed, crashed, its node
+    lost), up to runtime.max_driver_restarts times; then the run fails in one line. The checkpoint is checked
+    against the records and the config before each restart, as for `run --resume`."""
+    from msfusion_ray.runtime.checkpoint import check_resume
+
+    budget = prepared.config.runtime.max_driver_restarts
+    progress = ProgressDisplay(prepared.config.rounds, "round", show_progress, label="round ")
+    try:
+        for restart in itertools.count():
+            handle = RunHandle(prepared, run_dir, run_id, resume or restart > 0, log_handler=handler)
+            try:
+                return watch(handle, progress)
+            except DriverDied as died:
+                if restart >= budget:
+                    reason = f"{died}; restarted {restart} times (runtime.max_driver_restarts={budget})"
+                    write_summary_status(run_dir, "failed", reason, handle.base_summary)
+                    raise RunFailed(reason) from None
+                checkpoint = check_resume(run_dir, prepared)
+                where = f"the checkpoint of round {checkpoint.round}" if checkpoint is not None else "the start"
+                note = f"{died}; starting it again from {where} (restart {restart + 1} of {budget})"
+                log.warning(note)
+                progress.note(note)
+        raise AssertionError("unreachable")
+    finally:
+        progress.close()
 
 
 def execute(prepared: Prepared, run_dir: Path, run_id: str, resume: bool = False,
             show_progress: bool = True) -> dict[str, Any]:
-    """Run a prepared experiment on the configured Ray cluster; returns the run's summary. A run that fails
-    raises `RunFailed` (one line; the full text in run.log), one stopped by Ctrl-C or SIGTERM KeyboardInterrupt
-    (`RunInterrupted` for SIGTERM), after its summary says so."""
+    """Run a prepared experiment on the configured Ray cluster; returns the run's summary. A driver whose process
+    dies is started again from the last checkpoint (`run_with_restarts`). A run that fails raises `RunFailed` (one
+    line; the full text in run.log), one stopped by Ctrl-C or SIGTERM `RunInterrupted`, after its summary says
+    so."""
     from ray.exceptions import RayError
 
     from msfusion_ray.runtime.cluster import ray_cluster
@@ -358,19 +398,17 @@ def execute(prepared: Prepared, run_dir: Path, run_id: str, resume: bool = False
     config = prepared.config
     base = {"run_id": run_id, "name": config.name, "strategy": prepared.strategy.name, "rounds": config.rounds}
     handler = open_run_log(run_dir)
-    handle = None
     quiet_ray_crash_handler()
     try:
         with logging_to(handler):
             try:
                 with ray_cluster(config.runtime), stop_signals():
-                    handle = RunHandle(prepared, run_dir, run_id, resume, log_handler=handler)
-                    return watch(handle, show_progress)
+                    return run_with_restarts(prepared, run_dir, run_id, resume, show_progress, handler)
             except (KeyboardInterrupt, SystemExit) as err:
                 stop = interruption(err)
                 if stop is None:
                     raise
-                if handle is None:  # stopped while the cluster or the driver started (`watch` records the rest)
+                if not stop.recorded:  # stopped while the cluster or a driver started (`watch` records the rest)
                     log.warning("run interrupted: %s", stop.reason)
                     write_summary_status(run_dir, "interrupted", stop.reason, base)
                 raise stop from None
@@ -381,3 +419,31 @@ def execute(prepared: Prepared, run_dir: Path, run_id: str, resume: bool = False
                 raise RunFailed(reason) from None
     finally:
         handler.close()
+
+
+def open_run(config: ExperimentConfig | None, resume: str | Path | None = None, overrides: Sequence[str] = (),
+             address: str | None = None) -> tuple[Prepared, Path, str]:
+    """Everything before a run starts, for the CLI and `msfusion_ray.run`: the config (`config`, or the one
+    recorded in the run directory `resume`, with `overrides`), the output directory writable, the experiment
+    prepared, and for a resumed run its checkpoint checked against its records and config; only then is anything
+    written (a new run directory, or the resumed run's changed config)."""
+    from msfusion_ray.experiment import prepare
+    from msfusion_ray.runtime.checkpoint import check_resume
+
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise UserInputError(str(run_dir), "not a run directory (no config.yaml)")
+        config = config_from_dict(load_yaml(run_dir / "config.yaml"), overrides, where=str(run_dir))
+        check_output_dir(run_dir, str(run_dir))
+    else:
+        check_output_dir(config.output_dir, "output_dir")
+    if address:
+        config = config_from_dict(config.to_dict(), [f"runtime.address={address}"])
+    prepared = prepare(config)  # every check happens before anything is written
+    if resume is None:
+        return (prepared, *new_run_dir(prepared))
+    check_resume(run_dir, prepared)  # the checkpoint against the records and the config, before any change
+    if overrides:
+        write_atomic(run_dir / "config.yaml", config.to_yaml())  # e.g. more rounds for the resumed run
+    return prepared, run_dir, run_dir.name
