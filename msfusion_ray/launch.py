@@ -37,7 +37,8 @@ class RunFailed(Exception):
 
 
 class DriverDied(RunFailed):
-    """The driver actor's process died (it raised nothing): the run can go on from its last checkpoint."""
+    """The driver actor's process died (killed, crashed, stopped by Ray's memory monitor, its node lost; it raised
+    nothing): the run can go on from its last checkpoint."""
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -291,7 +292,7 @@ class RunHandle:
         go on from its checkpoint), else `RunFailed`, the summary then saying `failed` and why; the full text goes
         to run.log."""
         import ray
-        from ray.exceptions import RayActorError, RayError, RayTaskError
+        from ray.exceptions import OutOfMemoryError, RayActorError, RayError, RayTaskError
 
         try:
             summary = ray.get(self.finished, timeout=60)
@@ -301,7 +302,7 @@ class RunHandle:
                 self.fail(f"{cause.where}: {cause.message}", err)
                 raise UserInputError(cause.where, cause.message) from None
             reason = describe_failure(err, "the driver actor")
-            if isinstance(err, RayActorError) and not err.actor_init_failed:
+            if isinstance(err, OutOfMemoryError) or isinstance(err, RayActorError) and not err.actor_init_failed:
                 self.log.error("driver died: %s\n%s", reason, err)
                 raise DriverDied(reason) from None
             self.fail(reason, err)

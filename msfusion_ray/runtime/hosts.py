@@ -12,7 +12,7 @@ import logging
 from typing import Callable
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import OutOfMemoryError, RayActorError
 
 from msfusion_ray.config import RuntimeConfig
 from msfusion_ray.experiment import Prepared
@@ -112,7 +112,7 @@ class HostPool:
         for host, ref in enumerate(refs):
             try:
                 states.update(ray.get(ref, timeout=timeout_s))
-            except RayActorError as err:
+            except (RayActorError, OutOfMemoryError) as err:
                 self.replace(host, describe_failure(err, f"host {host}"), tasks, str(err))
                 states.update(ray.get(self.actors[host].export_state.remote(tasks), timeout=timeout_s))
         return states

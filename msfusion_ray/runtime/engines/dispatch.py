@@ -9,7 +9,7 @@ from typing import Callable, Hashable, Iterable, Mapping
 
 import numpy as np
 import ray
-from ray.exceptions import RayActorError, RayError
+from ray.exceptions import OutOfMemoryError, RayActorError, RayError
 
 from msfusion_ray.failures import describe_failure
 from msfusion_ray.models.weights import Weights
@@ -171,7 +171,7 @@ def take_result(ref: ray.ObjectRef, dispatch: Dispatcher, hosts: HostPool, state
     host = dispatch.host_of(task)
     try:
         result = ray.get(ref, timeout=timeout_s)
-    except RayActorError as err:
+    except (RayActorError, OutOfMemoryError) as err:  # its process died (the memory monitor stops the process too)
         cause = describe_failure(err, f"host {host}")
         outcomes = [(lost, _finished_or_failed(lost_ref, lost, fail, cause))
                     for lost_ref, lost in dispatch.drop_host(host)]
