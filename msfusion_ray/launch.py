@@ -88,22 +88,32 @@ def write_summary_status(run_dir: Path, status: str, reason: str, base: dict[str
 
 @contextlib.contextmanager
 def logging_to(handler: logging.Handler) -> Iterator[None]:
-    """While a run goes on in this process: the tool's log, Python's warnings and Ray's own log lines go to the
-    run's log, not the terminal (Ray's lines are its start-up notes and failure texts)."""
-    import ray  # noqa: F401  (Ray sets up its logger when imported; it is replaced below, then restored)
+    """While a run goes on in this process: the tool's log, Python's warnings and Ray's own lines go to the run's
+    log, not the terminal. Ray's lines are its start-up notes, and the failure texts its raylet pushes to the
+    process that started the cluster ("A worker died or was killed ...", printed from a thread of Ray's own)."""
+    import ray._private.worker as ray_worker  # Ray sets up its logger when imported; it is replaced, then restored
 
     ours, ray_logger, warnings_logger = logging.getLogger("msfusion_ray"), logging.getLogger("ray"), \
         logging.getLogger("py.warnings")
-    saved_ray = ray_logger.handlers[:]
+    saved_ray, saved_print = ray_logger.handlers[:], getattr(ray_worker, "print_to_stdstream", None)
     saved_level = ours.level
     ours.setLevel(logging.INFO)
     ours.addHandler(handler)
     warnings_logger.addHandler(handler)
     ray_logger.handlers = [handler]
     logging.captureWarnings(True)
+
+    def to_run_log(data: dict[str, Any], ignore_prefix: bool = False) -> None:
+        for line in data.get("lines", ()):
+            ray_logger.warning("(%s) %s", data.get("pid", "ray"), line)
+
+    if saved_print is not None:
+        ray_worker.print_to_stdstream = to_run_log
     try:
         yield
     finally:
+        if saved_print is not None:
+            ray_worker.print_to_stdstream = saved_print
         logging.captureWarnings(False)
         ray_logger.handlers = saved_ray
         warnings_logger.removeHandler(handler)

@@ -62,9 +62,10 @@ def test_sigterm_stops_a_run_cleanly_and_it_resumes(tmp_path, small_config_dict,
     children = psutil.Process(process.pid).children(recursive=True)  # the embedded cluster and its workers
     assert children
     process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=180)
+    out, err = process.communicate(timeout=180)
     assert process.returncode == 128 + signal.SIGTERM
     lines = [line for line in err.splitlines() if not line.startswith("round ")]  # the progress lines
+    assert not out.strip(), out  # nothing of Ray on stdout either
     assert lines == [f"run stopped by SIGTERM; records so far: {run_dir} (continue with: python -m msfusion_ray "
                      f"run --resume {run_dir})"], err
     _, alive = psutil.wait_procs(children, timeout=60)

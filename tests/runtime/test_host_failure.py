@@ -82,7 +82,10 @@ def test_a_host_killed_mid_round_costs_its_tasks_and_the_run_goes_on(ray_session
     assert (after["status"] == "ok").all() and len(after) == len(members)  # back to training in the next round
     others = rows[(rows["round"] == 2) & ~rows["participant"].isin(members)]
     assert (others["status"] == "ok").all()  # the other host's work was not lost
-    assert f"host {host} replaced" in (run_dir / "run.log").read_text()
+    log = (run_dir / "run.log").read_text()
+    assert f"host {host} replaced" in log and "(raylet) A worker died" in log  # Ray's own text, kept there
+    shown = capsys.readouterr()
+    assert "A worker died" not in shown.out + shown.err  # and not on the terminal
     assert pd.read_parquet(run_dir / "records" / "rounds" / "round-000002.parquet")["participants_failed"][0] == len(lost)
 
 
