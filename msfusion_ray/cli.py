@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from msfusion_ray.config import config_from_dict, load_config
+from msfusion_ray.config import load_config
 from msfusion_ray.errors import ClusterStartError, UserInputError
-from msfusion_ray.launch import RunFailed, execute, new_run_dir
-from msfusion_ray.schema import load_yaml
+from msfusion_ray.failures import RUN_LOG
+from msfusion_ray.launch import RunFailed, check_output_dir, execute, interruption, open_run
 
 EXIT_BAD_INPUT = 2
 
@@ -90,9 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ClusterStartError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        stop = interruption(err)
+        print(stop.reason, file=sys.stderr)
+        return stop.exit_code
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -149,31 +150,23 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from msfusion_ray.experiment import prepare
-
     if args.resume:
-        run_dir = Path(args.resume)
-        _check_run_dir(run_dir)
-        config = config_from_dict(load_yaml(run_dir / "config.yaml"), _overrides(args), where=str(run_dir))
-        run_id = run_dir.name
+        prepared, run_dir, run_id = open_run(None, args.resume, _overrides(args), address=args.address)
     elif args.config:
-        config = load_config(args.config, _overrides(args))
+        prepared, run_dir, run_id = open_run(load_config(args.config, _overrides(args)), address=args.address)
     else:
         raise UserInputError("run", "give a CONFIG or --resume RUN_DIR")
-    if args.address:
-        config = config_from_dict(config.to_dict(), [f"runtime.address={args.address}"])
-    prepared = prepare(config)  # every check happens before anything is written
-    if not args.resume:
-        run_dir, run_id = new_run_dir(prepared)
-    elif _overrides(args):
-        (run_dir / "config.yaml").write_text(config.to_yaml())  # e.g. more rounds for the resumed run
+    resume_hint = f"continue with: python -m msfusion_ray run --resume {run_dir}"
     try:
         summary = execute(prepared, run_dir, run_id, resume=bool(args.resume))
     except RunFailed as err:
-        print(f"error: run failed: {err}", file=sys.stderr)
-        print(f"records so far: {run_dir} (continue with: python -m msfusion_ray run --resume {run_dir})",
-              file=sys.stderr)
+        print(f"error: run failed: {err} (full text: {run_dir / RUN_LOG})", file=sys.stderr)
+        print(resume_hint, file=sys.stderr)
         return 1
+    except KeyboardInterrupt as err:
+        stop = interruption(err)
+        print(f"run {stop.reason}; records so far: {run_dir} ({resume_hint})", file=sys.stderr)
+        return stop.exit_code
     print(f"run {run_id}: {summary['rounds_completed']} rounds, final accuracy {summary['final_accuracy']}, "
           f"best {summary['best_accuracy']}, {summary['wall_s']:.1f} s")
     print(f"records: {run_dir}")
@@ -204,6 +197,7 @@ def _sweep(args: argparse.Namespace) -> int:
         sweeps.check_directory(plan)
     else:
         raise UserInputError("sweep", "give a CONFIG or --resume SWEEP_DIR")
+    check_output_dir(plan.directory, f"{plan.source}: output_dir")
     todo = sweeps.SweepStatus.load_or_new(plan).to_run(args.retry_failed)
     prepared = sweeps.prepare_cells(plan, todo, sweeps.DataCache())  # every check before anything is written
     status = sweeps.create_directory(plan)

@@ -8,6 +8,7 @@ where those registries are at hand.
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -15,8 +16,25 @@ from typing import Any, Literal
 import yaml
 
 from msfusion_ray.errors import UserInputError
+from msfusion_ray.inputs import parse_yaml
 from msfusion_ray.schema import (build, checked, fraction, load_yaml, non_negative, positive, set_dotted,
                                  to_dict)
+
+# Seeds go to numpy's generators and torch's; numpy's legacy seeding takes 0 .. 2**32 - 1.
+SEED_LIMIT = 2**32
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def safe_name(value: str) -> str | None:
+    """A name that becomes a directory name: letters, digits, '.', '_', '-' (no '/', no '..', no spaces)."""
+    if _SAFE_NAME.fullmatch(value) and ".." not in value:
+        return None
+    return (f"must be 1 to 100 letters, digits, '.', '_' or '-', starting with a letter or digit and without "
+            f"'..' (got {value!r})")
+
+
+def seed_range(value: int) -> str | None:
+    return None if 0 <= value < SEED_LIMIT else f"must be in [0, {SEED_LIMIT - 1}] (got {value})"
 
 
 @dataclass(frozen=True)
@@ -100,14 +118,16 @@ class RuntimeConfig:
     device_resources: bool = False  # on a real cluster: place participants on nodes with resource device:<name>
     device: Literal["auto", "cpu", "cuda"] = "auto"  # where hosts train (auto: cuda when the cluster has GPUs)
     gpus_per_host: float | None = checked(None, check=fraction)  # GPU each host asks for (default: an even share)
+    max_host_restarts: int = checked(3, check=non_negative)  # host actors replaced after their process died, per run
+    max_driver_restarts: int = checked(2, check=non_negative)  # driver actors restarted from the last checkpoint
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    name: str
+    name: str = checked(check=safe_name)  # the run directory is output_dir/<name>-<time>-<tag>
     rounds: int = checked(check=positive)  # steps: synchronous rounds, aggregations, or pipeline epochs
     time_budget_s: float | None = checked(None, check=positive)  # ... or stop once this much virtual time has passed
-    seed: int = 0
+    seed: int = checked(0, check=seed_range)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
@@ -129,10 +149,14 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise UserInputError(f"--set {text}", "expected key=value")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw else ""
-    except yaml.YAMLError:
-        raise UserInputError(f"--set {key}", f"cannot parse value {raw!r}") from None
+        value = parse_yaml(raw, f"--set {key}") if raw else ""
+    except UserInputError as err:
+        raise UserInputError(f"--set {key}", f"cannot parse value {_shortened(raw)!r}: {err.message}") from None
     return key.strip(), value
+
+
+def _shortened(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def config_from_dict(data: dict[str, Any], overrides: list[str] = (), where: str = "") -> ExperimentConfig:

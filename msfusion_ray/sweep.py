@@ -22,12 +22,14 @@ from typing import Any, Iterable
 
 import yaml
 
-from msfusion_ray.config import ExperimentConfig, config_from_dict, parse_override
+from msfusion_ray.config import ExperimentConfig, config_from_dict, parse_override, safe_name
 from msfusion_ray.data import load_data
 from msfusion_ray.data.arrays import DataBundle
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.experiment import Prepared, prepare, project_path
-from msfusion_ray.launch import ProgressDisplay, RunFailed, RunHandle, write_run_dir
+from msfusion_ray.inputs import load_json
+from msfusion_ray.launch import (ProgressDisplay, RunFailed, RunHandle, interruption, quiet_ray_crash_handler,
+                                 stop_signals, write_run_dir)
 from msfusion_ray.schema import build, checked, load_yaml, positive, set_dotted
 
 # The cells share one cluster, so the keys that configure the cluster belong in the base config, not in the grid.
@@ -41,7 +43,7 @@ SWEEP_FILE = "sweep.yaml"
 
 @dataclass(frozen=True)
 class SweepConfig:
-    name: str
+    name: str = checked(check=safe_name)  # the sweep directory is output_dir/<name>
     base: dict[str, Any] | str  # an experiment config, inline or the path of its YAML file
     grid: dict[str, list[Any]] = field(default_factory=dict)  # dotted key -> its values; cells: their product
     # Hand-picked combinations (dotted key -> value), each crossed with the grid: for cells that differ in several
@@ -177,7 +179,9 @@ class SweepStatus:
     @classmethod
     def load_or_new(cls, plan: SweepPlan) -> "SweepStatus":
         path = plan.directory / STATUS_FILE
-        known = json.loads(path.read_text())["cells"] if path.is_file() else {}
+        known = load_json(path).get("cells", {}) if path.is_file() else {}
+        if not isinstance(known, dict) or not all(isinstance(cell, dict) for cell in known.values()):
+            raise UserInputError(str(path), "'cells' must map each cell to its status")
         cells = {c.id: known.get(c.id) or {"values": c.values, "status": "pending", "error": None,
                                             "run_dir": f"cells/{c.id}"} for c in plan.cells}
         return cls(plan.directory, cells)
@@ -238,12 +242,17 @@ class DataCache:
 
 def prepare_cells(plan: SweepPlan, cell_ids: Iterable[str], cache: DataCache) -> dict[str, Prepared]:
     """Validate every cell that will run; the first bad one ends the sweep before anything is written."""
+    from msfusion_ray.runtime.checkpoint import check_resume
+
     by_id = {c.id: c for c in plan.cells}
     prepared = {}
     for cell_id in cell_ids:
         cell = by_id[cell_id]
         try:
             prepared[cell_id] = prepare(cell.config, data=cache.get(cell.config))
+            run_dir = plan.directory / "cells" / cell_id
+            if (run_dir / "config.yaml").is_file():  # the cell continues: its checkpoint must hold up
+                check_resume(run_dir, prepared[cell_id])
         except UserInputError as err:
             raise UserInputError(f"{plan.source}: cell {cell_id}: {err.where}", err.message) from None
     return prepared
@@ -328,8 +337,13 @@ class SweepRunner:
                     if users[key] == 0:
                         self.data_refs.pop(key, None)  # no cell left needs this data set in the object store
                 self._show()
+        except KeyboardInterrupt as err:  # these stay "running" in status.json and continue next time
+            stop = interruption(err)
+            for running in self.running.values():
+                running.handle.interrupt(stop.reason)
+            raise stop from None
         finally:
-            for running in self.running.values():  # interrupted: these stay "running" and continue next time
+            for running in self.running.values():
                 running.handle.stop()
 
     def _start(self, cell_id: str) -> None:
@@ -357,7 +371,7 @@ class SweepRunner:
         running = self.running.pop(cell_id)
         try:
             summary = running.handle.result()
-        except RunFailed as err:
+        except (RunFailed, UserInputError) as err:
             reached = running.handle.progress.get("round", 0)
             self.status.set(cell_id, status="failed", error=str(err), rounds_completed=reached)
             self.display.note(f"cell {cell_id} failed: {err}")
@@ -412,7 +426,8 @@ def run_sweep(plan: SweepPlan, prepared: dict[str, Prepared], status: SweepStatu
     runtime = prepared[cell_ids[0]].config.runtime
     if address:
         runtime = dataclasses.replace(runtime, address=address)
-    with ray_cluster(runtime):
+    quiet_ray_crash_handler()
+    with ray_cluster(runtime), stop_signals():
         resources = ray.cluster_resources()
         cpus = resources.get("CPU", 1.0)
         actors = max(host_count(p.config.runtime, len(p.fleet)) for p in prepared.values()) + 1

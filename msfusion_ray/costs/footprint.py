@@ -136,3 +136,9 @@ class FootprintPlanner:
             cached = plan_footprint(model, batch, self._loss_of, self._copies, extra)
             self._cache[key] = cached
         return cached
+
+    def estimate(self, widths: Mapping[str, int], batch_size: int) -> int:
+        """The footprint at `batch_size` extrapolated from batches of two and four (every part of it is constant
+        or grows linearly with the batch), so that a batch too large to try is judged without allocating it."""
+        two, four = self.footprint(widths, 2).total, self.footprint(widths, 4).total
+        return two + (batch_size - 2) * (four - two) // 2

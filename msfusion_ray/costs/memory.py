@@ -4,6 +4,7 @@ torch's allocator held on a GPU."""
 from __future__ import annotations
 
 import weakref
+from pathlib import Path
 from contextlib import contextmanager
 from typing import Iterable, Iterator
 
@@ -118,3 +119,19 @@ def cuda_peak(device: torch.device) -> Iterator[CudaPeak]:
         yield result
     finally:
         result.peak_bytes = int(torch.cuda.max_memory_allocated(device))
+
+
+_CGROUP_LIMITS = (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+
+
+def machine_memory_bytes() -> int:
+    """Memory this process's machine has: its physical memory, or less where a control group limits it."""
+    total = psutil.virtual_memory().total
+    for path in _CGROUP_LIMITS:
+        try:
+            limit = path.read_text().strip()
+        except OSError:
+            continue
+        if limit.isdigit():
+            total = min(total, int(limit))
+    return total

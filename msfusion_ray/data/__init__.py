@@ -102,14 +102,20 @@ def load_data(config: DataConfig, seed: int) -> DataBundle:
     return LOADERS[config.dataset](config, seed)
 
 
-def partition(bundle: DataBundle, config: DataConfig, n_parts: int, seed: int) -> list[np.ndarray]:
-    """Each participant's sample indices into the training split: IID, Dirichlet label skew (classification), or
-    whole natural groups of the data set (e.g. shakespeare's plays or speakers)."""
+def check_enough_samples(bundle: DataBundle, config: DataConfig, n_parts: int) -> None:
+    """Every participant must get data.min_samples_per_participant training samples (a cheap check, made before
+    the fleet is built)."""
     if n_parts * config.min_samples_per_participant > len(bundle.train):
         raise UserInputError("fleet", f"{n_parts} participants need at least "
                                       f"{n_parts * config.min_samples_per_participant} training samples "
                                       f"({config.min_samples_per_participant} each) but the training split has "
                                       f"{len(bundle.train)}")
+
+
+def partition(bundle: DataBundle, config: DataConfig, n_parts: int, seed: int) -> list[np.ndarray]:
+    """Each participant's sample indices into the training split: IID, Dirichlet label skew (classification), or
+    whole natural groups of the data set (e.g. shakespeare's plays or speakers)."""
+    check_enough_samples(bundle, config, n_parts)
     if config.partition == "iid":
         return partition_iid(len(bundle.train), n_parts, seed)
     known = ["iid", *(["dirichlet"] if bundle.shape.task == "classification" else []), *bundle.groups]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,15 +106,27 @@ def _compute_nodes(spec: FleetSpec, profiles: dict[str, DeviceProfile], scale: f
     return tuple(nodes), ComputeNode(0, aggregator, int(aggregator.memory_bytes * scale))
 
 
+def device_counts(spec: FleetSpec, profiles: dict[str, DeviceProfile], size: int | None = None,
+                  where: str = "fleet") -> dict[str, int]:
+    """How many participants of each device class the fleet has, checked against the known profiles (cheap: it
+    builds nothing, so a fleet too large for its data is refused before it is built)."""
+    _check_classes(spec.devices, profiles, f"{where}.devices")
+    devices = scale_counts(spec.devices, size) if size is not None and sum(spec.devices.values()) else spec.devices
+    if sum(devices.values()) == 0:
+        raise UserInputError(f"{where}.devices", "the fleet has no participants")
+    return devices
+
+
 def make_fleet(spec: FleetSpec, profiles: dict[str, DeviceProfile], *, size: int | None = None,
                memory_scale: float | None = None, seed: int = 0, where: str = "fleet") -> Fleet:
     """Expand a fleet spec into participants (and compute nodes and aggregator, where named), checking every
     device class against the known profiles."""
-    _check_classes(spec.devices, profiles, f"{where}.devices")
-    devices = scale_counts(spec.devices, size) if size is not None else spec.devices
-    if sum(devices.values()) == 0:
-        raise UserInputError(f"{where}.devices", "the fleet has no participants")
+    devices = device_counts(spec, profiles, size, where)
     scale = spec.memory_scale if memory_scale is None else memory_scale
+    largest = max(profiles[name].memory_bytes for name in devices)
+    if not math.isfinite(largest * scale):
+        raise UserInputError("fleet.memory_scale" if memory_scale is not None else f"{where}.memory_scale",
+                             f"is too large (got {scale}: memory caps become infinite)")
     participants = []
     for name, count in devices.items():
         for _ in range(count):

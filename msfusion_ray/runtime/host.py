@@ -61,6 +61,11 @@ class Host:
             if pid in self.workers:
                 self.workers[pid].import_state(state)
 
+    def restore_state(self, states: dict[int, Any]) -> None:
+        """A replacement host's participants, as saved before the previous host died."""
+        for pid, state in states.items():
+            self.workers[pid].restore_state(state)
+
 
 HostActor = ray.remote(max_restarts=0)(Host)
 

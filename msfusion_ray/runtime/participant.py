@@ -108,6 +108,7 @@ class ParticipantWorker:
         self.step_costs = step_costs
         self.planners = planners if planners is not None else PlannerCache(family, settings.training)
         self.states: dict[int, dict] = {-1: {}}  # what the procedure remembers, after each task (by task number)
+        self.restored: dict | None = None  # after its host died: the state it was restored to (see `restore_state`)
 
     def _row(self, task: WorkOrder, status: str, **values) -> ParticipantRoundRow:
         return ParticipantRoundRow(run_id=self.settings.run_id, round=task.base_version + 1, participant=self.spec.id,
@@ -132,6 +133,8 @@ class ParticipantWorker:
 
     def _state_for(self, task: WorkOrder) -> dict:
         if task.state_from not in self.states:
+            if self.restored is not None:  # the state of that task died with the previous host
+                return copy.copy(self.restored)
             raise RuntimeError(f"participant {self.spec.id} has no state of task {task.state_from}")
         for older in [t for t in self.states if t < task.state_from]:
             del self.states[older]  # the driver aggregated a later task: nothing will start from these again
@@ -209,7 +212,15 @@ class ParticipantWorker:
 
     def export_state(self, task: int) -> dict:
         """What a checkpoint keeps of this participant: its memory after `task` (its last aggregated one)."""
+        if task not in self.states and self.restored is not None:
+            return {"task": task, "state": self.restored}
         return {"task": task, "state": self.states[task]}
 
     def import_state(self, exported: dict) -> None:
         self.states = {int(exported["task"]): exported["state"]}
+
+    def restore_state(self, exported: dict) -> None:
+        """On a new host, after the previous one died: the participant's memory as saved (the last checkpoint's),
+        which it starts its next task from whatever task that names, since what it did since died with the host."""
+        self.import_state(exported)
+        self.restored = exported["state"]

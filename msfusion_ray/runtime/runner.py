@@ -194,6 +194,7 @@ class Runner:
         self.run_id = run_id
         torch.set_num_threads(self.config.runtime.threads_per_host)
         self.hosts = HostPool(prepared, data_ref, run_id)
+        self.hosts.saved_states = self._saved_participant_states  # what a replaced host's participants restore
         infos = {info.id: info for info in prepared.participant_infos()}
         self.context = EngineContext(prepared, RayHosts(self.hosts), run_id, VirtualTimeline(), prepared.availability,
                                      infos)
@@ -227,6 +228,10 @@ class Runner:
         if summary.is_file():
             history = json.loads(summary.read_text()).get("history", [])[: checkpoint.round]
             self.records.history = [_none_to_nan(entry) for entry in history]
+
+    def _saved_participant_states(self) -> dict[int, dict]:
+        checkpoint = load_checkpoint(self.run_dir)
+        return checkpoint.participants if checkpoint is not None else {}
 
     def run(self) -> dict[str, Any]:
         try:
