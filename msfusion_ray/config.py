@@ -28,6 +28,7 @@ class DataConfig:
     train_samples: int | None = checked(None, check=positive)  # seeded subset of the training split
     eval_samples: int | None = checked(None, check=positive)  # seeded subset of each evaluation split
     pad_to: int | None = checked(None, check=positive)  # pad images to pad_to x pad_to (28 -> 32)
+    normalize: bool = True  # images: scaled to [0, 1], then standardised per channel; false: pixels / 255 only
     min_samples_per_participant: int = checked(8, check=positive)
     options: dict[str, Any] = field(default_factory=dict)  # data-set specific (e.g. the text's context length)
 

@@ -40,7 +40,8 @@ class DataBundle:
     tokens_per_sample: int = 0  # language models: predicted tokens per sample (for tokens/s)
 
     def to_batch(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Model inputs from stored samples: images scaled to [0, 1] and standardised per channel."""
+        """Model inputs from stored samples: images scaled to [0, 1] and, where the bundle has channel statistics
+        (`data.normalize`, the default), standardised per channel."""
         if self.shape.task == "language_model":
             return torch.from_numpy(np.asarray(x, dtype=np.int64)), torch.from_numpy(np.asarray(y, dtype=np.int64))
         images = torch.from_numpy(np.asarray(x, dtype=np.float32)).div_(255.0)
