@@ -7,14 +7,20 @@ started or written.
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from msfusion_ray.config import config_from_dict, load_config
+from msfusion_ray.config import ExperimentConfig, config_from_dict, load_config
 from msfusion_ray.errors import ClusterStartError, UserInputError
 from msfusion_ray.launch import RunFailed, execute, new_run_dir
 from msfusion_ray.schema import load_yaml
+
+if TYPE_CHECKING:
+    from msfusion_ray.experiment import Prepared
 
 EXIT_BAD_INPUT = 2
 
@@ -68,8 +74,11 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return list(args.set) + extra
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, exiting: bool = False) -> int:
+    """The command's exit code. `exiting`: the process ends right after (python -m msfusion_ray), so a run's
+    embedded cluster is left to end with it."""
     args = _parser().parse_args(argv)
+    args.exiting = exiting
     try:
         return COMMANDS[args.command](args)
     except UserInputError as err:
@@ -140,13 +149,13 @@ def _run(args: argparse.Namespace) -> int:
         raise UserInputError("run", "give a CONFIG or --resume RUN_DIR")
     if args.address:
         config = config_from_dict(config.to_dict(), [f"runtime.address={args.address}"])
-    prepared = prepare(config)  # every check happens before anything is written
+    prepared = prepare_beside_cluster(config) if args.exiting else prepare(config)
     if not args.resume:
         run_dir, run_id = new_run_dir(prepared)
     elif _overrides(args):
         (run_dir / "config.yaml").write_text(config.to_yaml())  # e.g. more rounds for the resumed run
     try:
-        summary = execute(prepared, run_dir, run_id, resume=bool(args.resume))
+        summary = execute(prepared, run_dir, run_id, resume=bool(args.resume), exiting=args.exiting)
     except RunFailed as err:
         print(f"error: run failed: {err}", file=sys.stderr)
         print(f"records so far: {run_dir} (continue with: python -m msfusion_ray run --resume {run_dir})",
@@ -161,6 +170,35 @@ def _run(args: argparse.Namespace) -> int:
         for path in plot_runs([run_dir], run_dir / "plots"):
             print(f"plot: {path}")
     return 0
+
+
+def prepare_beside_cluster(config: ExperimentConfig) -> Prepared:
+    """Prepare the experiment (every check happens before anything is written) while its embedded cluster starts:
+    the two take seconds each and need nothing of each other. A process that exits right after (see `exit_now`)
+    takes a cluster started for input that turned out bad down with it; where the kernel would not (no fate
+    sharing) or the run joins a cluster, it prepares first."""
+    from msfusion_ray.experiment import prepare
+
+    if config.runtime.address:
+        return prepare(config)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        preparing = pool.submit(prepare, config)
+        import ray  # beside the preparation's own imports
+
+        from msfusion_ray.runtime.cluster import ends_with_this_process, fate_sharing_supported, start_cluster
+
+        failed = None
+        if fate_sharing_supported():
+            try:
+                start_cluster(config.runtime)
+            except ClusterStartError as err:
+                failed = err
+        prepared = preparing.result()  # bad input first: exit code 2 whatever the cluster did
+    if failed is not None:
+        raise failed
+    if ray.is_initialized() and not ends_with_this_process():  # not what the check promised: leave nothing
+        ray.shutdown()
+    return prepared
 
 
 def _check_run_dir(path: str | Path) -> None:
@@ -209,6 +247,15 @@ def _report(args: argparse.Namespace) -> int:
         _check_run_dir(path)
     print(write_report(path, Path(args.out) if args.out else path / "report"))
     return 0
+
+
+def exit_now(code: int) -> None:
+    """End the command-line process at once, its output flushed: what it wrote is on disk, and the interpreter's
+    own teardown (and an embedded cluster's, see `ray_cluster`) would only make the user wait."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 COMMANDS = {"run": _run, "sweep": _sweep, "validate": _validate, "profiles": _profiles, "plot": _plot,

@@ -82,8 +82,9 @@ class TrainingConfig:
 class RuntimeConfig:
     address: str | None = None  # an existing Ray cluster; default: start an embedded local one
     num_cpus: int | None = checked(None, check=positive)  # CPUs of the embedded cluster (default: all)
-    hosts: int | None = checked(None, check=positive)  # host actors (default: one per participant up to max_hosts)
-    max_hosts: int = checked(8, check=positive)
+    # host actors (default: one per threads_per_host of the run's CPUs, no more than participants or max_hosts)
+    hosts: int | None = checked(None, check=positive)
+    max_hosts: int | None = checked(None, check=positive)
     host_cpus: float | None = checked(None, check=positive)  # logical CPUs the hosts claim (default: 90% of all)
     threads_per_host: int = checked(1, check=positive)  # torch.set_num_threads inside each host
     clock: Literal["virtual", "real"] = "virtual"  # real: hosts sleep so wall time matches device time
@@ -91,6 +92,7 @@ class RuntimeConfig:
     checkpoint_every: int = checked(1, check=positive)
     eval_every: int = checked(1, check=positive)
     eval_batch_size: int = checked(500, check=positive)
+    eval_overlap: bool = True  # a step's evaluation runs on the hosts beside the next step (not with clock: real)
     bn_calibration_samples: int = checked(1000, check=non_negative)  # BatchNorm statistics recomputed before eval
     dashboard: bool = False
     object_store_mib: int = checked(1024, check=positive)

@@ -7,9 +7,10 @@ import secrets
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from msfusion_ray.experiment import Prepared
+if TYPE_CHECKING:  # the command line imports this module before it knows it will run anything (torch: seconds)
+    from msfusion_ray.experiment import Prepared
 
 
 class RunFailed(Exception):
@@ -93,11 +94,15 @@ class RunHandle:
         import ray
 
         from msfusion_ray.runtime.driver import start_driver
+        from msfusion_ray.runtime.hosts import HostPool
 
         self.rounds = prepared.config.rounds
         if data_ref is None:
             data_ref = ray.put(prepared.data)
-        self.driver = start_driver(prepared.config, data_ref, run_dir, run_id, resume)
+        # The host actors and the driver actor start side by side (each imports torch and fetches the data); the
+        # driver waits for the hosts only when its runner needs them.
+        self.hosts = HostPool(prepared, data_ref, run_id)
+        self.driver = start_driver(prepared, data_ref, self.hosts, run_dir, run_id, resume)
         self.finished = self.driver.run.remote()
         self.progress: dict[str, Any] = {"round": 0}
         self._asked = self.driver.progress.remote()
@@ -127,20 +132,23 @@ class RunHandle:
             raise RunFailed(_root_cause(err)) from None
 
     def stop(self) -> None:
+        """End the driver and the hosts (the driver's runner ends them when it finishes; not if it failed)."""
         import ray
 
         ray.kill(self.driver)
+        self.hosts.shutdown()
 
 
 def execute(prepared: Prepared, run_dir: Path, run_id: str, resume: bool = False,
-            show_progress: bool = True) -> dict[str, Any]:
-    """Run a prepared experiment on the configured Ray cluster; returns the run's summary."""
+            show_progress: bool = True, exiting: bool = False) -> dict[str, Any]:
+    """Run a prepared experiment on the configured Ray cluster; returns the run's summary. `exiting`: the
+    process ends right after (see `ray_cluster`)."""
     import ray
 
     from msfusion_ray.runtime.cluster import ray_cluster
 
     config = prepared.config
-    with ray_cluster(config.runtime):
+    with ray_cluster(config.runtime, exiting=exiting):
         handle = RunHandle(prepared, run_dir, run_id, resume)
         progress = ProgressDisplay(config.rounds, "round", show_progress, label="round ")
         try:

@@ -12,19 +12,29 @@ from msfusion_ray.runtime.participant import ParticipantSpec, WorkerSettings
 STARTUP_TIMEOUT_S = 300.0
 
 
-def host_count(runtime: RuntimeConfig, participants: int) -> int:
-    """Host actors a run starts: runtime.hosts, else one per participant up to runtime.max_hosts."""
-    return min(runtime.hosts or min(participants, runtime.max_hosts), participants)
+def host_count(runtime: RuntimeConfig, participants: int, cpus: float) -> int:
+    """Host actors a run starts: runtime.hosts, else as many as the run's CPUs (its `host_cpus` share of the
+    cluster, or all of the cluster's `cpus`) hold at `threads_per_host` threads each, so that a run that sets
+    nothing keeps every core busy without more torch processes than cores; never more than participants or
+    runtime.max_hosts."""
+    if runtime.hosts is not None:
+        return min(runtime.hosts, participants)
+    budget = runtime.host_cpus if runtime.host_cpus is not None else cpus
+    fitting = max(1, int(budget / runtime.threads_per_host + 1e-9))
+    return min(fitting, participants, runtime.max_hosts or participants)
 
 
 class HostPool:
+    """The run's host actors. Creating the pool starts them and returns at once (they import torch and load
+    their data while the driver starts); `wait_ready` waits until every one answers."""
+
     def __init__(self, prepared: Prepared, data_ref: ray.ObjectRef, run_id: str):
         runtime = prepared.config.runtime
         fleet = prepared.fleet
         ids = [p.id for p in fleet.participants]
         groups = {p.id: p.device.name for p in fleet.participants} if runtime.device_resources else None
-        assignments = assign_hosts(ids, host_count(runtime, len(ids)), groups)
         cpus = ray.cluster_resources().get("CPU", 1.0)
+        assignments = assign_hosts(ids, host_count(runtime, len(ids), cpus), groups)
         # Hosts share the run's CPU budget logically (several runs of a sweep share the cluster); each caps its real
         # threads with torch.set_num_threads.
         budget = runtime.host_cpus if runtime.host_cpus is not None else 0.9 * cpus
@@ -45,23 +55,36 @@ class HostPool:
                 host_id, prepared.family, [data_ref], specs, host_settings, runtime.threads_per_host,
                 runtime.task_timeout_s))
             self.host_of.update({pid: host_id for pid in members})
-        self._wait_ready(cpus)
+        self._cpus = cpus
+        self._ready = False
 
-    def _wait_ready(self, cpus: float) -> None:
+    def wait_ready(self) -> None:
+        if self._ready:
+            return
         pings = [actor.ping.remote() for actor in self.actors]
         ready, _ = ray.wait(pings, num_returns=len(pings), timeout=STARTUP_TIMEOUT_S)
         if len(ready) < len(pings):
             raise RuntimeError(f"only {len(ready)} of {len(pings)} host actors started within {STARTUP_TIMEOUT_S:.0f} s "
-                               f"(cluster CPUs: {cpus:g}); lower runtime.hosts or runtime.threads_per_host")
+                               f"(cluster CPUs: {self._cpus:g}); lower runtime.hosts or runtime.threads_per_host")
         ray.get(ready, timeout=STARTUP_TIMEOUT_S)  # surfaces a host that failed in its constructor
+        self._ready = True
 
     def actor_for(self, participant: int):  # noqa: ANN201 (a Ray actor handle)
         return self.actors[self.host_of[participant]]
 
     def export_states(self, tasks: dict[int, int], timeout_s: float) -> dict[int, dict]:
         """Every participant's memory as of its task in `tasks` (participant -> its last aggregated task)."""
+        return self.gather_states(self.request_states(tasks), timeout_s)
+
+    def request_states(self, tasks: dict[int, int]) -> list[ray.ObjectRef]:
+        """Ask for the states without waiting: each host answers in turn, after the work already sent to it and
+        before any sent later (a checkpoint taken at a step boundary while the next step is under way)."""
+        return [a.export_state.remote(tasks) for a in self.actors]
+
+    @staticmethod
+    def gather_states(refs: list[ray.ObjectRef], timeout_s: float) -> dict[int, dict]:
         states: dict[int, dict] = {}
-        for part in ray.get([a.export_state.remote(tasks) for a in self.actors], timeout=timeout_s):
+        for part in ray.get(refs, timeout=timeout_s):
             states.update(part)
         return states
 
