@@ -22,7 +22,8 @@ Figures per side: end to end (launch to exit), start-up (launch to the first tra
 to the last: start of a round to the start of the next; the last to the end of its evaluation), evaluation
 (median wall seconds of one), training GFLOP/s (a round's counted training FLOPs over the steady round less its
 evaluation), peak memory of all the program's processes (summed resident sets and summed proportional sets,
-sampled every 0.2 s), final test accuracy. Flower's telemetry is off (FLWR_TELEMETRY_ENABLED=0) and every
+sampled every 0.2 s), the CPU seconds they used (less sensitive than wall time to other work on the machine),
+final test accuracy. Flower's telemetry is off (FLWR_TELEMETRY_ENABLED=0) and every
 program runs with the embedded cluster's loopback-only environment.
 
     .venv/bin/python benchmarks/flower.py                  # 3 repetitions
@@ -133,7 +134,7 @@ def launch(command: list[str], env: dict[str, str], log: Path) -> dict[str, Any]
     if code != 0:
         raise RuntimeError(f"{command[:3]} exited with {code}; see {log}")
     return {"launched": launched, "exited": exited, "peak_rss_mb": memory.peak_rss_bytes / 1e6,
-            "peak_pss_mb": memory.peak_pss_bytes / 1e6, "processes": memory.most_processes}
+            "peak_pss_mb": memory.peak_pss_bytes / 1e6, "processes": memory.most_processes, "cpu_s": memory.cpu_s}
 
 
 def steady(starts: list[float], last_end: float) -> float:
@@ -194,7 +195,7 @@ def figures(side: dict[str, Any], train_flops: float) -> dict[str, float]:
             "steady_round_s": side["steady_round_s"], "evaluation_s": side["evaluation_s"],
             "training_gflops": train_flops / 1e9 / max(side["steady_round_s"] - side["evaluation_s"], 1e-9),
             "after_last_round_s": side["exited"] - side["finished"],
-            "peak_rss_mb": side["peak_rss_mb"], "peak_pss_mb": side["peak_pss_mb"],
+            "peak_rss_mb": side["peak_rss_mb"], "peak_pss_mb": side["peak_pss_mb"], "cpu_s": side["cpu_s"],
             "final_accuracy": side["final_accuracy"]}
 
 

@@ -54,13 +54,18 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def read_fashion_mnist(directory: str) -> dict[str, np.ndarray]:
-    """Images as float32 pixels / 255 (N x 1 x 28 x 28), labels as int64."""
+    """Images as stored (uint8, N x 1 x 28 x 28; scaled batch by batch), labels as int64."""
     arrays = {}
     for name, stem in FILES.items():
         path = Path(directory) / f"{stem}.gz"
         raw = read_idx(path if path.is_file() else Path(directory) / stem)
-        arrays[name] = (raw[:, None].astype(np.float32) / 255.0) if name.endswith("x") else raw.astype(np.int64)
+        arrays[name] = raw[:, None] if name.endswith("x") else raw.astype(np.int64)
     return arrays
+
+
+def inputs(images: np.ndarray) -> torch.Tensor:
+    """A batch of model inputs: pixels / 255."""
+    return torch.from_numpy(images.astype(np.float32)).div_(255.0)
 
 
 class Workload:
@@ -84,7 +89,7 @@ class Workload:
         model = self.model(weights)
         model.train()
         optimizer = torch.optim.SGD(model.parameters(), lr=s["lr"], momentum=s["momentum"])
-        x, y = torch.from_numpy(self.data["train_x"]), torch.from_numpy(self.data["train_y"])
+        x, y = self.data["train_x"], torch.from_numpy(self.data["train_y"])
         shard = self.shards[participant]
         rng = np.random.default_rng([s["seed"], round_idx, participant])
         for _ in range(s["local_epochs"]):
@@ -92,7 +97,7 @@ class Workload:
             for start in range(0, len(shard), s["batch_size"]):
                 chosen = shard[order[start:start + s["batch_size"]]]
                 optimizer.zero_grad(set_to_none=True)
-                nn.functional.cross_entropy(model(x[chosen]), y[chosen]).backward()
+                nn.functional.cross_entropy(model(inputs(x[chosen])), y[chosen]).backward()
                 optimizer.step()
         return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
 
@@ -100,11 +105,11 @@ class Workload:
     def evaluate(self, weights: dict[str, np.ndarray]) -> tuple[float, float]:
         """(loss, accuracy) on the test split."""
         model = self.model(weights).eval()
-        x, y = torch.from_numpy(self.data["test_x"]), torch.from_numpy(self.data["test_y"])
+        x, y = self.data["test_x"], torch.from_numpy(self.data["test_y"])
         batch = self.settings["eval_batch_size"]
         loss = correct = 0.0
         for start in range(0, len(y), batch):
-            logits = model(x[start:start + batch])
+            logits = model(inputs(x[start:start + batch]))
             loss += float(nn.functional.cross_entropy(logits, y[start:start + batch], reduction="sum"))
             correct += float((logits.argmax(1) == y[start:start + batch]).sum())
         return loss / len(y), correct / len(y)
