@@ -255,7 +255,25 @@ def exit_now(code: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     logging.shutdown()
+    end_descendants()
     os._exit(code)
+
+
+def end_descendants() -> None:
+    """Kill every process this one started, and those they started (an embedded cluster: its own processes, and
+    the agents and workers its raylet started). The kernel ends the cluster's own processes with this one, but
+    not always theirs: a dashboard agent whose raylet died that way lived on for a minute or two."""
+    import psutil
+
+    try:
+        descendants = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return
+    for process in descendants:
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
 
 
 COMMANDS = {"run": _run, "sweep": _sweep, "validate": _validate, "profiles": _profiles, "plot": _plot,

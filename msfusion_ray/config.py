@@ -91,9 +91,13 @@ class RuntimeConfig:
     task_timeout_s: float = checked(900.0, check=positive)
     checkpoint_every: int = checked(1, check=positive)
     eval_every: int = checked(1, check=positive)
-    eval_batch_size: int = checked(500, check=positive)
+    # batches of the evaluation's forward passes: a speed setting (128 was faster on CPU than larger batches,
+    # docs/benchmarks.md); the figures do not depend on it beyond float rounding
+    eval_batch_size: int = checked(128, check=positive)
     eval_overlap: bool = True  # a step's evaluation runs on the hosts beside the next step (not with clock: real)
     bn_calibration_samples: int = checked(1000, check=non_negative)  # BatchNorm statistics recomputed before eval
+    # batches of that recomputation: the statistics average per-batch figures, so this one changes results
+    bn_calibration_batch_size: int = checked(500, check=positive)
     dashboard: bool = False
     object_store_mib: int = checked(1024, check=positive)
     device_resources: bool = False  # on a real cluster: place participants on nodes with resource device:<name>

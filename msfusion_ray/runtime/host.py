@@ -44,11 +44,12 @@ class Host:
         worker = self.workers[task.participant]
         return worker.run(task, lambda: ray.get(payload_box[0], timeout=self.fetch_timeout_s), lr)
 
-    def evaluate(self, weights: Weights, chunks: list[Chunk], calibration: np.ndarray,
-                 batch_size: int) -> tuple[list[dict[str, float]], float]:
+    def evaluate(self, weights: Weights, chunks: list[Chunk], calibration: np.ndarray, batch_size: int,
+                 calibration_batch_size: int) -> tuple[list[dict[str, float]], float]:
         """The global model's figures on this host's share of the evaluation, and the seconds it took."""
         started = time.perf_counter()
-        parts = evaluate_chunks(self.family, self.data, weights, chunks, calibration, batch_size) if chunks else []
+        parts = (evaluate_chunks(self.family, self.data, weights, chunks, calibration, batch_size,
+                                 calibration_batch_size) if chunks else [])
         return parts, time.perf_counter() - started
 
     def export_state(self, tasks: dict[int, int]) -> dict[int, Any]:

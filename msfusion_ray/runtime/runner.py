@@ -101,13 +101,15 @@ class Evaluation(RunCallback):
         return index % self.prepared.config.runtime.eval_every == 0 or index == self.prepared.config.rounds
 
     def start(self, weights: Weights) -> EvaluationInFlight:
-        batch = self.prepared.config.runtime.eval_batch_size
+        runtime = self.prepared.config.runtime
+        batch = runtime.eval_batch_size
         weights_ref = ray.put(weights)
         shares, answers = [], []
         for actor, share in zip(self.hosts.actors, plan_chunks(self.sizes, batch, len(self.hosts.actors))):
             if share:
                 shares.append(share)
-                answers.append(actor.evaluate.remote(weights_ref, share, self.calibration, batch))
+                answers.append(actor.evaluate.remote(weights_ref, share, self.calibration, batch,
+                                                     runtime.bn_calibration_batch_size))
         return EvaluationInFlight(shares, answers)
 
     def finish(self, started: EvaluationInFlight) -> tuple[dict[str, dict[str, float]], float]:

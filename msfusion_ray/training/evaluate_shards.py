@@ -35,12 +35,12 @@ def plan_chunks(sizes: Mapping[str, int], batch_size: int, hosts: int) -> list[l
 
 
 def evaluate_chunks(family: ModelFamily, data: DataBundle, weights: Weights, chunks: list[Chunk],
-                    calibration: np.ndarray, batch_size: int) -> list[dict[str, float]]:
+                    calibration: np.ndarray, batch_size: int, calibration_batch_size: int) -> list[dict[str, float]]:
     """The global model's figures on each chunk, after recomputing its BatchNorm statistics on the training
-    samples `calibration` (every host computes the same statistics)."""
+    samples `calibration` in batches of `calibration_batch_size` (every host computes the same statistics)."""
     model = family.build()
     load_weights(model, weights)
-    recalibrate_batchnorm(model, data, data.train.subset(calibration), batch_size)
+    recalibrate_batchnorm(model, data, data.train.subset(calibration), calibration_batch_size)
     splits = evaluation_splits(data)
     return [evaluate(model, data, ArrayDataset(splits[name].x[start:end], splits[name].y[start:end]), batch_size)
             for name, start, end in chunks]

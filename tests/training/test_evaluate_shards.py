@@ -30,7 +30,8 @@ def test_combined_chunks_equal_the_whole_split_exactly_whatever_the_hosts():
     for hosts in (1, 2, 3, 5):
         plan = plan_chunks({"test": len(data.test)}, 64, hosts)
         chunks = [chunk for share in plan for chunk in share]
-        parts = [part for share in plan for part in evaluate_chunks(family, data, weights, share, calibration, 64)]
+        parts = [part for share in plan for part in evaluate_chunks(family, data, weights, share, calibration, 64,
+                                                                     64)]
         assert combine_chunks(chunks, parts, label_elements(data)) == {"test": whole}
 
 
