@@ -115,4 +115,4 @@ def build_family(name: str, data: DataShape, width: float = 1.0,
 
 
 def _load_all() -> None:
-    from msfusion_ray.models import cnn, fedavg_cnn, resnet, transformer  # noqa: F401  (registration side effect)
+    from msfusion_ray.models import cnn, resnet, transformer  # noqa: F401  (registration side effect)

@@ -1,4 +1,5 @@
-"""A small CNN: two conv blocks and a hidden linear layer. The quick-start model."""
+"""A small CNN: two conv blocks and a hidden linear layer. The quick-start model; with 5x5 convolutions, no
+BatchNorm and 512 hidden units, the CNN of the FedAvg paper (`fedavg_cnn`)."""
 
 from __future__ import annotations
 
@@ -11,20 +12,25 @@ from msfusion_ray.models.base import ModelFamily, register, scaled
 from msfusion_ray.splitting.spec import width_axes
 
 
+def conv_block(in_channels: int, out_channels: int, kernel: int, batchnorm: bool, inp: str | None,
+               out: str) -> list[nn.Module]:
+    """Convolution ("same" padding; a bias only without BatchNorm), BatchNorm if asked, ReLU, 2x2 max pooling."""
+    layers = [width_axes(nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, bias=not batchnorm),
+                         inp=inp, out=out)]
+    if batchnorm:
+        layers.append(width_axes(nn.BatchNorm2d(out_channels), out=out))
+    return layers + [nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+
+
 class SmallCNN(nn.Module):
-    def __init__(self, in_channels: int, image_size: int, num_classes: int, widths: Mapping[str, int]):
+    def __init__(self, in_channels: int, image_size: int, num_classes: int, widths: Mapping[str, int],
+                 kernel: int = 3, batchnorm: bool = True):
         super().__init__()
         c1, c2, hidden = widths["conv1"], widths["conv2"], widths["fc1"]
         pooled = (image_size // 4) ** 2
         self.features = nn.Sequential(
-            width_axes(nn.Conv2d(in_channels, c1, 3, padding=1, bias=False), out="conv1"),
-            width_axes(nn.BatchNorm2d(c1), out="conv1"),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
-            width_axes(nn.Conv2d(c1, c2, 3, padding=1, bias=False), inp="conv1", out="conv2"),
-            width_axes(nn.BatchNorm2d(c2), out="conv2"),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
+            *conv_block(in_channels, c1, kernel, batchnorm, None, "conv1"),
+            *conv_block(c1, c2, kernel, batchnorm, "conv1", "conv2"),
             nn.Flatten(),
             width_axes(nn.Linear(c2 * pooled, hidden), inp=("conv2", pooled), out="fc1"),
             nn.ReLU(inplace=True),
@@ -42,9 +48,25 @@ class SmallCNN(nn.Module):
 
 @register("cnn")
 class CNNFamily(ModelFamily):
+    units = {"conv1": 32, "conv2": 64, "fc1": 128}  # at width 1
+    kernel = 3
+    batchnorm = True
+
     def default_widths(self) -> dict[str, int]:
-        return {"conv1": scaled(32, self.width), "conv2": scaled(64, self.width), "fc1": scaled(128, self.width)}
+        return {group: scaled(units, self.width) for group, units in self.units.items()}
 
     def _build(self, widths: Mapping[str, int]) -> nn.Module:
         channels, size, _ = self.data.input_shape
-        return SmallCNN(channels, size, self.data.num_outputs, widths)
+        return SmallCNN(channels, size, self.data.num_outputs, widths, self.kernel, self.batchnorm)
+
+
+@register("fedavg_cnn")
+class FedAvgCNNFamily(CNNFamily):
+    """McMahan et al. (2017), "Communication-Efficient Learning of Deep Networks from Decentralized Data" (the
+    FedAvg paper), section 3: two 5x5 convolutions of 32 and 64 channels, each followed by ReLU and 2x2 max
+    pooling, a fully connected layer of 512 units with ReLU, and the output layer; 1,663,370 parameters on 28x28
+    single-channel images. The common FedAvg workload of other frameworks' examples and benchmarks."""
+
+    units = {"conv1": 32, "conv2": 64, "fc1": 512}
+    kernel = 5
+    batchnorm = False

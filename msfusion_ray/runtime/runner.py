@@ -264,18 +264,22 @@ class Runner:
                 for callback in self.callbacks:
                     callback.at_boundary(self, last)
                 if waiting is not None:
-                    stop, waiting = self._finish_step(waiting), None
+                    finishing, waiting = waiting, None
+                    stop = self._finish_step(finishing)
                 if self._overlaps_next_step(last) and not stop:
                     waiting = last
                 elif self._finish_step(last) or stop:
                     break
             if waiting is not None:
-                self._finish_step(waiting)
+                waiting, finishing = None, waiting
+                self._finish_step(finishing)
             for callback in self.callbacks:
                 callback.after_run(self, last)
             self.timing["finished"] = time.time()
             self.write_summary("complete")
-        except BaseException:
+        except BaseException as err:
+            if waiting is not None and isinstance(err, Exception):
+                self._finish_quietly(waiting)  # the step before the failure keeps its records and checkpoint
             self.write_summary("failed")
             raise
         finally:
@@ -284,6 +288,12 @@ class Runner:
 
     def _finish_step(self, report: StepReport) -> bool:
         return any([callback.after_step(self, report) for callback in self.callbacks])
+
+    def _finish_quietly(self, report: StepReport) -> None:
+        try:
+            self._finish_step(report)
+        except Exception:  # noqa: BLE001  (the run's own failure is the one to report)
+            pass
 
     def _overlaps_next_step(self, report: StepReport) -> bool:
         """Whether the step's callbacks finish after the next step: only while its evaluation runs, never after
