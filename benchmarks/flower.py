@@ -132,7 +132,8 @@ def launch(command: list[str], env: dict[str, str], log: Path) -> dict[str, Any]
             code = process.wait(timeout=RUN_TIMEOUT_S)
         exited = time.time()
     if code != 0:
-        raise RuntimeError(f"{command[:3]} exited with {code}; see {log}")
+        tail = log.read_text().splitlines()[-5:]
+        raise RuntimeError(f"{command[:3]} exited with {code}: " + " | ".join(tail))
     return {"launched": launched, "exited": exited, "peak_rss_mb": memory.peak_rss_bytes / 1e6,
             "peak_pss_mb": memory.peak_pss_bytes / 1e6, "processes": memory.most_processes, "cpu_s": memory.cpu_s}
 
@@ -227,8 +228,7 @@ def main() -> None:
                     runs[side] = flower_side(python, scratch, env, rep, args.client_cpus)
                 else:
                     runs[side] = bare_side(scratch, env, rep)
-                print(f"repetition {rep + 1} {side}: {runs[side]['exited'] - runs[side]['launched']:.1f} s",
-                      file=sys.stderr, flush=True)
+                print(f"repetition {rep + 1} {side}: {json.dumps(runs[side])}", file=sys.stderr, flush=True)
             flops = next((r["train_flops_per_round"] for r in runs.values() if "train_flops_per_round" in r), None)
             flops = flops if flops is not None else training_flops(args)
             repetitions.append({"repeat": rep + 1, "order": order, "load_before": loads, "load_after": load(),
