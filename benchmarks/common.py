@@ -20,6 +20,12 @@ import psutil
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 
+# A device that is always reachable and never short of memory: every participant trains every round, on every
+# side of a comparison.
+BENCH_DEVICE = {"name": "bench-device", "description": "always available, ample memory (benchmarks)",
+                "memory_mib": 100000, "train_gflops": 100, "uplink_mbps": 1000, "downlink_mbps": 1000,
+                "latency_ms": 1, "availability": 1.0}
+
 
 def machine() -> dict[str, Any]:
     """The machine as a reader of the results needs it: CPU, cores, memory, and software versions."""
@@ -105,6 +111,68 @@ class ActorMemory:
     def total(self, name: str) -> int:
         """The actors' peaks added up (an upper bound on their memory at once)."""
         return sum(b for n, b in self.peaks.values() if n == name)
+
+
+def _pss_bytes(pid: int) -> int:
+    """The process's proportional set size: its private pages plus its share of pages it shares."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            for line in rollup:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class TreeMemory:
+    """The memory of a process and all its descendants (a program and every process it starts: Ray's own, its
+    workers), sampled every `interval_s` while it runs: the peak of their resident sets added up (what the
+    issue's figures are), and the peak of their proportional set sizes added up (shared pages counted once).
+    Also the CPU seconds they used (each process's last sample: what a process used in its last interval is
+    missed), a figure a loaded machine changes much less than wall time."""
+
+    def __init__(self, pid: int, interval_s: float = 0.2):
+        self.root = psutil.Process(pid)
+        self.interval_s = interval_s
+        self.peak_rss_bytes = 0
+        self.peak_pss_bytes = 0
+        self.most_processes = 0
+        self._cpu_s: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            try:
+                processes = [self.root, *self.root.children(recursive=True)]
+            except psutil.Error:
+                break
+            rss = pss = 0
+            for process in processes:
+                try:
+                    rss += process.memory_info().rss
+                    times = process.cpu_times()
+                except psutil.Error:
+                    continue
+                self._cpu_s[process.pid] = times.user + times.system
+                pss += _pss_bytes(process.pid)
+            self.peak_rss_bytes = max(self.peak_rss_bytes, rss)
+            self.peak_pss_bytes = max(self.peak_pss_bytes, pss)
+            self.most_processes = max(self.most_processes, len(processes))
+            self._stop.wait(self.interval_s)
+
+    @property
+    def cpu_s(self) -> float:
+        return sum(self._cpu_s.values())
+
+    def __enter__(self) -> "TreeMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
 
 
 @contextmanager

@@ -28,17 +28,11 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (load, machine, markdown_table, measured_run, median, ray_session,  # noqa: E402
-                               write_results)
+from benchmarks.common import (BENCH_DEVICE, load, machine, markdown_table, measured_run, median,  # noqa: E402
+                               ray_session, write_results)
 from msfusion_ray.config import ExperimentConfig, config_from_dict  # noqa: E402
 from msfusion_ray.devices.profile import default_profiles_dir  # noqa: E402
 from msfusion_ray.experiment import Prepared, prepare  # noqa: E402
-
-# A device that is always reachable and never short of memory: both sides train every participant every round.
-BENCH_DEVICE = {"name": "bench-device", "description": "always available, ample memory (overhead benchmark)",
-                "memory_mib": 100000, "train_gflops": 100, "uplink_mbps": 1000, "downlink_mbps": 1000,
-                "latency_ms": 1, "availability": 1.0}
-
 
 def config_for(args: argparse.Namespace, profiles_dir: Path, output_dir: Path) -> ExperimentConfig:
     return config_from_dict({

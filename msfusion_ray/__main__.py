@@ -1,5 +1,3 @@
-import sys
+from msfusion_ray.cli import exit_now, main
 
-from msfusion_ray.cli import main
-
-sys.exit(main())
+exit_now(main(exiting=True))

@@ -7,14 +7,20 @@ started or written.
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from msfusion_ray.config import load_config
+from msfusion_ray.config import ExperimentConfig, load_config
 from msfusion_ray.errors import ClusterStartError, UserInputError
 from msfusion_ray.failures import RUN_LOG
 from msfusion_ray.launch import RunFailed, check_output_dir, execute, interruption, open_run
+
+if TYPE_CHECKING:
+    from msfusion_ray.experiment import Prepared
 
 EXIT_BAD_INPUT = 2
 
@@ -80,8 +86,11 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return list(args.set) + extra
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, exiting: bool = False) -> int:
+    """The command's exit code. `exiting`: the process ends right after (python -m msfusion_ray), so a run's
+    embedded cluster is left to end with it."""
     args = _parser().parse_args(argv)
+    args.exiting = exiting
     try:
         return COMMANDS[args.command](args)
     except UserInputError as err:
@@ -150,15 +159,18 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    prepare = prepare_beside_cluster if args.exiting else None
     if args.resume:
-        prepared, run_dir, run_id = open_run(None, args.resume, _overrides(args), address=args.address)
+        prepared, run_dir, run_id = open_run(None, args.resume, _overrides(args), address=args.address,
+                                             prepare=prepare)
     elif args.config:
-        prepared, run_dir, run_id = open_run(load_config(args.config, _overrides(args)), address=args.address)
+        prepared, run_dir, run_id = open_run(load_config(args.config, _overrides(args)), address=args.address,
+                                             prepare=prepare)
     else:
         raise UserInputError("run", "give a CONFIG or --resume RUN_DIR")
     resume_hint = f"continue with: python -m msfusion_ray run --resume {run_dir}"
     try:
-        summary = execute(prepared, run_dir, run_id, resume=bool(args.resume))
+        summary = execute(prepared, run_dir, run_id, resume=bool(args.resume), exiting=args.exiting)
     except RunFailed as err:
         print(f"error: run failed: {err} (full text: {run_dir / RUN_LOG})", file=sys.stderr)
         print(resume_hint, file=sys.stderr)
@@ -176,6 +188,35 @@ def _run(args: argparse.Namespace) -> int:
         for path in plot_runs([run_dir], run_dir / "plots"):
             print(f"plot: {path}")
     return 0
+
+
+def prepare_beside_cluster(config: ExperimentConfig) -> Prepared:
+    """Prepare the experiment (every check happens before anything is written) while its embedded cluster starts:
+    the two take seconds each and need nothing of each other. A process that exits right after (see `exit_now`)
+    takes a cluster started for input that turned out bad down with it; where the kernel would not (no fate
+    sharing) or the run joins a cluster, it prepares first."""
+    from msfusion_ray.experiment import prepare
+
+    if config.runtime.address:
+        return prepare(config)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        preparing = pool.submit(prepare, config)
+        import ray  # beside the preparation's own imports
+
+        from msfusion_ray.runtime.cluster import ends_with_this_process, fate_sharing_supported, start_cluster
+
+        failed = None
+        if fate_sharing_supported():
+            try:
+                start_cluster(config.runtime)
+            except ClusterStartError as err:
+                failed = err
+        prepared = preparing.result()  # bad input first: exit code 2 whatever the cluster did
+    if failed is not None:
+        raise failed
+    if ray.is_initialized() and not ends_with_this_process():  # not what the check promised: leave nothing
+        ray.shutdown()
+    return prepared
 
 
 def _check_run_dir(path: str | Path) -> None:
@@ -243,6 +284,33 @@ def _report(args: argparse.Namespace) -> int:
         _check_run_dir(path)
     print(write_report(path, Path(args.out) if args.out else path / "report"))
     return 0
+
+
+def exit_now(code: int) -> None:
+    """End the command-line process at once, its output flushed: what it wrote is on disk, and the interpreter's
+    own teardown (and an embedded cluster's, see `ray_cluster`) would only make the user wait."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    end_descendants()
+    os._exit(code)
+
+
+def end_descendants() -> None:
+    """Kill every process this one started, and those they started (an embedded cluster: its own processes, and
+    the agents and workers its raylet started). The kernel ends the cluster's own processes with this one, but
+    not always theirs: a dashboard agent whose raylet died that way lived on for a minute or two."""
+    import psutil
+
+    try:
+        descendants = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return
+    for process in descendants:
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
 
 
 COMMANDS = {"run": _run, "sweep": _sweep, "tune": _tune, "validate": _validate, "split": _split,

@@ -48,6 +48,7 @@ class DataConfig:
     # a seeded hold-out of the training split, evaluated as the validation split (image data sets, which have none)
     validation_samples: int | None = checked(None, check=positive)
     pad_to: int | None = checked(None, check=positive)  # pad images to pad_to x pad_to (28 -> 32)
+    normalize: bool = True  # images: scaled to [0, 1], then standardised per channel; false: pixels / 255 only
     min_samples_per_participant: int = checked(8, check=positive)
     options: dict[str, Any] = field(default_factory=dict)  # data-set specific (e.g. the text's context length)
 
@@ -103,16 +104,22 @@ class TrainingConfig:
 class RuntimeConfig:
     address: str | None = None  # an existing Ray cluster; default: start an embedded local one
     num_cpus: int | None = checked(None, check=positive)  # CPUs of the embedded cluster (default: all)
-    hosts: int | None = checked(None, check=positive)  # host actors (default: one per participant up to max_hosts)
-    max_hosts: int = checked(8, check=positive)
+    # host actors (default: one per threads_per_host of the run's CPUs, no more than participants or max_hosts)
+    hosts: int | None = checked(None, check=positive)
+    max_hosts: int | None = checked(None, check=positive)
     host_cpus: float | None = checked(None, check=positive)  # logical CPUs the hosts claim (default: 90% of all)
     threads_per_host: int = checked(1, check=positive)  # torch.set_num_threads inside each host
     clock: Literal["virtual", "real"] = "virtual"  # real: hosts sleep so wall time matches device time
     task_timeout_s: float = checked(900.0, check=positive)
     checkpoint_every: int = checked(1, check=positive)
     eval_every: int = checked(1, check=positive)
-    eval_batch_size: int = checked(500, check=positive)
+    # batches of the evaluation's forward passes: a speed setting (128 was faster on CPU than larger batches,
+    # docs/benchmarks.md); the figures do not depend on it beyond float rounding
+    eval_batch_size: int = checked(128, check=positive)
+    eval_overlap: bool = True  # a step's evaluation runs on the hosts beside the next step (not with clock: real)
     bn_calibration_samples: int = checked(1000, check=non_negative)  # BatchNorm statistics recomputed before eval
+    # batches of that recomputation: the statistics average per-batch figures, so this one changes results
+    bn_calibration_batch_size: int = checked(500, check=positive)
     dashboard: bool = False
     object_store_mib: int = checked(1024, check=positive)
     device_resources: bool = False  # on a real cluster: place participants on nodes with resource device:<name>

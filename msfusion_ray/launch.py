@@ -20,13 +20,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from msfusion_ray.config import ExperimentConfig, config_from_dict
 from msfusion_ray.errors import UserInputError
-from msfusion_ray.experiment import Prepared
 from msfusion_ray.failures import describe_failure, open_run_log
 from msfusion_ray.schema import load_yaml
+
+if TYPE_CHECKING:  # the command line imports this module before it knows it will run anything (torch: seconds)
+    from msfusion_ray.experiment import Prepared
 
 SUMMARY = "summary.json"
 log = logging.getLogger(__name__)
@@ -254,6 +256,7 @@ class RunHandle:
         import ray
 
         from msfusion_ray.runtime.driver import start_driver
+        from msfusion_ray.runtime.hosts import HostPool
 
         self.run_dir = Path(run_dir)
         self.rounds = prepared.config.rounds
@@ -269,7 +272,10 @@ class RunHandle:
                       self.rounds, len(prepared.fleet))
         if data_ref is None:
             data_ref = ray.put(prepared.data)
-        self.driver = start_driver(prepared.config, data_ref, run_dir, run_id, resume)
+        # The host actors and the driver actor start side by side (each imports torch and fetches the data); the
+        # driver waits for the hosts only when its runner needs them.
+        self.hosts = HostPool(prepared, data_ref, run_id)
+        self.driver = start_driver(prepared, data_ref, self.hosts, run_dir, run_id, resume)
         self.finished = self.driver.run.remote()
         self.progress: dict[str, Any] = {"round": 0}
         self._asked = self.driver.progress.remote()
@@ -338,9 +344,11 @@ class RunHandle:
         write_summary_status(self.run_dir, "interrupted", reason, self.base_summary)
 
     def stop(self) -> None:
+        """End the driver and the hosts (the driver's runner ends them when it finishes; not if it failed)."""
         import ray
 
         ray.kill(self.driver)
+        self.hosts.shutdown()
         self.log.removeHandler(self.log_handler)
         if self._own_handler:
             self.log_handler.close()
@@ -398,11 +406,11 @@ def run_with_restarts(prepared: Prepared, run_dir: Path, run_id: str, resume: bo
 
 
 def execute(prepared: Prepared, run_dir: Path, run_id: str, resume: bool = False,
-            show_progress: bool = True) -> dict[str, Any]:
+            show_progress: bool = True, exiting: bool = False) -> dict[str, Any]:
     """Run a prepared experiment on the configured Ray cluster; returns the run's summary. A driver whose process
     dies is started again from the last checkpoint (`run_with_restarts`). A run that fails raises `RunFailed` (one
     line; the full text in run.log), one stopped by Ctrl-C or SIGTERM `RunInterrupted`, after its summary says
-    so."""
+    so. `exiting`: the process ends right after (see `ray_cluster`)."""
     from ray.exceptions import RayError
 
     from msfusion_ray.runtime.cluster import ray_cluster
@@ -414,7 +422,7 @@ def execute(prepared: Prepared, run_dir: Path, run_id: str, resume: bool = False
     try:
         with logging_to(handler):
             try:
-                with ray_cluster(config.runtime), stop_signals():
+                with ray_cluster(config.runtime, exiting=exiting), stop_signals():
                     return run_with_restarts(prepared, run_dir, run_id, resume, show_progress, handler)
             except (KeyboardInterrupt, SystemExit) as err:
                 stop = interruption(err)
@@ -434,13 +442,17 @@ def execute(prepared: Prepared, run_dir: Path, run_id: str, resume: bool = False
 
 
 def open_run(config: ExperimentConfig | None, resume: str | Path | None = None, overrides: Sequence[str] = (),
-             address: str | None = None) -> tuple[Prepared, Path, str]:
+             address: str | None = None,
+             prepare: Callable[[ExperimentConfig], Prepared] | None = None) -> tuple[Prepared, Path, str]:
     """Everything before a run starts, for the CLI and `msfusion_ray.run`: the config (`config`, or the one
     recorded in the run directory `resume`, with `overrides`), the output directory writable, the experiment
-    prepared, and for a resumed run its checkpoint checked against its records and config; only then is anything
-    written (a new run directory, or the resumed run's changed config)."""
-    from msfusion_ray.experiment import prepare
+    prepared (by `prepare`, default `experiment.prepare`), and for a resumed run its checkpoint checked against
+    its records and config; only then is anything written (a new run directory, or the resumed run's changed
+    config)."""
     from msfusion_ray.runtime.checkpoint import check_resume
+
+    if prepare is None:
+        from msfusion_ray.experiment import prepare
 
     if resume is not None:
         run_dir = Path(resume)

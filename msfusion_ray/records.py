@@ -13,9 +13,10 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd  # imported where frames are made: host actors make rows, never frames
 
 # ok: trained and aggregated; oom: refused by its memory guard; unavailable: off when asked; error: failed;
 # timeout: overran runtime.task_timeout_s; dropped: went off (availability window) while training, the work lost;
@@ -221,6 +222,8 @@ class RecordWriter:
         return self.root / kind / f"round-{round_idx:06d}.parquet"
 
     def write_round(self, participant_rows: list[ParticipantRoundRow], round_row: RoundRow) -> None:
+        import pandas as pd
+
         columns = [c for c in ParticipantRoundRow.__annotations__ if c != "metrics"]
         frame = pd.DataFrame([r.flat() for r in participant_rows])
         frame = frame.reindex(columns=columns + sorted(set(frame.columns) - set(columns)))
@@ -239,6 +242,8 @@ class RecordWriter:
 
 
 def _read(run_dir: str | Path, kind: str) -> pd.DataFrame:
+    import pandas as pd
+
     paths = sorted((Path(run_dir) / "records" / kind).glob("round-*.parquet"))
     if not paths:
         return pd.DataFrame()

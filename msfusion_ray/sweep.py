@@ -430,7 +430,7 @@ def run_sweep(plan: SweepPlan, prepared: dict[str, Prepared], status: SweepStatu
     with ray_cluster(runtime), stop_signals():
         resources = ray.cluster_resources()
         cpus = resources.get("CPU", 1.0)
-        actors = max(host_count(p.config.runtime, len(p.fleet)) for p in prepared.values()) + 1
+        actors = max(host_count(p.config.runtime, len(p.fleet), cpus) for p in prepared.values()) + 1
         parallel = max_parallel or plan.config.max_parallel or auto_parallel(cpus, resources.get("memory", 0.0),
                                                                              actors)
         parallel = min(parallel, len(cell_ids))

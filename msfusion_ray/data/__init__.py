@@ -25,7 +25,7 @@ def _image_bundle(name: str, arrays: dict[str, np.ndarray], config: DataConfig, 
     train, validation = hold_out(ArrayDataset(train_x, arrays["train_y"]), config.validation_samples, seed)
     train = _subset(train, config.train_samples, seed, "train")
     test = _subset(ArrayDataset(test_x, arrays["test_y"]), config.eval_samples, seed, "eval")
-    mean, std = channel_stats(train.x[:10000])
+    mean, std = channel_stats(train.x[:10000]) if config.normalize else ((), ())
     num_classes = int(max(arrays["train_y"].max(), arrays["test_y"].max())) + 1
     return DataBundle(name, train, test, DataShape(tuple(train.x.shape[1:]), num_classes), mean, std,
                       validation=validation)

@@ -41,8 +41,9 @@ class DataBundle:
 
     def to_batch(self, x: np.ndarray, y: np.ndarray,
                  device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Model inputs from stored samples: images scaled to [0, 1] and standardised per channel (on the CPU, then
-        moved to `device` where that is another)."""
+        """Model inputs from stored samples: images scaled to [0, 1] and, where the bundle has channel statistics
+        (`data.normalize`, the default), standardised per channel (on the CPU, then moved to `device` where that
+        is another)."""
         if device is not None and device.type != "cpu":
             return tuple(t.to(device) for t in self.to_batch(x, y))
         if self.shape.task == "language_model":

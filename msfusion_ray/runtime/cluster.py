@@ -66,23 +66,54 @@ def start_local_ray(**init_args: Any) -> None:
         raise ClusterStartError(f"the embedded Ray cluster did not bind to loopback ({node_addresses()})")
 
 
-def node_addresses() -> set[str]:
-    return {node["NodeManagerAddress"] for node in ray.nodes() if node.get("Alive")}
-
-
-@contextmanager
-def ray_cluster(runtime: RuntimeConfig) -> Iterator[None]:
-    """Use the Ray session already open in this process, join `runtime.address`, or start an embedded cluster.
-    Only a cluster this call started or joined is shut down on exit (never `ray stop`)."""
-    if ray.is_initialized():
-        yield
-        return
+def start_cluster(runtime: RuntimeConfig) -> None:
+    """Join `runtime.address`, or start the embedded cluster the runtime config describes."""
     if runtime.address:
         ray.init(address=runtime.address, log_to_driver=False)
     else:
         start_local_ray(num_cpus=runtime.num_cpus, include_dashboard=runtime.dashboard,
                         object_store_memory=runtime.object_store_mib * 1024**2)
+
+
+def node_addresses() -> set[str]:
+    return {node["NodeManagerAddress"] for node in ray.nodes() if node.get("Alive")}
+
+
+@contextmanager
+def ray_cluster(runtime: RuntimeConfig, exiting: bool = False) -> Iterator[None]:
+    """Use the Ray session already open in this process, join `runtime.address`, or start an embedded cluster.
+    Only a cluster this call started or joined is shut down on exit (never `ray stop`). `exiting`: the process
+    ends right after (the command line), so an embedded cluster whose processes the kernel ends with this one is
+    left to end with it: `ray.shutdown()` stops them one at a time, waiting up to a second for each."""
+    if ray.is_initialized():
+        yield
+        return
+    start_cluster(runtime)
     try:
         yield
     finally:
-        ray.shutdown()
+        if not (exiting and ends_with_this_process()):
+            ray.shutdown()
+
+
+def fate_sharing_supported() -> bool:
+    """Whether processes Ray starts here can be bound to die with their parent (Linux)."""
+    try:
+        from ray._private.utils import detect_fate_sharing_support
+
+        return bool(detect_fate_sharing_support())
+    except (ImportError, AttributeError):
+        return False
+
+
+def ends_with_this_process() -> bool:
+    """Whether the embedded cluster's processes die with this one (Linux: Ray starts them with a parent-death
+    signal, its "kernel fate sharing"); False where that is not known, and for a joined cluster."""
+    try:
+        from ray._private import worker
+
+        node = worker._global_node
+        return node is not None and node.is_head() and bool(getattr(node, "kernel_fate_share", False)) and \
+            fate_sharing_supported()
+    except (ImportError, AttributeError):
+        return False

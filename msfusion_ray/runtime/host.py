@@ -7,16 +7,20 @@ bounded pool of hosts carries many participants each. Assignment is sticky, so a
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+import numpy as np
 import ray
 import torch
 
 from msfusion_ray.costs.flops import StepCostCache
-from msfusion_ray.devices.gpu import host_gpu
+from msfusion_ray.devices.gpu import host_gpu, release_cuda_memory
 from msfusion_ray.models.base import ModelFamily
+from msfusion_ray.models.weights import Weights
 from msfusion_ray.runtime.participant import ParticipantSpec, ParticipantWorker, PlannerCache, WorkerSettings
 from msfusion_ray.strategies.base import WorkOrder
+from msfusion_ray.training.evaluate_shards import Chunk, evaluate_chunks
 
 
 class Host:
@@ -27,7 +31,8 @@ class Host:
         warm_up_torch()
         self.host_id = host_id
         self.fetch_timeout_s = fetch_timeout_s
-        data = ray.get(data_box[0], timeout=fetch_timeout_s)
+        self.family = family
+        self.data = data = ray.get(data_box[0], timeout=fetch_timeout_s)
         costs = StepCostCache()  # shared by the host's participants: same shapes cost the same
         planners = PlannerCache(family, settings.training)  # and need the same memory
         self.workers = {p.id: ParticipantWorker(p, family, data, settings, costs, planners, gpu=self.gpu)
@@ -51,6 +56,21 @@ class Host:
         participant's memory guard lets the work start."""
         worker = self.workers[task.participant]
         return worker.run(task, lambda: ray.get(payload_box[0], timeout=self.fetch_timeout_s), lr)
+
+    def evaluate(self, weights: Weights, chunks: list[Chunk], calibration: np.ndarray, batch_size: int,
+                 calibration_batch_size: int) -> tuple[list[dict[str, float]], float]:
+        """The global model's figures on this host's share of the evaluation, and the seconds it took."""
+        started = time.perf_counter()
+        if not chunks:
+            return [], 0.0
+        evaluate = lambda device: evaluate_chunks(self.family, self.data, weights, chunks, calibration,  # noqa: E731
+                                                  batch_size, calibration_batch_size, device)
+        try:
+            parts = evaluate(self.gpu.device if self.gpu is not None else None)
+        except torch.OutOfMemoryError:  # the GPU is full (hosts share it): the CPU can always evaluate
+            release_cuda_memory()
+            parts = evaluate(None)
+        return parts, time.perf_counter() - started
 
     def export_state(self, tasks: dict[int, int]) -> dict[int, Any]:
         """Each hosted participant's memory as of its task in `tasks` (its last aggregated one)."""

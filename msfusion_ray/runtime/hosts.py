@@ -29,19 +29,29 @@ class HostsKeepDying(RuntimeError):
     """More host processes died than runtime.max_host_restarts allows."""
 
 
-def host_count(runtime: RuntimeConfig, participants: int) -> int:
-    """Host actors a run starts: runtime.hosts, else one per participant up to runtime.max_hosts."""
-    return min(runtime.hosts or min(participants, runtime.max_hosts), participants)
+def host_count(runtime: RuntimeConfig, participants: int, cpus: float) -> int:
+    """Host actors a run starts: runtime.hosts, else as many as the run's CPUs (its `host_cpus` share of the
+    cluster, or all of the cluster's `cpus`) hold at `threads_per_host` threads each, so that a run that sets
+    nothing keeps every core busy without more torch processes than cores; never more than participants or
+    runtime.max_hosts."""
+    if runtime.hosts is not None:
+        return min(runtime.hosts, participants)
+    budget = runtime.host_cpus if runtime.host_cpus is not None else cpus
+    fitting = max(1, int(budget / runtime.threads_per_host + 1e-9))
+    return min(fitting, participants, runtime.max_hosts or participants)
 
 
 class HostPool:
+    """The run's host actors. Creating the pool starts them and returns at once (they import torch and load
+    their data while the driver starts); `wait_ready` waits until every one answers."""
+
     def __init__(self, prepared: Prepared, data_ref: ray.ObjectRef, run_id: str):
         runtime = prepared.config.runtime
         fleet = prepared.fleet
         ids = [p.id for p in fleet.participants]
         groups = {p.id: p.device.name for p in fleet.participants} if runtime.device_resources else None
-        assignments = assign_hosts(ids, host_count(runtime, len(ids)), groups)
         cpus = ray.cluster_resources().get("CPU", 1.0)
+        assignments = assign_hosts(ids, host_count(runtime, len(ids), cpus), groups)
         # Hosts share the run's CPU budget logically (several runs of a sweep share the cluster); each caps its real
         # threads with torch.set_num_threads.
         budget = runtime.host_cpus if runtime.host_cpus is not None else 0.9 * cpus
@@ -75,19 +85,23 @@ class HostPool:
         self.max_restarts = runtime.max_host_restarts
         self.timeout_s = runtime.task_timeout_s
         self.saved_states: Callable[[], dict[int, dict]] = dict  # participant -> its state in the last checkpoint
-        self._wait_ready(cpus)
-        # what each host trains on, for the per-host records (runs whose hosts hold GPUs)
-        self.descriptions = (ray.get([a.describe.remote() for a in self.actors], timeout=STARTUP_TIMEOUT_S)
-                             if self.gpu_share else [])
+        self._cpus = cpus
+        self._ready = False
+        self.descriptions: list[dict] = []  # what each host trains on, for the per-host records (GPU runs; ready)
 
-    def _wait_ready(self, cpus: float) -> None:
+    def wait_ready(self) -> None:
+        if self._ready:
+            return
         pings = [actor.ping.remote() for actor in self.actors]
         ready, _ = ray.wait(pings, num_returns=len(pings), timeout=STARTUP_TIMEOUT_S)
         if len(ready) < len(pings):
             gpus = f", {self.gpu_share:g} GPU each" if self.gpu_share else ""
             raise RuntimeError(f"only {len(ready)} of {len(pings)} host actors started within {STARTUP_TIMEOUT_S:.0f} s "
-                               f"(cluster CPUs: {cpus:g}{gpus}); lower runtime.hosts or runtime.threads_per_host")
+                               f"(cluster CPUs: {self._cpus:g}{gpus}); lower runtime.hosts or runtime.threads_per_host")
         ray.get(ready, timeout=STARTUP_TIMEOUT_S)  # surfaces a host that failed in its constructor
+        if self.gpu_share:
+            self.descriptions = ray.get([a.describe.remote() for a in self.actors], timeout=STARTUP_TIMEOUT_S)
+        self._ready = True
 
     def actor_for(self, participant: int):  # noqa: ANN201 (a Ray actor handle)
         return self.actors[self.host_of[participant]]
@@ -116,16 +130,25 @@ class HostPool:
                     "the last checkpoint" if saved else "their initial state", cause, f"\n{detail}" if detail else "")
 
     def export_states(self, tasks: dict[int, int], timeout_s: float) -> dict[int, dict]:
-        """Every participant's memory as of its task in `tasks` (participant -> its last aggregated task); a host
-        found dead is replaced first (its participants then have the memory they were restored to)."""
+        """Every participant's memory as of its task in `tasks` (participant -> its last aggregated task)."""
+        return self.gather_states(self.request_states(tasks), tasks, timeout_s)
+
+    def request_states(self, tasks: dict[int, int]) -> list[ray.ObjectRef]:
+        """Ask for the states without waiting: each host answers in turn, after the work already sent to it and
+        before any sent later (a checkpoint taken at a step boundary while the next step is under way)."""
+        return [a.export_state.remote(tasks) for a in self.actors]
+
+    def gather_states(self, refs: list[ray.ObjectRef], tasks: dict[int, int], timeout_s: float) -> dict[int, dict]:
+        """The answers to `request_states(tasks)`; a host found dead is replaced first (its participants then have
+        the memory they were restored to)."""
         states: dict[int, dict] = {}
-        refs = [a.export_state.remote(tasks) for a in self.actors]
         for host, ref in enumerate(refs):
             try:
                 states.update(ray.get(ref, timeout=timeout_s))
             except (RayActorError, OutOfMemoryError) as err:
                 self.replace(host, describe_failure(err, f"host {host}"), tasks, str(err))
                 states.update(ray.get(self.actors[host].export_state.remote(tasks), timeout=timeout_s))
+        return states
         return states
 
     def import_states(self, states: dict[int, dict], timeout_s: float) -> None:

@@ -1,13 +1,21 @@
 """What a driver actor runs: the engine the strategy names, and what every engine shares around it.
 
-The Runner starts the hosts, builds the engine and consumes its steps (a synchronous round, an aggregation of the
-async buffer, a pipeline epoch). After each step its callbacks run in order: evaluation, records, checkpoint,
-progress (pfl-research's model: plug-ins of the training process, not lines in a round loop); any callback may
-stop the run. It never names an algorithm: the strategy plans and combines, the engine moves the work.
+The Runner starts the hosts (or takes those the launcher started), builds the engine and consumes its steps (a
+synchronous round, an aggregation of the async buffer, a pipeline epoch). After each step its callbacks run in
+order: evaluation, records, checkpoint, progress (pfl-research's model: plug-ins of the training process, not
+lines in a round loop); any callback may stop the run. It never names an algorithm: the strategy plans and
+combines, the engine moves the work.
+
+A step's model is final when the next step starts, so its evaluation (on the hosts, each a share of the batches)
+may run beside the next step: the callbacks then start what must see the run exactly at the step's boundary
+(the evaluation, the checkpoint's state) as soon as the step is yielded, and finish the step (its evaluation's
+figures, records, the checkpoint on disk, progress) once the next step is done. The records and checkpoints on
+disk are the same either way, in the same order.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -19,17 +27,15 @@ import numpy as np
 import ray
 import torch
 
-from msfusion_ray.data.arrays import ArrayDataset
-from msfusion_ray.devices.gpu import configure_cuda_determinism, release_cuda_memory
 from msfusion_ray.devices.timeline import VirtualTimeline
 from msfusion_ray.experiment import Prepared
-from msfusion_ray.models.weights import Weights, load_weights, to_weights
+from msfusion_ray.models.weights import Weights, to_weights
 from msfusion_ray.records import RecordWriter, RoundRow, host_rows
 from msfusion_ray.runtime.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from msfusion_ray.runtime.engines import EngineContext, Step, make_engine
 from msfusion_ray.runtime.engines.dispatch import RayHosts
 from msfusion_ray.runtime.hosts import HostPool
-from msfusion_ray.training.evaluate import evaluate, recalibrate_batchnorm
+from msfusion_ray.training.evaluate_shards import Chunk, combine_chunks, evaluation_splits, label_elements, plan_chunks
 
 METRIC_COLUMNS = [f"{split}_{name}" for split in ("test", "val") for name in ("accuracy", "loss", "perplexity")]
 
@@ -39,20 +45,11 @@ def initial_weights(prepared: Prepared) -> Weights:
     return to_weights(prepared.family.build())
 
 
-def evaluation_device(hosts_device: str) -> torch.device:
-    """The driver evaluates on a GPU where the run trains on GPUs and its own process has one."""
-    if hosts_device == "cuda" and torch.cuda.is_available():
-        configure_cuda_determinism()
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def calibration_split(prepared: Prepared) -> ArrayDataset:
+def calibration_indices(prepared: Prepared) -> np.ndarray:
     """A seeded sample of training data on which the global model's BatchNorm statistics are recomputed."""
     train = prepared.data.train
     size = min(prepared.config.runtime.bn_calibration_samples, len(train))
-    chosen = np.random.default_rng([prepared.config.seed, 0xB7]).choice(len(train), size, replace=False)
-    return train.subset(np.sort(chosen))
+    return np.sort(np.random.default_rng([prepared.config.seed, 0xB7]).choice(len(train), size, replace=False))
 
 
 @dataclass
@@ -64,10 +61,15 @@ class StepReport:
     wall_eval_s: float = 0.0
     round_row: RoundRow | None = None
     checkpointed: bool = False
+    started: dict[str, Any] = field(default_factory=dict)  # what callbacks started at the boundary, by callback
 
 
 class RunCallback:
-    """A plug-in of the run: called after every step (return True to stop the run) and once at its end."""
+    """A plug-in of the run: called at every step's boundary (before the engine goes on), after every step
+    (perhaps once the next step is done; return True to stop the run), and once at its end."""
+
+    def at_boundary(self, runner: "Runner", report: StepReport) -> None:
+        """Start what must see the run exactly as the step left it; finish it in `after_step`."""
 
     def after_step(self, runner: "Runner", report: StepReport) -> bool:
         return False
@@ -76,38 +78,58 @@ class RunCallback:
         pass
 
 
+@dataclass
+class EvaluationInFlight:
+    shares: list[list[Chunk]]  # per host that was given any, its chunks
+    answers: list[ray.ObjectRef]  # per such host: (figures per chunk, seconds)
+
+
 class Evaluation(RunCallback):
     """The global model on the test split (and the validation split where the data set has one) every
-    `runtime.eval_every` steps and after the last, after recomputing its BatchNorm statistics."""
+    `runtime.eval_every` steps and after the last, after recomputing its BatchNorm statistics. Every host
+    evaluates a share of the batches (all the CPUs the run has, at its hosts' threads), queued after the work
+    already sent to it; the figures are those of one process evaluating every batch in order."""
 
-    def __init__(self, prepared: Prepared, device: torch.device = torch.device("cpu")):
+    def __init__(self, prepared: Prepared, hosts: HostPool):
         self.prepared = prepared
-        self.calibration = calibration_split(prepared)
-        self.device = device
+        self.hosts = hosts
+        self.calibration = calibration_indices(prepared)
+        self.sizes = {name: len(split) for name, split in evaluation_splits(prepared.data).items()}
+        self.label_elements = label_elements(prepared.data)
+
+    def due(self, index: int) -> bool:
+        return index % self.prepared.config.runtime.eval_every == 0 or index == self.prepared.config.rounds
+
+    def start(self, weights: Weights) -> EvaluationInFlight:
+        runtime = self.prepared.config.runtime
+        batch = runtime.eval_batch_size
+        weights_ref = ray.put(weights)
+        shares, answers = [], []
+        for actor, share in zip(self.hosts.actors, plan_chunks(self.sizes, batch, len(self.hosts.actors))):
+            if share:
+                shares.append(share)
+                answers.append(actor.evaluate.remote(weights_ref, share, self.calibration, batch,
+                                                     runtime.bn_calibration_batch_size))
+        return EvaluationInFlight(shares, answers)
+
+    def finish(self, started: EvaluationInFlight) -> tuple[dict[str, dict[str, float]], float]:
+        """The figures per split, and the evaluation's wall seconds (its slowest host's)."""
+        answers = ray.get(started.answers, timeout=self.prepared.config.runtime.task_timeout_s)
+        chunks = [chunk for share in started.shares for chunk in share]
+        parts = [part for figures, _ in answers for part in figures]
+        return combine_chunks(chunks, parts, self.label_elements), max((s for _, s in answers), default=0.0)
 
     def evaluate(self, weights: Weights) -> tuple[dict[str, dict[str, float]], float]:
-        try:
-            return self._evaluate(weights, self.device)
-        except torch.OutOfMemoryError:  # the driver's GPU is full (hosts share it): the CPU can always evaluate
-            release_cuda_memory()
-            return self._evaluate(weights, torch.device("cpu"))
+        return self.finish(self.start(weights))
 
-    def _evaluate(self, weights: Weights, device: torch.device) -> tuple[dict[str, dict[str, float]], float]:
-        started = time.perf_counter()
-        model = self.prepared.family.build()
-        load_weights(model, weights)
-        model.to(device)
-        data = self.prepared.data
-        batch = self.prepared.config.runtime.eval_batch_size
-        recalibrate_batchnorm(model, data, self.calibration, batch)
-        splits = {"test": data.test, "val": data.validation}
-        metrics = {name: evaluate(model, data, split, batch) for name, split in splits.items() if split is not None}
-        return metrics, time.perf_counter() - started
+    def at_boundary(self, runner: "Runner", report: StepReport) -> None:
+        if self.due(report.step.index):
+            report.started["evaluation"] = self.start(report.step.weights)
 
     def after_step(self, runner: "Runner", report: StepReport) -> bool:
-        index = report.step.index
-        if index % self.prepared.config.runtime.eval_every == 0 or index == self.prepared.config.rounds:
-            report.evaluation, report.wall_eval_s = self.evaluate(report.step.weights)
+        started = report.started.pop("evaluation", None)
+        if started is not None:
+            report.evaluation, report.wall_eval_s = self.finish(started)
         return False
 
     def after_run(self, runner: "Runner", last: StepReport | None) -> None:
@@ -162,12 +184,18 @@ class HostRecords(RunCallback):
 
 
 class Checkpointing(RunCallback):
-    """Everything a resume needs, every `runtime.checkpoint_every` steps and after the last."""
+    """Everything a resume needs, every `runtime.checkpoint_every` steps and after the last: the state as of the
+    step's boundary, written once the step's records are."""
 
-    def after_step(self, runner: "Runner", report: StepReport) -> bool:
+    def at_boundary(self, runner: "Runner", report: StepReport) -> None:
         index = report.step.index
         if index % runner.config.runtime.checkpoint_every == 0 or index == runner.config.rounds:
-            runner.checkpoint(report.step)
+            report.started["checkpoint"] = runner.snapshot(report.step)
+
+    def after_step(self, runner: "Runner", report: StepReport) -> bool:
+        snapshot = report.started.pop("checkpoint", None)
+        if snapshot is not None:
+            runner.save_checkpoint(snapshot)
             report.checkpointed = True
         return False
 
@@ -185,27 +213,41 @@ class Progress(RunCallback):
         return False
 
 
+@dataclass
+class CheckpointSnapshot:
+    """A checkpoint as of a step's boundary, before it is written: the participants' states are on their way."""
+
+    index: int
+    weights: Weights
+    strategy: tuple[dict[str, Any], dict[str, np.ndarray]]
+    engine: tuple[dict[str, Any], dict[str, np.ndarray]]
+    tasks: dict[int, int]  # participant -> the task whose state it keeps
+    participant_states: list[ray.ObjectRef]
+
+
 class Runner:
     def __init__(self, prepared: Prepared, data_ref: ray.ObjectRef, run_dir: str | Path, run_id: str,
-                 resume: bool = False):
+                 resume: bool = False, hosts: HostPool | None = None):
         self.prepared = prepared
         self.config = prepared.config
         self.run_dir = Path(run_dir)
         self.run_id = run_id
+        self.started = time.time()
         torch.set_num_threads(self.config.runtime.threads_per_host)
-        self.hosts = HostPool(prepared, data_ref, run_id)
+        self.hosts = hosts if hosts is not None else HostPool(prepared, data_ref, run_id)
         self.hosts.saved_states = self._saved_participant_states  # what a replaced host's participants restore
+        self.hosts.wait_ready()
+        self.timing: dict[str, Any] = {"runner_started": self.started, "hosts_ready": time.time(), "steps": []}
         infos = {info.id: info for info in prepared.participant_infos()}
         self.context = EngineContext(prepared, RayHosts(self.hosts), run_id, VirtualTimeline(), prepared.availability,
                                      infos)
         self.engine = make_engine(prepared.strategy.engine, self.context, initial_weights(prepared))
         self.records = Records(self.run_dir, run_id, prepared.strategy.name)
-        self.callbacks: list[RunCallback] = [Evaluation(prepared, evaluation_device(self.hosts.device)),
-                                             self.records, Checkpointing(), Progress()]
+        self.callbacks: list[RunCallback] = [Evaluation(prepared, self.hosts), self.records, Checkpointing(),
+                                             Progress()]
         if self.hosts.descriptions:
             self.callbacks.insert(2, HostRecords(self.records.writer, run_id, self.hosts.descriptions))
         self.start_step = 1
-        self.started = time.time()
         self.progress: dict[str, Any] = {"round": 0, "rounds": self.config.rounds, "status": "starting"}
         if resume:
             self._restore()
@@ -234,29 +276,69 @@ class Runner:
         return checkpoint.participants if checkpoint is not None else {}
 
     def run(self) -> dict[str, Any]:
+        self.timing["run_started"] = time.time()
         try:
-            last = None
+            last = waiting = None  # waiting: a step whose evaluation runs beside the next step
+            stop = False
             for step in self.engine.steps(self.start_step):
+                self.timing["steps"].append(time.time())
                 last = StepReport(step)
-                if any([callback.after_step(self, last) for callback in self.callbacks]):
+                for callback in self.callbacks:
+                    callback.at_boundary(self, last)
+                if waiting is not None:
+                    finishing, waiting = waiting, None
+                    stop = self._finish_step(finishing)
+                if self._overlaps_next_step(last) and not stop:
+                    waiting = last
+                elif self._finish_step(last) or stop:
                     break
+            if waiting is not None:
+                waiting, finishing = None, waiting
+                self._finish_step(finishing)
             for callback in self.callbacks:
                 callback.after_run(self, last)
+            self.timing["finished"] = time.time()
             self.write_summary("complete")
-        except BaseException:
+        except BaseException as err:
+            if waiting is not None and isinstance(err, Exception):
+                self._finish_quietly(waiting)  # the step before the failure keeps its records and checkpoint
             self.write_summary("failed")
             raise
         finally:
             self.hosts.shutdown()
         return self.summary("complete")
 
-    def checkpoint(self, step: Step) -> None:
-        values, arrays = self.prepared.strategy.state_dict()
-        engine_values, engine_arrays = self.engine.state_dict()
-        participants = self.hosts.export_states(_last_tasks(self.engine.consumed, self.prepared),
+    def _finish_step(self, report: StepReport) -> bool:
+        return any([callback.after_step(self, report) for callback in self.callbacks])
+
+    def _finish_quietly(self, report: StepReport) -> None:
+        try:
+            self._finish_step(report)
+        except Exception:  # noqa: BLE001  (the run's own failure is the one to report)
+            pass
+
+    def _overlaps_next_step(self, report: StepReport) -> bool:
+        """Whether the step's callbacks finish after the next step: only while its evaluation runs, never after
+        the last step, nor where hosts pace themselves to wall time (`clock: real`)."""
+        runtime = self.config.runtime
+        return ("evaluation" in report.started and runtime.eval_overlap and runtime.clock != "real"
+                and report.step.index < self.config.rounds)
+
+    def snapshot(self, step: Step) -> CheckpointSnapshot:
+        """The checkpoint of `step`, taken at its boundary (copies: the engine and the strategy go on)."""
+        tasks = _last_tasks(self.engine.consumed, self.prepared)
+        return CheckpointSnapshot(step.index, step.weights, copy.deepcopy(self.prepared.strategy.state_dict()),
+                                  copy.deepcopy(self.engine.state_dict()), tasks, self.hosts.request_states(tasks))
+
+    def save_checkpoint(self, snapshot: CheckpointSnapshot) -> None:
+        participants = self.hosts.gather_states(snapshot.participant_states, snapshot.tasks,
                                                 self.config.runtime.task_timeout_s)
-        save_checkpoint(self.run_dir, Checkpoint(step.index, step.weights, values, arrays, participants,
+        (values, arrays), (engine_values, engine_arrays) = snapshot.strategy, snapshot.engine
+        save_checkpoint(self.run_dir, Checkpoint(snapshot.index, snapshot.weights, values, arrays, participants,
                                                  engine_values, engine_arrays))
+
+    def checkpoint(self, step: Step) -> None:
+        self.save_checkpoint(self.snapshot(step))
 
     def summary(self, status: str) -> dict[str, Any]:
         history = self.history
@@ -268,7 +350,7 @@ class Runner:
             "virtual_time_s": history[-1]["vt"] if history else 0.0,
             "final_accuracy": finite[-1] if finite else None, "best_accuracy": max(finite) if finite else None,
             "participants": len(self.prepared.fleet), "hosts": len(self.hosts.actors),
-            "wall_s": time.time() - self.started, "history": history,
+            "wall_s": time.time() - self.started, "history": history, "timing": self.timing,
         }
 
     def write_summary(self, status: str) -> None:
