@@ -277,6 +277,7 @@ class RunHandle:
         self.hosts = HostPool(prepared, data_ref, run_id)
         self.driver = start_driver(prepared, data_ref, self.hosts, run_dir, run_id, resume)
         self.finished = self.driver.run.remote()
+        self._pid = self.driver.pid.remote()
         self.progress: dict[str, Any] = {"round": 0}
         self._asked = self.driver.progress.remote()
 
@@ -334,12 +335,19 @@ class RunHandle:
 
     def interrupt(self, reason: str) -> None:
         """Stop the driver, waiting until it is gone (so that it writes nothing more), and record why."""
+        import psutil
         import ray
         from ray.exceptions import RayError
 
+        pid = None
+        with contextlib.suppress(RayError):
+            pid = ray.get(self._pid, timeout=5)
         ray.kill(self.driver, no_restart=True)
         with contextlib.suppress(RayError):
             ray.get(self.finished, timeout=30)
+        if pid is not None:  # Ray fails the driver's task at once; its process may still write for a moment
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(pid).wait(timeout=30)
         self.log.warning("run interrupted: %s", reason)
         write_summary_status(self.run_dir, "interrupted", reason, self.base_summary)
 

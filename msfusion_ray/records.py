@@ -231,6 +231,8 @@ class RecordWriter:
         _write_atomic(pd.DataFrame([round_row.flat()]), self._path("rounds", round_row.round))
 
     def write_hosts(self, round_idx: int, rows: list[HostStepRow]) -> None:
+        import pandas as pd
+
         _write_atomic(pd.DataFrame([asdict(r) for r in rows]), self._path("hosts", round_idx))
 
     def discard_after(self, round_idx: int) -> None:

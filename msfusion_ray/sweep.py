@@ -285,16 +285,16 @@ def with_cpu_share(prepared: Prepared, host_cpus: float) -> Prepared:
     return dataclasses.replace(prepared, config=config)
 
 
-def with_gpu_share(prepared: Prepared, gpus: float) -> Prepared:
+def with_gpu_share(prepared: Prepared, gpus: float, cpus: float) -> Prepared:
     """The cell with its hosts' GPU fraction sized so that they share `gpus` (its part of the cluster's) evenly,
-    unless its config sets one or trains on CPU."""
+    unless its config sets one or trains on CPU (`cpus`: the cluster's, which size its default host count)."""
     from msfusion_ray.devices.gpu import gpu_share
     from msfusion_ray.runtime.hosts import host_count
 
     runtime = prepared.config.runtime
     if runtime.gpus_per_host is not None or runtime.device == "cpu":
         return prepared
-    share = gpu_share(gpus, host_count(runtime, len(prepared.fleet)))
+    share = gpu_share(gpus, host_count(runtime, len(prepared.fleet), cpus))
     config = dataclasses.replace(prepared.config, runtime=dataclasses.replace(runtime, gpus_per_host=share))
     return dataclasses.replace(prepared, config=config)
 
@@ -437,7 +437,7 @@ def run_sweep(plan: SweepPlan, prepared: dict[str, Prepared], status: SweepStatu
         if parallel > 1:
             prepared = {k: with_cpu_share(p, round(0.9 * cpus / parallel, 4)) for k, p in prepared.items()}
         if parallel > 1 and resources.get("GPU", 0.0) > 0:
-            prepared = {k: with_gpu_share(p, resources["GPU"] / parallel) for k, p in prepared.items()}
+            prepared = {k: with_gpu_share(p, resources["GPU"] / parallel, cpus) for k, p in prepared.items()}
         total = sum(prepared[c].config.rounds for c in cell_ids)
         display = ProgressDisplay(total, "round", show_progress, label="sweep rounds ")
         display.note(f"sweep {plan.config.name}: {len(cell_ids)} cells to run, {parallel} side by side, "

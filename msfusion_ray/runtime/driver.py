@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,10 @@ class Driver:
 
     def progress(self) -> dict[str, Any]:
         return dict(self.runner.progress)
+
+    def pid(self) -> int:
+        """Its process (on the launcher's node): a launcher that kills the driver waits for it to be gone."""
+        return os.getpid()
 
 
 DriverActor = ray.remote(num_cpus=0, max_concurrency=2)(Driver)

@@ -245,6 +245,6 @@ def test_a_sweeps_cells_share_the_gpus_unless_they_say_otherwise():
         data = {**SMALL_CONFIG, "runtime": {**SMALL_CONFIG["runtime"], "hosts": 4, **runtime}}
         return Cell(config_from_dict(data), fleet=list(range(8)))
 
-    assert with_gpu_share(cell(device="auto"), 2 / 3).config.runtime.gpus_per_host == 0.1666  # 3 cells, 2 GPUs
-    assert with_gpu_share(cell(device="cuda", gpus_per_host=0.5), 0.5).config.runtime.gpus_per_host == 0.5
-    assert with_gpu_share(cell(device="cpu"), 0.5).config.runtime.gpus_per_host is None
+    assert with_gpu_share(cell(device="auto"), 2 / 3, 16).config.runtime.gpus_per_host == 0.1666  # 3 cells, 2 GPUs
+    assert with_gpu_share(cell(device="cuda", gpus_per_host=0.5), 0.5, 16).config.runtime.gpus_per_host == 0.5
+    assert with_gpu_share(cell(device="cpu"), 0.5, 16).config.runtime.gpus_per_host is None

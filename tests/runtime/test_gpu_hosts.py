@@ -97,6 +97,7 @@ quarter = copy.deepcopy(base)
 quarter["runtime"]["gpus_per_host"] = 0.25
 prepared = prepare(config_from_dict(quarter))
 pool = HostPool(prepared, ray.put(prepared.data), "quarter")
+pool.wait_ready()
 out["quarter"] = pool.descriptions
 pool.shutdown()
 
@@ -104,7 +105,9 @@ strict = copy.deepcopy(base)
 strict["runtime"]["device"] = "cuda"
 prepared = prepare(config_from_dict(strict))
 try:
-    HostPool(prepared, ray.put(prepared.data), "strict").shutdown()
+    pool = HostPool(prepared, ray.put(prepared.data), "strict")
+    pool.wait_ready()
+    pool.shutdown()
     out["strict"] = "started"
 except Exception as err:
     out["strict"] = str(err)

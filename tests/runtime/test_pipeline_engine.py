@@ -100,7 +100,7 @@ def test_a_node_that_cannot_hold_its_copies_ends_the_run_in_one_line(ray_session
     assert main(["run", str(path), "--no-plots"]) == 1
     err = capsys.readouterr().err
     first = next(line for line in err.splitlines() if line.startswith("error:"))
-    assert first.startswith("error: run failed: PipelineStopped: compute node 0 (raspberry-pi-4) cannot hold 3 copies "
+    assert first.startswith("error: run failed: the driver actor raised PipelineStopped: compute node 0 (raspberry-pi-4) cannot hold 3 copies "
                             "of layer 1: needs")
     run_dir = next((tmp_path / "runs").iterdir())
     rows = read_participant_rows(run_dir)
