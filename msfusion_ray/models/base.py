@@ -16,7 +16,7 @@ from typing import Any, Callable, ClassVar, Mapping
 import torch
 from torch import nn
 
-from msfusion_ray.errors import UserInputError
+from msfusion_ray.registry import Registry
 from msfusion_ray.schema import build
 from msfusion_ray.splitting.spec import SplitSpec
 
@@ -89,30 +89,15 @@ def scaled(base: int, width: float) -> int:
     return max(1, round(base * width))
 
 
-_FAMILIES: dict[str, Callable[..., ModelFamily]] = {}
-
-
-def register(name: str) -> Callable[[type[ModelFamily]], type[ModelFamily]]:
-    def add(cls: type[ModelFamily]) -> type[ModelFamily]:
-        cls.name = name
-        _FAMILIES[name] = cls
-        return cls
-    return add
+MODELS: Registry[Callable[..., ModelFamily]] = Registry("model", "model.name", ("msfusion_ray.models",))
+register = MODELS.register
 
 
 def family_names() -> list[str]:
-    _load_all()
-    return sorted(_FAMILIES)
+    return MODELS.names()
 
 
 def build_family(name: str, data: DataShape, width: float = 1.0,
                  options: Mapping[str, Any] | None = None) -> ModelFamily:
-    _load_all()
-    if name not in _FAMILIES:
-        raise UserInputError("model.name", f"unknown model '{name}' (known: {', '.join(sorted(_FAMILIES))})")
-    cls = _FAMILIES[name]
+    cls = MODELS.get(name)
     return cls(data, width, build(cls.Options, dict(options or {}), "model.options"))
-
-
-def _load_all() -> None:
-    from msfusion_ray.models import cnn, resnet, transformer  # noqa: F401  (registration side effect)
