@@ -1,4 +1,4 @@
-"""Command line: run, sweep, validate, profiles, plot, report.
+"""Command line: run, sweep, validate, profiles, plot, report, schema.
 
 Bad input of any kind ends with one line on stderr naming the field or file, and exit code 2, before anything is
 started or written.
@@ -50,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     plot = commands.add_parser("plot", help="plot one or more finished runs")
     plot.add_argument("run_dirs", nargs="+")
     plot.add_argument("--out", help="output directory (default: RUN_DIR/plots for one run)")
+
+    schema = commands.add_parser("schema", help="print the JSON Schema of config files (for an editor's YAML support)")
+    schema.add_argument("--kind", choices=("any", "experiment", "sweep"), default="any",
+                        help="an experiment config, a sweep file, or either (default)")
 
     report = commands.add_parser("report", help="an HTML report (plots, tables, config) of a run or a sweep")
     report.add_argument("path", metavar="RUN_OR_SWEEP_DIR")
@@ -211,5 +215,14 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "sweep": _sweep, "validate": _validate, "profiles": _profiles, "plot": _plot,
+def _schema(args: argparse.Namespace) -> int:
+    import json
+
+    from msfusion_ray.config import json_schema
+
+    print(json.dumps(json_schema(args.kind), indent=2))
+    return 0
+
+
+COMMANDS = {"schema": _schema, "run": _run, "sweep": _sweep, "validate": _validate, "profiles": _profiles, "plot": _plot,
             "report": _report}
