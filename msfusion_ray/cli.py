@@ -14,6 +14,7 @@ from typing import Sequence
 from msfusion_ray.config import config_from_dict, load_config
 from msfusion_ray.errors import ClusterStartError, UserInputError
 from msfusion_ray.launch import RunFailed, execute, new_run_dir
+from msfusion_ray.paths import find, find_config
 from msfusion_ray.schema import load_yaml
 
 EXIT_BAD_INPUT = 2
@@ -25,14 +26,16 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run one experiment on a Ray cluster")
-    run.add_argument("config", nargs="?", help="experiment YAML (omit with --resume)")
+    run.add_argument("config", nargs="?", help="experiment YAML, or a ready one by name (quickstart, "
+                                               "fmnist/resnet18_hetero8); omit with --resume")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
     _add_config_options(run)
     run.add_argument("--address", help="an existing Ray cluster (default: start an embedded local one)")
     run.add_argument("--no-plots", action="store_true", help="skip the PNG plots at the end")
 
     sweep = commands.add_parser("sweep", help="run a grid of experiments on one Ray cluster (resumable)")
-    sweep.add_argument("config", nargs="?", help="sweep YAML: a base config and a grid (omit with --resume)")
+    sweep.add_argument("config", nargs="?", help="sweep YAML: a base config and a grid, or a ready one by name "
+                                                 "(sweeps/fmnist_compare); omit with --resume")
     sweep.add_argument("--resume", metavar="SWEEP_DIR", help="continue a sweep (running the same command also does)")
     sweep.add_argument("--retry-failed", action="store_true", help="run failed cells again")
     sweep.add_argument("--max-parallel", type=int, metavar="N", help="cells side by side (default: from the cluster)")
@@ -45,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_options(validate)
 
     profiles = commands.add_parser("profiles", help="list the device profiles and fleets")
-    profiles.add_argument("--dir", help="profile directory (default: the project's device_profiles/)")
+    profiles.add_argument("--dir", help="profile directory (default: the bundled device_profiles/)")
 
     plot = commands.add_parser("plot", help="plot one or more finished runs")
     plot.add_argument("run_dirs", nargs="+")
@@ -88,13 +91,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from msfusion_ray.experiment import prepare
+    from msfusion_ray.experiment import check_module, prepare
+    from msfusion_ray.models import ModuleFamily
+    from msfusion_ray.models.module import check_sub_model
 
-    prepared = prepare(load_config(args.config, _overrides(args)))
+    prepared = prepare(load_config(find_config(args.config), _overrides(args)))
     config = prepared.config
     print(f"config ok: {config.name}, strategy {prepared.strategy.name}, model {config.model.name} "
           f"(width {config.model.width}), {len(prepared.fleet)} participants, {len(prepared.data.train)} training "
           f"samples")
+    if isinstance(prepared.family, ModuleFamily):
+        check_module(prepared.family, prepared.strategy, prepared.strategy.objective() is not None)
+        if prepared.family.spec.groups:
+            widths = check_sub_model(prepared.family)
+            print(f"sub-models ok: {len(widths)} width groups; a random selection ({sum(widths.values())} of "
+                  f"{sum(prepared.family.spec.groups.values())} units) is cut, loaded and run forward")
     print(f"{'participant':>11}  {'device':<22} {'samples':>7}  {'cap MiB':>9}  {'max rate':>8}")
     for p in prepared.fleet.participants:
         rate = prepared.capacity.max_rate(p.id)
@@ -106,7 +117,7 @@ def _validate(args: argparse.Namespace) -> int:
 def _profiles(args: argparse.Namespace) -> int:
     from msfusion_ray.devices.profile import default_profiles_dir, load_profiles
 
-    directory = Path(args.dir) if args.dir else default_profiles_dir()
+    directory = find(args.dir) if args.dir else default_profiles_dir()
     print(f"{'profile':<22} {'memory MiB':>10} {'GFLOP/s':>8} {'up Mb/s':>8} {'down Mb/s':>9} {'RTT ms':>7} "
           f"{'avail':>5}")
     for profile in load_profiles(directory).values():
@@ -139,7 +150,7 @@ def _run(args: argparse.Namespace) -> int:
         config = config_from_dict(load_yaml(run_dir / "config.yaml"), _overrides(args), where=str(run_dir))
         run_id = run_dir.name
     elif args.config:
-        config = load_config(args.config, _overrides(args))
+        config = load_config(find_config(args.config), _overrides(args))
     else:
         raise UserInputError("run", "give a CONFIG or --resume RUN_DIR")
     if args.address:
@@ -182,7 +193,7 @@ def _sweep(args: argparse.Namespace) -> int:
             raise UserInputError("--set", "a resumed sweep keeps its recorded config; start a new sweep to change it")
         plan = sweeps.load_sweep_dir(args.resume)
     elif args.config:
-        plan = sweeps.load_sweep(args.config, _overrides(args))
+        plan = sweeps.load_sweep(find_config(args.config), _overrides(args))
         sweeps.check_directory(plan)
     else:
         raise UserInputError("sweep", "give a CONFIG or --resume SWEEP_DIR")

@@ -164,10 +164,16 @@ def experiment_model() -> type:
     return _EXPERIMENT_MODELS[names]
 
 
-def config_from_dict(data: dict[str, Any], overrides: list[str] = (), where: str = "") -> ExperimentConfig:
+def config_from_dict(data: dict[str, Any], overrides: list[str] = (), where: str = "",
+                     config_dir: str | Path | None = None) -> ExperimentConfig:
+    """Override, anchor (the files it names: msfusion_ray.paths, relative to the current directory, then
+    `config_dir`, then the bundled files) and validate a config."""
+    from msfusion_ray.paths import anchor_paths
+
     data = copy.deepcopy(data)
     for text in overrides:
         set_dotted(data, *parse_override(text))
+    anchor_paths(data, config_dir)
     config = to_dataclass(validate(experiment_model(), data, where))
     if config.fleet.file is None and config.fleet.devices is None:
         raise UserInputError(f"{where}.fleet" if where else "fleet", "give either 'file' or 'devices'")
@@ -177,7 +183,7 @@ def config_from_dict(data: dict[str, Any], overrides: list[str] = (), where: str
 def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
     """Read, override and validate an experiment config; errors name the file and the field."""
     try:
-        return config_from_dict(load_yaml(path), overrides)
+        return config_from_dict(load_yaml(path), overrides, config_dir=Path(path).parent)
     except UserInputError as err:
         if err.where.startswith(str(path)) or err.where.startswith("--set"):
             raise

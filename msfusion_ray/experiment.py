@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from msfusion_ray.code_refs import is_code_ref
 from msfusion_ray.config import ExperimentConfig
 from msfusion_ray.data import load_data, partition
 from msfusion_ray.data.arrays import DataBundle
@@ -19,9 +20,12 @@ from msfusion_ray.devices.capacity import CapacityOracle, make_planner
 from msfusion_ray.devices.fleet import Fleet, FleetSpec, load_fleet_spec, make_fleet
 from msfusion_ray.devices.profile import default_profiles_dir, load_profiles
 from msfusion_ray.errors import UserInputError
-from msfusion_ray.models.base import ModelFamily, build_family
+from msfusion_ray.models import ModelFamily, ModuleFamily, build_family
+from msfusion_ray.models.module import check_sub_model
+from msfusion_ray.paths import find
 from msfusion_ray.strategies import make_strategy
 from msfusion_ray.strategies.base import ParticipantInfo, Strategy
+from msfusion_ray.strategies.width import WidthSplitting
 from msfusion_ray.training.objective import make_objective
 
 
@@ -45,12 +49,9 @@ def participant_infos(fleet: Fleet, partitions: list[np.ndarray]) -> list[Partic
 
 
 def project_path(path: str) -> Path:
-    """A path as given if it exists, else relative to the project checkout (configs name project files)."""
-    given = Path(path)
-    if given.exists() or given.is_absolute():
-        return given
-    in_project = Path(__file__).resolve().parents[1] / path
-    return in_project if in_project.exists() else given
+    """A path as given (absolute, or relative to the current directory) if it is there, else among the files that
+    ship with the package (msfusion_ray.paths)."""
+    return find(path)
 
 
 def resolve_fleet(config: ExperimentConfig) -> Fleet:
@@ -65,15 +66,31 @@ def resolve_fleet(config: ExperimentConfig) -> Fleet:
                       seed=config.seed, where=where)
 
 
+def check_module(family: ModuleFamily, strategy: Strategy, needs_features: bool) -> None:
+    """What a network from a function must offer its scheme: width tags for a width-splitting scheme (checked by
+    cutting a random sub-model), penultimate features for an objective that uses them."""
+    if needs_features and not family.has_features:
+        raise UserInputError("model.name", f"{strategy.name} trains with a loss on the penultimate features: give "
+                                           f"the module of {family.source} a forward_features(x) returning "
+                                           "(features, logits)")
+    if family.spec.groups:
+        check_sub_model(family, seed=0)
+    elif isinstance(strategy, WidthSplitting):
+        raise UserInputError("model.name", f"{strategy.name} splits the model by width, but {family.source} has "
+                                           "no width tags (see width_axes in msfusion_ray.splitting.spec)")
+
+
 def prepare(config: ExperimentConfig, data: DataBundle | None = None) -> Prepared:
     fleet = resolve_fleet(config)
     if data is None:
         data = load_data(config.data, config.seed)
     partitions = partition(data, config.data, len(fleet), config.seed)
-    family = build_family(config.model.name, data.shape, config.model.width, config.model.options)
+    family = build_family(config.model.name, data.shape, config.model.width, config.model.options, config.seed)
     strategy = make_strategy(config.strategy, family, config.seed)
     spec = strategy.objective()
     objective = make_objective(spec.name, spec.params) if spec is not None else None
+    if isinstance(family, ModuleFamily) and is_code_ref(family.source):  # the built-in networks are tested
+        check_module(family, strategy, objective is not None)
     capacity = CapacityOracle(fleet, family, make_planner(family, config.training, objective),
                               config.training.batch_size)
     if all(capacity.max_rate(p.id) is None for p in fleet.participants):

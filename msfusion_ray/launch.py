@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from msfusion_ray.code_refs import job_runtime_env
+from msfusion_ray.config import ExperimentConfig
 from msfusion_ray.experiment import Prepared
 
 
@@ -140,7 +142,7 @@ def execute(prepared: Prepared, run_dir: Path, run_id: str, resume: bool = False
     from msfusion_ray.runtime.cluster import ray_cluster
 
     config = prepared.config
-    with ray_cluster(config.runtime):
+    with ray_cluster(config.runtime, job_runtime_env(code_named(config))):
         handle = RunHandle(prepared, run_dir, run_id, resume)
         progress = ProgressDisplay(config.rounds, "round", show_progress, label="round ")
         try:
@@ -153,6 +155,11 @@ def execute(prepared: Prepared, run_dir: Path, run_id: str, resume: bool = False
         finally:
             progress.close()
             handle.stop()
+
+
+def code_named(config: ExperimentConfig) -> list[str]:
+    """The config fields that may name the user's code (shipped with the job to the cluster's nodes)."""
+    return [config.model.name, config.data.dataset]
 
 
 def _root_cause(err: Exception) -> str:

@@ -27,7 +27,9 @@ from msfusion_ray.data import load_data
 from msfusion_ray.data.arrays import DataBundle
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.experiment import Prepared, prepare, project_path
-from msfusion_ray.launch import ProgressDisplay, RunFailed, RunHandle, write_run_dir
+from msfusion_ray.code_refs import job_runtime_env
+from msfusion_ray.launch import ProgressDisplay, RunFailed, RunHandle, code_named, write_run_dir
+from msfusion_ray.paths import anchor_paths
 from msfusion_ray.schema import build, checked, load_yaml, positive, set_dotted
 
 # The cells share one cluster, so the keys that configure the cluster belong in the base config, not in the grid.
@@ -75,14 +77,15 @@ class SweepPlan:
 def read_sweep(path: str | Path, overrides: Iterable[str] = ()) -> SweepConfig:
     """Read a sweep file, its base resolved to a mapping; `overrides` (key=value) apply to the base config."""
     sweep = build(SweepConfig, load_yaml(path), str(path))
-    base = sweep.base
+    base, base_dir = sweep.base, Path(path).parent
     if isinstance(base, str):
         beside = Path(path).parent / base
-        base = load_yaml(beside if beside.is_file() else project_path(base))
+        base_file = beside if beside.is_file() else project_path(base)
+        base, base_dir = load_yaml(base_file), base_file.parent
     base = copy.deepcopy(base)
     for text in overrides:
         set_dotted(base, *parse_override(text))
-    return dataclasses.replace(sweep, base=base)
+    return dataclasses.replace(sweep, base=anchor_paths(base, base_dir))
 
 
 def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> SweepPlan:
@@ -393,7 +396,8 @@ def run_sweep(plan: SweepPlan, prepared: dict[str, Prepared], status: SweepStatu
     runtime = prepared[cell_ids[0]].config.runtime
     if address:
         runtime = dataclasses.replace(runtime, address=address)
-    with ray_cluster(runtime):
+    code = [ref for p in prepared.values() for ref in code_named(p.config)]
+    with ray_cluster(runtime, job_runtime_env(code)):
         resources = ray.cluster_resources()
         cpus = resources.get("CPU", 1.0)
         actors = max(host_count(p.config.runtime, len(p.fleet)) for p in prepared.values()) + 1

@@ -12,7 +12,7 @@ from msfusion_ray.models.base import DataShape
 
 @dataclass(frozen=True)
 class ArrayDataset:
-    """Samples `x` (uint8 images N x C x H x W, or int token windows) and integer labels `y`."""
+    """Samples `x` (uint8 images N x C x H x W, float features, or int token windows) and integer labels `y`."""
 
     x: np.ndarray
     y: np.ndarray
@@ -40,9 +40,15 @@ class DataBundle:
     tokens_per_sample: int = 0  # language models: predicted tokens per sample (for tokens/s)
 
     def to_batch(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Model inputs from stored samples: images scaled to [0, 1] and standardised per channel."""
+        """Model inputs from stored samples: uint8 images scaled to [0, 1] and standardised per channel, float
+        features as they are, other integers as token ids."""
         if self.shape.task == "language_model":
             return torch.from_numpy(np.asarray(x, dtype=np.int64)), torch.from_numpy(np.asarray(y, dtype=np.int64))
+        labels = torch.from_numpy(np.asarray(y, dtype=np.int64))
+        if np.issubdtype(np.asarray(x).dtype, np.integer) and np.asarray(x).dtype != np.uint8:  # token ids
+            return torch.from_numpy(np.asarray(x, dtype=np.int64)), labels
+        if np.asarray(x).dtype != np.uint8:  # features, used as they are
+            return torch.from_numpy(np.asarray(x, dtype=np.float32)), labels
         images = torch.from_numpy(np.asarray(x, dtype=np.float32)).div_(255.0)
         if self.mean:
             mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)

@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from msfusion_ray.registry import Registry
-from msfusion_ray.schema import build
 from msfusion_ray.splitting.spec import SplitSpec
 
 
@@ -28,6 +27,7 @@ class DataShape:
     input_shape: tuple[int, ...]
     num_outputs: int
     task: str = "classification"  # or "language_model"
+    input_dtype: str = "float"  # or "int": token ids (language models' always are)
 
 
 @dataclass(frozen=True)
@@ -82,22 +82,19 @@ class ModelFamily(ABC):
         if self.data.task == "language_model":
             tokens = torch.zeros((batch_size, *self.data.input_shape), dtype=torch.long)
             return tokens, tokens.clone()
-        return torch.zeros((batch_size, *self.data.input_shape)), torch.zeros(batch_size, dtype=torch.long)
+        dtype = torch.long if self.data.input_dtype == "int" else torch.float32
+        return torch.zeros((batch_size, *self.data.input_shape), dtype=dtype), torch.zeros(batch_size, dtype=torch.long)
 
 
 def scaled(base: int, width: float) -> int:
     return max(1, round(base * width))
 
 
-MODELS: Registry[Callable[..., ModelFamily]] = Registry("model", "model.name", ("msfusion_ray.models",))
+# A registered model is a function returning the full, width-tagged network (see msfusion_ray.models.module), or a
+# ModelFamily subclass that builds its sub-models itself.
+MODELS: Registry[Callable[..., Any]] = Registry("model", "model.name", ("msfusion_ray.models",))
 register = MODELS.register
 
 
 def family_names() -> list[str]:
     return MODELS.names()
-
-
-def build_family(name: str, data: DataShape, width: float = 1.0,
-                 options: Mapping[str, Any] | None = None) -> ModelFamily:
-    cls = MODELS.get(name)
-    return cls(data, width, build(cls.Options, dict(options or {}), "model.options"))

@@ -1,4 +1,4 @@
-"""A small CNN: two conv blocks and a hidden linear layer. The quick-start model."""
+"""A small CNN: two conv blocks and a hidden linear layer. The quick-start model (`model.name: cnn`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from msfusion_ray.models.base import ModelFamily, register, scaled
+from msfusion_ray.errors import UserInputError
+from msfusion_ray.models.base import DataShape, register, scaled
 from msfusion_ray.splitting.spec import width_axes
 
 
@@ -41,10 +42,10 @@ class SmallCNN(nn.Module):
 
 
 @register("cnn")
-class CNNFamily(ModelFamily):
-    def default_widths(self) -> dict[str, int]:
-        return {"conv1": scaled(32, self.width), "conv2": scaled(64, self.width), "fc1": scaled(128, self.width)}
-
-    def _build(self, widths: Mapping[str, int]) -> nn.Module:
-        channels, size, _ = self.data.input_shape
-        return SmallCNN(channels, size, self.data.num_outputs, widths)
+def make_cnn(shape: DataShape, options: dict, width: float = 1.0) -> nn.Module:
+    """The full CNN at width multiplier `width` (32, 64 and 128 units at width 1); sub-models are cut from it."""
+    if options:
+        raise UserInputError(f"model.options.{next(iter(options))}", "unknown option for cnn (it takes none)")
+    channels, size, _ = shape.input_shape
+    widths = {"conv1": scaled(32, width), "conv2": scaled(64, width), "fc1": scaled(128, width)}
+    return SmallCNN(channels, size, shape.num_outputs, widths)

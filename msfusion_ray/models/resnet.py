@@ -13,7 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from msfusion_ray.models.base import ModelFamily, register, scaled
+from msfusion_ray.errors import UserInputError
+from msfusion_ray.models.base import DataShape, register, scaled
 from msfusion_ray.splitting.spec import width_axes
 
 STAGE_CHANNELS = (64, 128, 256, 512)
@@ -73,14 +74,13 @@ class ResNet18(nn.Module):
 
 
 @register("resnet18")
-class ResNet18Family(ModelFamily):
-    def default_widths(self) -> dict[str, int]:
-        widths = {}
-        for s, (channels, blocks) in enumerate(zip(STAGE_CHANNELS, BLOCKS_PER_STAGE), start=1):
-            widths[f"stage{s}"] = scaled(channels, self.width)
-            for b in range(1, blocks + 1):
-                widths[f"stage{s}.block{b}"] = scaled(channels, self.width)
-        return widths
-
-    def _build(self, widths: Mapping[str, int]) -> nn.Module:
-        return ResNet18(self.data.input_shape[0], self.data.num_outputs, widths)
+def make_resnet18(shape: DataShape, options: dict, width: float = 1.0) -> nn.Module:
+    """The full ResNet-18 at width multiplier `width`; sub-models are cut from it."""
+    if options:
+        raise UserInputError(f"model.options.{next(iter(options))}", "unknown option for resnet18 (it takes none)")
+    widths = {}
+    for s, (channels, blocks) in enumerate(zip(STAGE_CHANNELS, BLOCKS_PER_STAGE), start=1):
+        widths[f"stage{s}"] = scaled(channels, width)
+        for b in range(1, blocks + 1):
+            widths[f"stage{s}.block{b}"] = scaled(channels, width)
+    return ResNet18(shape.input_shape[0], shape.num_outputs, widths)

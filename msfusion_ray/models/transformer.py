@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from msfusion_ray.errors import UserInputError
-from msfusion_ray.models.base import DataShape, ModelFamily, register, scaled
+from msfusion_ray.models.base import DataShape, register, scaled
 from msfusion_ray.schema import checked, positive
 from msfusion_ray.splitting.spec import width_axes
 
@@ -120,37 +120,24 @@ class GPT(nn.Module):
         return self.forward_features(x)[1]
 
 
+def check_options(shape: DataShape, options: TransformerOptions) -> None:
+    if shape.task != "language_model":
+        raise UserInputError("model.name", "the transformer is a language model; use a text data set")
+    if options.d_model % options.n_heads:
+        raise UserInputError("model.options.n_heads", f"must divide d_model = {options.d_model}")
+    if options.context is not None and options.context < shape.input_shape[0]:
+        raise UserInputError("model.options.context", f"{options.context} positions are fewer than the "
+                                                      f"data's {shape.input_shape[0]}-token windows")
+
+
 @register("transformer")
-class TransformerFamily(ModelFamily):
-    Options = TransformerOptions
-
-    def __init__(self, data: DataShape, width: float = 1.0, options: TransformerOptions | None = None):
-        super().__init__(data, width, options)
-        self._check()
-
-    def _check(self) -> None:
-        options = self.options
-        if self.data.task != "language_model":
-            raise UserInputError("model.name", "the transformer is a language model; use a text data set")
-        if options.d_model % options.n_heads:
-            raise UserInputError("model.options.n_heads", f"must divide d_model = {options.d_model}")
-        if options.context is not None and options.context < self.data.input_shape[0]:
-            raise UserInputError("model.options.context", f"{options.context} positions are fewer than the "
-                                                          f"data's {self.data.input_shape[0]}-token windows")
-
-    @property
-    def context(self) -> int:
-        return self.options.context or self.data.input_shape[0]
-
-    def default_widths(self) -> dict[str, int]:
-        options = self.options
-        heads = scaled(options.n_heads, self.width)
-        hidden = scaled(round(options.mlp_ratio * options.d_model), self.width)
-        widths = {}
-        for i in range(options.n_layers):
-            widths[f"block{i}.heads"] = heads
-            widths[f"block{i}.mlp"] = hidden
-        return widths
-
-    def _build(self, widths: Mapping[str, int]) -> nn.Module:
-        return GPT(self.data.num_outputs, self.context, self.options, widths)
+def make_transformer(shape: DataShape, options: TransformerOptions, width: float = 1.0) -> nn.Module:
+    """The full GPT at width multiplier `width` (heads and MLP units scaled); sub-models are cut from it."""
+    check_options(shape, options)
+    heads = scaled(options.n_heads, width)
+    hidden = scaled(round(options.mlp_ratio * options.d_model), width)
+    widths = {}
+    for i in range(options.n_layers):
+        widths[f"block{i}.heads"] = heads
+        widths[f"block{i}.mlp"] = hidden
+    return GPT(shape.num_outputs, options.context or shape.input_shape[0], options, widths)

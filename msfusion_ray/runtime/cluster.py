@@ -71,17 +71,18 @@ def node_addresses() -> set[str]:
 
 
 @contextmanager
-def ray_cluster(runtime: RuntimeConfig) -> Iterator[None]:
+def ray_cluster(runtime: RuntimeConfig, runtime_env: dict[str, Any] | None = None) -> Iterator[None]:
     """Use the Ray session already open in this process, join `runtime.address`, or start an embedded cluster.
-    Only a cluster this call started or joined is shut down on exit (never `ray stop`)."""
+    `runtime_env` is the job's (the user's code it ships, msfusion_ray.code_refs). Only a cluster this call
+    started or joined is shut down on exit (never `ray stop`)."""
     if ray.is_initialized():
         yield
         return
     if runtime.address:
-        ray.init(address=runtime.address, log_to_driver=False)
+        ray.init(address=runtime.address, log_to_driver=False, runtime_env=runtime_env)
     else:
         start_local_ray(num_cpus=runtime.num_cpus, include_dashboard=runtime.dashboard,
-                        object_store_memory=runtime.object_store_mib * 1024**2)
+                        object_store_memory=runtime.object_store_mib * 1024**2, runtime_env=runtime_env)
     try:
         yield
     finally:

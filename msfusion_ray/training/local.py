@@ -13,7 +13,7 @@ from torch import nn
 from msfusion_ray.config import TrainingConfig
 from msfusion_ray.costs.flops import StepCostCache
 from msfusion_ray.data.arrays import DataBundle
-from msfusion_ray.training.losses import task_loss
+from msfusion_ray.training.losses import features_and_logits, task_loss
 from msfusion_ray.training.objective import LocalObjective
 
 
@@ -66,7 +66,7 @@ def train_local(model: nn.Module, data: DataBundle, indices: np.ndarray, trainin
             optimizer.zero_grad(set_to_none=True)
             if objective is not None:
                 objective.before_forward(x)
-            features, logits = model.forward_features(x)
+            features, logits = features_and_logits(model, x)
             loss = task_loss(data.shape.task, logits, y)
             extra = objective.loss(x, features, logits) if objective is not None else None
             total = loss + extra if extra is not None else loss
