@@ -197,10 +197,7 @@ def _sweep(args: argparse.Namespace) -> int:
         sweeps.check_directory(plan)
     else:
         raise UserInputError("sweep", "give a CONFIG or --resume SWEEP_DIR")
-    todo = sweeps.SweepStatus.load_or_new(plan).to_run(args.retry_failed)
-    prepared = sweeps.prepare_cells(plan, todo, sweeps.DataCache())  # every check before anything is written
-    status = sweeps.create_directory(plan)
-    sweeps.run_sweep(plan, prepared, status, todo, args.max_parallel, address=args.address)
+    status = sweeps.execute_sweep(plan, args.retry_failed, args.max_parallel, args.address)
     print(f"{'cell':<48} {'status':<9} {'rounds':>6} {'final':>10} {'wall s':>7}  error")
     for cell_id, cell in status.cells.items():
         accuracy, perplexity, wall = cell.get("final_accuracy"), cell.get("final_perplexity"), cell.get("wall_s")

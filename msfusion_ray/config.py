@@ -91,6 +91,8 @@ class RuntimeConfig:
     dashboard: bool = False
     object_store_mib: int = checked(1024, check=positive)
     device_resources: bool = False  # on a real cluster: place participants on nodes with resource device:<name>
+    tracking: Literal["mlflow", "tensorboard"] | None = None  # each round's row and the config (msfusion_ray.tracking)
+    tracking_uri: str | None = None  # mlflow: the store (default sqlite:///mlflow.db); tensorboard: the event directory
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from msfusion_ray.paths import find
 from msfusion_ray.strategies import make_strategy
 from msfusion_ray.strategies.base import ParticipantInfo, Strategy
 from msfusion_ray.strategies.width import WidthSplitting
+from msfusion_ray.tracking import check_tracking
 from msfusion_ray.training.objective import make_objective
 
 
@@ -81,6 +82,7 @@ def check_module(family: ModuleFamily, strategy: Strategy, needs_features: bool)
 
 
 def prepare(config: ExperimentConfig, data: DataBundle | None = None) -> Prepared:
+    check_tracking(config.runtime)
     fleet = resolve_fleet(config)
     if data is None:
         data = load_data(config.data, config.seed)

@@ -12,6 +12,7 @@ from typing import Any
 from msfusion_ray.code_refs import job_runtime_env
 from msfusion_ray.config import ExperimentConfig
 from msfusion_ray.experiment import Prepared
+from msfusion_ray.tracking import follow_rounds
 
 
 class RunFailed(Exception):
@@ -144,17 +145,25 @@ def execute(prepared: Prepared, run_dir: Path, run_id: str, resume: bool = False
     config = prepared.config
     with ray_cluster(config.runtime, job_runtime_env(code_named(config))):
         handle = RunHandle(prepared, run_dir, run_id, resume)
+        tracker = follow_rounds(config, run_dir, run_id)
         progress = ProgressDisplay(config.rounds, "round", show_progress, label="round ")
+        status = "failed"
         try:
             while True:
                 done, _ = ray.wait([handle.finished], timeout=0.5)
                 state = handle.poll_progress()
                 progress.update(state.get("round", progress.last), round_postfix(state))
+                if tracker is not None:
+                    tracker.poll()
                 if done:
-                    return handle.result()
+                    summary = handle.result()
+                    status = "complete"
+                    return summary
         finally:
             progress.close()
             handle.stop()
+            if tracker is not None:
+                tracker.finish(status)
 
 
 def code_named(config: ExperimentConfig) -> list[str]:

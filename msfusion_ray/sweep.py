@@ -15,6 +15,8 @@ import dataclasses
 import json
 import math
 import re
+import sys
+import types
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,7 @@ from msfusion_ray.experiment import Prepared, prepare, project_path
 from msfusion_ray.code_refs import job_runtime_env
 from msfusion_ray.launch import ProgressDisplay, RunFailed, RunHandle, code_named, write_run_dir
 from msfusion_ray.paths import anchor_paths
+from msfusion_ray.tracking import RoundFollower, follow_rounds
 from msfusion_ray.schema import build, checked, load_yaml, positive, set_dotted
 
 # The cells share one cluster, so the keys that configure the cluster belong in the base config, not in the grid.
@@ -76,15 +79,21 @@ class SweepPlan:
 
 def read_sweep(path: str | Path, overrides: Iterable[str] = ()) -> SweepConfig:
     """Read a sweep file, its base resolved to a mapping; `overrides` (key=value) apply to the base config."""
-    sweep = build(SweepConfig, load_yaml(path), str(path))
-    base, base_dir = sweep.base, Path(path).parent
+    return resolve_base(build(SweepConfig, load_yaml(path), str(path)), Path(path).parent,
+                        [parse_override(text) for text in overrides])
+
+
+def resolve_base(sweep: SweepConfig, sweep_dir: Path, overrides: Iterable[tuple[str, Any]] = ()) -> SweepConfig:
+    """The sweep with its base config as a mapping (read from its file, beside the sweep or among the project's),
+    overridden (dotted key, value), and the files it names anchored (msfusion_ray.paths)."""
+    base, base_dir = sweep.base, sweep_dir
     if isinstance(base, str):
-        beside = Path(path).parent / base
+        beside = sweep_dir / base
         base_file = beside if beside.is_file() else project_path(base)
         base, base_dir = load_yaml(base_file), base_file.parent
     base = copy.deepcopy(base)
-    for text in overrides:
-        set_dotted(base, *parse_override(text))
+    for key, value in overrides:
+        set_dotted(base, key, value)
     return dataclasses.replace(sweep, base=anchor_paths(base, base_dir))
 
 
@@ -278,6 +287,7 @@ def with_cpu_share(prepared: Prepared, host_cpus: float) -> Prepared:
 class _Running:
     handle: RunHandle
     data_key: str
+    tracker: RoundFollower | None = None
 
 
 @dataclass
@@ -333,7 +343,7 @@ class SweepRunner:
             self.status.set(cell_id, status="failed", error=one_line(err))
             self.display.note(f"cell {cell_id} failed to start: {one_line(err)}")
             return
-        self.running[cell_id] = _Running(handle, key)
+        self.running[cell_id] = _Running(handle, key, follow_rounds(prepared.config, run_dir, cell_id))
         self.status.set(cell_id, status="running", error=None)
         self.display.note(f"cell {cell_id} {'continues' if resume else 'started'}")
 
@@ -345,7 +355,11 @@ class SweepRunner:
             reached = running.handle.progress.get("round", 0)
             self.status.set(cell_id, status="failed", error=str(err), rounds_completed=reached)
             self.display.note(f"cell {cell_id} failed: {err}")
+            if running.tracker is not None:
+                running.tracker.finish("failed")
         else:
+            if running.tracker is not None:
+                running.tracker.finish("complete")
             kept = cell_summary(summary)
             self.status.set(cell_id, status="complete", error=None, **kept)
             self.display.note(f"cell {cell_id} complete: final accuracy {kept['final_accuracy']}, perplexity "
@@ -365,6 +379,8 @@ class SweepRunner:
         if cell["status"] == "complete":
             return self.prepared[cell_id].config.rounds
         if cell_id in self.running:
+            if self.running[cell_id].tracker is not None:
+                self.running[cell_id].tracker.poll()
             return int(self.running[cell_id].handle.poll_progress().get("round", 0))
         return int(cell.get("rounds_completed") or 0)
 
@@ -380,6 +396,15 @@ def cell_summary(summary: dict[str, Any]) -> dict[str, Any]:
 def one_line(err: BaseException) -> str:
     lines = [line for line in str(err).splitlines() if line.strip()]
     return f"{type(err).__name__}: {lines[-1] if lines else ''}"[:500]
+
+
+def execute_sweep(plan: SweepPlan, retry_failed: bool = False, max_parallel: int | None = None,
+                  address: str | None = None, show_progress: bool = True) -> SweepStatus:
+    """Run what is left of a sweep: every cell to run is checked before anything is written."""
+    todo = SweepStatus.load_or_new(plan).to_run(retry_failed)
+    prepared = prepare_cells(plan, todo, DataCache())
+    status = create_directory(plan)
+    return run_sweep(plan, prepared, status, todo, max_parallel, show_progress, address)
 
 
 def run_sweep(plan: SweepPlan, prepared: dict[str, Prepared], status: SweepStatus, cell_ids: list[str],
@@ -415,3 +440,15 @@ def run_sweep(plan: SweepPlan, prepared: dict[str, Prepared], status: SweepStatu
         finally:
             display.close()
     return status
+
+
+class _SweepModule(types.ModuleType):
+    """`msfusion_ray.sweep(...)` is the Python API's sweep (msfusion_ray.api.sweep); as a module it is this one."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from msfusion_ray.api import sweep
+
+        return sweep(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _SweepModule
