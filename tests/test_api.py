@@ -102,6 +102,12 @@ def test_an_unsupported_tagged_layer_is_one_line_from_validate(user_project, cap
     assert err.startswith("error: ") and "model.name" in err and "act (Tanh): width tags are supported on" in err
 
 
+def test_a_scheme_whose_loss_needs_features_asks_for_forward_features(user_project, capsys):
+    assert main(["validate", str(user_project), "--set", "strategy.name=msfusion"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "model.name: msfusion trains with a loss on the penultimate features" in err
+
+
 def test_validate_checks_a_random_sub_model_of_a_user_model(user_project, capsys):
     assert main(["validate", str(user_project), "--set", "strategy.name=heterofl"]) == 0
     assert "sub-models ok: 2 width groups" in capsys.readouterr().out
