@@ -31,7 +31,7 @@ from msfusion_ray.errors import UserInputError
 from msfusion_ray.experiment import Prepared, prepare, project_path
 from msfusion_ray.code_refs import job_runtime_env
 from msfusion_ray.launch import ProgressDisplay, RunFailed, RunHandle, code_named, write_run_dir
-from msfusion_ray.paths import anchor_paths
+from msfusion_ray.paths import anchor_paths, find_config
 from msfusion_ray.tracking import RoundFollower, follow_rounds
 from msfusion_ray.schema import build, checked, load_yaml, positive, set_dotted
 
@@ -90,6 +90,7 @@ def resolve_base(sweep: SweepConfig, sweep_dir: Path, overrides: Iterable[tuple[
     if isinstance(base, str):
         beside = sweep_dir / base
         base_file = beside if beside.is_file() else project_path(base)
+        base_file = base_file if base_file.is_file() else find_config(base)  # a ready config by name
         base, base_dir = load_yaml(base_file), base_file.parent
     base = copy.deepcopy(base)
     for key, value in overrides:
