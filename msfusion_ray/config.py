@@ -48,6 +48,10 @@ class FleetConfig:
     memory_scale: float | None = checked(None, check=positive)  # overrides the fleet file's
     profiles_dir: str | None = None  # default: the project's device_profiles/
     sample_fraction: float = checked(1.0, check=fraction)  # share of the fleet asked to train each round
+    # when devices are reachable (msfusion_ray.devices.availability): a draw per round, on/off windows from the
+    # profiles' on_mean_s/off_mean_s, or windows read from a CSV trace
+    availability: Literal["per_round", "windows", "trace"] = "per_round"
+    availability_trace: str | None = None
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,8 @@ class RuntimeConfig:
 @dataclass(frozen=True)
 class ExperimentConfig:
     name: str
-    rounds: int = checked(check=positive)
+    rounds: int = checked(check=positive)  # steps: synchronous rounds, aggregations, or pipeline epochs
+    time_budget_s: float | None = checked(None, check=positive)  # ... or stop once this much virtual time has passed
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -16,6 +16,7 @@ from msfusion_ray.code_refs import is_code_ref
 from msfusion_ray.config import ExperimentConfig
 from msfusion_ray.data import load_data, partition
 from msfusion_ray.data.arrays import DataBundle
+from msfusion_ray.devices.availability import Availability, make_availability
 from msfusion_ray.devices.capacity import CapacityOracle, make_planner
 from msfusion_ray.devices.fleet import Fleet, FleetSpec, load_fleet_spec, make_fleet
 from msfusion_ray.devices.profile import default_profiles_dir, load_profiles
@@ -39,6 +40,7 @@ class Prepared:
     family: ModelFamily  # the global model's family (after the strategy fixed it)
     strategy: Strategy
     capacity: CapacityOracle
+    availability: Availability
 
     def participant_infos(self) -> list[ParticipantInfo]:
         return participant_infos(self.fleet, self.partitions)
@@ -81,9 +83,18 @@ def check_module(family: ModuleFamily, strategy: Strategy, needs_features: bool)
                                            "no width tags (see width_axes in msfusion_ray.splitting.spec)")
 
 
+def resolve_availability(config: ExperimentConfig, fleet: Fleet) -> Availability:
+    fleet_config = config.fleet
+    if fleet_config.availability_trace is not None and fleet_config.availability != "trace":
+        raise UserInputError("fleet.availability_trace", "a trace is read only with fleet.availability: trace")
+    trace = project_path(fleet_config.availability_trace) if fleet_config.availability_trace else None
+    return make_availability(fleet_config.availability, fleet, config.seed, trace)
+
+
 def prepare(config: ExperimentConfig, data: DataBundle | None = None) -> Prepared:
     check_tracking(config.runtime)
     fleet = resolve_fleet(config)
+    availability = resolve_availability(config, fleet)
     if data is None:
         data = load_data(config.data, config.seed)
     partitions = partition(data, config.data, len(fleet), config.seed)
@@ -101,4 +112,4 @@ def prepare(config: ExperimentConfig, data: DataBundle | None = None) -> Prepare
         raise UserInputError("fleet", f"no participant can train even the narrowest sub-model (needs "
                                       f"{narrowest / 2**20:.1f} MiB, largest memory cap {largest / 2**20:.1f} MiB)")
     global_family = strategy.configure(capacity, participant_infos(fleet, partitions))
-    return Prepared(config, data, fleet, partitions, global_family, strategy, capacity)
+    return Prepared(config, data, fleet, partitions, global_family, strategy, capacity, availability)

@@ -16,17 +16,27 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-STATUSES = ("ok", "oom", "unavailable", "error", "timeout")
+# ok: trained and aggregated; oom: refused by its memory guard; unavailable: off when asked; error: failed;
+# timeout: overran runtime.task_timeout_s; dropped: went off (availability window) while training, the work lost;
+# stale: trained, but arrived more than the strategy's max_staleness versions late and was not aggregated.
+STATUSES = ("ok", "oom", "unavailable", "error", "timeout", "dropped", "stale")
 
 
 @dataclass
 class ParticipantRoundRow:
+    """One participant task: `round` is the step (synchronous round, aggregation of the buffer, pipeline epoch)
+    whose records it belongs to."""
+
     run_id: str
     round: int
     participant: int
     device: str
     host: int
     status: str  # one of STATUSES
+    role: str = "participant"  # or a pipeline's "compute" node / "aggregator"
+    task: int = -1  # the run's sequence number of this task (-1: no task was handed out)
+    base_version: int = -1  # the global model version it trained from
+    staleness: int = 0  # global versions published between its hand-out and its arrival
     rate: float = math.nan  # the splitting rate planned for this participant (none when it was unavailable)
     param_fraction: float = math.nan  # share of the global model's parameters it was asked to hold
     samples: int = 0
@@ -43,7 +53,12 @@ class ParticipantRoundRow:
     device_compute_s: float = 0.0
     device_comm_s: float = 0.0
     device_time_s: float = 0.0
-    device_clock_s: float = 0.0  # the participant's virtual clock after this round
+    device_download_s: float = 0.0
+    device_upload_s: float = 0.0
+    predicted_device_s: float = math.nan  # what the engine predicted before the task ran (nan: no prediction)
+    vt_start: float = math.nan  # run's virtual time at which the participant was handed the model
+    vt_end: float = math.nan  # ... and at which its work ended (or was lost)
+    device_clock_s: float = 0.0  # the participant's device seconds spent so far in the run (busy time)
     mem_planned_bytes: int = 0
     mem_cap_bytes: int = 0
     mem_peak_rss_bytes: int = 0  # rise of the host process's resident set while training
@@ -51,6 +66,12 @@ class ParticipantRoundRow:
     train_loss: float = math.nan
     extra_loss: float = math.nan
     message: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)  # the procedure's own figures (open, like Flower's)
+
+    def flat(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update({f"metric_{k}": float(v) for k, v in data.pop("metrics").items()})
+        return data
 
 
 @dataclass
@@ -63,13 +84,20 @@ class RoundRow:
     participants_oom: int = 0
     participants_unavailable: int = 0
     participants_failed: int = 0
+    participants_dropped: int = 0
+    participants_stale: int = 0
+    updates_aggregated: int = 0
+    staleness_mean: float = math.nan  # over aggregated updates
+    staleness_max: int = 0
     samples_total: int = 0
     flops_total: int = 0
     flops_max: int = 0
     bytes_down_total: int = 0
     bytes_up_total: int = 0
     bytes_p2p_total: int = 0
-    device_time_s: float = 0.0  # a synchronous round lasts as long as its slowest participant
+    device_time_s: float = 0.0  # the longest participant task of the step
+    vt_start: float = 0.0  # run's virtual time when the step began (the previous aggregation)
+    vt_end: float = 0.0  # ... and of its aggregation: a synchronous round ends with its slowest participant
     wall_round_s: float = 0.0
     wall_eval_s: float = 0.0
     test_accuracy: float = math.nan
@@ -83,15 +111,21 @@ class RoundRow:
     @classmethod
     def summarise(cls, run_id: str, round_idx: int, strategy: str, rows: Iterable[ParticipantRoundRow],
                   **values: Any) -> "RoundRow":
-        rows = list(rows)
-        trained = [r for r in rows if r.status == "ok"]
+        rows = list(rows)  # costs count every row; outcomes only the participants' (not a pipeline's compute nodes)
+        asked = [r for r in rows if r.role == "participant"]
+        trained = [r for r in asked if r.status == "ok"]
         return cls(
             run_id=run_id, round=round_idx, strategy=strategy,
-            participants_planned=sum(r.status != "unavailable" for r in rows),
+            participants_planned=sum(r.status != "unavailable" for r in asked),
             participants_ok=len(trained),
-            participants_oom=sum(r.status == "oom" for r in rows),
-            participants_unavailable=sum(r.status == "unavailable" for r in rows),
-            participants_failed=sum(r.status in ("error", "timeout") for r in rows),
+            participants_oom=sum(r.status == "oom" for r in asked),
+            participants_unavailable=sum(r.status == "unavailable" for r in asked),
+            participants_failed=sum(r.status in ("error", "timeout") for r in asked),
+            participants_dropped=sum(r.status == "dropped" for r in asked),
+            participants_stale=sum(r.status == "stale" for r in asked),
+            updates_aggregated=len(trained),
+            staleness_mean=sum(r.staleness for r in trained) / len(trained) if trained else math.nan,
+            staleness_max=max((r.staleness for r in trained), default=0),
             samples_total=sum(r.samples for r in trained),
             flops_total=sum(r.flops for r in rows),
             flops_max=max((r.flops for r in rows), default=0),
@@ -124,7 +158,9 @@ class RecordWriter:
         return self.root / kind / f"round-{round_idx:06d}.parquet"
 
     def write_round(self, participant_rows: list[ParticipantRoundRow], round_row: RoundRow) -> None:
-        frame = pd.DataFrame([asdict(r) for r in participant_rows], columns=list(ParticipantRoundRow.__annotations__))
+        columns = [c for c in ParticipantRoundRow.__annotations__ if c != "metrics"]
+        frame = pd.DataFrame([r.flat() for r in participant_rows])
+        frame = frame.reindex(columns=columns + sorted(set(frame.columns) - set(columns)))
         _write_atomic(frame, self._path("participants", round_row.round))
         _write_atomic(pd.DataFrame([round_row.flat()]), self._path("rounds", round_row.round))
 

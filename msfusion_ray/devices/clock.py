@@ -1,7 +1,8 @@
-"""The virtual clock: how long a participant's work would take on its device.
+"""Device time: how long a participant's work would take on its device.
 
 device seconds = FLOPs / (device FLOP/s) + bytes down / downlink + bytes up / uplink + round-trip latency.
-In `real` mode the participant also sleeps until its wall time matches that figure.
+The run's virtual timeline (devices/timeline.py) places that work in virtual time; in `real` mode the host also
+sleeps until wall time catches up with where the timeline says the work ends.
 """
 
 from __future__ import annotations
@@ -38,17 +39,6 @@ def device_time(profile: DeviceProfile, flops: float, bytes_down: int, bytes_up:
     )
 
 
-class VirtualClock:
-    """A participant's own clock: the device seconds it has spent so far."""
-
-    def __init__(self, now_s: float = 0.0):
-        self.now_s = now_s
-
-    def advance(self, seconds: float) -> float:
-        self.now_s += seconds
-        return self.now_s
-
-
 @dataclass(frozen=True)
 class Pacing:
     slept_s: float
@@ -57,13 +47,15 @@ class Pacing:
     def warning(self, device: str) -> str | None:
         if self.behind_s <= 0:
             return None
-        return (f"host slower than profile '{device}' by {self.behind_s:.2f} s this round: "
-                "wall time cannot match device time")
+        return (f"host slower than profile '{device}' by {self.behind_s:.2f} s on this task: "
+                "wall time cannot follow the virtual timeline")
 
 
-def pace(device_s: float, wall_s: float, sleep: Callable[[float], None] = time.sleep) -> Pacing:
-    """Real mode: sleep off the difference so that wall time equals device time."""
-    gap = device_s - wall_s
+def pace_until(due_s: float, now: Callable[[], float] = time.time,
+               sleep: Callable[[float], None] = time.sleep) -> Pacing:
+    """Real mode: sleep until wall time `due_s` (where the virtual timeline says the work ends), or say by how
+    much the host is behind it."""
+    gap = due_s - now()
     if gap > 0:
         sleep(gap)
         return Pacing(slept_s=gap, behind_s=0.0)

@@ -24,7 +24,9 @@ class DeviceProfile:
     uplink_mbps: float = checked(check=positive)
     downlink_mbps: float = checked(check=positive)
     latency_ms: float = checked(0.0, check=lambda v: None if v >= 0 else f"must be >= 0 (got {v})")
-    availability: float = checked(1.0, check=probability)
+    availability: float = checked(1.0, check=probability)  # per-round reachability (fleet.availability: per_round)
+    on_mean_s: float | None = checked(None, check=positive)  # mean on and off periods in virtual seconds
+    off_mean_s: float | None = checked(None, check=positive)  # (fleet.availability: windows)
     native: bool = False  # on a real cluster: the node is the device (no memory refusal, measured compute time)
 
     @property
@@ -52,6 +54,8 @@ def default_profiles_dir() -> Path:
 def load_profile(path: str | Path) -> DeviceProfile:
     path = Path(path)
     profile = build(DeviceProfile, load_yaml(path), str(path))
+    if (profile.on_mean_s is None) != (profile.off_mean_s is None):
+        raise UserInputError(f"{path}.on_mean_s", "give both on_mean_s and off_mean_s, or neither")
     if profile.name != path.stem:
         raise UserInputError(f"{path}.name", f"must match the file name '{path.stem}' (got '{profile.name}')")
     return profile

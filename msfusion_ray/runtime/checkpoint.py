@@ -51,6 +51,8 @@ class Checkpoint:
     strategy_values: dict[str, Any]
     strategy_arrays: dict[str, np.ndarray]
     participants: dict[int, Any]
+    engine_values: dict[str, Any]
+    engine_arrays: dict[str, np.ndarray]
 
 
 def save_checkpoint(run_dir: str | Path, checkpoint: Checkpoint) -> None:
@@ -61,10 +63,12 @@ def save_checkpoint(run_dir: str | Path, checkpoint: Checkpoint) -> None:
     tmp.mkdir(parents=True)
     np.savez(tmp / "weights.npz", **checkpoint.weights)
     np.savez(tmp / "strategy.npz", **checkpoint.strategy_arrays)
+    np.savez(tmp / "engine.npz", **checkpoint.engine_arrays)
     participant_arrays: dict[str, np.ndarray] = {}
     state = {
         "round": checkpoint.round,
         "strategy": checkpoint.strategy_values,
+        "engine": checkpoint.engine_values,
         "participants": split_arrays({str(k): v for k, v in checkpoint.participants.items()}, participant_arrays),
     }
     np.savez(tmp / "participants.npz", **participant_arrays)
@@ -89,4 +93,5 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint | None:
     participants = join_arrays(state["participants"], arrays("participants.npz"))
     return Checkpoint(round=state["round"], weights=arrays("weights.npz"), strategy_values=state["strategy"],
                       strategy_arrays=arrays("strategy.npz"),
-                      participants={int(k): v for k, v in participants.items()})
+                      participants={int(k): v for k, v in participants.items()},
+                      engine_values=state["engine"], engine_arrays=arrays("engine.npz"))

@@ -1,7 +1,7 @@
 """Host actors: the Ray processes that hold participants.
 
-A host keeps a `ParticipantWorker` (data shard, virtual clock, objective state) for every participant assigned to
-it and runs their rounds one after another. By default each participant has its own host; for large fleets a
+A host keeps a `ParticipantWorker` (data shard, what its procedure remembers) for every participant assigned to it
+and carries out their work orders one after another. By default each participant has its own host; for large fleets a
 bounded pool of hosts carries many participants each. Assignment is sticky, so a participant's state never moves.
 """
 
@@ -15,7 +15,7 @@ import torch
 from msfusion_ray.costs.flops import StepCostCache
 from msfusion_ray.models.base import ModelFamily
 from msfusion_ray.runtime.participant import ParticipantSpec, ParticipantWorker, PlannerCache, WorkerSettings
-from msfusion_ray.strategies.base import TrainTask
+from msfusion_ray.strategies.base import WorkOrder
 
 
 class Host:
@@ -33,14 +33,15 @@ class Host:
     def ping(self) -> int:
         return self.host_id
 
-    def run(self, round_idx: int, task: TrainTask, payload_box: list, lr: float):  # noqa: ANN201
-        """Train one participant. The payload ref comes boxed in a list so that it is fetched only if the
+    def run(self, task: WorkOrder, payload_box: list, lr: float):  # noqa: ANN201
+        """Carry out one work order. The payload ref comes boxed in a list so that it is fetched only if the
         participant's memory guard lets the work start."""
         worker = self.workers[task.participant]
-        return worker.run(round_idx, task, lambda: ray.get(payload_box[0], timeout=self.fetch_timeout_s), lr)
+        return worker.run(task, lambda: ray.get(payload_box[0], timeout=self.fetch_timeout_s), lr)
 
-    def export_state(self) -> dict[int, Any]:
-        return {pid: worker.export_state() for pid, worker in self.workers.items()}
+    def export_state(self, tasks: dict[int, int]) -> dict[int, Any]:
+        """Each hosted participant's memory as of its task in `tasks` (its last aggregated one)."""
+        return {pid: self.workers[pid].export_state(task) for pid, task in tasks.items() if pid in self.workers}
 
     def import_state(self, states: dict[int, Any]) -> None:
         for pid, state in states.items():

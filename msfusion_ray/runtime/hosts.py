@@ -30,7 +30,8 @@ class HostPool:
         budget = runtime.host_cpus if runtime.host_cpus is not None else 0.9 * cpus
         num_cpus = round(min(float(runtime.threads_per_host), budget / len(assignments)), 4)
         settings = WorkerSettings(run_id=run_id, host=0, seed=prepared.config.seed,
-                                  training=prepared.config.training, clock=runtime.clock)
+                                  training=prepared.config.training, clock=runtime.clock,
+                                  task_timeout_s=runtime.task_timeout_s)
         self.host_of: dict[int, int] = {}
         self.actors = []
         for host_id, members in enumerate(assignments):
@@ -57,9 +58,10 @@ class HostPool:
     def actor_for(self, participant: int):  # noqa: ANN201 (a Ray actor handle)
         return self.actors[self.host_of[participant]]
 
-    def export_states(self, timeout_s: float) -> dict[int, dict]:
+    def export_states(self, tasks: dict[int, int], timeout_s: float) -> dict[int, dict]:
+        """Every participant's memory as of its task in `tasks` (participant -> its last aggregated task)."""
         states: dict[int, dict] = {}
-        for part in ray.get([a.export_state.remote() for a in self.actors], timeout=timeout_s):
+        for part in ray.get([a.export_state.remote(tasks) for a in self.actors], timeout=timeout_s):
             states.update(part)
         return states
 

@@ -1,16 +1,21 @@
-"""One participant held to its device: memory guard, training, cost measurement, virtual clock.
+"""One participant held to its device: memory guard, the local procedure, cost measurement, device time.
 
 This is plain Python (no Ray): a host actor keeps one `ParticipantWorker` per participant it hosts, with the
-participant's data shard, virtual clock and objective state, and calls `run` once per round. Whatever happens
-inside a round (work that does not fit, a failure in training) comes back as a recorded outcome, never as an
-exception that would stop the run.
+participant's data shard and what its procedure remembers between tasks, and calls `run` once per work order.
+Whatever happens inside a task (work that does not fit, a failure in training, a task that overruns its time)
+comes back as a recorded outcome, never as an exception that would stop the run.
+
+The participant's memory is kept per task: each task starts from the state the task named in its order
+(`state_from`, the participant's last task the driver aggregated) and leaves its own. A task the driver never
+aggregated (timed out, dropped, lost with a host) therefore never advances what later tasks see.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 import traceback
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -23,16 +28,13 @@ from msfusion_ray.costs.memory import rss_peak
 from msfusion_ray.costs.payload import payload_bytes
 from msfusion_ray.data.arrays import DataBundle
 from msfusion_ray.devices.capacity import make_planner
-from msfusion_ray.devices.clock import VirtualClock, device_time, pace
-from msfusion_ray.devices.memory_guard import MemoryGuard
+from msfusion_ray.devices.clock import device_time, pace_until
 from msfusion_ray.devices.profile import DeviceProfile
 from msfusion_ray.models.base import ModelFamily
-from msfusion_ray.models.weights import Weights, load_weights, to_weights
+from msfusion_ray.models.weights import Weights
 from msfusion_ray.records import ParticipantRoundRow
-from msfusion_ray.splitting.index_map import widths_of
-from msfusion_ray.strategies.base import TrainTask
-from msfusion_ray.training.local import train_local
-from msfusion_ray.training.objective import ObjectiveContext, make_objective
+from msfusion_ray.strategies.base import WorkOrder
+from msfusion_ray.training.procedure import ProcedureContext, TaskTimeout, make_procedure
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,8 @@ class WorkerSettings:
     host: int
     seed: int
     training: TrainingConfig
-    clock: str = "virtual"  # or "real": sleep until wall time matches device time
+    clock: str = "virtual"  # or "real": sleep until wall time follows the virtual timeline
+    task_timeout_s: float = float("inf")  # wall seconds a task may work, from its own start
 
 
 class PlannerCache:
@@ -79,97 +82,103 @@ def seed_torch(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
+def deadline_check(started: float, limit_s: float, clock: Callable[[], float]) -> Callable[[], None]:
+    def check() -> None:
+        if clock() - started > limit_s:
+            raise TaskTimeout(f"ran past runtime.task_timeout_s={limit_s:g} s of its own")
+    return check
+
+
 class ParticipantWorker:
     def __init__(self, spec: ParticipantSpec, family: ModelFamily, data: DataBundle, settings: WorkerSettings,
-                 step_costs: StepCostCache, planners: PlannerCache | None = None):
+                 step_costs: StepCostCache, planners: PlannerCache | None = None,
+                 clock: Callable[[], float] = time.perf_counter):
         self.spec = spec
+        self.clock = clock
         self.family = family
         self.data = data
         self.settings = settings
         self.step_costs = step_costs
         self.planners = planners if planners is not None else PlannerCache(family, settings.training)
-        self.clock = VirtualClock()
-        self.state: dict = {}  # what the local objective keeps between rounds
+        self.states: dict[int, dict] = {-1: {}}  # what the procedure remembers, after each task (by task number)
 
-    def _guard(self, objective) -> MemoryGuard:  # noqa: ANN001 (LocalObjective | None)
-        return MemoryGuard(self.spec.memory_cap_bytes, self.planners.planner(objective))
-
-    def _row(self, round_idx: int, task: TrainTask, status: str, **values) -> ParticipantRoundRow:
-        return ParticipantRoundRow(run_id=self.settings.run_id, round=round_idx, participant=self.spec.id,
+    def _row(self, task: WorkOrder, status: str, **values) -> ParticipantRoundRow:
+        return ParticipantRoundRow(run_id=self.settings.run_id, round=task.base_version + 1, participant=self.spec.id,
                                    device=self.spec.device.name, host=self.settings.host, status=status,
-                                   rate=task.rate, mem_cap_bytes=self.spec.memory_cap_bytes,
-                                   device_clock_s=self.clock.now_s, **values)
+                                   task=task.task, base_version=task.base_version, rate=task.rate,
+                                   mem_cap_bytes=self.spec.memory_cap_bytes, vt_start=task.vt_start,
+                                   predicted_device_s=(task.predicted_device_s if task.predicted_device_s is not None
+                                                       else float("nan")), **values)
 
-    def run(self, round_idx: int, task: TrainTask, fetch_payload: Callable[[], Weights],
-            lr: float) -> tuple[ParticipantRoundRow, Weights | None]:
-        started = time.perf_counter()
+    def run(self, task: WorkOrder, fetch_payload: Callable[[], Weights],
+            lr: float) -> tuple[ParticipantRoundRow, Weights | None, dict]:
+        """(record, payload or None, what the participant chose to train)."""
+        started = self.clock()
         try:
-            return self._run(round_idx, task, fetch_payload, lr, started)
+            return self._run(task, fetch_payload, lr, started)
+        except TaskTimeout as err:
+            return self._row(task, "timeout", message=str(err), wall_total_s=self.clock() - started), None, {}
         except Exception as err:  # a failed participant is an outcome, not a crashed run
             last = traceback.extract_tb(err.__traceback__)[-1]
             message = f"{type(err).__name__}: {err} ({last.filename.rsplit('/', 1)[-1]}:{last.lineno})"
-            return self._row(round_idx, task, "error", message=message[:500],
-                             wall_total_s=time.perf_counter() - started), None
+            return self._row(task, "error", message=message[:500], wall_total_s=self.clock() - started), None, {}
 
-    def _run(self, round_idx: int, task: TrainTask, fetch_payload: Callable[[], Weights], lr: float,
-             started: float) -> tuple[ParticipantRoundRow, Weights | None]:
-        training = self.settings.training
-        objective = make_objective(task.objective.name, task.objective.params) if task.objective else None
-        widths = widths_of(self.family.spec, task.selection)
-        verdict = self._guard(objective).check(widths, training.batch_size)
-        if not verdict.fits and not self.spec.device.native:
-            latency = device_time(self.spec.device, 0, 0, 0).latency_s
-            self.clock.advance(latency)
-            return self._row(round_idx, task, "oom", mem_planned_bytes=verdict.planned_bytes,
-                             device_comm_s=latency, device_time_s=latency,
-                             message=f"needs {verdict.planned_bytes / 2**20:.1f} MiB, cap "
-                                     f"{verdict.cap_bytes / 2**20:.1f} MiB",
-                             wall_total_s=time.perf_counter() - started), None
+    def _state_for(self, task: WorkOrder) -> dict:
+        if task.state_from not in self.states:
+            raise RuntimeError(f"participant {self.spec.id} has no state of task {task.state_from}")
+        for older in [t for t in self.states if t < task.state_from]:
+            del self.states[older]  # the driver aggregated a later task: nothing will start from these again
+        return copy.copy(self.states[task.state_from])
 
-        seed = [self.settings.seed, round_idx, self.spec.id]
+    def _run(self, task: WorkOrder, fetch_payload: Callable[[], Weights], lr: float,
+             started: float) -> tuple[ParticipantRoundRow, Weights | None, dict]:
+        procedure = make_procedure(task.procedure)
+        seed = [self.settings.seed, *task.seed_key, self.spec.id]
+        context = ProcedureContext(task, self.family, self.data, self.spec.indices, self.settings.training, lr, seed,
+                                   self.step_costs, self.planners.planner, fetch_payload, self._state_for(task),
+                                   deadline_check(started, self.settings.task_timeout_s, self.clock))
+        phases = procedure.memory_phases(context)
+        planned = max(phase.planned_bytes for phase in phases)
+        refused = [phase for phase in phases if phase.planned_bytes > self.spec.memory_cap_bytes]
+        if refused and not self.spec.device.native:
+            spent = device_time(self.spec.device, 0, 0, 0)
+            phase = refused[0]
+            return self._row(task, "oom", mem_planned_bytes=planned, device_comm_s=spent.latency_s,
+                             device_time_s=spent.latency_s, vt_end=task.vt_start + spent.latency_s,
+                             message=f"{phase.name} needs {phase.planned_bytes / 2**20:.1f} MiB, cap "
+                                     f"{self.spec.memory_cap_bytes / 2**20:.1f} MiB",
+                             wall_total_s=self.clock() - started), None, {}
+
         seed_torch(int(np.random.default_rng(seed).integers(2**31)))
         with rss_peak() as rss:
-            received = fetch_payload()
-            model = self.family.build(widths)
-            load_weights(model, received)
-            context = ObjectiveContext(round_idx, self.family, task.selection, received, self.state)
-            if objective is not None:
-                objective.begin(model, context)
-            setup_done = time.perf_counter()
-            local = train_local(model, self.data, self.spec.indices, training, lr, np.random.default_rng(seed),
-                                self.step_costs, self.family.shape_key(widths), objective)
-            if objective is not None:
-                objective.end(model, context)
-            train_done = time.perf_counter()
-            weights = to_weights(model)
-        serialise_done = time.perf_counter()
+            result = procedure.run(context)
 
-        selection_bytes = sum(np.asarray(v).nbytes for v in (task.selection or {}).values())
-        bytes_down = payload_bytes(received) + selection_bytes
-        bytes_up = payload_bytes(weights)
-        spent = device_time(self.spec.device, local.flops, bytes_down, bytes_up)
-        if self.spec.device.native:  # the node is the device: its compute time is what it measured
-            spent = replace(spent, compute_s=train_done - setup_done)
-        self.clock.advance(spent.total_s)
+        bytes_up = payload_bytes(result.payload)
+        spent = device_time(self.spec.device, result.flops, result.bytes_down, bytes_up)
+        compute_s = result.wall_train_s if self.spec.device.native else spent.compute_s  # native: what it measured
+        total_s = compute_s + spent.communication_s
         message = ""
-        if self.settings.clock == "real":
-            message = pace(spent.total_s, time.perf_counter() - started).warning(self.spec.device.name) or ""
+        if self.settings.clock == "real" and task.wall_anchor is not None:
+            wall_0, vt_0 = task.wall_anchor
+            message = pace_until(wall_0 + task.vt_start + total_s - vt_0).warning(self.spec.device.name) or ""
+        self.states[task.task] = context.state
         row = self._row(
-            round_idx, task, "ok", samples=local.samples, steps=local.steps,
-            tokens=local.samples * self.data.tokens_per_sample, flops=local.flops,
-            bytes_down=bytes_down, bytes_up=bytes_up,
-            wall_setup_s=setup_done - started, wall_train_s=train_done - setup_done,
-            wall_serialize_s=serialise_done - train_done, wall_total_s=time.perf_counter() - started,
-            device_compute_s=spent.compute_s, device_comm_s=spent.communication_s, device_time_s=spent.total_s,
-            mem_planned_bytes=verdict.planned_bytes, mem_peak_rss_bytes=rss.delta_bytes,
-            mem_peak_tensor_bytes=local.peak_tensor_bytes, train_loss=local.task_loss,
-            extra_loss=local.extra_loss if objective is not None else float("nan"), message=message,
+            task, "ok", samples=result.samples, steps=result.steps,
+            tokens=result.samples * self.data.tokens_per_sample, flops=result.flops,
+            bytes_down=result.bytes_down, bytes_up=bytes_up,
+            wall_setup_s=result.wall_setup_s, wall_train_s=result.wall_train_s,
+            wall_serialize_s=result.wall_serialize_s, wall_total_s=self.clock() - started,
+            device_compute_s=compute_s, device_comm_s=spent.communication_s, device_time_s=total_s,
+            device_download_s=spent.download_s, device_upload_s=spent.upload_s, vt_end=task.vt_start + total_s,
+            mem_planned_bytes=planned, mem_peak_rss_bytes=rss.delta_bytes,
+            mem_peak_tensor_bytes=result.peak_tensor_bytes, train_loss=result.task_loss,
+            extra_loss=result.extra_loss, message=message, metrics=dict(result.metrics),
         )
-        return row, weights
+        return row, result.payload, result.trained
 
-    def export_state(self) -> dict:
-        return {"clock_s": self.clock.now_s, "state": self.state}
+    def export_state(self, task: int) -> dict:
+        """What a checkpoint keeps of this participant: its memory after `task` (its last aggregated one)."""
+        return {"task": task, "state": self.states[task]}
 
     def import_state(self, exported: dict) -> None:
-        self.clock = VirtualClock(exported["clock_s"])
-        self.state = exported["state"]
+        self.states = {int(exported["task"]): exported["state"]}

@@ -1,6 +1,9 @@
-"""The round loop a driver actor runs: plan, dispatch, aggregate, evaluate, record, checkpoint.
+"""What a driver actor runs: the engine the strategy names, and what every engine shares around it.
 
-It never names an algorithm: the strategy plans and combines, the engine the strategy asks for moves the work.
+The Runner starts the hosts, builds the engine and consumes its steps (a synchronous round, an aggregation of the
+async buffer, a pipeline epoch). After each step its callbacks run in order: evaluation, records, checkpoint,
+progress (pfl-research's model: plug-ins of the training process, not lines in a round loop); any callback may
+stop the run. It never names an algorithm: the strategy plans and combines, the engine moves the work.
 """
 
 from __future__ import annotations
@@ -8,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +19,17 @@ import numpy as np
 import ray
 import torch
 
+from msfusion_ray.data.arrays import ArrayDataset
+from msfusion_ray.devices.timeline import VirtualTimeline
 from msfusion_ray.experiment import Prepared
 from msfusion_ray.models.weights import Weights, load_weights, to_weights
-from msfusion_ray.records import ParticipantRoundRow, RecordWriter, RoundRow
+from msfusion_ray.records import RecordWriter, RoundRow
 from msfusion_ray.runtime.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from msfusion_ray.runtime.engine import ENGINES
+from msfusion_ray.runtime.engines import EngineContext, Step, make_engine
 from msfusion_ray.runtime.hosts import HostPool
-from msfusion_ray.data.arrays import ArrayDataset
 from msfusion_ray.training.evaluate import evaluate, recalibrate_batchnorm
+
+METRIC_COLUMNS = [f"{split}_{name}" for split in ("test", "val") for name in ("accuracy", "loss", "perplexity")]
 
 
 def initial_weights(prepared: Prepared) -> Weights:
@@ -38,6 +45,112 @@ def calibration_split(prepared: Prepared) -> ArrayDataset:
     return train.subset(np.sort(chosen))
 
 
+@dataclass
+class StepReport:
+    """A step as the callbacks see it, filled in as they run."""
+
+    step: Step
+    evaluation: dict[str, dict[str, float]] = field(default_factory=dict)  # split -> metric -> value
+    wall_eval_s: float = 0.0
+    round_row: RoundRow | None = None
+    checkpointed: bool = False
+
+
+class RunCallback:
+    """A plug-in of the run: called after every step (return True to stop the run) and once at its end."""
+
+    def after_step(self, runner: "Runner", report: StepReport) -> bool:
+        return False
+
+    def after_run(self, runner: "Runner", last: StepReport | None) -> None:
+        pass
+
+
+class Evaluation(RunCallback):
+    """The global model on the test split (and the validation split where the data set has one) every
+    `runtime.eval_every` steps and after the last, after recomputing its BatchNorm statistics."""
+
+    def __init__(self, prepared: Prepared):
+        self.prepared = prepared
+        self.calibration = calibration_split(prepared)
+
+    def evaluate(self, weights: Weights) -> tuple[dict[str, dict[str, float]], float]:
+        started = time.perf_counter()
+        model = self.prepared.family.build()
+        load_weights(model, weights)
+        data = self.prepared.data
+        batch = self.prepared.config.runtime.eval_batch_size
+        recalibrate_batchnorm(model, data, self.calibration, batch)
+        splits = {"test": data.test, "val": data.validation}
+        metrics = {name: evaluate(model, data, split, batch) for name, split in splits.items() if split is not None}
+        return metrics, time.perf_counter() - started
+
+    def after_step(self, runner: "Runner", report: StepReport) -> bool:
+        index = report.step.index
+        if index % self.prepared.config.runtime.eval_every == 0 or index == self.prepared.config.rounds:
+            report.evaluation, report.wall_eval_s = self.evaluate(report.step.weights)
+        return False
+
+    def after_run(self, runner: "Runner", last: StepReport | None) -> None:
+        """A run that ended early (time budget, a callback's stop) still has its final model evaluated."""
+        if last is not None and not last.evaluation:
+            last.evaluation, last.wall_eval_s = self.evaluate(last.step.weights)
+            runner.records.after_step(runner, last)  # the step's round row again, now with its evaluation
+
+
+class Records(RunCallback):
+    """The step's participant rows and round row, written as the run goes; the history in summary.json."""
+
+    def __init__(self, run_dir: Path, run_id: str, strategy: str):
+        self.writer = RecordWriter(run_dir)
+        self.run_id = run_id
+        self.strategy = strategy
+        self.history: list[dict[str, float]] = []
+
+    def after_step(self, runner: "Runner", report: StepReport) -> bool:
+        step = report.step
+        values = {column: report.evaluation.get(column.split("_")[0], {}).get(column.split("_")[1], math.nan)
+                  for column in METRIC_COLUMNS}
+        report.round_row = RoundRow.summarise(self.run_id, step.index, self.strategy, step.rows,
+                                              wall_round_s=step.wall_s, wall_eval_s=report.wall_eval_s,
+                                              vt_start=step.vt_start, vt_end=step.vt_end,
+                                              strategy_metrics=step.metrics, **values)
+        self.writer.write_round(step.rows, report.round_row)
+        entry = {"round": step.index, "vt": step.vt_end, "accuracy": report.round_row.test_accuracy,
+                 "loss": report.round_row.test_loss, "perplexity": report.round_row.test_perplexity,
+                 "val_perplexity": report.round_row.val_perplexity}
+        if self.history and self.history[-1]["round"] == step.index:
+            self.history[-1] = entry
+        else:
+            self.history.append(entry)
+        runner.write_summary("running")
+        return False
+
+
+class Checkpointing(RunCallback):
+    """Everything a resume needs, every `runtime.checkpoint_every` steps and after the last."""
+
+    def after_step(self, runner: "Runner", report: StepReport) -> bool:
+        index = report.step.index
+        if index % runner.config.runtime.checkpoint_every == 0 or index == runner.config.rounds:
+            runner.checkpoint(report.step)
+            report.checkpointed = True
+        return False
+
+    def after_run(self, runner: "Runner", last: StepReport | None) -> None:
+        if last is not None and not last.checkpointed and runner.engine.at_step_boundary():
+            runner.checkpoint(last.step)
+
+
+class Progress(RunCallback):
+    def after_step(self, runner: "Runner", report: StepReport) -> bool:
+        row = report.round_row
+        runner.progress = {"round": report.step.index, "rounds": runner.config.rounds, "status": "running",
+                           "vt": report.step.vt_end, "accuracy": row.test_accuracy, "perplexity": row.test_perplexity,
+                           "ok": row.participants_ok, "oom": row.participants_oom}
+        return False
+
+
 class Runner:
     def __init__(self, prepared: Prepared, data_ref: ray.ObjectRef, run_dir: str | Path, run_id: str,
                  resume: bool = False):
@@ -45,123 +158,86 @@ class Runner:
         self.config = prepared.config
         self.run_dir = Path(run_dir)
         self.run_id = run_id
-        self.writer = RecordWriter(self.run_dir)
         torch.set_num_threads(self.config.runtime.threads_per_host)
         self.hosts = HostPool(prepared, data_ref, run_id)
-        self.devices = {p.id: p.device.name for p in prepared.fleet.participants}
-        self.infos = {info.id: info for info in prepared.participant_infos()}
-        self.weights = initial_weights(prepared)
-        self.calibration = calibration_split(prepared)
-        self.start_round = 1
-        self.history: list[dict[str, float]] = []
+        infos = {info.id: info for info in prepared.participant_infos()}
+        self.context = EngineContext(prepared, self.hosts, run_id, VirtualTimeline(), prepared.availability, infos)
+        self.engine = make_engine(prepared.strategy.engine, self.context, initial_weights(prepared))
+        self.records = Records(self.run_dir, run_id, prepared.strategy.name)
+        self.callbacks: list[RunCallback] = [Evaluation(prepared), self.records, Checkpointing(), Progress()]
+        self.start_step = 1
         self.started = time.time()
         self.progress: dict[str, Any] = {"round": 0, "rounds": self.config.rounds, "status": "starting"}
         if resume:
             self._restore()
 
+    @property
+    def history(self) -> list[dict[str, float]]:
+        return self.records.history
+
     def _restore(self) -> None:
         checkpoint = load_checkpoint(self.run_dir)
         if checkpoint is None:
             return
-        self.weights = checkpoint.weights
+        self.engine.weights = checkpoint.weights
         self.prepared.strategy.load_state_dict(checkpoint.strategy_values, checkpoint.strategy_arrays)
+        self.engine.load_state_dict(checkpoint.engine_values, checkpoint.engine_arrays)
         self.hosts.import_states(checkpoint.participants, self.config.runtime.task_timeout_s)
-        self.writer.discard_after(checkpoint.round)
-        self.start_round = checkpoint.round + 1
+        self.records.writer.discard_after(checkpoint.round)
+        self.start_step = checkpoint.round + 1
         summary = self.run_dir / "summary.json"
         if summary.is_file():
             history = json.loads(summary.read_text()).get("history", [])[: checkpoint.round]
-            self.history = [_none_to_nan(entry) for entry in history]
-
-    def cohort(self, round_idx: int) -> list[int]:
-        """Participants asked to train this round: a seeded sample of the fleet."""
-        n = len(self.prepared.fleet)
-        k = max(1, round(self.config.fleet.sample_fraction * n))
-        if k == n:
-            return list(range(n))
-        return sorted(np.random.default_rng([self.config.seed, round_idx, 0xC0]).choice(n, k, replace=False).tolist())
+            self.records.history = [_none_to_nan(entry) for entry in history]
 
     def run(self) -> dict[str, Any]:
         try:
-            for round_idx in range(self.start_round, self.config.rounds + 1):
-                self.run_round(round_idx)
-            self._write_summary("complete")
+            last = None
+            for step in self.engine.steps(self.start_step):
+                last = StepReport(step)
+                if any([callback.after_step(self, last) for callback in self.callbacks]):
+                    break
+            for callback in self.callbacks:
+                callback.after_run(self, last)
+            self.write_summary("complete")
         except BaseException:
-            self._write_summary("failed")
+            self.write_summary("failed")
             raise
         finally:
             self.hosts.shutdown()
         return self.summary("complete")
 
-    def run_round(self, round_idx: int) -> RoundRow:
-        started = time.perf_counter()
-        strategy = self.prepared.strategy
-        available = self.prepared.fleet.available(round_idx)
-        cohort = self.cohort(round_idx)
-        absent = [self._absent_row(round_idx, pid) for pid in cohort if not available[pid]]
-        present = [self.infos[pid] for pid in cohort if available[pid]]
-        tasks = strategy.plan(round_idx, present, self.prepared.capacity)
-        lr = self.config.training.lr * self.config.training.lr_decay ** (round_idx - 1)
-        result = ENGINES[strategy.engine](round_idx, tasks, strategy, self.hosts, self.weights, lr,
-                                          self.config.runtime.task_timeout_s, self.run_id, self.devices)
-        self.weights = result.weights
-        wall_round = time.perf_counter() - started
-        evaluation, wall_eval = self._evaluate(round_idx)
-        rows = sorted(result.rows + absent, key=lambda r: r.participant)
-        metrics = {f"{split}_{name}": evaluation.get(split, {}).get(name, math.nan)
-                   for split in ("test", "val") for name in ("accuracy", "loss", "perplexity")}
-        round_row = RoundRow.summarise(self.run_id, round_idx, strategy.name, rows, wall_round_s=wall_round,
-                                       wall_eval_s=wall_eval, strategy_metrics=result.metrics, **metrics)
-        self.writer.write_round(rows, round_row)
-        self.history.append({"round": round_idx, "accuracy": round_row.test_accuracy, "loss": round_row.test_loss,
-                             "perplexity": round_row.test_perplexity, "val_perplexity": round_row.val_perplexity})
-        if round_idx % self.config.runtime.checkpoint_every == 0 or round_idx == self.config.rounds:
-            self._checkpoint(round_idx)
-        self._write_summary("running")
-        self.progress = {"round": round_idx, "rounds": self.config.rounds, "status": "running",
-                         "accuracy": round_row.test_accuracy, "perplexity": round_row.test_perplexity,
-                         "ok": round_row.participants_ok, "oom": round_row.participants_oom}
-        return round_row
-
-    def _absent_row(self, round_idx: int, pid: int) -> ParticipantRoundRow:
-        return ParticipantRoundRow(run_id=self.run_id, round=round_idx, participant=pid, device=self.devices[pid],
-                                   host=self.hosts.host_of[pid], status="unavailable")
-
-    def _evaluate(self, round_idx: int) -> tuple[dict[str, dict[str, float]], float]:
-        """The global model on the test split (and the validation split where the data set has one)."""
-        if round_idx % self.config.runtime.eval_every and round_idx != self.config.rounds:
-            return {}, 0.0
-        started = time.perf_counter()
-        model = self.prepared.family.build()
-        load_weights(model, self.weights)
-        data = self.prepared.data
-        batch = self.config.runtime.eval_batch_size
-        recalibrate_batchnorm(model, data, self.calibration, batch)
-        splits = {"test": data.test, "val": data.validation}
-        metrics = {name: evaluate(model, data, split, batch) for name, split in splits.items() if split is not None}
-        return metrics, time.perf_counter() - started
-
-    def _checkpoint(self, round_idx: int) -> None:
+    def checkpoint(self, step: Step) -> None:
         values, arrays = self.prepared.strategy.state_dict()
-        participants = self.hosts.export_states(self.config.runtime.task_timeout_s)
-        save_checkpoint(self.run_dir, Checkpoint(round_idx, self.weights, values, arrays, participants))
+        engine_values, engine_arrays = self.engine.state_dict()
+        participants = self.hosts.export_states(_last_tasks(self.engine.consumed, self.prepared),
+                                                self.config.runtime.task_timeout_s)
+        save_checkpoint(self.run_dir, Checkpoint(step.index, step.weights, values, arrays, participants,
+                                                 engine_values, engine_arrays))
 
     def summary(self, status: str) -> dict[str, Any]:
-        finite = [h["accuracy"] for h in self.history if not math.isnan(h["accuracy"])]
+        history = self.history
+        finite = [h["accuracy"] for h in history if not math.isnan(h["accuracy"])]
         return {
             "run_id": self.run_id, "name": self.config.name, "strategy": self.prepared.strategy.name,
-            "status": status, "rounds": self.config.rounds,
-            "rounds_completed": self.history[-1]["round"] if self.history else 0,
+            "engine": self.engine.name, "status": status, "rounds": self.config.rounds,
+            "rounds_completed": history[-1]["round"] if history else 0,
+            "virtual_time_s": history[-1]["vt"] if history else 0.0,
             "final_accuracy": finite[-1] if finite else None, "best_accuracy": max(finite) if finite else None,
             "participants": len(self.prepared.fleet), "hosts": len(self.hosts.actors),
-            "wall_s": time.time() - self.started, "history": self.history,
+            "wall_s": time.time() - self.started, "history": history,
         }
 
-    def _write_summary(self, status: str) -> None:
+    def write_summary(self, status: str) -> None:
         path = self.run_dir / "summary.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(_nan_to_none(self.summary(status)), indent=2, allow_nan=False))
         tmp.replace(path)
+
+
+def _last_tasks(consumed: dict[int, int], prepared: Prepared) -> dict[int, int]:
+    """Every participant's last aggregated task (-1: none yet), whose resulting state a checkpoint keeps."""
+    return {p.id: consumed.get(p.id, -1) for p in prepared.fleet.participants}
 
 
 def _none_to_nan(entry: dict[str, Any]) -> dict[str, Any]:

@@ -1,16 +1,16 @@
-"""The strategy contract: what each participant trains this round, and how the updates combine.
+"""The strategy contract: what each participant trains, and how the updates combine.
 
-A strategy never touches Ray or device profiles. The driver calls, in order:
+A strategy never touches Ray or device profiles, and names the engine that runs it (`engine`); the engine says
+how work flows among actors and when the global model changes (docs/engines.md). Every strategy is first asked
+`configure(capacity, participants)` once: it may narrow the global model (small-model FedAvg) and returns the
+family of the global model; `self.spec` is then its split spec. Then, by family:
 
-1. `configure(capacity, participants)` once: the strategy may narrow the global model (small-model FedAvg) and
-   returns the family of the global model; `self.spec` is then its split spec.
-2. every round, `plan(round, participants, capacity)`: one `TrainTask` per participant (a selection of width
-   units, or None for the whole model, and an optional local objective).
-3. for each update as it arrives, `fold(accumulator, task, update, global_weights)`: streaming aggregation.
-4. `combine(round, global_weights, accumulator)`: the new global weights and the round's strategy metrics.
+- `RoundStrategy` (engine `sync`): `plan` a round, `fold` each update as it arrives, `combine` at the barrier;
+- `AsyncStrategy` (engine `async`): `order` work for an idle participant, `fold` each update with its staleness,
+  `aggregate` when its `schedule` says so.
 
-`capacity` answers "what can this participant hold?" (the largest uniform rate, or whether given widths fit)
-without the strategy seeing any device.
+Work goes out as `WorkOrder`s and comes back as `Update`s. `capacity` answers "what can this participant hold?"
+(the largest uniform rate, or whether given widths fit) without the strategy seeing any device.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 
 from msfusion_ray.models.base import ModelFamily
 from msfusion_ray.splitting.aggregate import ScatterAccumulator
-from msfusion_ray.splitting.index_map import IndexMap, Weights, index_map, widths_of
+from msfusion_ray.splitting.index_map import IndexMap, Weights, extract, index_map, selection_fraction, widths_of
 from msfusion_ray.splitting.spec import SplitSpec
 
 
@@ -43,20 +43,57 @@ class ObjectiveSpec:
 
 
 @dataclass(frozen=True)
-class TrainTask:
+class ProcedureSpec:
+    """A local training procedure by registered name, with its parameters (see msfusion_ray.training.procedure):
+    how a participant turns the weights it receives into the update it sends."""
+
+    name: str = "standard"
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+STANDARD = ProcedureSpec()
+
+
+@dataclass(frozen=True)
+class WorkOrder:
+    """What a participant is asked to do: which sub-model (a width selection, a depth cut, or within a rate the
+    participant chooses itself), by which local procedure and objective, from which global model version.
+
+    The engine fills in the bookkeeping fields (`task`, `base_version`, `state_from`, `vt_start`, the prediction
+    and the wall-clock anchor); strategies set the rest.
+    """
+
     participant: int
-    selection: Mapping[str, np.ndarray] | None = None  # width units kept per group; None: the whole model
+    selection: Mapping[str, np.ndarray] | None = None  # width units kept per group; None: the whole width
     objective: ObjectiveSpec | None = None
-    rate: float = 1.0  # the splitting rate this task was planned at, for the records
+    rate: float = 1.0  # the rate this work was planned at (for the records; a procedure may read it)
+    depth: int | None = None  # blocks kept from the input side (families with depth cuts); None: all
+    procedure: ProcedureSpec = STANDARD
+    extras: Mapping[str, Any] = field(default_factory=dict)  # open: whatever the procedure needs besides
+    task: int = -1  # the run's sequence number of this order
+    seed_key: tuple[int, ...] = ()  # with the run's seed and the participant: what the task's random draws derive from
+    base_version: int = 0  # the global model version handed over
+    state_from: int = -1  # the task whose resulting participant state this one starts from (-1: none)
+    vt_start: float = 0.0  # virtual time at which the participant is handed the model
+    predicted_device_s: float | None = None  # device time known before it runs (None: not predictable)
+    wall_anchor: tuple[float, float] | None = None  # (wall time, virtual time) pair for `clock: real` pacing
+
+
+TrainTask = WorkOrder  # the name round strategies have always used
 
 
 @dataclass(frozen=True)
 class Update:
-    """What a participant sends back: its trained (sub-)model weights and how much data it saw."""
+    """What a participant sends back: its payload (trained sub-model weights, or a delta where the procedure says
+    so), what it actually trained, how much data it saw, the version it trained from, and open metrics."""
 
     participant: int
     weights: Weights
     samples: int
+    base_version: int = 0
+    trained: Mapping[str, Any] = field(default_factory=dict)  # e.g. a mask the participant chose
+    device_time_s: float = 0.0
+    metrics: Mapping[str, float] = field(default_factory=dict)
 
 
 class Capacity(Protocol):
@@ -73,9 +110,12 @@ class NoParams:
 
 
 class Strategy(ABC):
+    """What every scheme says, whichever engine runs it: its params, its global model, its local objective and
+    procedure, how a work order maps onto the global model's entries, and what a checkpoint keeps."""
+
     name: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
-    engine: ClassVar[str] = "sync"
+    engine: ClassVar[str] = "sync"  # the engine that runs it (msfusion_ray.runtime.engines)
 
     def __init__(self, params: Any, family: ModelFamily, seed: int):
         self.params = params
@@ -95,31 +135,24 @@ class Strategy(ABC):
         """The local objective participants train with (its memory counts in every footprint)."""
         return None
 
-    @abstractmethod
-    def plan(self, round_idx: int, participants: Sequence[ParticipantInfo], capacity: Capacity) -> list[TrainTask]:
-        """One task per participant that should train this round."""
-
-    def index_map(self, task: TrainTask) -> IndexMap | None:
+    def index_map(self, task: WorkOrder) -> IndexMap | None:
         return None if task.selection is None else index_map(self.spec, task.selection)
 
-    def widths(self, task: TrainTask) -> dict[str, int]:
+    def widths(self, task: WorkOrder) -> dict[str, int]:
         return widths_of(self.spec, task.selection)
 
-    def peer_bytes(self, task: TrainTask, round_tasks: Sequence[TrainTask], weights: Weights) -> int:
+    def payload(self, task: WorkOrder, global_weights: Weights) -> Weights:
+        """The arrays a participant is sent for `task`, cut from the global model it trains from."""
+        return extract(global_weights, self.index_map(task))
+
+    def param_fraction(self, task: WorkOrder) -> float:
+        """Share of the global model's parameters the task asks the participant to hold."""
+        return selection_fraction(self.spec, task.selection)
+
+    def peer_bytes(self, task: WorkOrder, round_tasks: Sequence[WorkOrder], weights: Weights) -> int:
         """Bytes this update would cost in a peer-to-peer exchange instead of through a coordinator (0 where the
         scheme defines no such exchange)."""
         return 0
-
-    def new_accumulator(self, global_weights: Weights) -> ScatterAccumulator:
-        return ScatterAccumulator(global_weights)
-
-    def fold(self, accumulator: ScatterAccumulator, task: TrainTask, update: Update, global_weights: Weights) -> None:
-        """Add one update; by default weighted by the participant's sample count."""
-        accumulator.add(update.weights, self.index_map(task), weight=float(update.samples))
-
-    def combine(self, round_idx: int, global_weights: Weights,
-                accumulator: ScatterAccumulator) -> tuple[Weights, dict[str, float]]:
-        return accumulator.result(global_weights), {}
 
     def state_dict(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """What a checkpoint must keep to continue exactly: JSON-able values and arrays."""
@@ -127,3 +160,82 @@ class Strategy(ABC):
 
     def load_state_dict(self, values: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         pass
+
+
+class RoundStrategy(Strategy):
+    """A scheme of synchronous rounds (the `sync` engine): every round the driver calls
+
+    1. `plan(round, participants, capacity)`: one work order per available participant of the round's cohort;
+    2. for each update as it arrives, `fold(accumulator, task, update, global_weights)`: streaming aggregation;
+    3. `combine(round, global_weights, accumulator)`: the new global weights and the round's strategy metrics.
+    """
+
+    engine: ClassVar[str] = "sync"
+
+    @abstractmethod
+    def plan(self, round_idx: int, participants: Sequence[ParticipantInfo], capacity: Capacity) -> list[WorkOrder]:
+        """One task per participant that should train this round."""
+
+    def new_accumulator(self, global_weights: Weights) -> ScatterAccumulator:
+        return ScatterAccumulator(global_weights)
+
+    def fold(self, accumulator: ScatterAccumulator, task: WorkOrder, update: Update, global_weights: Weights) -> None:
+        """Add one update; by default weighted by the participant's sample count."""
+        accumulator.add(update.weights, self.index_map(task), weight=float(update.samples))
+
+    def combine(self, round_idx: int, global_weights: Weights,
+                accumulator: ScatterAccumulator) -> tuple[Weights, dict[str, float]]:
+        return accumulator.result(global_weights), {}
+
+
+@dataclass(frozen=True)
+class AsyncSchedule:
+    """When a buffered-asynchronous scheme hands out work and aggregates (the `async` engine)."""
+
+    concurrency: int | None = None  # participants training at once (None: every participant)
+    buffer_size: int | None = 1  # aggregate after this many updates (None: after every handed-out task is back)
+    deadline_s: float | None = None  # ... or once this much virtual time has passed since the last aggregation
+    max_staleness: int | None = None  # updates staler than this are recorded `stale` and not aggregated
+
+
+class ModelHistory(Protocol):
+    """The global models the engine still holds, by version (every version an in-flight task or a strategy's
+    staleness window refers to)."""
+
+    def __getitem__(self, version: int) -> Weights: ...
+
+    def __contains__(self, version: int) -> bool: ...
+
+
+class AsyncStrategy(Strategy):
+    """A buffered-asynchronous scheme (the `async` engine): participants do not wait for each other. The engine
+    hands the current global model (version v) to an idle participant with `order`, and for every update that
+    arrives with staleness s = v_now - v_base calls `fold`; when the schedule says so, `aggregate` gives global
+    version v_now + 1."""
+
+    engine: ClassVar[str] = "async"
+
+    @abstractmethod
+    def schedule(self) -> AsyncSchedule:
+        """The scheme owns its schedule."""
+
+    @abstractmethod
+    def order(self, participant: ParticipantInfo, version: int, capacity: Capacity) -> WorkOrder:
+        """The work an idle participant is handed with global version `version`."""
+
+    def history_depth(self) -> int:
+        """How many versions back the strategy reads global models in `fold`/`aggregate` (beyond those in flight)."""
+        return 0
+
+    @abstractmethod
+    def new_buffer(self, global_weights: Weights) -> Any:
+        """An empty buffer for the updates of one aggregation."""
+
+    @abstractmethod
+    def fold(self, buffer: Any, task: WorkOrder, update: Update, staleness: int, history: ModelHistory) -> None:
+        """Add one update (trained from `history[update.base_version]`) to the buffer."""
+
+    @abstractmethod
+    def aggregate(self, version: int, global_weights: Weights, buffer: Any,
+                  history: ModelHistory) -> tuple[Weights, dict[str, float]]:
+        """The next global model from the current one (`version`) and the buffer; and the step's metrics."""

@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Sequence
 
 from msfusion_ray.strategies import register
-from msfusion_ray.strategies.base import Capacity, ParticipantInfo, Strategy, TrainTask
+from msfusion_ray.strategies.base import Capacity, ParticipantInfo, RoundStrategy, TrainTask
 
 
 @register("fedavg")
-class FedAvg(Strategy):
+class FedAvg(RoundStrategy):
     def plan(self, round_idx: int, participants: Sequence[ParticipantInfo], capacity: Capacity) -> list[TrainTask]:
         return [TrainTask(p.id) for p in participants]

@@ -15,7 +15,7 @@ from msfusion_ray.models.base import ModelFamily
 from msfusion_ray.schema import checked, fraction
 from msfusion_ray.splitting.index_map import prefix_selection, widths_of
 from msfusion_ray.strategies import register
-from msfusion_ray.strategies.base import Capacity, ParticipantInfo, Strategy, TrainTask
+from msfusion_ray.strategies.base import Capacity, ParticipantInfo, RoundStrategy, TrainTask
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class SmallFedAvgParams:
 
 
 @register("small_fedavg")
-class SmallFedAvg(Strategy):
+class SmallFedAvg(RoundStrategy):
     Params = SmallFedAvgParams
 
     def configure(self, capacity: Capacity, participants: Sequence[ParticipantInfo]) -> ModelFamily:

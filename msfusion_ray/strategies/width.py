@@ -16,7 +16,7 @@ import numpy as np
 from msfusion_ray.schema import checked
 from msfusion_ray.splitting.aggregate import ScatterAccumulator
 from msfusion_ray.splitting.index_map import Selection, units_at_rate
-from msfusion_ray.strategies.base import Capacity, ParticipantInfo, Strategy, TrainTask, Update
+from msfusion_ray.strategies.base import Capacity, ParticipantInfo, RoundStrategy, TrainTask, Update
 from msfusion_ray.models.weights import Weights
 
 # A participant that cannot hold even this is still asked, so that its refusal is recorded.
@@ -44,7 +44,7 @@ class CountAveragedParams(WidthParams):
     weighting: Literal["samples", "count"] = "count"
 
 
-class WidthSplitting(Strategy):
+class WidthSplitting(RoundStrategy):
     Params = WidthParams
 
     def rate(self, participant: int, capacity: Capacity) -> float:

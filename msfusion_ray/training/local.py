@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Hashable, Iterator
+from typing import Callable, Hashable, Iterator
 
 import numpy as np
 import torch
@@ -34,10 +34,27 @@ def make_optimizer(model: nn.Module, training: TrainingConfig, lr: float) -> tor
     return torch.optim.SGD(params, lr=lr, momentum=training.momentum, weight_decay=training.weight_decay)
 
 
+def step_count(n_samples: int, training: TrainingConfig) -> int:
+    """Batches a participant with `n_samples` trains on: `local_steps`, or `local_epochs` passes."""
+    steps_per_epoch = math.ceil(n_samples / training.batch_size)
+    return training.local_steps if training.local_steps is not None else training.local_epochs * steps_per_epoch
+
+
+def batch_sizes(n_samples: int, training: TrainingConfig) -> list[int]:
+    """The size of each batch `batch_indices` yields (known before training: costs depend only on shapes)."""
+    sizes, order_left = [], 0
+    for _ in range(step_count(n_samples, training)):
+        if order_left == 0:
+            order_left = n_samples
+        size = min(training.batch_size, order_left)
+        sizes.append(size)
+        order_left -= size
+    return sizes
+
+
 def batch_indices(n_samples: int, training: TrainingConfig, rng: np.random.Generator) -> Iterator[np.ndarray]:
     """Shuffled mini-batches: `local_epochs` passes, or exactly `local_steps` batches (reshuffling each pass)."""
-    steps_per_epoch = math.ceil(n_samples / training.batch_size)
-    total = training.local_steps if training.local_steps is not None else training.local_epochs * steps_per_epoch
+    total = step_count(n_samples, training)
     done = 0
     while done < total:
         order = rng.permutation(n_samples)
@@ -50,15 +67,18 @@ def batch_indices(n_samples: int, training: TrainingConfig, rng: np.random.Gener
 
 def train_local(model: nn.Module, data: DataBundle, indices: np.ndarray, training: TrainingConfig, lr: float,
                 rng: np.random.Generator, costs: StepCostCache, shape_key: Hashable,
-                objective: LocalObjective | None = None) -> LocalResult:
+                objective: LocalObjective | None = None, on_step: Callable[[], None] | None = None) -> LocalResult:
     """Train `model` on the participant's samples. The first step of each (shape, batch size) is measured for
-    FLOPs and peak tensor memory; later steps reuse the figure."""
+    FLOPs and peak tensor memory; later steps reuse the figure. `on_step` is called before every step (a
+    deadline check may raise there)."""
     model.train()
     optimizer = make_optimizer(model, training, lr)
     resident = list(model.parameters()) + list(model.buffers())
     flops = steps = samples = peak = 0
     task_sum = extra_sum = 0.0
     for batch in batch_indices(len(indices), training, rng):
+        if on_step is not None:
+            on_step()
         chosen = indices[batch]
         x, y = data.to_batch(data.train.x[chosen], data.train.y[chosen])
 

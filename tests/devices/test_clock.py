@@ -1,6 +1,6 @@
 import pytest
 
-from msfusion_ray.devices.clock import VirtualClock, device_time, pace
+from msfusion_ray.devices.clock import device_time, pace_until
 from msfusion_ray.devices.profile import DeviceProfile
 
 PROFILE = DeviceProfile(name="d", description="", memory_mib=100, train_gflops=2.0, uplink_mbps=8.0,
@@ -16,16 +16,10 @@ def test_device_time_follows_its_formula():
     assert spent.total_s == pytest.approx(2.0 + 2.0 + 1.0 + 0.05)
 
 
-def test_virtual_clock_accumulates():
-    clock = VirtualClock()
-    clock.advance(1.5)
-    assert clock.advance(2.0) == pytest.approx(3.5)
-
-
-def test_real_mode_sleeps_the_difference_and_reports_a_slow_host():
+def test_real_mode_sleeps_until_the_timeline_and_reports_a_slow_host():
     slept = []
-    ahead = pace(device_s=3.0, wall_s=1.0, sleep=slept.append)
+    ahead = pace_until(103.0, now=lambda: 101.0, sleep=slept.append)
     assert slept == [pytest.approx(2.0)] and ahead.warning("d") is None
-    behind = pace(device_s=1.0, wall_s=1.5, sleep=slept.append)
+    behind = pace_until(101.0, now=lambda: 101.5, sleep=slept.append)
     assert len(slept) == 1 and behind.behind_s == pytest.approx(0.5)
     assert "slower than profile 'd'" in behind.warning("d")

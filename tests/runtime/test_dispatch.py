@@ -1,16 +1,17 @@
-"""The round engine's bookkeeping without Ray: bounded dispatch per host, and sub-models released when done."""
+"""The engines' dispatch bookkeeping without Ray: bounded dispatch per host, sub-models released when done, hosts
+that stopped answering."""
 
 import itertools
 
 import numpy as np
 
-from msfusion_ray.runtime import engine
-from msfusion_ray.runtime.engine import Dispatcher, PayloadStore
-from msfusion_ray.strategies.base import TrainTask
+from msfusion_ray.runtime.engines import dispatch as dispatch_module
+from msfusion_ray.runtime.engines.dispatch import Dispatcher, PayloadStore
+from msfusion_ray.strategies.base import WorkOrder
 
 
 def test_each_host_gets_its_tasks_in_order_a_few_at_a_time():
-    tasks = [TrainTask(p) for p in range(6)]
+    tasks = [WorkOrder(p) for p in range(6)]
     host_of = {0: 0, 1: 1, 2: 0, 3: 0, 4: 0, 5: 1}
     sent = []
     refs = itertools.count()
@@ -19,32 +20,48 @@ def test_each_host_gets_its_tasks_in_order_a_few_at_a_time():
         sent.append(task.participant)
         return next(refs)
 
-    dispatch = Dispatcher(tasks, host_of, submit, depth=2)
+    dispatch = Dispatcher(host_of, submit, depth=2)
+    dispatch.add(tasks)
     assert sent == [0, 2, 1, 5]  # two per host, in plan order
     assert dispatch.complete(1).participant == 2  # the ref of participant 2
     assert sent[-1] == 3  # host 0's next task follows at once
     assert dispatch.complete(2).participant == 1 and sent[-1] == 3  # host 1 has nothing left to send
-    assert sorted(t.participant for t in dispatch.unfinished()) == [0, 3, 4, 5]
-    assert len(dispatch.in_flight) == 3
+    assert sorted(t.participant for t in dispatch.in_flight.values()) == [0, 3, 5]
+    dispatch.add([WorkOrder(1)])  # a task added later goes out at once where its host has room
+    assert sent[-1] == 1
+
+
+def test_a_host_that_stopped_answering_is_given_up_with_its_queue():
+    now = [0.0]
+    refs = itertools.count()
+    dispatch = Dispatcher({0: 0, 1: 1, 2: 0, 3: 0}, lambda task: next(refs), depth=2, clock=lambda: now[0])
+    dispatch.add([WorkOrder(p) for p in range(4)])
+    now[0] = 5.0
+    dispatch.complete(2)  # host 1 answers; host 0 has been on its first task since t=0
+    now[0] = 10.0
+    assert dispatch.hung_hosts(limit_s=8.0) == [0] and dispatch.hung_hosts(limit_s=20.0) == []
+    assert sorted(t.participant for t in dispatch.abandon_host(0)) == [0, 2, 3]
+    assert dispatch.in_flight == {}
 
 
 class _Strategy:
-    spec = None
-
-    def index_map(self, task):
-        return None
+    def payload(self, task, weights):
+        return weights
 
 
-def test_a_sub_model_is_put_once_and_dropped_after_its_last_task(monkeypatch):
+def test_a_sub_model_is_put_once_per_version_and_dropped_after_its_last_task(monkeypatch):
     puts = []
-    monkeypatch.setattr(engine.ray, "put", lambda value: puts.append(value) or len(puts))
-    monkeypatch.setattr(engine, "extract", lambda weights, imap: weights)
+    monkeypatch.setattr(dispatch_module.ray, "put", lambda value: puts.append(value) or len(puts))
     shared = {"h": np.arange(2)}
-    tasks = [TrainTask(0, shared), TrainTask(1, shared), TrainTask(2, {"h": np.arange(3)})]
-    store = PayloadStore(_Strategy(), {"w": np.zeros(3)}, tasks)
-    assert store.ref(tasks[0]) == store.ref(tasks[1]) == 1 and store.ref(tasks[2]) == 2
+    tasks = [WorkOrder(0, shared), WorkOrder(1, shared), WorkOrder(2, {"h": np.arange(3)}),
+             WorkOrder(3, shared, base_version=1)]
+    store = PayloadStore(_Strategy())
+    store.expect(tasks)
+    weights = {"w": np.zeros(3)}
+    assert store.ref(tasks[0], weights) == store.ref(tasks[1], weights) == 1 and store.ref(tasks[2], weights) == 2
+    assert store.ref(tasks[3], weights) == 3  # same sub-model of another global version: its own payload
     store.done(tasks[0])
-    assert len(store._refs) == 2  # task 1 still trains the shared sub-model
-    store.done(tasks[1])
-    store.done(tasks[2])
-    assert store._refs == {} and len(puts) == 2
+    assert len(store._refs) == 3  # task 1 still trains the shared sub-model
+    for task in tasks[1:]:
+        store.done(task)
+    assert store._refs == {} and len(puts) == 3

@@ -1,0 +1,162 @@
+"""The engine contract: how work flows among actors and when the global model changes.
+
+A strategy says what is trained and how updates combine; the engine it names (`strategy.engine`) moves the work:
+synchronous rounds (`sync`), a buffered-asynchronous event loop on the virtual clock (`async`), a pipeline of
+actors (`pipeline`). The Runner keeps what every engine shares (hosts, records, evaluation, checkpoints, progress)
+and consumes the engine's steps: a step is whatever ends with a new global model (a round, an aggregation of the
+buffer, a pipeline epoch). Between steps the Runner may checkpoint; the engine's `state_dict` must then hold
+everything needed to continue exactly (docs/engines.md).
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterator
+
+import numpy as np
+
+from msfusion_ray.devices.availability import Availability
+from msfusion_ray.devices.timeline import VirtualTimeline
+from msfusion_ray.experiment import Prepared
+from msfusion_ray.models.weights import Weights
+from msfusion_ray.records import ParticipantRoundRow
+from msfusion_ray.runtime.hosts import HostPool
+from msfusion_ray.strategies.base import ParticipantInfo
+
+
+@dataclass
+class Step:
+    """One boundary of the run: the global model after it and the records of the work that ended in it."""
+
+    index: int  # 1-based: the round, aggregation or epoch number
+    rows: list[ParticipantRoundRow]
+    weights: Weights
+    metrics: dict[str, float]  # the strategy's (and the engine's) figures for this step
+    vt_start: float  # virtual time of the previous step's end
+    vt_end: float  # virtual time of this step's aggregation
+    wall_s: float  # wall seconds the engine spent on it
+
+
+@dataclass
+class EngineContext:
+    """What the Runner hands every engine."""
+
+    prepared: Prepared
+    hosts: HostPool
+    run_id: str
+    timeline: VirtualTimeline
+    availability: Availability
+    infos: dict[int, ParticipantInfo] = field(default_factory=dict)
+
+    @property
+    def config(self):  # noqa: ANN201 (ExperimentConfig)
+        return self.prepared.config
+
+    @property
+    def strategy(self):  # noqa: ANN201 (Strategy)
+        return self.prepared.strategy
+
+    def device_of(self, participant: int) -> str:
+        return self.prepared.fleet.participants[participant].device.name
+
+    def lr(self, step: int) -> float:
+        """The learning rate of step t: lr * lr_decay^(t-1)."""
+        training = self.config.training
+        return training.lr * training.lr_decay ** (step - 1)
+
+    def out_of_time(self, vt: float) -> bool:
+        budget = self.config.time_budget_s
+        return budget is not None and vt >= budget
+
+
+class Engine(ABC):
+    name: ClassVar[str] = ""
+
+    def __init__(self, context: EngineContext, weights: Weights):
+        self.context = context
+        self.weights = weights
+        self.tasks_issued = 0
+        self.consumed: dict[int, int] = {}  # participant -> its last task the engine aggregated (or accepted)
+
+    @abstractmethod
+    def steps(self, start: int) -> Iterator[Step]:
+        """Steps `start`, `start` + 1, ... until `config.rounds` or the virtual time budget."""
+
+    def next_task(self) -> int:
+        self.tasks_issued += 1
+        return self.tasks_issued - 1
+
+    def state_from(self, participant: int) -> int:
+        return self.consumed.get(participant, -1)
+
+    def at_step_boundary(self) -> bool:
+        """Whether the engine is where its last step left it (a checkpoint now continues exactly)."""
+        return True
+
+    def state_dict(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """What a checkpoint between steps must keep: JSON-able values and arrays."""
+        return {"tasks_issued": self.tasks_issued, "consumed": {str(k): v for k, v in self.consumed.items()},
+                "timeline": self.context.timeline.state_dict()}, {}
+
+    def load_state_dict(self, values: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        self.tasks_issued = int(values["tasks_issued"])
+        self.consumed = {int(k): int(v) for k, v in values["consumed"].items()}
+        self.context.timeline.load_state_dict(values["timeline"])
+
+
+def absent_row(context: EngineContext, step: int, participant: int, vt: float) -> ParticipantRoundRow:
+    return ParticipantRoundRow(run_id=context.run_id, round=step, participant=participant,
+                               device=context.device_of(participant), host=context.hosts.host_of[participant],
+                               status="unavailable", vt_start=vt, vt_end=vt)
+
+
+def lost_row(context: EngineContext, step: int, order, status: str, message: str) -> ParticipantRoundRow:  # noqa: ANN001
+    """A task that never came back (its host failed or stopped answering)."""
+    return ParticipantRoundRow(run_id=context.run_id, round=step, participant=order.participant,
+                               device=context.device_of(order.participant),
+                               host=context.hosts.host_of[order.participant], status=status, rate=order.rate,
+                               task=order.task, base_version=order.base_version, vt_start=order.vt_start,
+                               vt_end=order.vt_start, message=message[:500])
+
+
+def drop_at(row: ParticipantRoundRow, end_s: float) -> None:
+    """The device went off at `end_s` while it worked: the work is lost. A task runs download (after the
+    latency), compute, upload; what it spent of each until then is counted, FLOPs pro rata of the compute."""
+    spent = max(0.0, end_s - row.vt_start)
+    latency = row.device_comm_s - row.device_download_s - row.device_upload_s
+    download = min(spent, latency + row.device_download_s)
+    compute = min(spent - download, row.device_compute_s)
+    upload = min(spent - download - compute, row.device_upload_s)
+    message = f"went off at virtual time {end_s:.1f} s, {spent:.1f} of {row.device_time_s:.1f} s into its work"
+    row.flops = int(row.flops * compute / row.device_compute_s) if row.device_compute_s > 0 else 0
+    row.status, row.message, row.vt_end = "dropped", message, end_s
+    row.device_download_s = max(0.0, download - latency)
+    row.device_compute_s, row.device_upload_s = compute, upload
+    row.device_comm_s, row.device_time_s = download + upload, spent
+    row.bytes_up = int(row.bytes_up * upload / row.device_upload_s) if upload > 0 else 0
+
+
+def wall_clock() -> float:
+    return time.time()
+
+
+ENGINE_BUILDERS: dict[str, Callable[[EngineContext, Weights], Engine]] = {}
+
+
+def register_engine(name: str) -> Callable[[type[Engine]], type[Engine]]:
+    def add(cls: type[Engine]) -> type[Engine]:
+        cls.name = name
+        ENGINE_BUILDERS[name] = cls
+        return cls
+    return add
+
+
+def make_engine(name: str, context: EngineContext, weights: Weights) -> Engine:
+    from msfusion_ray.runtime import engines  # noqa: F401  (registration side effect)
+
+    if name not in ENGINE_BUILDERS:
+        raise ValueError(f"strategy asks for engine '{name}' (known: {', '.join(sorted(ENGINE_BUILDERS))})")
+    return ENGINE_BUILDERS[name](context, weights)
+

@@ -1,0 +1,149 @@
+"""What every engine that sends work orders to host actors shares: sub-model payloads put once, bounded dispatch per
+host, collecting results as they finish, and the outcome of a task whose host failed or stopped answering."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from typing import Callable, Hashable, Iterable, Mapping
+
+import numpy as np
+import ray
+from ray.exceptions import RayError
+
+from msfusion_ray.models.weights import Weights
+from msfusion_ray.records import ParticipantRoundRow
+from msfusion_ray.strategies.base import Strategy, WorkOrder
+
+# Tasks queued at each host at once: one training while the next waits, so a host never idles on the driver.
+DISPATCH_DEPTH = 2
+# A host that has worked on one task this much longer than runtime.task_timeout_s has stopped answering (its own
+# deadline check ends a slow task long before).
+HUNG_HOST_GRACE_S = 120.0
+
+Result = tuple[ParticipantRoundRow, Weights | None, dict]
+
+
+def selection_key(selection: Mapping[str, np.ndarray] | None) -> Hashable:
+    if selection is None:
+        return None
+    return tuple((group, np.asarray(units).tobytes()) for group, units in sorted(selection.items()))
+
+
+def payload_key(task: WorkOrder) -> Hashable:
+    return task.base_version, task.depth, selection_key(task.selection)
+
+
+class PayloadStore:
+    """One extraction and one object-store put per distinct sub-model of a global model version, kept until the
+    last task that trains it is done: schemes that give every participant its own sub-model (random selections)
+    then hold only the ones in flight, not one per participant."""
+
+    def __init__(self, strategy: Strategy):
+        self._strategy = strategy
+        self._refs: dict[Hashable, ray.ObjectRef] = {}
+        self._fractions: dict[Hashable, float] = {}
+        self._remaining: Counter = Counter()
+
+    def expect(self, tasks: Iterable[WorkOrder]) -> None:
+        """Announce tasks before the first of them is sent, so that a shared sub-model stays put between them."""
+        self._remaining.update(payload_key(t) for t in tasks)
+
+    def ref(self, task: WorkOrder, global_weights: Weights) -> ray.ObjectRef:
+        """The payload of `task`, cut from `global_weights` (the version it trains from)."""
+        key = payload_key(task)
+        if key not in self._refs:
+            self._refs[key] = ray.put(self._strategy.payload(task, global_weights))
+        return self._refs[key]
+
+    def done(self, task: WorkOrder) -> None:
+        key = payload_key(task)
+        self._remaining[key] -= 1
+        if self._remaining[key] <= 0:
+            self._refs.pop(key, None)
+            del self._remaining[key]
+
+    def param_fraction(self, task: WorkOrder) -> float:
+        key = payload_key(task)[1:]
+        if key not in self._fractions:
+            self._fractions[key] = self._strategy.param_fraction(task)
+        return self._fractions[key]
+
+
+class Dispatcher:
+    """Tasks sent to their hosts a few at a time, in the order they were added per host: each host keeps `depth`
+    tasks queued (it never waits for the driver), and the driver never has more than depth x hosts tasks in
+    flight. Ray keeps every in-flight task's spec and arguments in the driver, so sending a 1000-participant
+    round at once made the driver's memory grow with the round."""
+
+    def __init__(self, host_of: Mapping[int, int], submit: Callable[[WorkOrder], ray.ObjectRef],
+                 depth: int = DISPATCH_DEPTH, clock: Callable[[], float] = time.monotonic):
+        self._host_of = host_of
+        self._submit = submit
+        self._depth = depth
+        self._clock = clock
+        self._queues: dict[int, deque[WorkOrder]] = {}
+        self._sent: dict[int, deque[ray.ObjectRef]] = {}  # per host, in the order it will run them
+        self._busy_since: dict[int, float] = {}  # when each host began the task at the head of its queue
+        self.in_flight: dict[ray.ObjectRef, WorkOrder] = {}
+
+    def add(self, tasks: Iterable[WorkOrder]) -> None:
+        hosts = []
+        for task in tasks:
+            host = self._host_of[task.participant]
+            self._queues.setdefault(host, deque()).append(task)
+            hosts.append(host)
+        for host in dict.fromkeys(hosts):
+            while len(self._sent.get(host, ())) < self._depth and self._queues[host]:
+                self._send(host)
+
+    def _send(self, host: int) -> None:
+        task = self._queues[host].popleft()
+        ref = self._submit(task)
+        sent = self._sent.setdefault(host, deque())
+        if not sent:
+            self._busy_since[host] = self._clock()
+        sent.append(ref)
+        self.in_flight[ref] = task
+
+    def complete(self, ref: ray.ObjectRef) -> WorkOrder:
+        """The task behind a finished ref; its host gets its next task."""
+        task = self.in_flight.pop(ref)
+        host = self._host_of[task.participant]
+        self._sent[host].remove(ref)
+        self._busy_since[host] = self._clock()
+        if self._queues.get(host):
+            self._send(host)
+        return task
+
+    def hung_hosts(self, limit_s: float) -> list[int]:
+        """Hosts that have been on their current task for more than `limit_s`."""
+        now = self._clock()
+        return [host for host, sent in self._sent.items() if sent and now - self._busy_since[host] > limit_s]
+
+    def abandon_host(self, host: int) -> list[WorkOrder]:
+        """Give up on a host that stopped answering: its in-flight tasks and those queued for it."""
+        tasks = [self.in_flight.pop(ref) for ref in self._sent.pop(host, ())]
+        tasks.extend(self._queues.pop(host, ()))
+        return tasks
+
+    def host_of(self, task: WorkOrder) -> int:
+        return self._host_of[task.participant]
+
+
+def finished(refs: list[ray.ObjectRef], timeout_s: float) -> list[ray.ObjectRef]:
+    """Every task that has finished, or the first to finish within `timeout_s` (none: it passed). Taking all
+    finished tasks in one call keeps a round linear in its tasks; waiting for one ref at a time over every pending
+    task was quadratic (0.2 s a round with 1000 tasks in flight)."""
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+    if not ready:
+        ready, _ = ray.wait(refs, num_returns=1, timeout=max(0.0, timeout_s))
+    return ready
+
+
+def fetch_result(ref: ray.ObjectRef, fail: Callable[[str], ParticipantRoundRow], timeout_s: float) -> Result:
+    """A finished task's (row, payload, trained); a host that failed becomes an `error` row (via `fail`)."""
+    try:
+        return ray.get(ref, timeout=timeout_s)
+    except RayError as err:
+        return fail(f"host failed: {type(err).__name__}: {str(err).splitlines()[0]}"), None, {}

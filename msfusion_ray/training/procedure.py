@@ -1,0 +1,158 @@
+"""Local procedures: how a participant turns the weights it receives into the update it sends.
+
+A work order names its procedure (`ProcedureSpec`, default `standard`); the participant builds it from this
+registry. The participant first asks `memory_phases` for the planned footprint of each phase of the work and
+refuses the order (`oom`) if any exceeds its cap; then `run` does the work and reports what it cost. Procedures
+are plain torch: no Ray, no device profiles (the participant turns counted FLOPs and bytes into device time).
+
+State: `context.state` is the participant's memory from its previous consumed task (a shallow copy). A
+procedure replaces entries in it (never mutates them in place): the participant keeps the version each task
+produced, so a task the driver never aggregates (timed out, dropped) does not advance it.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Mapping
+
+import numpy as np
+
+from msfusion_ray.config import TrainingConfig
+from msfusion_ray.costs.flops import StepCostCache
+from msfusion_ray.costs.footprint import FootprintPlanner
+from msfusion_ray.costs.payload import payload_bytes
+from msfusion_ray.data.arrays import DataBundle
+from msfusion_ray.models.base import ModelFamily
+from msfusion_ray.models.weights import Weights, load_weights, to_weights
+from msfusion_ray.schema import build
+from msfusion_ray.splitting.index_map import widths_of
+from msfusion_ray.strategies.base import NoParams, ProcedureSpec, WorkOrder
+from msfusion_ray.training.local import train_local
+from msfusion_ray.training.objective import LocalObjective, ObjectiveContext, make_objective
+
+
+class TaskTimeout(Exception):
+    """The task ran past runtime.task_timeout_s (measured from its own start)."""
+
+
+@dataclass
+class ProcedureContext:
+    order: WorkOrder
+    family: ModelFamily  # the global model's family
+    data: DataBundle
+    indices: np.ndarray  # the participant's samples in the training split
+    training: TrainingConfig
+    lr: float
+    seed: list[int]  # (run seed, *order.seed_key, participant): what every random draw of the task derives from
+    step_costs: StepCostCache
+    planner: Callable[[LocalObjective | None], FootprintPlanner]  # footprint planners by objective (shared per host)
+    fetch: Callable[[], Weights]  # the payload; fetched only once the work is known to fit
+    state: dict[str, Any] = field(default_factory=dict)
+    check_deadline: Callable[[], None] = lambda: None  # raises TaskTimeout; call it between steps
+
+
+@dataclass(frozen=True)
+class MemoryPhase:
+    name: str
+    planned_bytes: int
+
+
+@dataclass
+class ProcedureResult:
+    payload: Weights  # what goes back to the driver
+    samples: int
+    steps: int
+    flops: int
+    bytes_down: int  # arrays received
+    peak_tensor_bytes: int = 0
+    task_loss: float = float("nan")
+    extra_loss: float = float("nan")
+    wall_setup_s: float = 0.0
+    wall_train_s: float = 0.0
+    wall_serialize_s: float = 0.0
+    trained: dict[str, Any] = field(default_factory=dict)  # what the participant actually trained, if it chose
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class LocalProcedure(ABC):
+    name: ClassVar[str] = ""
+    Params: ClassVar[type] = NoParams
+
+    def __init__(self, params: Any):
+        self.params = params
+
+    @abstractmethod
+    def memory_phases(self, context: ProcedureContext) -> list[MemoryPhase]:
+        """The planned footprint of each phase of the work, checked against the cap before anything starts."""
+
+    @abstractmethod
+    def run(self, context: ProcedureContext) -> ProcedureResult:
+        """Do the work."""
+
+
+_PROCEDURES: dict[str, type[LocalProcedure]] = {}
+
+
+def register_procedure(name: str) -> Callable[[type[LocalProcedure]], type[LocalProcedure]]:
+    def add(cls: type[LocalProcedure]) -> type[LocalProcedure]:
+        cls.name = name
+        _PROCEDURES[name] = cls
+        return cls
+    return add
+
+
+def make_procedure(spec: ProcedureSpec) -> LocalProcedure:
+    import msfusion_ray.strategies as strategies  # procedures are declared beside the strategies that use them
+
+    strategies.strategy_names()
+    cls = _PROCEDURES[spec.name]
+    return cls(build(cls.Params, dict(spec.params), f"procedure {spec.name}"))
+
+
+def selection_bytes(selection: Mapping[str, np.ndarray] | None) -> int:
+    """Bytes of the unit indices a participant receives with its sub-model."""
+    return sum(np.asarray(v).nbytes for v in (selection or {}).values())
+
+
+@register_procedure("standard")
+class StandardProcedure(LocalProcedure):
+    """Train the sub-model it is sent (its width selection) with the scheme's local objective, and send the
+    trained weights back."""
+
+    @staticmethod
+    def _objective(order: WorkOrder) -> LocalObjective | None:
+        return make_objective(order.objective.name, order.objective.params) if order.objective else None
+
+    def memory_phases(self, context: ProcedureContext) -> list[MemoryPhase]:
+        planner = context.planner(self._objective(context.order))
+        widths = widths_of(context.family.spec, context.order.selection)
+        return [MemoryPhase("training", planner.footprint(widths, context.training.batch_size).total)]
+
+    def run(self, context: ProcedureContext) -> ProcedureResult:
+        started = time.perf_counter()
+        order, family = context.order, context.family
+        objective = self._objective(order)
+        widths = widths_of(family.spec, order.selection)
+        received = context.fetch()
+        model = family.build(widths)
+        load_weights(model, received)
+        objective_context = ObjectiveContext(order.base_version + 1, family, order.selection, received, context.state)
+        if objective is not None:
+            objective.begin(model, objective_context)
+        setup_done = time.perf_counter()
+        local = train_local(model, context.data, context.indices, context.training, context.lr,
+                            np.random.default_rng(context.seed), context.step_costs, family.shape_key(widths),
+                            objective, on_step=context.check_deadline)
+        if objective is not None:
+            objective.end(model, objective_context)
+        train_done = time.perf_counter()
+        payload = to_weights(model)
+        return ProcedureResult(
+            payload=payload, samples=local.samples, steps=local.steps, flops=local.flops,
+            bytes_down=payload_bytes(received) + selection_bytes(order.selection),
+            peak_tensor_bytes=local.peak_tensor_bytes, task_loss=local.task_loss,
+            extra_loss=local.extra_loss if objective is not None else float("nan"),
+            wall_setup_s=setup_done - started, wall_train_s=train_done - setup_done,
+            wall_serialize_s=time.perf_counter() - train_done)

@@ -1,0 +1,75 @@
+"""A participant held to its device, without Ray: refused work, costs, its memory kept per task, its own deadline."""
+
+import itertools
+
+import numpy as np
+
+from msfusion_ray.config import DataConfig, TrainingConfig
+from msfusion_ray.costs.flops import StepCostCache
+from msfusion_ray.data import load_data
+from msfusion_ray.devices.profile import DeviceProfile
+from msfusion_ray.models import build_family
+from msfusion_ray.models.weights import to_weights
+from msfusion_ray.runtime.participant import ParticipantSpec, ParticipantWorker, WorkerSettings
+from msfusion_ray.strategies.base import ObjectiveSpec, WorkOrder
+
+TRAINING = TrainingConfig(batch_size=16, local_steps=2)
+PROFILE = DeviceProfile(name="tiny", description="", memory_mib=1, train_gflops=1, uplink_mbps=1, downlink_mbps=1,
+                        latency_ms=30)
+
+
+def _worker(cap_bytes, timeout_s=float("inf"), clock=None):
+    data = load_data(DataConfig(train_samples=100, eval_samples=50), seed=0)
+    family = build_family("cnn", data.shape, 0.25)
+    spec = ParticipantSpec(0, PROFILE, cap_bytes, np.arange(40))
+    settings = WorkerSettings(run_id="t", host=0, seed=0, training=TRAINING, task_timeout_s=timeout_s)
+    extra = {"clock": clock} if clock is not None else {}
+    return family, ParticipantWorker(spec, family, data, settings, StepCostCache(), **extra)
+
+
+def test_participant_over_its_cap_records_oom_without_fetching_weights():
+    family, worker = _worker(cap_bytes=10_000)
+    fetched = []
+    row, weights, _ = worker.run(WorkOrder(0, vt_start=5.0), lambda: fetched.append(1), lr=0.1)
+    assert row.status == "oom" and weights is None and not fetched
+    assert row.mem_planned_bytes > row.mem_cap_bytes == 10_000
+    assert "training needs" in row.message and "MiB" in row.message
+    assert row.vt_end == 5.0 + 0.03 and row.device_time_s == 0.03  # it only answered
+
+
+def test_participant_under_its_cap_trains_and_records_its_costs():
+    family, worker = _worker(cap_bytes=10**9)
+    start = to_weights(family.build())
+    row, weights, _ = worker.run(WorkOrder(0, task=0, vt_start=10.0, seed_key=(1,)), lambda: start, lr=0.1)
+    assert row.status == "ok", row.message
+    assert row.steps == 2 and row.samples == 32 and row.flops > 0 and row.task == 0
+    assert row.bytes_down == row.bytes_up == sum(a.nbytes for a in start.values())
+    assert row.device_time_s > row.device_compute_s > 0
+    assert row.device_comm_s == row.device_download_s + row.device_upload_s + 0.03
+    assert row.vt_end == 10.0 + row.device_time_s
+    assert row.mem_peak_tensor_bytes > 0 and row.mem_planned_bytes <= row.mem_cap_bytes
+    assert any(not np.array_equal(weights[k], start[k]) for k in start)
+
+
+def test_a_task_starts_from_the_state_its_order_names():
+    """MSfusion's contrastive loss remembers the previous local model: a task the driver did not aggregate
+    leaves no trace for the next one."""
+    family, worker = _worker(cap_bytes=10**9)
+    start = to_weights(family.build())
+    contrastive = ObjectiveSpec("msfusion_contrastive", {})
+    first = worker.run(WorkOrder(0, objective=contrastive, task=0, seed_key=(1,)), lambda: start, 0.1)
+    assert first[0].status == "ok" and "previous" in worker.states[0] and worker.states[-1] == {}
+    lost = worker.run(WorkOrder(0, objective=contrastive, task=1, state_from=0, seed_key=(2,)), lambda: start, 0.1)
+    again = worker.run(WorkOrder(0, objective=contrastive, task=2, state_from=0, seed_key=(2,)), lambda: start, 0.1)
+    assert again[0].train_loss == lost[0].train_loss and again[0].extra_loss == lost[0].extra_loss
+    assert all(np.array_equal(again[1][k], lost[1][k]) for k in start)
+    assert -1 not in worker.states  # older than any state a later task can start from
+
+
+def test_a_task_that_overruns_its_own_deadline_is_a_timeout_and_keeps_no_state():
+    ticks = itertools.count()
+    family, worker = _worker(cap_bytes=10**9, timeout_s=1.5, clock=lambda: float(next(ticks)))
+    start = to_weights(family.build())
+    row, weights, _ = worker.run(WorkOrder(0, task=0, seed_key=(1,)), lambda: start, lr=0.1)
+    assert row.status == "timeout" and weights is None and "task_timeout_s=1.5" in row.message
+    assert set(worker.states) == {-1}

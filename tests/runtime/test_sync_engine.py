@@ -1,0 +1,51 @@
+"""The synchronous engine keeps the schemes' results: the first rounds of each scheme as they were before the
+engine contract (measured on the round loop it replaced), the same with 1, 2 and 4 hosts."""
+
+import copy
+
+import numpy as np
+import pytest
+
+from msfusion_ray.config import config_from_dict
+from msfusion_ray.experiment import prepare
+from msfusion_ray.launch import execute, new_run_dir
+from msfusion_ray.records import read_participant_rows, read_round_rows
+from tests.conftest import SMALL_CONFIG
+
+# Test accuracy and loss after rounds 1 and 2, SMALL_CONFIG at memory_scale 0.0007 (rates 0.875, 0.875, 0.375),
+# measured with the round loop of commit 7531c6f (before engines were a contract).
+PINNED = {
+    "heterofl": ([0.26, 0.235], [2.236278772354126, 2.115842342376709]),
+    "fedrolex": ([0.26, 0.275], [2.236278772354126, 2.182487726211548]),
+    "fed_dropout": ([0.11, 0.305], [2.493380546569824, 2.541445732116699]),
+    "msfusion": ([0.145, 0.075], [2.8435378074645996, 2.887038469314575]),
+    "small_fedavg": ([0.1, 0.155], [2.2051901817321777, 2.062592029571533]),
+}
+
+
+def run(config_dict, strategy, hosts, tmp_path):
+    data = copy.deepcopy(config_dict)
+    data.update(output_dir=str(tmp_path / f"{strategy}-{hosts}"), strategy={"name": strategy})
+    data["fleet"]["memory_scale"] = 0.0007
+    data["runtime"]["hosts"] = hosts
+    prepared = prepare(config_from_dict(data))
+    run_dir, run_id = new_run_dir(prepared)
+    execute(prepared, run_dir, run_id, show_progress=False)
+    return read_round_rows(run_dir), read_participant_rows(run_dir)
+
+
+@pytest.mark.parametrize("strategy", sorted(PINNED))
+def test_first_rounds_match_the_round_loop_they_replaced(ray_session, tmp_path, strategy):
+    rounds, participants = run(SMALL_CONFIG, strategy, 2, tmp_path)
+    accuracy, loss = PINNED[strategy]
+    assert rounds["test_accuracy"].tolist() == accuracy
+    assert np.allclose(rounds["test_loss"], loss, rtol=1e-6, atol=0)
+    assert (participants["status"] == "ok").all()
+
+
+def test_a_run_is_identical_whatever_the_number_of_hosts(ray_session, tmp_path):
+    runs = [run(SMALL_CONFIG, "fed_dropout", hosts, tmp_path) for hosts in (1, 2, 4)]
+    for rounds, participants in runs[1:]:
+        assert rounds["test_loss"].tolist() == runs[0][0]["test_loss"].tolist()
+        for column in ("flops", "bytes_down", "bytes_up", "vt_start", "vt_end", "device_clock_s", "task"):
+            assert participants[column].tolist() == runs[0][1][column].tolist(), column
