@@ -42,10 +42,12 @@ class SmallCNN(nn.Module):
 
 
 @register("cnn")
-def make_cnn(shape: DataShape, options: dict, width: float = 1.0) -> nn.Module:
-    """The full CNN at width multiplier `width` (32, 64 and 128 units at width 1); sub-models are cut from it."""
+def make_cnn(shape: DataShape, options: dict, width: float = 1.0,
+             widths: Mapping[str, int] | None = None) -> nn.Module:
+    """The full CNN at width multiplier `width` (32, 64 and 128 units at width 1), or at `widths` units per
+    group (a narrowed global model); sub-models are cut from it."""
     if options:
         raise UserInputError(f"model.options.{next(iter(options))}", "unknown option for cnn (it takes none)")
     channels, size, _ = shape.input_shape
-    widths = {"conv1": scaled(32, width), "conv2": scaled(64, width), "fc1": scaled(128, width)}
+    widths = widths or {"conv1": scaled(32, width), "conv2": scaled(64, width), "fc1": scaled(128, width)}
     return SmallCNN(channels, size, shape.num_outputs, widths)

@@ -61,6 +61,10 @@ def takes_width(factory: Factory) -> bool:
     return "width" in inspect.signature(factory).parameters
 
 
+def takes_widths(factory: Factory) -> bool:
+    return "widths" in inspect.signature(factory).parameters
+
+
 class ModuleFamily(ModelFamily):
     """Sub-models cut from the full module a factory returns. The full module (the template) is built once per
     process, seeded, so every process holds the same one; it is never sent between processes (the source text
@@ -81,6 +85,7 @@ class ModuleFamily(ModelFamily):
         super().__init__(data, width, build(typed, self._raw_options, "model.options") if typed else self._raw_options)
         self._template: nn.Module | None = None
         self._template_spec: SplitSpec | None = None
+        self._template_widths: dict[str, int] | None = None  # a narrowed family's, for a factory taking widths
         self.template_spec()  # the network's own checks and its width tags, where the config is being checked
 
     @property
@@ -93,6 +98,8 @@ class ModuleFamily(ModelFamily):
         """The full network: the factory's module, built with the RNG seeded by the run's seed."""
         if self._template is None:
             kwargs = {"width": self.width} if takes_width(self.factory) else {}
+            if self._template_widths is not None:
+                kwargs["widths"] = dict(self._template_widths)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed)
                 try:
@@ -124,9 +131,24 @@ class ModuleFamily(ModelFamily):
     def _build(self, widths: Mapping[str, int]) -> nn.Module:
         return narrow_module(self.template(), self.template_spec(), widths)
 
+    def narrowed(self, widths: Mapping[str, int]) -> "ModuleFamily":
+        """A smaller global model: cut from the full network, or, where the factory takes `widths`, built by it at
+        those widths (a network whose initialisation depends on its size then starts as one of that size would)."""
+        narrow = super().narrowed(widths)
+        if takes_widths(self.factory):
+            narrow._template_widths = narrow.full_widths()
+            narrow._template = narrow._template_spec = None
+        return narrow
+
     @property
     def has_features(self) -> bool:
         return hasattr(self.template(), "forward_features")
+
+    def __copy__(self) -> "ModuleFamily":
+        """In this process a copy shares the factory and the network (only pickling leaves them behind)."""
+        copied = object.__new__(type(self))
+        copied.__dict__.update(self.__dict__)
+        return copied
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

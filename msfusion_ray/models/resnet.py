@@ -74,13 +74,16 @@ class ResNet18(nn.Module):
 
 
 @register("resnet18")
-def make_resnet18(shape: DataShape, options: dict, width: float = 1.0) -> nn.Module:
-    """The full ResNet-18 at width multiplier `width`; sub-models are cut from it."""
+def make_resnet18(shape: DataShape, options: dict, width: float = 1.0,
+                  widths: Mapping[str, int] | None = None) -> nn.Module:
+    """The full ResNet-18 at width multiplier `width`, or at `widths` units per group (a narrowed global model);
+    sub-models are cut from it."""
     if options:
         raise UserInputError(f"model.options.{next(iter(options))}", "unknown option for resnet18 (it takes none)")
-    widths = {}
-    for s, (channels, blocks) in enumerate(zip(STAGE_CHANNELS, BLOCKS_PER_STAGE), start=1):
-        widths[f"stage{s}"] = scaled(channels, width)
-        for b in range(1, blocks + 1):
-            widths[f"stage{s}.block{b}"] = scaled(channels, width)
+    if widths is None:
+        widths = {}
+        for s, (channels, blocks) in enumerate(zip(STAGE_CHANNELS, BLOCKS_PER_STAGE), start=1):
+            widths[f"stage{s}"] = scaled(channels, width)
+            for b in range(1, blocks + 1):
+                widths[f"stage{s}.block{b}"] = scaled(channels, width)
     return ResNet18(shape.input_shape[0], shape.num_outputs, widths)

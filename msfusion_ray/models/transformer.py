@@ -131,13 +131,16 @@ def check_options(shape: DataShape, options: TransformerOptions) -> None:
 
 
 @register("transformer")
-def make_transformer(shape: DataShape, options: TransformerOptions, width: float = 1.0) -> nn.Module:
-    """The full GPT at width multiplier `width` (heads and MLP units scaled); sub-models are cut from it."""
+def make_transformer(shape: DataShape, options: TransformerOptions, width: float = 1.0,
+                     widths: Mapping[str, int] | None = None) -> nn.Module:
+    """The full GPT at width multiplier `width` (heads and MLP units scaled), or at `widths` units per group (a
+    narrowed global model); sub-models are cut from it."""
     check_options(shape, options)
-    heads = scaled(options.n_heads, width)
-    hidden = scaled(round(options.mlp_ratio * options.d_model), width)
-    widths = {}
-    for i in range(options.n_layers):
-        widths[f"block{i}.heads"] = heads
-        widths[f"block{i}.mlp"] = hidden
+    if widths is None:
+        heads = scaled(options.n_heads, width)
+        hidden = scaled(round(options.mlp_ratio * options.d_model), width)
+        widths = {}
+        for i in range(options.n_layers):
+            widths[f"block{i}.heads"] = heads
+            widths[f"block{i}.mlp"] = hidden
     return GPT(shape.num_outputs, options.context or shape.input_shape[0], options, widths)

@@ -166,6 +166,25 @@ def test_a_function_without_width_is_narrowed_by_cutting_and_cannot_be_widened()
         _family(every_layer, width=2.0)
 
 
+def test_a_function_taking_widths_builds_the_narrowed_global_model_itself():
+    calls = []
+
+    def make(shape, options, widths=None):
+        calls.append(widths)
+        hidden = (widths or {}).get("h", 8)
+        return nn.Sequential(width_axes(nn.Linear(4, hidden), out="h"), width_axes(nn.Linear(hidden, 2), inp="h"))
+
+    family = _family(make, DataShape((4,), 2))
+    narrow = family.narrowed({"h": 3})
+    weights = to_weights(narrow.build())
+    assert calls[-1] == {"h": 3} and weights["0.weight"].shape == (3, 4)
+    torch.manual_seed(0)  # the family's seed: a Linear(4, 3) as torch initialises one of that size
+    assert np.array_equal(weights["0.weight"], nn.Linear(4, 3).weight.detach().numpy())
+    assert narrow.build({"h": 2})[0].weight.shape == (2, 4)  # sub-models of it are cut as usual
+    cut = _family(lambda shape, options: make(shape, options), DataShape((4,), 2)).narrowed({"h": 3})
+    assert np.array_equal(to_weights(cut.build())["0.weight"], to_weights(family.build())["0.weight"][:3])
+
+
 def test_the_full_network_is_seeded_and_rebuilt_the_same_after_pickling():
     family = _family(every_layer, seed=4)
     again = pickle.loads(pickle.dumps(ModuleFamily("tests.models.test_module:every_layer", SEQUENCE, seed=4)))
