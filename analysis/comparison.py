@@ -1,6 +1,6 @@
 """The comparison table of a set of runs: one row per experiment (runs that differ only by seed), with the metric
 at the end and at its best (on the test split, and on the validation split where the data has one), what one
-participant spent on average, the tightest memory margin, and the device time it took to reach a target.
+participant spent on average, the tightest memory margin, and the virtual time it took to reach a target.
 
     python -m analysis.comparison sweeps/fmnist-compare [more dirs] --target 0.75
     python -m analysis.comparison sweeps/lm-compare --target 8 --target-split val
@@ -18,6 +18,7 @@ import pandas as pd
 
 from analysis.metrics import metric_of
 from analysis.runs import RunRecords, cost_curves, label_runs, load_runs
+from analysis.timeline import idle_share
 
 
 SPLITS = ("test", "val")
@@ -63,7 +64,8 @@ def run_row(run: RunRecords, metric: str, target: float | None, split: str = "te
         "p2p_bytes_per_participant": float(rounds["bytes_p2p_total"].sum()) / size,
         "peak_over_cap": float(margin),
         "oom": int((run.participants["status"] == "oom").sum()),
-        "device_s": float(rounds["device_time_s"].sum()),
+        "device_s": float(cost_curves(run)["cum_device_s"].iloc[-1]) if len(rounds) else math.nan,
+        "idle_share": idle_share(run),
         "device_s_to_target": cost_to_target(run, column(metric, split), target) if target is not None
         else math.nan,
     }
@@ -71,7 +73,7 @@ def run_row(run: RunRecords, metric: str, target: float | None, split: str = "te
 
 def comparison_table(runs: Sequence[RunRecords], target: float | None = None, split: str = "test") -> pd.DataFrame:
     """Per group, means over its seeds (final metric also with min and max; `val_` columns: the same on the
-    validation split); `reached` counts the seeds whose metric on `split` hit the target, and the device time to
+    validation split); `reached` counts the seeds whose metric on `split` hit the target, and the virtual time to
     it averages over those."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)} (got {split!r})")
@@ -85,7 +87,7 @@ def comparison_table(runs: Sequence[RunRecords], target: float | None = None, sp
         flops_per_participant=("flops_per_participant", "mean"),
         bytes_per_participant=("bytes_per_participant", "mean"),
         p2p_bytes_per_participant=("p2p_bytes_per_participant", "mean"), peak_over_cap=("peak_over_cap", "max"),
-        oom=("oom", "sum"), device_s=("device_s", "mean"),
+        oom=("oom", "sum"), device_s=("device_s", "mean"), idle_share=("idle_share", "mean"),
         reached=("device_s_to_target", lambda s: int(s.notna().sum())),
         device_s_to_target=("device_s_to_target", "mean"))
     table.attrs.update(metric=metric, target=target, split=split)
@@ -101,9 +103,10 @@ def markdown(table: pd.DataFrame) -> str:
     header = ["scheme", "seeds", f"final {test}{metric} (min-max)", f"best {test}{metric}"]
     if has_val:
         header += [f"final val {metric} (min-max)", f"best val {metric} (min-max)"]
-    header += ["GFLOP / participant", "MB / participant", "P2P MB / participant", "peak / cap", "OOM", "device s"]
+    header += ["GFLOP / participant", "MB / participant", "P2P MB / participant", "peak / cap", "OOM", "virtual s",
+               "idle"]
     if target is not None:
-        header.append(f"device s to {'' if split == 'test' else f'{split} '}{metric} {target:g} (seeds)")
+        header.append(f"virtual s to {'' if split == 'test' else f'{split} '}{metric} {target:g} (seeds)")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table.itertuples():
         cells = [row.group, str(row.seeds), f"{row.final:.3f} ({row.final_min:.3f}-{row.final_max:.3f})",
@@ -113,7 +116,7 @@ def markdown(table: pd.DataFrame) -> str:
                       f"{row.val_best:.3f} ({row.val_best_min:.3f}-{row.val_best_max:.3f})"]
         cells += [f"{row.flops_per_participant / 1e9:,.0f}", f"{row.bytes_per_participant / 1e6:,.1f}",
                   f"{row.p2p_bytes_per_participant / 1e6:,.1f}" if row.p2p_bytes_per_participant else "-",
-                  f"{row.peak_over_cap:.2f}", str(row.oom), f"{row.device_s:,.0f}"]
+                  f"{row.peak_over_cap:.2f}", str(row.oom), f"{row.device_s:,.0f}", f"{row.idle_share:.0%}"]
         if target is not None:
             cells.append(f"{row.device_s_to_target:,.0f} ({row.reached}/{row.seeds})" if row.reached
                          else f"not reached (0/{row.seeds})")
@@ -124,7 +127,7 @@ def markdown(table: pd.DataFrame) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", help="run or sweep directories")
-    parser.add_argument("--target", type=float, help="accuracy (or perplexity) whose device time to report")
+    parser.add_argument("--target", type=float, help="accuracy (or perplexity) whose virtual time to report")
     parser.add_argument("--target-split", choices=SPLITS, default="test",
                         help="the split the target is judged on (val: the validation split, where there is one)")
     parser.add_argument("--csv", help="also write the table as CSV")

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (backend first)
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from analysis import metrics  # noqa: E402
+from analysis import metrics, timeline  # noqa: E402
 from analysis.runs import RunRecords, label_runs, load_run  # noqa: E402
 
 GFLOP, MB = 1e9, 1e6
@@ -25,7 +25,7 @@ METRIC_LABELS = {"accuracy": "test accuracy", "perplexity": "test perplexity"}
 COST_AXES = (
     ("cum_flops_per_participant", "cumulative GFLOP per participant", 1 / GFLOP),
     ("cum_bytes_per_participant", "cumulative MB per participant (down + up)", 1 / MB),
-    ("cum_device_s", "cumulative device time (s)", 1.0),
+    ("cum_device_s", "virtual time (s)", 1.0),
     ("cum_wall_s", "cumulative wall time (s)", 1.0),
 )
 OUTCOME_COLOURS = {"ok": "tab:green", "oom": "tab:red", "timeout": "tab:orange", "error": "tab:purple",
@@ -209,8 +209,8 @@ def standard_figures(runs: Sequence[RunRecords]) -> list[tuple[str, str, Figure]
     metric = metrics.metric_of(runs)
     figures = [
         (f"{metric}_per_round", f"{METRIC_LABELS[metric].capitalize()} per round.", figure_metric_per_round(runs)),
-        (f"{metric}_vs_cost", f"{METRIC_LABELS[metric].capitalize()} against cumulative FLOPs, bytes, device time "
-                              "and wall time per participant (fleet totals over the fleet size).",
+        (f"{metric}_vs_cost", f"{METRIC_LABELS[metric].capitalize()} against cumulative FLOPs and bytes per "
+                              "participant (fleet totals over the fleet size), virtual time and wall time.",
          figure_metric_vs_cost(runs)),
         ("scalability", "Per-participant cost, peak memory and round times against the number of participants.",
          figure_scalability(runs)),
@@ -218,6 +218,13 @@ def standard_figures(runs: Sequence[RunRecords]) -> list[tuple[str, str, Figure]
     for k, run in enumerate(timeline_runs(runs)):
         figures.append((f"timeline_{k + 1}", f"A round of {run.cell or run.run_dir.name}: device time per "
                                              "participant and wall time per host actor.", figure_timeline(run)))
+        virtual = timeline.figure_virtual_timeline(run)
+        if virtual is not None:
+            figures.append((f"virtual_timeline_{k + 1}", f"The virtual clock of {run.cell or run.run_dir.name}: "
+                            "what each device did, and when the global model changed.", virtual))
+    staleness = timeline.figure_staleness(runs)
+    if staleness is not None:
+        figures.append(("staleness", "Staleness of the aggregated updates.", staleness))
     figures += [
         ("memory", "Planned and measured memory against each device class's cap.", figure_memory(runs)),
         ("outcomes", "Outcomes of every participant-round, and stragglers.", figure_outcomes(runs)),

@@ -142,8 +142,10 @@ def load_runs(path: str | Path) -> list[RunRecords]:
 
 def cost_curves(run: RunRecords) -> pd.DataFrame:
     """Per round: the metric on the test split (and on the validation split, `val_` columns, NaN without one), and
-    cumulative cost per fleet member (FLOPs, bytes both ways, device seconds of the round's slowest participant,
-    wall seconds of the round and its evaluation). Per-member costs are totals divided by the fleet size."""
+    cumulative cost per fleet member (FLOPs, bytes both ways, wall seconds of the round and its evaluation), and the
+    virtual time of the round's aggregation (`cum_device_s`: the run's virtual clock; for records written before
+    the timeline, the sum of the rounds' slowest device times). Per-member costs are totals divided by the fleet
+    size."""
     rounds = run.rounds.sort_values("round")
     size = run.fleet_size
     curves = pd.DataFrame({
@@ -155,7 +157,8 @@ def cost_curves(run: RunRecords) -> pd.DataFrame:
         "cum_flops_per_participant": (rounds["flops_total"].cumsum() / size).to_numpy(dtype=float),
         "cum_bytes_per_participant": ((rounds["bytes_down_total"] + rounds["bytes_up_total"]).cumsum()
                                       / size).to_numpy(dtype=float),
-        "cum_device_s": rounds["device_time_s"].cumsum().to_numpy(dtype=float),
+        "cum_device_s": (rounds["vt_end"] if "vt_end" in rounds else rounds["device_time_s"].cumsum()
+                         ).to_numpy(dtype=float),
         "cum_wall_s": (rounds["wall_round_s"] + rounds["wall_eval_s"]).cumsum().to_numpy(dtype=float),
     })
     return curves

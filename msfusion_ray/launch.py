@@ -75,15 +75,16 @@ class ProgressDisplay:
 
 
 def round_postfix(progress: dict[str, Any]) -> dict[str, Any]:
-    """What a run's progress line shows besides the round: the last evaluation (perplexity for a language model,
-    else accuracy) and the round's outcomes."""
+    """What a run's progress line shows besides the step: the virtual time, the last evaluation (perplexity for a
+    language model, else accuracy) and the step's outcomes."""
     accuracy, perplexity = progress.get("accuracy"), progress.get("perplexity")
+    shown = {"vt": f"{progress['vt']:.1f}s"} if progress.get("vt") is not None else {}
     if perplexity is not None and math.isfinite(perplexity):
-        shown = {"ppl": f"{perplexity:.2f}"}
+        shown["ppl"] = f"{perplexity:.2f}"
     elif accuracy is not None and math.isfinite(accuracy):
-        shown = {"acc": f"{accuracy:.3f}"}
+        shown["acc"] = f"{accuracy:.3f}"
     else:
-        return {}
+        return shown
     return {**shown, "ok": progress.get("ok"), "oom": progress.get("oom")}
 
 

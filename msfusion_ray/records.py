@@ -98,6 +98,7 @@ class RoundRow:
     device_time_s: float = 0.0  # the longest participant task of the step
     vt_start: float = 0.0  # run's virtual time when the step began (the previous aggregation)
     vt_end: float = 0.0  # ... and of its aggregation: a synchronous round ends with its slowest participant
+    device_utilisation: float = math.nan  # device seconds worked within the step / (its length x participants)
     wall_round_s: float = 0.0
     wall_eval_s: float = 0.0
     test_accuracy: float = math.nan

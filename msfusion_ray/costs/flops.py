@@ -9,7 +9,7 @@ the figure reused for every later step of that key.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Hashable, Iterable, TypeVar
+from typing import Any, Callable, Hashable, Iterable, Mapping, TypeVar
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -55,3 +55,25 @@ class StepCostCache:
             result, flops = count_flops(step)
         cost = self._costs[key] = StepCost(flops=flops, peak_tensor_bytes=tracker.peak_bytes)
         return result, cost
+
+
+class TrainingStepFlops:
+    """FLOPs of one training step (forward, loss, backward) of a model at given widths and batch size, counted on
+    an example batch: what a participant's first step of that shape counts, known before it runs (engines that
+    order work on the virtual timeline predict device time from it)."""
+
+    def __init__(self, build: Callable[..., torch.nn.Module], example_batch: Callable[[int], Any],
+                 loss_of: Callable[[torch.nn.Module, Any], torch.Tensor]):
+        self._build = build
+        self._example_batch = example_batch
+        self._loss_of = loss_of
+        self._cache: dict[tuple, int] = {}
+
+    def flops(self, widths: Mapping[str, int], batch_size: int) -> int:
+        key = (tuple(sorted(widths.items())), batch_size)
+        if key not in self._cache:
+            model = self._build(widths)
+            model.train()
+            batch = self._example_batch(batch_size)
+            self._cache[key] = count_flops(lambda: self._loss_of(model, batch).backward())[1]
+        return self._cache[key]

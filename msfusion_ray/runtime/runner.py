@@ -26,6 +26,7 @@ from msfusion_ray.models.weights import Weights, load_weights, to_weights
 from msfusion_ray.records import RecordWriter, RoundRow
 from msfusion_ray.runtime.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from msfusion_ray.runtime.engines import EngineContext, Step, make_engine
+from msfusion_ray.runtime.engines.dispatch import RayHosts
 from msfusion_ray.runtime.hosts import HostPool
 from msfusion_ray.training.evaluate import evaluate, recalibrate_batchnorm
 
@@ -114,6 +115,7 @@ class Records(RunCallback):
         report.round_row = RoundRow.summarise(self.run_id, step.index, self.strategy, step.rows,
                                               wall_round_s=step.wall_s, wall_eval_s=report.wall_eval_s,
                                               vt_start=step.vt_start, vt_end=step.vt_end,
+                                              device_utilisation=step.utilisation,
                                               strategy_metrics=step.metrics, **values)
         self.writer.write_round(step.rows, report.round_row)
         entry = {"round": step.index, "vt": step.vt_end, "accuracy": report.round_row.test_accuracy,
@@ -161,7 +163,8 @@ class Runner:
         torch.set_num_threads(self.config.runtime.threads_per_host)
         self.hosts = HostPool(prepared, data_ref, run_id)
         infos = {info.id: info for info in prepared.participant_infos()}
-        self.context = EngineContext(prepared, self.hosts, run_id, VirtualTimeline(), prepared.availability, infos)
+        self.context = EngineContext(prepared, RayHosts(self.hosts), run_id, VirtualTimeline(), prepared.availability,
+                                     infos)
         self.engine = make_engine(prepared.strategy.engine, self.context, initial_weights(prepared))
         self.records = Records(self.run_dir, run_id, prepared.strategy.name)
         self.callbacks: list[RunCallback] = [Evaluation(prepared), self.records, Checkpointing(), Progress()]

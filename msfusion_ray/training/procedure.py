@@ -20,7 +20,7 @@ from typing import Any, Callable, ClassVar, Mapping
 import numpy as np
 
 from msfusion_ray.config import TrainingConfig
-from msfusion_ray.costs.flops import StepCostCache
+from msfusion_ray.costs.flops import StepCostCache, TrainingStepFlops
 from msfusion_ray.costs.footprint import FootprintPlanner
 from msfusion_ray.costs.payload import payload_bytes
 from msfusion_ray.data.arrays import DataBundle
@@ -91,6 +91,11 @@ class LocalProcedure(ABC):
     def run(self, context: ProcedureContext) -> ProcedureResult:
         """Do the work."""
 
+    def predict_flops(self, family: ModelFamily, order: WorkOrder, batch_sizes: list[int],
+                      step_flops: TrainingStepFlops) -> int | None:
+        """The FLOPs `run` will count for this order, if they are known before it runs (None: not predictable)."""
+        return None
+
 
 _PROCEDURES: dict[str, type[LocalProcedure]] = {}
 
@@ -129,6 +134,13 @@ class StandardProcedure(LocalProcedure):
         planner = context.planner(self._objective(context.order))
         widths = widths_of(context.family.spec, context.order.selection)
         return [MemoryPhase("training", planner.footprint(widths, context.training.batch_size).total)]
+
+    def predict_flops(self, family: ModelFamily, order: WorkOrder, batch_sizes: list[int],
+                      step_flops: TrainingStepFlops) -> int | None:
+        if order.objective is not None:  # an objective's extra passes are its own business
+            return None
+        widths = widths_of(family.spec, order.selection)
+        return sum(step_flops.flops(widths, size) for size in batch_sizes)
 
     def run(self, context: ProcedureContext) -> ProcedureResult:
         started = time.perf_counter()

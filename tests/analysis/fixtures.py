@@ -24,7 +24,11 @@ def make_run(strategy: str, seed: int, size: int, rounds: list[dict], rows: list
     are `rows`; written to `run_dir` as a real run would write it when one is given."""
     config = {"name": "fixture", "rounds": len(rounds), "seed": seed, "strategy": {"name": strategy},
               "fleet": {"size": size}}
-    round_rows = [RoundRow(run_id="r", round=k + 1, strategy=strategy, **values) for k, values in enumerate(rounds)]
+    clock, round_rows = 0.0, []
+    for k, values in enumerate(rounds):  # a synchronous run's timeline unless the round says otherwise
+        values = {"vt_start": clock, "vt_end": clock + values.get("device_time_s", 0.0), **values}
+        clock = values["vt_end"]
+        round_rows.append(RoundRow(run_id="r", round=k + 1, strategy=strategy, **values))
     summary = {"strategy": strategy, "participants": size, "status": "complete"}
     if run_dir is not None:
         run_dir.mkdir(parents=True)

@@ -54,7 +54,7 @@ def test_validation_columns_and_a_target_on_the_validation_split():
     assert (row["final"], row["best"]) == (pytest.approx(11.25), pytest.approx(11.0))  # test split: 10 and 12
     assert row["reached"] == 2 and row["device_s_to_target"] == pytest.approx((4.0 + 3.0) / 2)
     text = markdown(comparison_table(runs, target=11.0, split="val"))
-    assert "final val perplexity (min-max)" in text and "device s to val perplexity 11" in text
+    assert "final val perplexity (min-max)" in text and "virtual s to val perplexity 11" in text
     assert "| msfusion | 2 | 11.250 (10.000-12.500) | 11.000 | 10.250 (9.000-11.500) | 10.000 (9.000-11.000) |" in text
     with pytest.raises(ValueError, match="split"):
         comparison_table(runs, split="train")

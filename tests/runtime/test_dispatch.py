@@ -5,7 +5,6 @@ import itertools
 
 import numpy as np
 
-from msfusion_ray.runtime.engines import dispatch as dispatch_module
 from msfusion_ray.runtime.engines.dispatch import Dispatcher, PayloadStore
 from msfusion_ray.strategies.base import WorkOrder
 
@@ -49,13 +48,12 @@ class _Strategy:
         return weights
 
 
-def test_a_sub_model_is_put_once_per_version_and_dropped_after_its_last_task(monkeypatch):
+def test_a_sub_model_is_put_once_per_version_and_dropped_after_its_last_task():
     puts = []
-    monkeypatch.setattr(dispatch_module.ray, "put", lambda value: puts.append(value) or len(puts))
     shared = {"h": np.arange(2)}
     tasks = [WorkOrder(0, shared), WorkOrder(1, shared), WorkOrder(2, {"h": np.arange(3)}),
              WorkOrder(3, shared, base_version=1)]
-    store = PayloadStore(_Strategy())
+    store = PayloadStore(_Strategy(), put=lambda value: puts.append(value) or len(puts))
     store.expect(tasks)
     weights = {"w": np.zeros(3)}
     assert store.ref(tasks[0], weights) == store.ref(tasks[1], weights) == 1 and store.ref(tasks[2], weights) == 2
@@ -65,3 +63,4 @@ def test_a_sub_model_is_put_once_per_version_and_dropped_after_its_last_task(mon
     for task in tasks[1:]:
         store.done(task)
     assert store._refs == {} and len(puts) == 3
+    assert store.nbytes(tasks[2], {"w": np.zeros(3)}) == 24 and len(puts) == 4

@@ -11,6 +11,7 @@ from msfusion_ray.experiment import prepare
 from msfusion_ray.launch import execute, new_run_dir
 from msfusion_ray.records import read_participant_rows, read_round_rows
 from tests.conftest import SMALL_CONFIG
+from tests.runtime.fake_hosts import engine_for
 
 # Test accuracy and loss after rounds 1 and 2, SMALL_CONFIG at memory_scale 0.0007 (rates 0.875, 0.875, 0.375),
 # measured with the round loop of commit 7531c6f (before engines were a contract).
@@ -49,3 +50,15 @@ def test_a_run_is_identical_whatever_the_number_of_hosts(ray_session, tmp_path):
         assert rounds["test_loss"].tolist() == runs[0][0]["test_loss"].tolist()
         for column in ("flops", "bytes_down", "bytes_up", "vt_start", "vt_end", "device_clock_s", "task"):
             assert participants[column].tolist() == runs[0][1][column].tolist(), column
+
+
+def test_a_device_that_goes_off_during_a_round_loses_its_work(profiles_dir, tmp_path):
+    trace = tmp_path / "trace.csv"
+    trace.write_text("participant,start_s,end_s\n0,0,100\n1,0,2.5\n2,3,100\n")
+    engine = engine_for(profiles_dir, "fedavg", {}, {0: 1.0, 1: 3.0, 2: 1.0}, rounds=2,
+                        fleet_extra={"availability": "trace", "availability_trace": str(trace)})
+    first, second = list(engine.steps(1))
+    assert [r.status for r in first.rows] == ["ok", "dropped", "unavailable"]
+    assert first.rows[1].vt_end == 2.5 and first.vt_end == 2.5  # the round ends when its last device stops
+    assert [r.status for r in second.rows] == ["ok", "unavailable", "unavailable"]  # participant 2 is on from 3 s
+    assert engine.consumed == {0: second.rows[0].task}  # only aggregated work advances a participant's state

@@ -22,7 +22,7 @@ from msfusion_ray.devices.timeline import VirtualTimeline
 from msfusion_ray.experiment import Prepared
 from msfusion_ray.models.weights import Weights
 from msfusion_ray.records import ParticipantRoundRow
-from msfusion_ray.runtime.hosts import HostPool
+from msfusion_ray.runtime.engines.dispatch import Executor
 from msfusion_ray.strategies.base import ParticipantInfo
 
 
@@ -37,6 +37,7 @@ class Step:
     vt_start: float  # virtual time of the previous step's end
     vt_end: float  # virtual time of this step's aggregation
     wall_s: float  # wall seconds the engine spent on it
+    utilisation: float = float("nan")  # device seconds worked within the step / (its length x participants)
 
 
 @dataclass
@@ -44,7 +45,7 @@ class EngineContext:
     """What the Runner hands every engine."""
 
     prepared: Prepared
-    hosts: HostPool
+    executor: Executor  # the host actors (RayHosts)
     run_id: str
     timeline: VirtualTimeline
     availability: Availability
@@ -108,7 +109,7 @@ class Engine(ABC):
 
 def absent_row(context: EngineContext, step: int, participant: int, vt: float) -> ParticipantRoundRow:
     return ParticipantRoundRow(run_id=context.run_id, round=step, participant=participant,
-                               device=context.device_of(participant), host=context.hosts.host_of[participant],
+                               device=context.device_of(participant), host=context.executor.host_of[participant],
                                status="unavailable", vt_start=vt, vt_end=vt)
 
 
@@ -116,7 +117,7 @@ def lost_row(context: EngineContext, step: int, order, status: str, message: str
     """A task that never came back (its host failed or stopped answering)."""
     return ParticipantRoundRow(run_id=context.run_id, round=step, participant=order.participant,
                                device=context.device_of(order.participant),
-                               host=context.hosts.host_of[order.participant], status=status, rate=order.rate,
+                               host=context.executor.host_of[order.participant], status=status, rate=order.rate,
                                task=order.task, base_version=order.base_version, vt_start=order.vt_start,
                                vt_end=order.vt_start, message=message[:500])
 

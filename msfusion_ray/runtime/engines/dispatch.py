@@ -1,18 +1,21 @@
-"""What every engine that sends work orders to host actors shares: sub-model payloads put once, bounded dispatch per
-host, collecting results as they finish, and the outcome of a task whose host failed or stopped answering."""
+"""What every engine that sends work orders to host actors shares: the hosts as the engines see them, sub-model
+payloads put once, bounded dispatch per host, collecting results as they finish, and the outcome of a task whose
+host failed or stopped answering."""
 
 from __future__ import annotations
 
 import time
 from collections import Counter, deque
-from typing import Callable, Hashable, Iterable, Mapping
+from typing import Any, Callable, Hashable, Iterable, Mapping, Protocol
 
 import numpy as np
 import ray
 from ray.exceptions import RayError
 
+from msfusion_ray.costs.payload import payload_bytes
 from msfusion_ray.models.weights import Weights
 from msfusion_ray.records import ParticipantRoundRow
+from msfusion_ray.runtime.hosts import HostPool
 from msfusion_ray.strategies.base import Strategy, WorkOrder
 
 # Tasks queued at each host at once: one training while the next waits, so a host never idles on the driver.
@@ -22,6 +25,48 @@ DISPATCH_DEPTH = 2
 HUNG_HOST_GRACE_S = 120.0
 
 Result = tuple[ParticipantRoundRow, Weights | None, dict]
+
+
+class Executor(Protocol):
+    """The host actors as an engine uses them (`RayHosts`; tests substitute their own)."""
+
+    host_of: Mapping[int, int]  # participant -> host
+
+    def put(self, value: Any) -> Any: ...
+
+    def submit(self, task: WorkOrder, payload: Any, lr: float) -> Any:
+        """Send a work order; returns a handle its result comes back under."""
+
+    def wait(self, handles: list[Any], timeout_s: float) -> list[Any]:
+        """Every finished handle, or the first to finish within `timeout_s` (none: it passed)."""
+
+    def get(self, handle: Any, timeout_s: float) -> Result:
+        """(row, payload, trained); raises RayError where the host failed."""
+
+
+class RayHosts:
+    def __init__(self, pool: HostPool):
+        self._pool = pool
+        self.host_of = pool.host_of
+
+    def put(self, value: Any) -> ray.ObjectRef:
+        return ray.put(value)
+
+    def submit(self, task: WorkOrder, payload: ray.ObjectRef, lr: float) -> ray.ObjectRef:
+        """The payload ref goes boxed in a list: the host fetches it only once the participant's memory guard has
+        let the work start."""
+        return self._pool.actor_for(task.participant).run.remote(task, [payload], lr)
+
+    def wait(self, handles: list[ray.ObjectRef], timeout_s: float) -> list[ray.ObjectRef]:
+        """Taking all finished tasks in one call keeps a round linear in its tasks; waiting for one ref at a time
+        over every pending task was quadratic (0.2 s a round with 1000 tasks in flight)."""
+        ready, _ = ray.wait(handles, num_returns=len(handles), timeout=0)
+        if not ready:
+            ready, _ = ray.wait(handles, num_returns=1, timeout=max(0.0, timeout_s))
+        return ready
+
+    def get(self, handle: ray.ObjectRef, timeout_s: float) -> Result:
+        return ray.get(handle, timeout=timeout_s)
 
 
 def selection_key(selection: Mapping[str, np.ndarray] | None) -> Hashable:
@@ -39,10 +84,12 @@ class PayloadStore:
     last task that trains it is done: schemes that give every participant its own sub-model (random selections)
     then hold only the ones in flight, not one per participant."""
 
-    def __init__(self, strategy: Strategy):
+    def __init__(self, strategy: Strategy, put: Callable[[Any], Any]):
         self._strategy = strategy
+        self._put = put
         self._refs: dict[Hashable, ray.ObjectRef] = {}
         self._fractions: dict[Hashable, float] = {}
+        self._bytes: dict[Hashable, int] = {}
         self._remaining: Counter = Counter()
 
     def expect(self, tasks: Iterable[WorkOrder]) -> None:
@@ -53,14 +100,22 @@ class PayloadStore:
         """The payload of `task`, cut from `global_weights` (the version it trains from)."""
         key = payload_key(task)
         if key not in self._refs:
-            self._refs[key] = ray.put(self._strategy.payload(task, global_weights))
+            payload = self._strategy.payload(task, global_weights)
+            self._bytes[key] = payload_bytes(payload)
+            self._refs[key] = self._put(payload)
         return self._refs[key]
+
+    def nbytes(self, task: WorkOrder, global_weights: Weights) -> int:
+        """Bytes of the payload of `task` (put in the store if it is not there yet)."""
+        self.ref(task, global_weights)
+        return self._bytes[payload_key(task)]
 
     def done(self, task: WorkOrder) -> None:
         key = payload_key(task)
         self._remaining[key] -= 1
         if self._remaining[key] <= 0:
             self._refs.pop(key, None)
+            self._bytes.pop(key, None)
             del self._remaining[key]
 
     def param_fraction(self, task: WorkOrder) -> float:
@@ -131,19 +186,10 @@ class Dispatcher:
         return self._host_of[task.participant]
 
 
-def finished(refs: list[ray.ObjectRef], timeout_s: float) -> list[ray.ObjectRef]:
-    """Every task that has finished, or the first to finish within `timeout_s` (none: it passed). Taking all
-    finished tasks in one call keeps a round linear in its tasks; waiting for one ref at a time over every pending
-    task was quadratic (0.2 s a round with 1000 tasks in flight)."""
-    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
-    if not ready:
-        ready, _ = ray.wait(refs, num_returns=1, timeout=max(0.0, timeout_s))
-    return ready
-
-
-def fetch_result(ref: ray.ObjectRef, fail: Callable[[str], ParticipantRoundRow], timeout_s: float) -> Result:
+def fetch_result(executor: Executor, handle: Any, fail: Callable[[str], ParticipantRoundRow],
+                 timeout_s: float) -> Result:
     """A finished task's (row, payload, trained); a host that failed becomes an `error` row (via `fail`)."""
     try:
-        return ray.get(ref, timeout=timeout_s)
+        return executor.get(handle, timeout_s)
     except RayError as err:
         return fail(f"host failed: {type(err).__name__}: {str(err).splitlines()[0]}"), None, {}

@@ -24,8 +24,7 @@ from msfusion_ray.models.weights import Weights
 from msfusion_ray.records import ParticipantRoundRow
 from msfusion_ray.runtime.engines.base import (Engine, EngineContext, Step, absent_row, drop_at, lost_row,
                                                register_engine, wall_clock)
-from msfusion_ray.runtime.engines.dispatch import (HUNG_HOST_GRACE_S, Dispatcher, PayloadStore, Result,
-                                                   fetch_result, finished)
+from msfusion_ray.runtime.engines.dispatch import HUNG_HOST_GRACE_S, Dispatcher, PayloadStore, Result, fetch_result
 from msfusion_ray.strategies.base import Update, WorkOrder
 
 POLL_S = 5.0  # how often a waiting driver looks for hosts that stopped answering
@@ -85,8 +84,10 @@ class SyncEngine(Engine):
         self.weights, metrics = strategy.combine(round_idx, self.weights, accumulator)
         vt_start = self.now
         self.now = max([self.now] + [r.vt_end for r in rows if not math.isnan(r.vt_end)])
+        length = (self.now - vt_start) * len(context.prepared.fleet)
+        utilisation = sum(r.device_time_s for r in rows) / length if length > 0 else math.nan
         return Step(round_idx, sorted(rows, key=lambda r: r.participant), self.weights, metrics, vt_start, self.now,
-                    time.perf_counter() - started)
+                    time.perf_counter() - started, utilisation)
 
     def settle(self, row: ParticipantRoundRow) -> None:
         """A device that went off before its work ended loses it (availability windows)."""
@@ -97,13 +98,12 @@ class SyncEngine(Engine):
 
     def collect(self, round_idx: int, tasks: list[WorkOrder]) -> Iterator[tuple[WorkOrder, Result]]:
         """Every task's result, in plan order, while the hosts work in parallel."""
-        context, hosts = self.context, self.context.hosts
+        context, executor = self.context, self.context.executor
         runtime = context.config.runtime
-        payloads = PayloadStore(context.strategy)
+        payloads = PayloadStore(context.strategy, executor.put)
         payloads.expect(tasks)
         lr = context.lr(round_idx)
-        dispatch = Dispatcher(hosts.host_of, lambda task: hosts.actor_for(task.participant).run.remote(
-            task, [payloads.ref(task, self.weights)], lr))
+        dispatch = Dispatcher(executor.host_of, lambda task: executor.submit(task, payloads.ref(task, self.weights), lr))
         dispatch.add(tasks)
         position = {task.task: i for i, task in enumerate(tasks)}
         arrived: dict[int, tuple[WorkOrder, Result]] = {}
@@ -115,11 +115,11 @@ class SyncEngine(Engine):
                 following += 1
             if following == len(tasks):
                 return
-            ready = finished(list(dispatch.in_flight), POLL_S)
+            ready = executor.wait(list(dispatch.in_flight), POLL_S)
             for ref in ready:  # one at a time: each update is folded in and dropped before the next is fetched
                 task = dispatch.complete(ref)
-                result = fetch_result(ref, lambda message: lost_row(context, round_idx, task, "error", message),
-                                      runtime.task_timeout_s)
+                result = fetch_result(executor, ref, lambda message: lost_row(context, round_idx, task, "error",
+                                                                               message), runtime.task_timeout_s)
                 payloads.done(task)
                 result[0].param_fraction = payloads.param_fraction(task)
                 arrived[position[task.task]] = task, result
