@@ -33,7 +33,7 @@ def _problem(*overrides):
     ("data.partition=rows", "data.partition: must be one of iid, dirichlet, play, speaker (got 'rows')"),
     ("fleet.devices.phone-midrange=1.5", "fleet.devices.phone-midrange: must be an integer (got 1.5)"),
     ("data=[1]", "data: must be a mapping (got list)"),
-    ("strategy.name=magic", "strategy.name: unknown strategy 'magic' (known: fed_dropout, fedavg,"),
+    ("strategy.name=magic", "strategy.name: unknown strategy 'magic' (known: fed_dropout, "),
 ])
 def test_a_bad_field_is_one_line_naming_it(override, expect):
     assert _problem(override).startswith(expect)
