@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
-import yaml
 
+from msfusion_ray.inputs import load_json
 from msfusion_ray.records import read_participant_rows, read_round_rows
+from msfusion_ray.schema import load_yaml
 
 # Config keys that never make two runs different experiments (where they are, what they are called, how long the
 # run went on: a longer run of an experiment repeats its rounds).
@@ -61,8 +62,8 @@ def load_run(run_dir: str | Path) -> RunRecords:
     config_path, summary_path = run_dir / "config.yaml", run_dir / "summary.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{run_dir}: not a run directory (no config.yaml)")
-    config = yaml.safe_load(config_path.read_text())
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    config = load_yaml(config_path)
+    summary = load_json(summary_path) if summary_path.is_file() else {}
     return RunRecords(run_dir, config, summary, read_participant_rows(run_dir), read_round_rows(run_dir))
 
 
@@ -73,8 +74,8 @@ def is_sweep_dir(path: str | Path) -> bool:
 def load_sweep(directory: str | Path) -> SweepRecords:
     """The sweep and every cell that wrote at least one round (a failed cell may have some)."""
     directory = Path(directory)
-    config = yaml.safe_load((directory / "sweep.yaml").read_text())
-    cells = json.loads((directory / "status.json").read_text())["cells"]
+    config = load_yaml(directory / "sweep.yaml")
+    cells = load_json(directory / "status.json").get("cells", {})
     runs = []
     for cell_id, cell in cells.items():
         run_dir = directory / cell.get("run_dir", f"cells/{cell_id}")

@@ -12,6 +12,8 @@ cluster, use the Ray session already open in this process, or join `address=`.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -104,6 +106,11 @@ def _overrides(values: Mapping[str, Any], prefix: str = "") -> list[tuple[str, A
     return items
 
 
+def _override_texts(values: Mapping[str, Any]) -> list[str]:
+    """Keyword overrides as `--set` texts (key=value; a JSON value is YAML too, so it reads back as given)."""
+    return [f"{key}={json.dumps(value)}" for key, value in _overrides(values)]
+
+
 def _source(config_or_path: Any) -> tuple[dict[str, Any], Path | None, str]:
     """(raw mapping, the directory relative files are found in, what errors name)."""
     if isinstance(config_or_path, ExperimentConfig):
@@ -131,19 +138,28 @@ def load(config_or_path: Any, address: str | None = None, **overrides: Any) -> E
         raise UserInputError(f"{where}: {err.where}", err.message) from None
 
 
-def run(config_or_path: Any, *, address: str | None = None, progress: bool = True, plots: bool = False,
-        **overrides: Any) -> Run:
+def run(config_or_path: Any = None, *, resume: str | Path | None = None, address: str | None = None,
+        progress: bool = True, plots: bool = False, **overrides: Any) -> Run:
     """Run one experiment and return it with its records.
 
     `config_or_path`: a config file, a ready config by name ("quickstart"), a mapping, or an ExperimentConfig.
     `overrides`: config fields (`rounds=3`, `training__lr=0.01`, `strategy={"name": "heterofl"}`).
-    `address`: an existing Ray cluster (default: the session open in this process, else an embedded one)."""
-    from msfusion_ray.experiment import prepare
-    from msfusion_ray.launch import execute, new_run_dir
+    `resume`: instead of a config, a run directory to continue from its last checkpoint (`overrides` then change
+    its recorded config, e.g. more rounds). `address`: an existing Ray cluster (default: the session open in this
+    process, else an embedded one). A driver whose process dies is started again from the last checkpoint
+    (runtime.max_driver_restarts times); then the run raises `RunFailed`. Ctrl-C or SIGTERM raise
+    `RunInterrupted` (a KeyboardInterrupt)."""
+    from msfusion_ray.launch import execute, open_run
 
-    prepared = prepare(load(config_or_path, address, **overrides))  # every check before anything is written
-    run_dir, run_id = new_run_dir(prepared)
-    summary = execute(prepared, run_dir, run_id, show_progress=progress)
+    if resume is not None:
+        if config_or_path is not None:
+            raise UserInputError("run", "give a config or resume=RUN_DIR, not both")
+        prepared, run_dir, run_id = open_run(None, resume, _override_texts(overrides), address)
+    elif config_or_path is None:
+        raise UserInputError("run", "give a config or resume=RUN_DIR")
+    else:  # every check before anything is written
+        prepared, run_dir, run_id = open_run(load(config_or_path, address, **overrides))
+    summary = execute(prepared, run_dir, run_id, resume=resume is not None, show_progress=progress)
     if plots:
         from analysis.plots import plot_runs
 
@@ -161,13 +177,12 @@ def sweep(sweep_or_path: Any, *, address: str | None = None, max_parallel: int |
     from msfusion_ray.schema import build
 
     if isinstance(sweep_or_path, Mapping):
-        where, sweep_dir = "sweep", Path.cwd()
-        config = build(sweeps.SweepConfig, copy.deepcopy(dict(sweep_or_path)), "")
+        where, config = "sweep", build(sweeps.SweepConfig, copy.deepcopy(dict(sweep_or_path)), "")
+        config = dataclasses.replace(config, base=sweeps.resolve_base(config.base, Path.cwd(),
+                                                                      _override_texts(overrides)))
     else:
         path = find_config(str(sweep_or_path))
-        where, sweep_dir = str(path), path.parent
-        config = build(sweeps.SweepConfig, load_yaml(path), str(path))
-    config = sweeps.resolve_base(config, sweep_dir, _overrides(overrides))
+        where, config = str(path), sweeps.read_sweep(path, _override_texts(overrides))
     plan = sweeps.plan_sweep(config, Path(config.output_dir) / config.name, where)
     sweeps.check_directory(plan)
     status = sweeps.execute_sweep(plan, retry_failed, max_parallel, address, progress)
@@ -176,7 +191,5 @@ def sweep(sweep_or_path: Any, *, address: str | None = None, max_parallel: int |
         run_dir = plan.directory / status.cells[cell.id].get("run_dir", f"cells/{cell.id}")
         summary_path = run_dir / "summary.json"
         if summary_path.is_file():
-            import json
-
             runs[cell.id] = Run(run_dir, cell.config, json.loads(summary_path.read_text()))
     return Sweep(plan.directory, status.cells, runs)

@@ -1,4 +1,4 @@
-"""Command line: run, sweep, validate, profiles, plot, report, schema.
+"""Command line: run, sweep, tune, validate, split, profiles, plot, report, schema.
 
 Bad input of any kind ends with one line on stderr naming the field or file, and exit code 2, before anything is
 started or written.
@@ -11,9 +11,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from msfusion_ray.config import config_from_dict, load_config
+from msfusion_ray.config import load_config
 from msfusion_ray.errors import ClusterStartError, UserInputError
-from msfusion_ray.launch import RunFailed, execute, new_run_dir
+from msfusion_ray.failures import RUN_LOG
+from msfusion_ray.launch import RunFailed, execute, interruption, open_run
 from msfusion_ray.paths import find, find_config
 from msfusion_ray.schema import load_yaml
 
@@ -43,9 +44,22 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--address", help="an existing Ray cluster (default: start an embedded local one)")
     sweep.add_argument("--no-report", action="store_true", help="skip the HTML report at the end")
 
+    tune = commands.add_parser("tune", help="the fair tuning protocol: the same budget per scheme on the validation "
+                                             "split, then each winner on fresh seeds (resumable)")
+    tune.add_argument("config", help="tuning YAML: a base config, the schemes and their spaces, the budget (or a "
+                                      "ready one by name: tuning/fmnist_width)")
+    tune.add_argument("--max-parallel", type=int, metavar="N", help="cells side by side (default: from the cluster)")
+    tune.add_argument("--retry-failed", action="store_true", help="run failed cells again")
+    _add_config_options(tune)
+    tune.add_argument("--address", help="an existing Ray cluster (default: start an embedded local one)")
+
     validate = commands.add_parser("validate", help="check a config, its fleet and data without running")
     validate.add_argument("config")
     _add_config_options(validate)
+
+    split = commands.add_parser("split", help="plan pipeline split learning: the cut, memory, stage and epoch times")
+    split.add_argument("config")
+    _add_config_options(split)
 
     profiles = commands.add_parser("profiles", help="list the device profiles and fleets")
     profiles.add_argument("--dir", help="profile directory (default: the bundled device_profiles/)")
@@ -55,8 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument("--out", help="output directory (default: RUN_DIR/plots for one run)")
 
     schema = commands.add_parser("schema", help="print the JSON Schema of config files (for an editor's YAML support)")
-    schema.add_argument("--kind", choices=("any", "experiment", "sweep"), default="any",
-                        help="an experiment config, a sweep file, or either (default)")
+    schema.add_argument("--kind", choices=("any", "experiment", "sweep", "tuning"), default="any",
+                        help="an experiment config, a sweep file, a tuning file, or any of them (default)")
 
     report = commands.add_parser("report", help="an HTML report (plots, tables, config) of a run or a sweep")
     report.add_argument("path", metavar="RUN_OR_SWEEP_DIR")
@@ -85,9 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ClusterStartError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        stop = interruption(err)
+        print(stop.reason, file=sys.stderr)
+        return stop.exit_code
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -111,6 +126,16 @@ def _validate(args: argparse.Namespace) -> int:
         rate = prepared.capacity.max_rate(p.id)
         print(f"{p.id:>11}  {p.device.name:<22} {len(prepared.partitions[p.id]):>7}  "
               f"{p.memory_cap_bytes / 2**20:>9.1f}  {'none' if rate is None else f'{rate:.3f}':>8}")
+    return 0
+
+
+def _split(args: argparse.Namespace) -> int:
+    from msfusion_ray.pipeline.report import split_report
+    from msfusion_ray.pipeline.setup import planner_for
+
+    config = load_config(find_config(args.config), _overrides(args))
+    print(f"{config.name}: {config.model.name} (width {config.model.width}) on {config.data.dataset}")
+    print(split_report(planner_for(config)))
     return 0
 
 
@@ -142,31 +167,24 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from msfusion_ray.experiment import prepare
-
     if args.resume:
-        run_dir = Path(args.resume)
-        _check_run_dir(run_dir)
-        config = config_from_dict(load_yaml(run_dir / "config.yaml"), _overrides(args), where=str(run_dir))
-        run_id = run_dir.name
+        prepared, run_dir, run_id = open_run(None, args.resume, _overrides(args), address=args.address)
     elif args.config:
-        config = load_config(find_config(args.config), _overrides(args))
+        prepared, run_dir, run_id = open_run(load_config(find_config(args.config), _overrides(args)),
+                                             address=args.address)
     else:
         raise UserInputError("run", "give a CONFIG or --resume RUN_DIR")
-    if args.address:
-        config = config_from_dict(config.to_dict(), [f"runtime.address={args.address}"])
-    prepared = prepare(config)  # every check happens before anything is written
-    if not args.resume:
-        run_dir, run_id = new_run_dir(prepared)
-    elif _overrides(args):
-        (run_dir / "config.yaml").write_text(config.to_yaml())  # e.g. more rounds for the resumed run
+    resume_hint = f"continue with: python -m msfusion_ray run --resume {run_dir}"
     try:
         summary = execute(prepared, run_dir, run_id, resume=bool(args.resume))
     except RunFailed as err:
-        print(f"error: run failed: {err}", file=sys.stderr)
-        print(f"records so far: {run_dir} (continue with: python -m msfusion_ray run --resume {run_dir})",
-              file=sys.stderr)
+        print(f"error: run failed: {err} (full text: {run_dir / RUN_LOG})", file=sys.stderr)
+        print(resume_hint, file=sys.stderr)
         return 1
+    except KeyboardInterrupt as err:
+        stop = interruption(err)
+        print(f"run {stop.reason}; records so far: {run_dir} ({resume_hint})", file=sys.stderr)
+        return stop.exit_code
     print(f"run {run_id}: {summary['rounds_completed']} rounds, final accuracy {summary['final_accuracy']}, "
           f"best {summary['best_accuracy']}, {summary['wall_s']:.1f} s")
     print(f"records: {run_dir}")
@@ -212,6 +230,24 @@ def _sweep(args: argparse.Namespace) -> int:
     return 1 if status.counts()["failed"] else 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from analysis.tuning import tuning_report
+    from msfusion_ray import tuning
+
+    if args.max_parallel is not None and args.max_parallel < 1:
+        raise UserInputError("--max-parallel", f"must be >= 1 (got {args.max_parallel})")
+    plan = tuning.read_tuning(find_config(args.config), _overrides(args))
+    try:
+        tuning.run_protocol(plan, tuning.sweep_stage_runner(args.max_parallel, args.address,
+                                                            retry_failed=args.retry_failed))
+    except tuning.StageFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(tuning_report(plan.directory))
+    print(f"tuning: {plan.directory}")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from analysis.report import write_report
     from analysis.runs import is_sweep_dir
@@ -232,5 +268,5 @@ def _schema(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"schema": _schema, "run": _run, "sweep": _sweep, "validate": _validate, "profiles": _profiles, "plot": _plot,
-            "report": _report}
+COMMANDS = {"run": _run, "sweep": _sweep, "tune": _tune, "validate": _validate, "split": _split,
+            "profiles": _profiles, "plot": _plot, "report": _report, "schema": _schema}

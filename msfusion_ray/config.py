@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -16,8 +17,25 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 
 from msfusion_ray.errors import UserInputError
+from msfusion_ray.inputs import parse_yaml
 from msfusion_ray.schema import checked, fraction, load_yaml, non_negative, positive, set_dotted, to_dict
 from msfusion_ray.validation import model_of, to_dataclass, validate
+
+# Seeds go to numpy's generators and torch's; numpy's legacy seeding takes 0 .. 2**32 - 1.
+SEED_LIMIT = 2**32
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def safe_name(value: str) -> str | None:
+    """A name that becomes a directory name: letters, digits, '.', '_', '-' (no '/', no '..', no spaces)."""
+    if _SAFE_NAME.fullmatch(value) and ".." not in value:
+        return None
+    return (f"must be 1 to 100 letters, digits, '.', '_' or '-', starting with a letter or digit and without "
+            f"'..' (got {value!r})")
+
+
+def seed_range(value: int) -> str | None:
+    return None if 0 <= value < SEED_LIMIT else f"must be in [0, {SEED_LIMIT - 1}] (got {value})"
 
 
 @dataclass(frozen=True)
@@ -28,6 +46,8 @@ class DataConfig:
     alpha: float = checked(0.5, check=positive)  # Dirichlet concentration: small = strong label skew
     train_samples: int | None = checked(None, check=positive)  # seeded subset of the training split
     eval_samples: int | None = checked(None, check=positive)  # seeded subset of each evaluation split
+    # a seeded hold-out of the training split, evaluated as the validation split (image data sets, which have none)
+    validation_samples: int | None = checked(None, check=positive)
     pad_to: int | None = checked(None, check=positive)  # pad images to pad_to x pad_to (28 -> 32)
     min_samples_per_participant: int = checked(8, check=positive)
     options: dict[str, Any] = field(default_factory=dict)  # data-set specific (e.g. the text's context length)
@@ -48,6 +68,8 @@ class FleetConfig:
     memory_scale: float | None = checked(None, check=positive)  # overrides the fleet file's
     profiles_dir: str | None = None  # default: the project's device_profiles/
     sample_fraction: float = checked(1.0, check=fraction)  # share of the fleet asked to train each round
+    compute_nodes: dict[str, int] | None = None  # pipeline split learning: overrides the fleet file's compute nodes
+    aggregator: str | None = None  # pipeline split learning: overrides the fleet file's aggregator
     # when devices are reachable (msfusion_ray.devices.availability): a draw per round, on/off windows from the
     # profiles' on_mean_s/off_mean_s, or windows read from a CSV trace
     availability: Literal["per_round", "windows", "trace"] = "per_round"
@@ -95,16 +117,20 @@ class RuntimeConfig:
     dashboard: bool = False
     object_store_mib: int = checked(1024, check=positive)
     device_resources: bool = False  # on a real cluster: place participants on nodes with resource device:<name>
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # where hosts train (auto: cuda when the cluster has GPUs)
+    gpus_per_host: float | None = checked(None, check=fraction)  # GPU each host asks for (default: an even share)
+    max_host_restarts: int = checked(3, check=non_negative)  # host actors replaced after their process died, per run
+    max_driver_restarts: int = checked(2, check=non_negative)  # driver actors restarted from the last checkpoint
     tracking: Literal["mlflow", "tensorboard"] | None = None  # each round's row and the config (msfusion_ray.tracking)
     tracking_uri: str | None = None  # mlflow: the store (default sqlite:///mlflow.db); tensorboard: the event directory
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    name: str
+    name: str = checked(check=safe_name)  # the run directory is output_dir/<name>-<time>-<tag>
     rounds: int = checked(check=positive)  # steps: synchronous rounds, aggregations, or pipeline epochs
     time_budget_s: float | None = checked(None, check=positive)  # ... or stop once this much virtual time has passed
-    seed: int = 0
+    seed: int = checked(0, check=seed_range)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
@@ -126,10 +152,14 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise UserInputError(f"--set {text}", "expected key=value")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw else ""
-    except yaml.YAMLError:
-        raise UserInputError(f"--set {key}", f"cannot parse value {raw!r}") from None
+        value = parse_yaml(raw, f"--set {key}") if raw else ""
+    except UserInputError as err:
+        raise UserInputError(f"--set {key}", f"cannot parse value {_shortened(raw)!r}: {err.message}") from None
     return key.strip(), value
+
+
+def _shortened(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _with_default_strategy(value: Any) -> Any:
@@ -197,16 +227,21 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig
         raise UserInputError(f"{path}: {err.where}", err.message) from None
 
 
-def json_schema(kind: Literal["any", "experiment", "sweep"] = "any") -> dict[str, Any]:
-    """The JSON Schema of an experiment config, a sweep file, or either (what an editor's YAML support reads)."""
+def json_schema(kind: Literal["any", "experiment", "sweep", "tuning"] = "any") -> dict[str, Any]:
+    """The JSON Schema of an experiment config, a sweep file, a tuning file, or any of them (what an editor's YAML
+    support reads)."""
     from pydantic import TypeAdapter, create_model
 
     from msfusion_ray.sweep import SweepConfig
+    from msfusion_ray.tuning import TuneConfig
 
     experiment = experiment_model()
     sweep = create_model("SweepConfig", __base__=model_of(SweepConfig), __doc__=SweepConfig.__doc__,
                          base=(Union[experiment, str], ...))
-    target = {"experiment": experiment, "sweep": sweep, "any": Union[experiment, sweep]}[kind]
+    tuning = create_model("TuneConfig", __base__=model_of(TuneConfig), __doc__=TuneConfig.__doc__,
+                          base=(Union[experiment, str], ...))
+    target = {"experiment": experiment, "sweep": sweep, "tuning": tuning,
+              "any": Union[experiment, sweep, tuning]}[kind]
     schema = TypeAdapter(target).json_schema()
     return {"$schema": "https://json-schema.org/draft/2020-12/schema",
             "title": f"msfusion_ray {'config' if kind == 'any' else kind}", **schema}

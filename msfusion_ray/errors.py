@@ -11,6 +11,9 @@ class UserInputError(Exception):
         self.message = message
         super().__init__(f"{where}: {message}")
 
+    def __reduce__(self):  # noqa: ANN204  (rebuilt from both parts when it crosses processes, e.g. from an actor)
+        return type(self), (self.where, self.message)
+
 
 class ClusterStartError(RuntimeError):
     """The embedded Ray cluster did not start (or not on loopback): says why and what to do."""

@@ -7,19 +7,23 @@ the CLI before a run directory exists (so bad input leaves nothing behind) and a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from msfusion_ray.code_refs import is_code_ref
-from msfusion_ray.config import ExperimentConfig
-from msfusion_ray.data import load_data, partition
+from msfusion_ray.config import ExperimentConfig, TrainingConfig
+from msfusion_ray.costs.footprint import tensor_bytes
+from msfusion_ray.costs.memory import machine_memory_bytes
+from msfusion_ray.data import check_enough_samples, load_data, partition
 from msfusion_ray.data.arrays import DataBundle
 from msfusion_ray.devices.availability import Availability, make_availability
 from msfusion_ray.devices.capacity import CapacityOracle, make_planner
-from msfusion_ray.devices.fleet import Fleet, FleetSpec, load_fleet_spec, make_fleet
-from msfusion_ray.devices.profile import default_profiles_dir, load_profiles
+from msfusion_ray.devices.fleet import Fleet, FleetSpec, device_counts, load_fleet_spec, make_fleet
+from msfusion_ray.devices.gpu import check_device
+from msfusion_ray.devices.profile import DeviceProfile, default_profiles_dir, load_profiles
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.models import ModelFamily, ModuleFamily, build_family
 from msfusion_ray.models.module import check_sub_model
@@ -43,12 +47,21 @@ class Prepared:
     availability: Availability
 
     def participant_infos(self) -> list[ParticipantInfo]:
-        return participant_infos(self.fleet, self.partitions)
+        return participant_infos(self.fleet, self.partitions, self.data)
 
 
-def participant_infos(fleet: Fleet, partitions: list[np.ndarray]) -> list[ParticipantInfo]:
-    """What strategies may know of each participant: id, device class name, and how many samples it holds."""
-    return [ParticipantInfo(p.id, p.device.name, len(partitions[p.id])) for p in fleet.participants]
+def participant_infos(fleet: Fleet, partitions: list[np.ndarray],
+                      data: DataBundle | None = None) -> list[ParticipantInfo]:
+    """What strategies may know of each participant: id, device class name, how many samples it holds, and (given
+    the data) which labels its training targets hold (label-split masking, as HeteroFL's reference code keeps)."""
+    return [ParticipantInfo(p.id, p.device.name, len(partitions[p.id]),
+                            held_labels(data, partitions[p.id]) if data is not None else None)
+            for p in fleet.participants]
+
+
+def held_labels(data: DataBundle, indices: np.ndarray) -> tuple[int, ...]:
+    """The distinct labels of these training samples (every target token of a language model's windows)."""
+    return tuple(int(label) for label in np.unique(data.train.y[indices]))
 
 
 def project_path(path: str) -> Path:
@@ -57,7 +70,24 @@ def project_path(path: str) -> Path:
     return find(path)
 
 
-def resolve_fleet(config: ExperimentConfig) -> Fleet:
+@dataclass(frozen=True)
+class FleetSource:
+    """A fleet as the config names it: the scenario, the profiles it draws on, and where errors point."""
+
+    spec: FleetSpec
+    profiles: dict[str, DeviceProfile]
+    where: str
+
+    def size(self, config: ExperimentConfig) -> int:
+        """Participants the fleet will have, counted without building it."""
+        return sum(device_counts(self.spec, self.profiles, config.fleet.size, self.where).values())
+
+    def build(self, config: ExperimentConfig) -> Fleet:
+        return make_fleet(self.spec, self.profiles, size=config.fleet.size, memory_scale=config.fleet.memory_scale,
+                          seed=config.seed, where=self.where)
+
+
+def fleet_source(config: ExperimentConfig) -> FleetSource:
     fleet_config = config.fleet
     profiles_dir = project_path(fleet_config.profiles_dir) if fleet_config.profiles_dir else default_profiles_dir()
     profiles = load_profiles(profiles_dir)
@@ -65,8 +95,50 @@ def resolve_fleet(config: ExperimentConfig) -> Fleet:
         spec, where = load_fleet_spec(project_path(fleet_config.file)), str(fleet_config.file)
     else:
         spec, where = FleetSpec(name="inline", devices=dict(fleet_config.devices)), "fleet"
-    return make_fleet(spec, profiles, size=fleet_config.size, memory_scale=fleet_config.memory_scale,
-                      seed=config.seed, where=where)
+    if fleet_config.compute_nodes is not None:
+        spec = replace(spec, compute_nodes=dict(fleet_config.compute_nodes))
+    if fleet_config.aggregator is not None:
+        spec = replace(spec, aggregator=fleet_config.aggregator)
+    return FleetSource(spec, profiles, where)
+
+
+def resolve_fleet(config: ExperimentConfig) -> Fleet:
+    return fleet_source(config).build(config)
+
+
+def check_fits_machine(family: ModelFamily, training: TrainingConfig) -> None:
+    """Training the global model on one batch must fit this machine's memory: footprints are measured here by
+    running the model, so a width or batch size far beyond the machine is refused before it is allocated. The
+    weights, gradients and optimizer state are counted on torch's meta device (nothing allocated); the batch's
+    share is extrapolated from batches of two and four."""
+    machine = machine_memory_bytes()
+    try:
+        with torch.device("meta"):
+            model = family.build()
+    except (OverflowError, RuntimeError, TypeError, ValueError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserInputError("model.width", f"the model cannot be built at width {family.width} ({first})") from None
+    weights = tensor_bytes(model.parameters()) + tensor_bytes(model.buffers())
+    state = weights + tensor_bytes(p for p in model.parameters() if p.requires_grad) * (
+        1 + training.optimizer_state_copies())
+    if state > machine:
+        raise UserInputError("model.width", f"training the global model needs {state / 2**30:.1f} GiB for its weights, "
+                                            f"gradients and optimizer state alone, more than this machine's "
+                                            f"{machine / 2**30:.1f} GiB")
+    needed = make_planner(family, training).estimate(family.full_widths(), training.batch_size)
+    if needed > machine:
+        raise UserInputError("training.batch_size", f"training the global model on batches of {training.batch_size} "
+                                                    f"needs about {needed / 2**30:.1f} GiB, more than this machine's "
+                                                    f"{machine / 2**30:.1f} GiB")
+
+
+def check_object_store(config: ExperimentConfig) -> None:
+    """The embedded cluster's object store is memory of this machine: one larger than the machine is refused here,
+    not by Ray's start-up."""
+    machine = machine_memory_bytes()
+    if config.runtime.address is None and config.runtime.object_store_mib * 2**20 > machine:
+        raise UserInputError("runtime.object_store_mib", f"{config.runtime.object_store_mib} MiB is more than this "
+                                                         f"machine's {machine / 2**20:.0f} MiB")
 
 
 def check_module(family: ModuleFamily, strategy: Strategy, needs_features: bool) -> None:
@@ -93,12 +165,18 @@ def resolve_availability(config: ExperimentConfig, fleet: Fleet) -> Availability
 
 def prepare(config: ExperimentConfig, data: DataBundle | None = None) -> Prepared:
     check_tracking(config.runtime)
-    fleet = resolve_fleet(config)
-    availability = resolve_availability(config, fleet)
+    check_device(config.runtime.device, config.runtime.address)
+    check_object_store(config)
+    source = fleet_source(config)
+    size = source.size(config)
     if data is None:
         data = load_data(config.data, config.seed)
+    check_enough_samples(data, config.data, size)  # before a fleet of millions is built for nothing
+    fleet = source.build(config)
+    availability = resolve_availability(config, fleet)
     partitions = partition(data, config.data, len(fleet), config.seed)
     family = build_family(config.model.name, data.shape, config.model.width, config.model.options, config.seed)
+    check_fits_machine(family, config.training)
     strategy = make_strategy(config.strategy, family, config.seed)
     spec = strategy.objective()
     objective = make_objective(spec.name, spec.params) if spec is not None else None
@@ -111,5 +189,5 @@ def prepare(config: ExperimentConfig, data: DataBundle | None = None) -> Prepare
         largest = max(p.memory_cap_bytes for p in fleet.participants)
         raise UserInputError("fleet", f"no participant can train even the narrowest sub-model (needs "
                                       f"{narrowest / 2**20:.1f} MiB, largest memory cap {largest / 2**20:.1f} MiB)")
-    global_family = strategy.configure(capacity, participant_infos(fleet, partitions))
+    global_family = strategy.configure(capacity, participant_infos(fleet, partitions, data))
     return Prepared(config, data, fleet, partitions, global_family, strategy, capacity, availability)

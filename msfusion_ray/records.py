@@ -3,7 +3,8 @@
 Each round's rows land in their own files (records/participants/round-NNNNNN.parquet and
 records/rounds/round-NNNNNN.parquet), written atomically, so a run that stops keeps every finished round readable
 and a resumed run simply replaces the rounds after its checkpoint. Nothing about cost is reconstructed afterwards:
-every figure is measured or computed while the round runs.
+every figure is measured or computed while the round runs. Where hosts train on GPUs, one row per host and round
+(records/hosts/round-NNNNNN.parquet) says what each host's GPU did.
 """
 
 from __future__ import annotations
@@ -63,6 +64,12 @@ class ParticipantRoundRow:
     mem_cap_bytes: int = 0
     mem_peak_rss_bytes: int = 0  # rise of the host process's resident set while training
     mem_peak_tensor_bytes: int = 0  # live-tensor peak of a measured training step
+    mem_peak_gpu_bytes: int = 0  # on a GPU: torch.cuda.max_memory_allocated during the task (reset at its start)
+    gpu_samples: int = 0  # NVML samples of the host's GPU taken while the task ran (0: CPU, or no NVML)
+    gpu_total_bytes: int = 0  # the GPU's memory
+    gpu_used_bytes: int = 0  # the most of it in use (every process's) in those samples
+    gpu_util_pct: float = math.nan  # the GPU's mean utilisation in those samples
+    gpu_util_max_pct: float = math.nan
     train_loss: float = math.nan
     extra_loss: float = math.nan
     message: str = ""
@@ -144,6 +151,61 @@ class RoundRow:
         return data
 
 
+@dataclass
+class HostStepRow:
+    """One host actor in one step, where hosts train on GPUs: the GPU share it holds and what NVML saw of its GPU
+    while its tasks of the step ran (tasks that ended in the step)."""
+
+    run_id: str
+    round: int
+    host: int
+    device: str  # what it trains on: "cuda", or "cpu" (a host that could not use the GPU Ray gave it)
+    gpu: str = ""  # the GPU's UUID (hosts with the same one share a GPU), or Ray's GPU ids
+    gpu_name: str = ""
+    gpu_fraction: float = 0.0  # of the GPU, as asked of Ray (runtime.gpus_per_host)
+    gpu_budget_bytes: int = 0  # what its work may plan: its share of the GPU's memory less a CUDA context
+    hosts_on_gpu: int = 0  # hosts of the run on the same GPU
+    tasks: int = 0
+    tasks_ok: int = 0
+    tasks_oom: int = 0
+    wall_busy_s: float = 0.0  # wall seconds of its tasks
+    mem_peak_gpu_bytes: int = 0  # the largest task peak (torch.cuda.max_memory_allocated)
+    gpu_samples: int = 0
+    gpu_total_bytes: int = 0
+    gpu_used_max_bytes: int = 0
+    gpu_util_mean_pct: float = math.nan  # over every sample taken while its tasks ran
+    gpu_util_max_pct: float = math.nan
+
+    @classmethod
+    def summarise(cls, run_id: str, round_idx: int, host: dict[str, Any], hosts_on_gpu: int,
+                  rows: Iterable[ParticipantRoundRow]) -> "HostStepRow":
+        """`host`: what the host said of itself (`Host.describe`); `rows`: the step's rows of its tasks."""
+        rows = [r for r in rows if r.host == host["host"] and r.task >= 0]
+        samples = sum(r.gpu_samples for r in rows)
+        util_sum = sum(r.gpu_util_pct * r.gpu_samples for r in rows if r.gpu_samples)
+        util_max = [r.gpu_util_max_pct for r in rows if r.gpu_samples]
+        return cls(
+            run_id=run_id, round=round_idx, host=host["host"], device=host["device"], gpu=host["gpu"],
+            gpu_name=host["gpu_name"], gpu_fraction=host["gpu_fraction"], gpu_budget_bytes=host["gpu_budget_bytes"],
+            hosts_on_gpu=hosts_on_gpu, tasks=len(rows), tasks_ok=sum(r.status == "ok" for r in rows),
+            tasks_oom=sum(r.status == "oom" for r in rows), wall_busy_s=sum(r.wall_total_s for r in rows),
+            mem_peak_gpu_bytes=max((r.mem_peak_gpu_bytes for r in rows), default=0), gpu_samples=samples,
+            gpu_total_bytes=max((r.gpu_total_bytes for r in rows), default=0),
+            gpu_used_max_bytes=max((r.gpu_used_bytes for r in rows), default=0),
+            gpu_util_mean_pct=util_sum / samples if samples else math.nan,
+            gpu_util_max_pct=max(util_max) if util_max else math.nan,
+        )
+
+
+def host_rows(run_id: str, round_idx: int, hosts: list[dict[str, Any]],
+              rows: list[ParticipantRoundRow]) -> list[HostStepRow]:
+    """A step's row for every host, with how many of the run's hosts share its GPU."""
+    sharing: dict[str, int] = {}
+    for host in hosts:
+        sharing[host["gpu"]] = sharing.get(host["gpu"], 0) + 1
+    return [HostStepRow.summarise(run_id, round_idx, host, sharing[host["gpu"]], rows) for host in hosts]
+
+
 def _write_atomic(frame: pd.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -165,9 +227,12 @@ class RecordWriter:
         _write_atomic(frame, self._path("participants", round_row.round))
         _write_atomic(pd.DataFrame([round_row.flat()]), self._path("rounds", round_row.round))
 
+    def write_hosts(self, round_idx: int, rows: list[HostStepRow]) -> None:
+        _write_atomic(pd.DataFrame([asdict(r) for r in rows]), self._path("hosts", round_idx))
+
     def discard_after(self, round_idx: int) -> None:
         """Drop rounds written after a checkpoint (a resumed run writes them again)."""
-        for kind in ("participants", "rounds"):
+        for kind in ("participants", "rounds", "hosts"):
             for path in (self.root / kind).glob("round-*.parquet"):
                 if int(path.stem.split("-")[1]) > round_idx:
                     path.unlink()
@@ -186,3 +251,8 @@ def read_participant_rows(run_dir: str | Path) -> pd.DataFrame:
 
 def read_round_rows(run_dir: str | Path) -> pd.DataFrame:
     return _read(run_dir, "rounds")
+
+
+def read_host_rows(run_dir: str | Path) -> pd.DataFrame:
+    """Per host and step, where the run's hosts trained on GPUs (empty otherwise)."""
+    return _read(run_dir, "hosts")

@@ -13,9 +13,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
 from msfusion_ray.errors import UserInputError
+from msfusion_ray.inputs import parse_yaml, read_text
 from msfusion_ray.validation import build  # noqa: F401  (declarations and their checking, imported together)
 
 Check = Callable[[Any], "str | None"]
@@ -55,21 +54,10 @@ def checked(default: Any = dataclasses.MISSING, check: Check | None = None, **kw
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; a missing, unreadable or malformed file is a one-line `UserInputError`."""
+    """Read a YAML mapping; a missing, unreadable, non-UTF-8 or malformed file (a duplicate key, a number too large
+    to hold) is a one-line `UserInputError`."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise UserInputError(str(path), "file not found") from None
-    except OSError as err:
-        raise UserInputError(str(path), f"cannot read ({err.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        problem = getattr(err, "problem", None) or "malformed YAML"
-        raise UserInputError(where, f"malformed YAML ({problem})") from None
+    data = parse_yaml(read_text(path), str(path))
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -24,13 +24,15 @@ from typing import Any, Iterable
 
 import yaml
 
-from msfusion_ray.config import ExperimentConfig, config_from_dict, parse_override
+from msfusion_ray.config import ExperimentConfig, config_from_dict, parse_override, safe_name
 from msfusion_ray.data import load_data
 from msfusion_ray.data.arrays import DataBundle
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.experiment import Prepared, prepare, project_path
 from msfusion_ray.code_refs import job_runtime_env
-from msfusion_ray.launch import ProgressDisplay, RunFailed, RunHandle, code_named, write_run_dir
+from msfusion_ray.inputs import load_json
+from msfusion_ray.launch import (ProgressDisplay, RunFailed, RunHandle, code_named, interruption,
+                                 quiet_ray_crash_handler, stop_signals, write_run_dir)
 from msfusion_ray.paths import anchor_paths, find_config
 from msfusion_ray.tracking import RoundFollower, follow_rounds
 from msfusion_ray.schema import build, checked, load_yaml, positive, set_dotted
@@ -46,7 +48,7 @@ SWEEP_FILE = "sweep.yaml"
 
 @dataclass(frozen=True)
 class SweepConfig:
-    name: str
+    name: str = checked(check=safe_name)  # the sweep directory is output_dir/<name>
     base: dict[str, Any] | str  # an experiment config, inline or the path of its YAML file
     grid: dict[str, list[Any]] = field(default_factory=dict)  # dotted key -> its values; cells: their product
     # Hand-picked combinations (dotted key -> value), each crossed with the grid: for cells that differ in several
@@ -79,23 +81,24 @@ class SweepPlan:
 
 def read_sweep(path: str | Path, overrides: Iterable[str] = ()) -> SweepConfig:
     """Read a sweep file, its base resolved to a mapping; `overrides` (key=value) apply to the base config."""
-    return resolve_base(build(SweepConfig, load_yaml(path), str(path)), Path(path).parent,
-                        [parse_override(text) for text in overrides])
+    sweep = build(SweepConfig, load_yaml(path), str(path))
+    return dataclasses.replace(sweep, base=resolve_base(sweep.base, Path(path).parent, overrides))
 
 
-def resolve_base(sweep: SweepConfig, sweep_dir: Path, overrides: Iterable[tuple[str, Any]] = ()) -> SweepConfig:
-    """The sweep with its base config as a mapping (read from its file, beside the sweep or among the project's),
-    overridden (dotted key, value), and the files it names anchored (msfusion_ray.paths)."""
-    base, base_dir = sweep.base, sweep_dir
+def resolve_base(base: dict[str, Any] | str, directory: Path, overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """A base experiment config as a mapping: inline, or the YAML file it names (in `directory`, the sweep file's,
+    else among the project's, else a ready config by name); `overrides` (key=value) applied, and the files it
+    names anchored (msfusion_ray.paths)."""
+    base_dir = directory
     if isinstance(base, str):
-        beside = sweep_dir / base
+        beside = directory / base
         base_file = beside if beside.is_file() else project_path(base)
         base_file = base_file if base_file.is_file() else find_config(base)  # a ready config by name
         base, base_dir = load_yaml(base_file), base_file.parent
     base = copy.deepcopy(base)
-    for key, value in overrides:
-        set_dotted(base, key, value)
-    return dataclasses.replace(sweep, base=anchor_paths(base, base_dir))
+    for text in overrides:
+        set_dotted(base, *parse_override(text))
+    return anchor_paths(base, base_dir)
 
 
 def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> SweepPlan:
@@ -185,7 +188,9 @@ class SweepStatus:
     @classmethod
     def load_or_new(cls, plan: SweepPlan) -> "SweepStatus":
         path = plan.directory / STATUS_FILE
-        known = json.loads(path.read_text())["cells"] if path.is_file() else {}
+        known = load_json(path).get("cells", {}) if path.is_file() else {}
+        if not isinstance(known, dict) or not all(isinstance(cell, dict) for cell in known.values()):
+            raise UserInputError(str(path), "'cells' must map each cell to its status")
         cells = {c.id: known.get(c.id) or {"values": c.values, "status": "pending", "error": None,
                                             "run_dir": f"cells/{c.id}"} for c in plan.cells}
         return cls(plan.directory, cells)
@@ -246,12 +251,17 @@ class DataCache:
 
 def prepare_cells(plan: SweepPlan, cell_ids: Iterable[str], cache: DataCache) -> dict[str, Prepared]:
     """Validate every cell that will run; the first bad one ends the sweep before anything is written."""
+    from msfusion_ray.runtime.checkpoint import check_resume
+
     by_id = {c.id: c for c in plan.cells}
     prepared = {}
     for cell_id in cell_ids:
         cell = by_id[cell_id]
         try:
             prepared[cell_id] = prepare(cell.config, data=cache.get(cell.config))
+            run_dir = plan.directory / "cells" / cell_id
+            if (run_dir / "config.yaml").is_file():  # the cell continues: its checkpoint must hold up
+                check_resume(run_dir, prepared[cell_id])
         except UserInputError as err:
             raise UserInputError(f"{plan.source}: cell {cell_id}: {err.where}", err.message) from None
     return prepared
@@ -281,6 +291,20 @@ def with_cpu_share(prepared: Prepared, host_cpus: float) -> Prepared:
     if runtime.host_cpus is not None:
         return prepared
     config = dataclasses.replace(prepared.config, runtime=dataclasses.replace(runtime, host_cpus=host_cpus))
+    return dataclasses.replace(prepared, config=config)
+
+
+def with_gpu_share(prepared: Prepared, gpus: float) -> Prepared:
+    """The cell with its hosts' GPU fraction sized so that they share `gpus` (its part of the cluster's) evenly,
+    unless its config sets one or trains on CPU."""
+    from msfusion_ray.devices.gpu import gpu_share
+    from msfusion_ray.runtime.hosts import host_count
+
+    runtime = prepared.config.runtime
+    if runtime.gpus_per_host is not None or runtime.device == "cpu":
+        return prepared
+    share = gpu_share(gpus, host_count(runtime, len(prepared.fleet)))
+    config = dataclasses.replace(prepared.config, runtime=dataclasses.replace(runtime, gpus_per_host=share))
     return dataclasses.replace(prepared, config=config)
 
 
@@ -323,8 +347,13 @@ class SweepRunner:
                     if users[key] == 0:
                         self.data_refs.pop(key, None)  # no cell left needs this data set in the object store
                 self._show()
+        except KeyboardInterrupt as err:  # these stay "running" in status.json and continue next time
+            stop = interruption(err)
+            for running in self.running.values():
+                running.handle.interrupt(stop.reason)
+            raise stop from None
         finally:
-            for running in self.running.values():  # interrupted: these stay "running" and continue next time
+            for running in self.running.values():
                 running.handle.stop()
 
     def _start(self, cell_id: str) -> None:
@@ -352,7 +381,7 @@ class SweepRunner:
         running = self.running.pop(cell_id)
         try:
             summary = running.handle.result()
-        except RunFailed as err:
+        except (RunFailed, UserInputError) as err:
             reached = running.handle.progress.get("round", 0)
             self.status.set(cell_id, status="failed", error=str(err), rounds_completed=reached)
             self.display.note(f"cell {cell_id} failed: {err}")
@@ -401,9 +430,13 @@ def one_line(err: BaseException) -> str:
 
 def execute_sweep(plan: SweepPlan, retry_failed: bool = False, max_parallel: int | None = None,
                   address: str | None = None, show_progress: bool = True) -> SweepStatus:
-    """Run what is left of a sweep: every cell to run is checked before anything is written."""
+    """Run what is left of a sweep: the output directory and every cell to run are checked before anything is
+    written."""
+    from msfusion_ray.launch import check_output_dir
+
+    check_output_dir(plan.directory, f"{plan.source}: output_dir")
     todo = SweepStatus.load_or_new(plan).to_run(retry_failed)
-    prepared = prepare_cells(plan, todo, DataCache())
+    prepared = prepare_cells(plan, todo, DataCache())  # every check before anything is written
     status = create_directory(plan)
     return run_sweep(plan, prepared, status, todo, max_parallel, show_progress, address)
 
@@ -423,7 +456,8 @@ def run_sweep(plan: SweepPlan, prepared: dict[str, Prepared], status: SweepStatu
     if address:
         runtime = dataclasses.replace(runtime, address=address)
     code = [ref for p in prepared.values() for ref in code_named(p.config)]
-    with ray_cluster(runtime, job_runtime_env(code)):
+    quiet_ray_crash_handler()
+    with ray_cluster(runtime, job_runtime_env(code)), stop_signals():
         resources = ray.cluster_resources()
         cpus = resources.get("CPU", 1.0)
         actors = max(host_count(p.config.runtime, len(p.fleet)) for p in prepared.values()) + 1
@@ -432,6 +466,8 @@ def run_sweep(plan: SweepPlan, prepared: dict[str, Prepared], status: SweepStatu
         parallel = min(parallel, len(cell_ids))
         if parallel > 1:
             prepared = {k: with_cpu_share(p, round(0.9 * cpus / parallel, 4)) for k, p in prepared.items()}
+        if parallel > 1 and resources.get("GPU", 0.0) > 0:
+            prepared = {k: with_gpu_share(p, resources["GPU"] / parallel) for k, p in prepared.items()}
         total = sum(prepared[c].config.rounds for c in cell_ids)
         display = ProgressDisplay(total, "round", show_progress, label="sweep rounds ")
         display.note(f"sweep {plan.config.name}: {len(cell_ids)} cells to run, {parallel} side by side, "

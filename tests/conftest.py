@@ -22,7 +22,7 @@ SMALL_CONFIG = {
     "fleet": {"devices": {"raspberry-pi-4": 2, "phone-midrange": 1}, "memory_scale": 0.001},
     "strategy": {"name": "fedavg"},
     "training": {"local_steps": 3, "batch_size": 16, "lr": 0.05},
-    "runtime": {"hosts": 2, "task_timeout_s": 120},
+    "runtime": {"hosts": 2, "task_timeout_s": 120, "device": "cpu"},  # results pinned on CPU, GPU or not
 }
 
 
@@ -31,6 +31,17 @@ def small_config_dict(tmp_path):
     data = copy.deepcopy(SMALL_CONFIG)
     data["output_dir"] = str(tmp_path / "runs")
     return data
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread, as in the runtime's hosts: on a shared 2-core machine more threads only contend."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -33,10 +33,15 @@ def _problem(*overrides):
     ("data.partition=rows", "data.partition: must be one of iid, dirichlet, play, speaker (got 'rows')"),
     ("fleet.devices.phone-midrange=1.5", "fleet.devices.phone-midrange: must be an integer (got 1.5)"),
     ("data=[1]", "data: must be a mapping (got list)"),
-    ("strategy.name=magic", "strategy.name: unknown strategy 'magic' (known: fed_dropout, "),
+    ("strategy.name=magic", "strategy.name: unknown strategy 'magic' (known: "),
 ])
 def test_a_bad_field_is_one_line_naming_it(override, expect):
     assert _problem(override).startswith(expect)
+
+
+def test_the_unknown_strategy_message_lists_every_registered_scheme():
+    known = _problem("strategy.name=magic").split("(known: ")[1].rstrip(")").split(", ")
+    assert {"fedavg", "heterofl", "msfusion", "fedbuff", "cos2p", "mpsl"} <= set(known) and known == sorted(known)
 
 
 def test_strategy_params_are_checked_in_the_same_pass_by_the_strategy_named():

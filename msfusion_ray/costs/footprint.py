@@ -4,7 +4,8 @@ footprint = parameters + gradients + optimizer state + activations saved for bac
             + backward workspace + whatever the local objective keeps (e.g. frozen reference models)
 
 Activations are measured, not estimated: one forward pass on an example batch runs under torch's saved-tensor
-hooks and every distinct storage autograd keeps for backward is summed (parameters excluded: already counted).
+hooks and every distinct storage autograd keeps for backward is summed (parameters and the input batch excluded:
+counted in their own terms).
 Backward needs, on top, the gradient of the tensor it is working through while that tensor is still held: the
 largest saved storage stands for that workspace. The result depends only on shapes, so it is cached per (model
 shape, batch size).
@@ -13,7 +14,7 @@ shape, batch size).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Hashable, Mapping
 
 import torch
 from torch import nn
@@ -42,20 +43,31 @@ def tensor_bytes(tensors: Any) -> int:
 
 
 def batch_bytes(batch: Any) -> int:
+    return tensor_bytes(batch_tensors(batch))
+
+
+def batch_tensors(batch: Any) -> list[torch.Tensor]:
+    """The tensors of a batch (a tensor, or nested tuples of them; None entries hold nothing)."""
+    if batch is None:
+        return []
     if isinstance(batch, torch.Tensor):
-        return batch.numel() * batch.element_size()
-    return sum(batch_bytes(item) for item in batch)
+        return [batch]
+    return [t for item in batch for t in batch_tensors(item)]
 
 
-def saved_activations(model: nn.Module, batch: Any,
-                      loss_of: Callable[[nn.Module, Any], torch.Tensor]) -> dict[int, int]:
-    """Size of each distinct storage autograd saves for backward in one forward pass (parameters excluded)."""
-    parameter_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
+def saved_activations(model: nn.Module, batch: Any, loss_of: Callable[[nn.Module, Any], torch.Tensor], *,
+                      count_batch: bool = False) -> dict[int, int]:
+    """Size of each distinct storage autograd saves for backward in one forward pass. Parameters are left out, and
+    so is the input batch unless `count_batch`: a whole model's footprint counts them once, as parameters and
+    inputs (the first layer saves its input for backward, which counted the batch twice); a pipeline part's input
+    is an activation it holds for backward, so layer profiles count it."""
+    held_elsewhere = [*model.parameters(), *([] if count_batch else batch_tensors(batch))]
+    counted = {t.untyped_storage().data_ptr() for t in held_elsewhere}
     saved: dict[int, int] = {}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         storage = tensor.untyped_storage()
-        if storage.data_ptr() not in parameter_storages:
+        if storage.data_ptr() not in counted:
             saved[storage.data_ptr()] = storage.nbytes()
         return tensor
 
@@ -84,8 +96,9 @@ def plan_footprint(model: nn.Module, batch: Any, loss_of: Callable[[nn.Module, A
 class FootprintPlanner:
     """Cached footprints of models built at given widths (units per width group).
 
-    `build(widths)` makes the model, `example_batch(batch_size)` an input batch of the right shape, `loss_of(model,
-    batch)` the training loss; `extra_bytes(model, batch)` what the local objective adds (None: nothing).
+    `build(widths)` makes the model (`build(widths, depth=k)` a depth cut, for families with blocks),
+    `example_batch(batch_size)` an input batch of the right shape, `loss_of(model, batch)` the training loss;
+    `extra_bytes(model, batch)` what the local objective adds (None: nothing).
     """
 
     def __init__(self, build: Callable[[Mapping[str, int]], nn.Module], example_batch: Callable[[int], Any],
@@ -96,16 +109,36 @@ class FootprintPlanner:
         self._loss_of = loss_of
         self._copies = optimizer_state_copies
         self._extra_bytes = extra_bytes
-        self._cache: dict[tuple[tuple, int], Footprint] = {}
+        self._cache: dict[tuple, Footprint] = {}
 
-    def footprint(self, widths: Mapping[str, int], batch_size: int) -> Footprint:
-        key = (tuple(sorted(widths.items())), batch_size)
+    def variant(self, key: Hashable, **changes: Any) -> "FootprintPlanner":
+        """A planner with some of `build`, `example_batch`, `loss_of`, `optimizer_state_copies`, `extra_bytes`
+        replaced (another kind of local work on the same models), with a cache of its own; asked again with the
+        same `key`, the same planner (and its measured footprints)."""
+        variants = self.__dict__.setdefault("_variants", {})
+        if key not in variants:
+            parts = {"build": self._build, "example_batch": self._example_batch, "loss_of": self._loss_of,
+                     "optimizer_state_copies": self._copies, "extra_bytes": self._extra_bytes}
+            unknown = set(changes) - set(parts)
+            if unknown:
+                raise TypeError(f"FootprintPlanner has no part {sorted(unknown)}")
+            variants[key] = FootprintPlanner(**{**parts, **changes})
+        return variants[key]
+
+    def footprint(self, widths: Mapping[str, int], batch_size: int, depth: int | None = None) -> Footprint:
+        key = (tuple(sorted(widths.items())), batch_size) + ((depth,) if depth is not None else ())
         cached = self._cache.get(key)
         if cached is None:
             torch.manual_seed(0)
-            model = self._build(widths)
+            model = self._build(widths) if depth is None else self._build(widths, depth=depth)
             batch = self._example_batch(batch_size)
             extra = self._extra_bytes(model, batch) if self._extra_bytes is not None else 0
             cached = plan_footprint(model, batch, self._loss_of, self._copies, extra)
             self._cache[key] = cached
         return cached
+
+    def estimate(self, widths: Mapping[str, int], batch_size: int) -> int:
+        """The footprint at `batch_size` extrapolated from batches of two and four (every part of it is constant
+        or grows linearly with the batch), so that a batch too large to try is judged without allocating it."""
+        two, four = self.footprint(widths, 2).total, self.footprint(widths, 4).total
+        return two + (batch_size - 2) * (four - two) // 2

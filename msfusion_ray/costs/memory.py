@@ -1,8 +1,10 @@
-"""Measured memory: the live-tensor peak of a block of torch code, and the process's resident-set peak."""
+"""Measured memory: the live-tensor peak of a block of torch code, the process's resident-set peak, and the peak
+torch's allocator held on a GPU."""
 
 from __future__ import annotations
 
 import weakref
+from pathlib import Path
 from contextlib import contextmanager
 from typing import Iterable, Iterator
 
@@ -95,6 +97,41 @@ def rss_peak() -> Iterator[RssPeak]:
     finally:
         hwm_kib = _status_kib("VmHWM") if has_hwm else None
         end = hwm_kib * 1024 if hwm_kib is not None else process.memory_info().rss
-        if torch.cuda.is_available():
-            end = max(end, start + torch.cuda.max_memory_allocated())
         result.delta_bytes = max(0, end - start)
+
+
+class CudaPeak:
+    """Result holder of `cuda_peak`: the most bytes torch's allocator held at once on the GPU during the block."""
+
+    peak_bytes: int = 0
+
+
+@contextmanager
+def cuda_peak(device: torch.device) -> Iterator[CudaPeak]:
+    """`torch.cuda.max_memory_allocated` over a block, its peak reset at entry (the process-lifetime peak would
+    carry every earlier task's). Nothing is measured on a CPU device."""
+    result = CudaPeak()
+    if device.type != "cuda":
+        yield result
+        return
+    torch.cuda.reset_peak_memory_stats(device)
+    try:
+        yield result
+    finally:
+        result.peak_bytes = int(torch.cuda.max_memory_allocated(device))
+
+
+_CGROUP_LIMITS = (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+
+
+def machine_memory_bytes() -> int:
+    """Memory this process's machine has: its physical memory, or less where a control group limits it."""
+    total = psutil.virtual_memory().total
+    for path in _CGROUP_LIMITS:
+        try:
+            limit = path.read_text().strip()
+        except OSError:
+            continue
+        if limit.isdigit():
+            total = min(total, int(limit))
+    return total

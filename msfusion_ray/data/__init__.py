@@ -22,7 +22,9 @@ def _image_bundle(name: str, arrays: dict[str, np.ndarray], config: DataConfig, 
 
 def arrays_bundle(name: str, arrays: Mapping[str, Any], config: DataConfig, seed: int) -> DataBundle:
     """A bundle from arrays in the documented form (see `_loaded`): images padded (data.pad_to) and standardised
-    per channel when they are uint8, each split capped (data.train_samples, data.eval_samples)."""
+    per channel when they are uint8, a validation split held out of the training split (data.validation_samples)
+    where the data set has none, the training split capped (data.train_samples), the test and a given validation
+    split capped (data.eval_samples)."""
     task = arrays.get("task", "classification")
     splits = {}
     for split in ("train", "test", "val"):
@@ -34,24 +36,44 @@ def arrays_bundle(name: str, arrays: Mapping[str, Any], config: DataConfig, seed
                 x = pad_images(x, config.pad_to)
             except ValueError as err:
                 raise UserInputError("data.pad_to", str(err)) from None
-        splits[split] = _subset(ArrayDataset(x, y), config.train_samples if split == "train" else config.eval_samples,
-                                seed, "train" if split == "train" else "eval")
-    train, test = splits["train"], splits["test"]
+        splits[split] = ArrayDataset(x, y) if split == "train" else _subset(ArrayDataset(x, y), config.eval_samples,
+                                                                            seed, "eval")
+    kept = None  # the training samples kept, as indices into the given training split (None: all of them)
+    if config.validation_samples is not None:
+        if "val" in splits:
+            raise UserInputError("data.validation_samples", f"{name} has a validation split of its own")
+        kept, held = hold_out(len(splits["train"]), config.validation_samples, seed)
+        splits["val"] = splits["train"].subset(held)
+    chosen = subset_indices(len(splits["train"]) if kept is None else len(kept), config.train_samples, seed, "train")
+    if chosen is not None:
+        kept = chosen if kept is None else kept[chosen]
+    train = splits["train"] if kept is None else splits["train"].subset(kept)
+    test = splits["test"]
     images = train.x.dtype == np.uint8 and train.x.ndim == 4
     mean, std = channel_stats(train.x[:10000]) if images else ((), ())
     if "num_outputs" in arrays:
         outputs = int(arrays["num_outputs"])
     else:
-        outputs = int(max(np.max(arrays[f"{split}_y"]) for split in splits)) + 1
+        outputs = int(max(np.max(arrays[f"{split}_y"]) for split in ("train", "test", "val") if split in splits and
+                          f"{split}_y" in arrays)) + 1
     groups = {key: np.asarray(value) for key, value in dict(arrays.get("groups") or {}).items()}
-    if config.train_samples is not None and groups:
-        chosen = subset_indices(len(arrays["train_y"]), config.train_samples, seed, "train")
-        groups = {key: value[chosen] if chosen is not None else value for key, value in groups.items()}
+    if kept is not None:
+        groups = {key: value[kept] for key, value in groups.items()}
     tokens = np.issubdtype(train.x.dtype, np.integer) and train.x.dtype != np.uint8
     shape = DataShape(tuple(train.x.shape[1:]), outputs, task, "int" if tokens else "float")
     return DataBundle(name, train, test, shape, mean, std,
                       validation=splits.get("val"), groups=groups,
                       tokens_per_sample=int(train.x.shape[1]) if task == "language_model" else 0)
+
+
+def hold_out(n_samples: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the rest of the training split, a seeded hold-out of `size` samples as the validation split), as indices:
+    tuning on the hold-out never sees the test split, and training never sees the hold-out."""
+    if size >= n_samples:
+        raise UserInputError("data.validation_samples", f"{size} leaves nothing of the {n_samples} training "
+                                                        f"samples to train on")
+    held = subset_indices(n_samples, size, seed, "validation")
+    return np.setdiff1d(np.arange(n_samples), held), held
 
 
 def subset_indices(n_samples: int, size: int | None, seed: int, which: str) -> np.ndarray | None:
@@ -141,6 +163,21 @@ def check_arrays(source: str, arrays: Any) -> None:
         raise UserInputError("data.dataset", f"{source}: a language model's data needs num_outputs (the vocabulary)")
 
 
+IMAGE_SHAPES = {"fashion_mnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10)}  # per sample, classes
+
+
+def planned_shape(config: DataConfig) -> DataShape | None:
+    """An image data set's shape without reading it (planning, e.g. `split`); None where the data must be read."""
+    if config.dataset not in IMAGE_SHAPES:
+        return None
+    (channels, height, width), classes = IMAGE_SHAPES[config.dataset]
+    if config.pad_to is not None:
+        if config.pad_to < max(height, width):
+            raise UserInputError("data.pad_to", f"cannot pad {height}x{width} images to {config.pad_to} pixels")
+        height = width = config.pad_to
+    return DataShape((channels, height, width), classes)
+
+
 def load_data(config: DataConfig, seed: int) -> DataBundle:
     if is_code_ref(config.dataset):
         return _loaded(config, seed)
@@ -149,14 +186,20 @@ def load_data(config: DataConfig, seed: int) -> DataBundle:
     return LOADERS[config.dataset](config, seed)
 
 
-def partition(bundle: DataBundle, config: DataConfig, n_parts: int, seed: int) -> list[np.ndarray]:
-    """Each participant's sample indices into the training split: IID, Dirichlet label skew (classification), or
-    whole natural groups of the data set (e.g. shakespeare's plays or speakers)."""
+def check_enough_samples(bundle: DataBundle, config: DataConfig, n_parts: int) -> None:
+    """Every participant must get data.min_samples_per_participant training samples (a cheap check, made before
+    the fleet is built)."""
     if n_parts * config.min_samples_per_participant > len(bundle.train):
         raise UserInputError("fleet", f"{n_parts} participants need at least "
                                       f"{n_parts * config.min_samples_per_participant} training samples "
                                       f"({config.min_samples_per_participant} each) but the training split has "
                                       f"{len(bundle.train)}")
+
+
+def partition(bundle: DataBundle, config: DataConfig, n_parts: int, seed: int) -> list[np.ndarray]:
+    """Each participant's sample indices into the training split: IID, Dirichlet label skew (classification), or
+    whole natural groups of the data set (e.g. shakespeare's plays or speakers)."""
+    check_enough_samples(bundle, config, n_parts)
     if config.partition == "iid":
         return partition_iid(len(bundle.train), n_parts, seed)
     known = ["iid", *(["dirichlet"] if bundle.shape.task == "classification" else []), *bundle.groups]

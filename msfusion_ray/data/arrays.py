@@ -39,9 +39,13 @@ class DataBundle:
     artifacts: dict[str, str] = field(default_factory=dict)  # file name -> text, saved in the run directory
     tokens_per_sample: int = 0  # language models: predicted tokens per sample (for tokens/s)
 
-    def to_batch(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def to_batch(self, x: np.ndarray, y: np.ndarray,
+                 device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Model inputs from stored samples: uint8 images scaled to [0, 1] and standardised per channel, float
-        features as they are, other integers as token ids."""
+        features as they are, other integers as token ids (on the CPU, then moved to `device` where that is
+        another)."""
+        if device is not None and device.type != "cpu":
+            return tuple(t.to(device) for t in self.to_batch(x, y))
         if self.shape.task == "language_model":
             return torch.from_numpy(np.asarray(x, dtype=np.int64)), torch.from_numpy(np.asarray(y, dtype=np.int64))
         labels = torch.from_numpy(np.asarray(y, dtype=np.int64))

@@ -41,22 +41,37 @@ def read_binary_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise UserInputError(str(path), f"not a CIFAR-10 binary batch (size {raw.size} is not a multiple of "
                                         f"{RECORD_BYTES})")
     records = raw.reshape(-1, RECORD_BYTES)
-    return records[:, 1:].reshape(-1, 3, 32, 32), records[:, 0].astype(np.int64)
+    return records[:, 1:].reshape(-1, 3, 32, 32), _checked_labels(path, records[:, 0])
 
 
 def read_python_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A python batch, checked whole: a pickle that is malformed in any way (truncated, of other objects, of arrays
+    of the wrong shape or type) is a one-line error naming the file, never an exception from inside pickle."""
     try:
         with open(path, "rb") as stream:
             batch = _ArraysOnlyUnpickler(stream, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError) as err:
-        raise UserInputError(str(path), f"not a safe CIFAR-10 python batch ({err})") from None
+    except Exception as err:  # noqa: BLE001  (pickle raises anything its input makes it raise)
+        raise UserInputError(str(path), f"not a safe CIFAR-10 python batch ({type(err).__name__}: {err})") from None
     if not isinstance(batch, dict):
         raise UserInputError(str(path), "not a CIFAR-10 python batch (expected a dict)")
     data = batch.get(b"data", batch.get("data"))
     labels = batch.get(b"labels", batch.get("labels"))
-    if not isinstance(data, np.ndarray) or labels is None or data.shape[1:] != (3072,) or len(data) != len(labels):
-        raise UserInputError(str(path), "not a CIFAR-10 python batch (needs 'data' N x 3072 and 'labels')")
-    return data.astype(np.uint8).reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise UserInputError(str(path), "not a CIFAR-10 python batch ('data' must be an N x 3072 uint8 array)")
+    if not isinstance(labels, (list, np.ndarray)) or len(labels) != len(data):
+        raise UserInputError(str(path), f"not a CIFAR-10 python batch ('labels' must be a list of {len(data)} "
+                                        f"integers)")
+    if not all(isinstance(label, (int, np.integer)) and not isinstance(label, bool) for label in labels):
+        raise UserInputError(str(path), "not a CIFAR-10 python batch ('labels' must be integers)")
+    return data.reshape(-1, 3, 32, 32), _checked_labels(path, np.asarray(labels, dtype=np.int64))
+
+
+def _checked_labels(path: Path, labels: np.ndarray) -> np.ndarray:
+    labels = labels.astype(np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= len(CLASSES)):
+        raise UserInputError(str(path), f"CIFAR-10 labels must be 0 to {len(CLASSES) - 1} (found "
+                                        f"{labels.min()} to {labels.max()})")
+    return labels
 
 
 def _batch_paths(directory: Path) -> tuple[list[Path], Path, str] | None:

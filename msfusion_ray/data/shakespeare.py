@@ -235,6 +235,9 @@ def load_shakespeare(config: DataConfig, seed: int) -> DataBundle:
     options = build(ShakespeareOptions, config.options, "data.options")
     if config.pad_to is not None:
         raise UserInputError("data.pad_to", "pads images; shakespeare is text")
+    if config.validation_samples is not None:
+        raise UserInputError("data.validation_samples", "shakespeare has its own validation plays "
+                                                        "(data.options.validation_plays)")
     splits = split_plays(read_plays(config.data_dir), options.validation_plays, options.test_plays)
     tokenizer = CharTokenizer.fit("".join(p.text() for p in splits["train"]))
     stride = options.stride or options.context

@@ -2,12 +2,15 @@
 
 Strategies never see device profiles; they get the largest uniform splitting rate whose planned training
 footprint fits a participant's cap, or a yes/no for given widths. The planner behind it is the same one each
-participant's memory guard uses, so a planned rate is never refused.
+participant's memory guard uses, so a planned rate is never refused. A scheme whose sub-models are shaped
+otherwise (a depth cut with a width mask) or whose participants do other work (Co-S2P's mask phase: frozen weights
+and learnable scores) asks for the largest rate of its own shape, and for the same caps under its own footprint.
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+import copy
+from typing import Any, Callable, Hashable, Mapping
 
 from msfusion_ray.config import TrainingConfig
 from msfusion_ray.costs.footprint import FootprintPlanner
@@ -42,14 +45,29 @@ class CapacityOracle:
         self._resolution = resolution
         self._rate_by_cap: dict[int, float | None] = {}
 
-    def footprint_bytes(self, widths: Mapping[str, int]) -> int:
-        return self._planner.footprint(widths, self._batch_size).total
+    def footprint_bytes(self, widths: Mapping[str, int], depth: int | None = None) -> int:
+        return self._planner.footprint(widths, self._batch_size, depth).total
 
     def rate_widths(self, rate: float) -> dict[str, int]:
         return widths_of(self._family.spec, prefix_selection(self._family.spec, rate))
 
-    def fits(self, participant: int, widths: Mapping[str, int]) -> bool:
-        return self.footprint_bytes(widths) <= self._caps[participant]
+    def fits(self, participant: int, widths: Mapping[str, int], depth: int | None = None) -> bool:
+        return self.footprint_bytes(widths, depth) <= self._caps[participant]
+
+    def largest_rate(self, participant: int,
+                     shape_at: Callable[[float], tuple[Mapping[str, int], int | None]]) -> float | None:
+        """Largest rate on the grid whose sub-model `shape_at(rate)` = (widths, depth) fits the participant
+        (None: not even the smallest); shapes must grow with the rate."""
+        cap = self._caps[participant]
+        return self._largest(lambda rate: self.footprint_bytes(*shape_at(rate)) <= cap)
+
+    def under(self, key: Hashable, **planner_changes: Any) -> "CapacityOracle":
+        """The same caps and batch size under another footprint: the planner with `build`, `loss_of` or
+        `extra_bytes` replaced (FootprintPlanner.variant, cached by `key`)."""
+        other = copy.copy(self)
+        other._planner = self._planner.variant(key, **planner_changes)
+        other._rate_by_cap = {}
+        return other
 
     def max_rate(self, participant: int) -> float | None:
         cap = self._caps[participant]
@@ -58,13 +76,16 @@ class CapacityOracle:
         return self._rate_by_cap[cap]
 
     def _search(self, cap: int) -> float | None:
+        return self._largest(lambda rate: self.footprint_bytes(self.rate_widths(rate)) <= cap)
+
+    def _largest(self, fits: Callable[[float], bool]) -> float | None:
         low, high = 0, self._resolution  # invariant: step `low` fits (0 means none), steps above `high` do not
-        if self.footprint_bytes(self.rate_widths(1 / self._resolution)) > cap:
+        if not fits(1 / self._resolution):
             return None
         low = 1
         while low < high:
             middle = (low + high + 1) // 2
-            if self.footprint_bytes(self.rate_widths(middle / self._resolution)) <= cap:
+            if fits(middle / self._resolution):
                 low = middle
             else:
                 high = middle - 1

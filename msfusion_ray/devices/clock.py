@@ -39,6 +39,18 @@ def device_time(profile: DeviceProfile, flops: float, bytes_down: int, bytes_up:
     )
 
 
+def compute_seconds(profile: DeviceProfile, flops: float) -> float:
+    return flops / profile.flops_per_s
+
+
+def hop_seconds(sender: DeviceProfile, receiver: DeviceProfile, n_bytes: int) -> float:
+    """One message between two devices (pipeline split learning): its bytes over the slower of the sender's uplink
+    and the receiver's downlink, plus half of each side's round trip (each profile's latency is a round trip to the
+    network it sits on, so each side adds one way of it)."""
+    rate = min(sender.uplink_bytes_per_s, receiver.downlink_bytes_per_s)
+    return n_bytes / rate + (sender.latency_ms + receiver.latency_ms) / 2000.0
+
+
 @dataclass(frozen=True)
 class Pacing:
     slept_s: float

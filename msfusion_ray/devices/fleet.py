@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,12 +16,18 @@ from msfusion_ray.schema import build, checked, load_yaml, positive
 @dataclass(frozen=True)
 class FleetSpec:
     """A scenario: device classes and counts. `memory_scale` shrinks every memory cap by the same factor, for
-    miniature scenarios where the model is scaled down from the one the devices would really train."""
+    miniature scenarios where the model is scaled down from the one the devices would really train.
+
+    `devices` are the data owners (the participants). Pipeline split learning also names compute nodes (device
+    classes and counts: they hold model parts for the owners and have no data) and the aggregator that averages the
+    owners' parts; other schemes ignore both."""
 
     name: str
     devices: dict[str, int]
     description: str = ""
     memory_scale: float = checked(1.0, check=positive)
+    compute_nodes: dict[str, int] = checked({})
+    aggregator: str | None = None
 
 
 @dataclass(frozen=True)
@@ -33,10 +40,22 @@ class Participant:
 
 
 @dataclass(frozen=True)
+class ComputeNode:
+    """A compute node of pipeline split learning: its id among the compute nodes, device class and memory cap
+    after scaling. It holds model parts for the data owners and no data."""
+
+    id: int
+    device: DeviceProfile
+    memory_cap_bytes: int
+
+
+@dataclass(frozen=True)
 class Fleet:
     participants: tuple[Participant, ...]
     name: str = "inline"
     seed: int = 0
+    compute_nodes: tuple[ComputeNode, ...] = ()
+    aggregator: ComputeNode | None = None
 
     def __len__(self) -> int:
         return len(self.participants)
@@ -64,22 +83,54 @@ def scale_counts(devices: dict[str, int], size: int) -> dict[str, int]:
     return {name: c for name, c in counts.items() if c > 0}
 
 
-def make_fleet(spec: FleetSpec, profiles: dict[str, DeviceProfile], *, size: int | None = None,
-               memory_scale: float | None = None, seed: int = 0, where: str = "fleet") -> Fleet:
-    """Expand a fleet spec into participants, checking every device class against the known profiles."""
-    for name, count in spec.devices.items():
+def _check_classes(classes: dict[str, int], profiles: dict[str, DeviceProfile], where: str) -> None:
+    for name, count in classes.items():
         if name not in profiles:
-            raise UserInputError(f"{where}.devices.{name}",
-                                 f"unknown device profile (known: {', '.join(sorted(profiles))})")
+            raise UserInputError(f"{where}.{name}", f"unknown device profile (known: {', '.join(sorted(profiles))})")
         if count < 0:
-            raise UserInputError(f"{where}.devices.{name}", f"count must be >= 0 (got {count})")
-    devices = scale_counts(spec.devices, size) if size is not None else spec.devices
+            raise UserInputError(f"{where}.{name}", f"count must be >= 0 (got {count})")
+
+
+def _compute_nodes(spec: FleetSpec, profiles: dict[str, DeviceProfile], scale: float,
+                   where: str) -> tuple[tuple[ComputeNode, ...], ComputeNode | None]:
+    _check_classes(spec.compute_nodes, profiles, f"{where}.compute_nodes")
+    nodes: list[ComputeNode] = []
+    for name, count in spec.compute_nodes.items():
+        for _ in range(count):
+            nodes.append(ComputeNode(len(nodes), profiles[name], int(profiles[name].memory_bytes * scale)))
+    if spec.aggregator is None:
+        return tuple(nodes), None
+    if spec.aggregator not in profiles:
+        raise UserInputError(f"{where}.aggregator", f"unknown device profile (known: {', '.join(sorted(profiles))})")
+    aggregator = profiles[spec.aggregator]
+    return tuple(nodes), ComputeNode(0, aggregator, int(aggregator.memory_bytes * scale))
+
+
+def device_counts(spec: FleetSpec, profiles: dict[str, DeviceProfile], size: int | None = None,
+                  where: str = "fleet") -> dict[str, int]:
+    """How many participants of each device class the fleet has, checked against the known profiles (cheap: it
+    builds nothing, so a fleet too large for its data is refused before it is built)."""
+    _check_classes(spec.devices, profiles, f"{where}.devices")
+    devices = scale_counts(spec.devices, size) if size is not None and sum(spec.devices.values()) else spec.devices
     if sum(devices.values()) == 0:
         raise UserInputError(f"{where}.devices", "the fleet has no participants")
+    return devices
+
+
+def make_fleet(spec: FleetSpec, profiles: dict[str, DeviceProfile], *, size: int | None = None,
+               memory_scale: float | None = None, seed: int = 0, where: str = "fleet") -> Fleet:
+    """Expand a fleet spec into participants (and compute nodes and aggregator, where named), checking every
+    device class against the known profiles."""
+    devices = device_counts(spec, profiles, size, where)
     scale = spec.memory_scale if memory_scale is None else memory_scale
+    largest = max(profiles[name].memory_bytes for name in devices)
+    if not math.isfinite(largest * scale):
+        raise UserInputError("fleet.memory_scale" if memory_scale is not None else f"{where}.memory_scale",
+                             f"is too large (got {scale}: memory caps become infinite)")
     participants = []
     for name, count in devices.items():
         for _ in range(count):
             profile = profiles[name]
             participants.append(Participant(len(participants), profile, int(profile.memory_bytes * scale)))
-    return Fleet(tuple(participants), name=spec.name, seed=seed)
+    nodes, aggregator = _compute_nodes(spec, profiles, scale, where)
+    return Fleet(tuple(participants), name=spec.name, seed=seed, compute_nodes=nodes, aggregator=aggregator)

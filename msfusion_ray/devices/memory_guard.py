@@ -20,6 +20,6 @@ class MemoryGuard:
         self.cap_bytes = cap_bytes
         self._planner = planner
 
-    def check(self, widths: Mapping[str, int], batch_size: int) -> MemoryVerdict:
-        planned = self._planner.footprint(widths, batch_size).total
+    def check(self, widths: Mapping[str, int], batch_size: int, depth: int | None = None) -> MemoryVerdict:
+        planned = self._planner.footprint(widths, batch_size, depth).total
         return MemoryVerdict(fits=planned <= self.cap_bytes, planned_bytes=planned, cap_bytes=self.cap_bytes)

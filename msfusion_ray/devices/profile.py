@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.paths import default_profiles_dir as bundled_profiles_dir
 from msfusion_ray.schema import build, checked, load_yaml, positive, probability
 
 MIB = 1024**2
+
+
+def positive_in(unit: float) -> Callable[[float], str | None]:
+    """> 0, and still finite once converted to base units (multiplied by `unit`: MiB to bytes, say)."""
+    def check(value: float) -> str | None:
+        if not value > 0:
+            return f"must be > 0 (got {value})"
+        return None if math.isfinite(value * unit) else f"is too large (got {value})"
+    return check
 
 
 @dataclass(frozen=True)
@@ -19,15 +30,16 @@ class DeviceProfile:
 
     name: str
     description: str
-    memory_mib: float = checked(check=positive)
-    train_gflops: float = checked(check=positive)
-    uplink_mbps: float = checked(check=positive)
-    downlink_mbps: float = checked(check=positive)
+    memory_mib: float = checked(check=positive_in(MIB))
+    train_gflops: float = checked(check=positive_in(1e9))
+    uplink_mbps: float = checked(check=positive_in(1e6 / 8))
+    downlink_mbps: float = checked(check=positive_in(1e6 / 8))
     latency_ms: float = checked(0.0, check=lambda v: None if v >= 0 else f"must be >= 0 (got {v})")
     availability: float = checked(1.0, check=probability)  # per-round reachability (fleet.availability: per_round)
     on_mean_s: float | None = checked(None, check=positive)  # mean on and off periods in virtual seconds
     off_mean_s: float | None = checked(None, check=positive)  # (fleet.availability: windows)
     native: bool = False  # on a real cluster: the node is the device (no memory refusal, measured compute time)
+    hourly_cost_usd: float | None = checked(None, check=positive)  # renting one (compute nodes), where known
 
     @property
     def memory_bytes(self) -> int:

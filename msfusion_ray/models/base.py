@@ -11,13 +11,18 @@ import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Callable, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 
 import torch
 from torch import nn
 
+from msfusion_ray.errors import UserInputError
+from msfusion_ray.models.exits import check_depth
 from msfusion_ray.registry import Registry
 from msfusion_ray.splitting.spec import SplitSpec
+
+if TYPE_CHECKING:
+    from msfusion_ray.models.layers import Layer
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,7 @@ class ModelFamily(ABC):
         self.width = width
         self.options = options if options is not None else self.Options()
         self._widths: dict[str, int] | None = None
+        self._depth: int | None = None  # a depth cut of the global model (families with blocks)
 
     @abstractmethod
     def default_widths(self) -> dict[str, int]:
@@ -57,21 +63,78 @@ class ModelFamily(ABC):
         """The same family with a smaller global model (units per group); sub-models are then slices of it."""
         narrow = copy.copy(self)
         narrow.__dict__.pop("spec", None)
+        narrow.__dict__.pop("_keys_by_depth", None)
         narrow._widths = {**self.full_widths(), **widths}
         return narrow
 
-    def shape_key(self, widths: Mapping[str, int]) -> tuple:
+    def shape_key(self, widths: Mapping[str, int], depth: int | None = None) -> tuple:
         """A hashable name for the architecture at these widths (caches of footprints and FLOPs use it)."""
-        return (self.name, self.data, repr(self.options), tuple(sorted({**self.full_widths(), **widths}.items())))
+        key = (self.name, self.data, repr(self.options), tuple(sorted({**self.full_widths(), **widths}.items())))
+        depth = self.depth if depth is None else depth
+        return key if depth == self.n_blocks else (*key, ("depth", depth))
+
+    # Depth: families built of a stack of blocks with early exits (models/exits.py) override these three.
+    @property
+    def n_blocks(self) -> int | None:
+        """Blocks of the uncut model; None for families without depth blocks."""
+        return None
+
+    def exit_depths(self) -> tuple[int, ...]:
+        """Block counts after which an exit head reads the stream, shallow to deep."""
+        return ()
+
+    def _build_cut(self, widths: Mapping[str, int], depth: int) -> nn.Module:
+        """The first `depth` blocks and the exits at or below them."""
+        raise ValueError(f"model '{self.name}' has no depth blocks to cut")
+
+    @property
+    def depth(self) -> int | None:
+        """Blocks of this family's global model (a cut, or all of them)."""
+        return self._depth if self._depth is not None else self.n_blocks
+
+    def cut(self, depth: int) -> "ModelFamily":
+        """The same family with a depth-cut global model; sub-models are then cuts and slices of it."""
+        if self.n_blocks is None:
+            raise ValueError(f"model '{self.name}' has no depth blocks to cut")
+        check_depth(self.exit_depths(), depth, self.n_blocks)
+        shallow = copy.copy(self)
+        shallow.__dict__.pop("spec", None)
+        shallow.__dict__.pop("_keys_by_depth", None)
+        shallow._depth = depth
+        return shallow
+
+    def depth_keys(self, depth: int | None) -> frozenset[str]:
+        """The state-dict keys (floating point) a cut at `depth` blocks has; every key at None."""
+        cache = self.__dict__.setdefault("_keys_by_depth", {})
+        if depth not in cache:
+            state = self.build(depth=depth).state_dict()
+            cache[depth] = frozenset(k for k, v in state.items() if v.is_floating_point())
+        return cache[depth]
+
+    def groups_at(self, depth: int | None) -> dict[str, int]:
+        """Width groups (units at full width) of the parameters a cut at `depth` blocks holds."""
+        keys = self.depth_keys(depth)
+        held = {axis.group for key in keys for axis in self.spec.params[key] if axis is not None}
+        return {g: n for g, n in self.spec.groups.items() if g in held}
 
     @abstractmethod
     def _build(self, widths: Mapping[str, int]) -> nn.Module:
         """The network with `widths` units per group (every group present)."""
 
-    def build(self, widths: Mapping[str, int] | None = None) -> nn.Module:
+    def build(self, widths: Mapping[str, int] | None = None, depth: int | None = None) -> nn.Module:
+        """The network at `widths` (groups omitted: whole) and, for families with blocks, cut at `depth` blocks
+        (None: the global model's depth)."""
         full = self.full_widths()
         merged = dict(full) if widths is None else {**full, **widths}
-        return self._build(merged)
+        depth = self.depth if depth is None else depth
+        if depth is None or depth == self.n_blocks:
+            return self._build(merged)
+        return self._build_cut(merged, depth)
+
+    def layers(self, widths: Mapping[str, int] | None = None) -> list["Layer"]:
+        """The model cut by depth: its layers in forward order, each buildable alone (see models/layers.py).
+        Families that pipeline split learning can cut override this."""
+        raise UserInputError("model.name", f"the {self.name} model cannot be cut into layers")
 
     @cached_property
     def spec(self) -> SplitSpec:

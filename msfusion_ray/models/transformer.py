@@ -9,6 +9,9 @@ projections and `head_dim` input columns of the output projection) and `block{i}
 The embeddings, the residual stream (`d_model`), every LayerNorm and the vocabulary head stay whole. The width
 multiplier scales heads and MLP units; `head_dim = d_model / n_heads` is fixed, so a sub-model's heads compute
 exactly what the same heads compute in the global model.
+
+With `early_exits`, LayerNorm + Linear heads also read the stream after 1/4, 1/2 and 3/4 of the blocks (per-token
+logits), and the family builds depth cuts: the first k blocks and the exits at or below k (models/exits.py).
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from msfusion_ray.errors import UserInputError
-from msfusion_ray.models.base import DataShape, register, scaled
+from msfusion_ray.models.base import DataShape, ModelFamily, register, scaled
+from msfusion_ray.models.layers import Layer
+from msfusion_ray.models.exits import ExitHead, ExitModel, check_depth, exit_depths, held_exits, stream_through
 from msfusion_ray.schema import checked, positive
-from msfusion_ray.splitting.spec import width_axes
+from msfusion_ray.splitting.spec import class_outputs, width_axes
 
 
 @dataclass(frozen=True)
@@ -36,12 +41,16 @@ class TransformerOptions:
     n_layers: int = checked(2, check=positive)
     mlp_ratio: float = checked(4.0, check=positive)  # MLP hidden units = mlp_ratio * d_model at width 1
     context: int | None = checked(None, check=positive)  # positions the model can see; default: the data's
+    # Exit heads (LayerNorm + Linear to the vocabulary) after 1/4, 1/2 and 3/4 of the blocks, besides the final
+    # one (models/exits.py); they also allow depth cuts at those positions (Co-S2P).
+    early_exits: bool = False
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, d_model: int, heads: int, head_dim: int, group: str):
+    def __init__(self, d_model: int, heads: int, head_dim: int, group: str, causal: bool = True):
         super().__init__()
         self.head_dim = head_dim
+        self.causal = causal  # False: every position sees every other (the ViT's encoder blocks)
         inner = heads * head_dim
         unit = (group, head_dim)
         self.q = width_axes(nn.Linear(d_model, inner), out=unit)
@@ -56,7 +65,7 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mixed = F.scaled_dot_product_attention(self._heads(self.q(x)), self._heads(self.k(x)),
-                                               self._heads(self.v(x)), is_causal=True)
+                                               self._heads(self.v(x)), is_causal=self.causal)
         return self.out(mixed.transpose(1, 2).flatten(2))
 
 
@@ -71,10 +80,10 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, d_model: int, heads: int, head_dim: int, hidden: int, index: int):
+    def __init__(self, d_model: int, heads: int, head_dim: int, hidden: int, index: int, causal: bool = True):
         super().__init__()
         self.ln1 = nn.LayerNorm(d_model)
-        self.attn = CausalSelfAttention(d_model, heads, head_dim, f"block{index}.heads")
+        self.attn = CausalSelfAttention(d_model, heads, head_dim, f"block{index}.heads", causal)
         self.ln2 = nn.LayerNorm(d_model)
         self.mlp = MLP(d_model, hidden, f"block{index}.mlp")
 
@@ -83,16 +92,26 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
-class GPT(nn.Module):
-    def __init__(self, vocab: int, context: int, options: TransformerOptions, widths: Mapping[str, int]):
+class GPT(ExitModel):
+    """With `depth` < n_layers: the first `depth` blocks and the early exits at or below them (no final
+    LayerNorm: it belongs to the last exit)."""
+
+    def __init__(self, vocab: int, context: int, options: TransformerOptions, widths: Mapping[str, int],
+                 depth: int | None = None):
         super().__init__()
+        depth = options.n_layers if depth is None else depth
         head_dim = options.d_model // options.n_heads
-        self.tokens = nn.Embedding(vocab, options.d_model)
+        self.tokens = class_outputs(nn.Embedding(vocab, options.d_model))  # tied: its rows score the next token
         self.positions = nn.Embedding(context, options.d_model)
         self.blocks = nn.ModuleList(
             Block(options.d_model, widths[f"block{i}.heads"], head_dim, widths[f"block{i}.mlp"], i)
-            for i in range(options.n_layers))
-        self.ln_f = nn.LayerNorm(options.d_model)
+            for i in range(depth))
+        self.early_exit_after = held_exits(gpt_exit_depths(options)[:-1], depth)  # blocks before each early exit
+        self.exits = nn.ModuleList(ExitHead(options.d_model, vocab) for _ in self.early_exit_after)
+        self.exit_after = self.early_exit_after  # every exit this model has, the final one included
+        if depth == options.n_layers:
+            self.ln_f = nn.LayerNorm(options.d_model)
+            self.exit_after += (depth,)
         self._init_weights(options.n_layers)
 
     def _init_weights(self, n_layers: int) -> None:
@@ -107,40 +126,109 @@ class GPT(nn.Module):
             for layer in (block.attn.out, block.mlp.proj):
                 nn.init.normal_(layer.weight, std=0.02 / math.sqrt(2 * n_layers))
 
-    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(final hidden states B x T x d_model, logits B x T x vocab)."""
+    def exit_features(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(normalised hidden states B x T x d_model, logits B x T x vocab) at every exit, shallow to deep; the
+        deepest of the whole model is the final LayerNorm and the tied vocabulary head."""
         positions = torch.arange(x.shape[1], device=x.device)
-        hidden = self.tokens(x) + self.positions(positions)
-        for block in self.blocks:
-            hidden = block(hidden)
-        hidden = self.ln_f(hidden)
-        return hidden, F.linear(hidden, self.tokens.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(x)[1]
+        hidden, outputs = stream_through(self.tokens(x) + self.positions(positions), self.blocks,
+                                         self.early_exit_after, self.exits)
+        if hasattr(self, "ln_f"):
+            hidden = self.ln_f(hidden)
+            outputs.append((hidden, F.linear(hidden, self.tokens.weight)))
+        return outputs
 
 
-def check_options(shape: DataShape, options: TransformerOptions) -> None:
-    if shape.task != "language_model":
-        raise UserInputError("model.name", "the transformer is a language model; use a text data set")
-    if options.d_model % options.n_heads:
-        raise UserInputError("model.options.n_heads", f"must divide d_model = {options.d_model}")
-    if options.context is not None and options.context < shape.input_shape[0]:
-        raise UserInputError("model.options.context", f"{options.context} positions are fewer than the "
-                                                      f"data's {shape.input_shape[0]}-token windows")
+def block_widths(options, width: float) -> dict[str, int]:  # noqa: ANN001 (TransformerOptions or ViTOptions)
+    """Heads and MLP units of every block at the width multiplier (head_dim fixed)."""
+    heads = scaled(options.n_heads, width)
+    hidden = scaled(round(options.mlp_ratio * options.d_model), width)
+    widths = {}
+    for i in range(options.n_layers):
+        widths[f"block{i}.heads"] = heads
+        widths[f"block{i}.mlp"] = hidden
+    return widths
+
+
+def gpt_exit_depths(options: TransformerOptions) -> tuple[int, ...]:
+    return exit_depths(options.n_layers) if options.early_exits else (options.n_layers,)
 
 
 @register("transformer")
-def make_transformer(shape: DataShape, options: TransformerOptions, width: float = 1.0,
-                     widths: Mapping[str, int] | None = None) -> nn.Module:
-    """The full GPT at width multiplier `width` (heads and MLP units scaled), or at `widths` units per group (a
-    narrowed global model); sub-models are cut from it."""
-    check_options(shape, options)
-    if widths is None:
-        heads = scaled(options.n_heads, width)
-        hidden = scaled(round(options.mlp_ratio * options.d_model), width)
-        widths = {}
-        for i in range(options.n_layers):
-            widths[f"block{i}.heads"] = heads
-            widths[f"block{i}.mlp"] = hidden
-    return GPT(shape.num_outputs, options.context or shape.input_shape[0], options, widths)
+class TransformerFamily(ModelFamily):
+    Options = TransformerOptions
+
+    def __init__(self, data: DataShape, width: float = 1.0, options: TransformerOptions | None = None):
+        super().__init__(data, width, options)
+        self._check()
+
+    def _check(self) -> None:
+        options = self.options
+        if self.data.task != "language_model":
+            raise UserInputError("model.name", "the transformer is a language model; use a text data set")
+        if options.d_model % options.n_heads:
+            raise UserInputError("model.options.n_heads", f"must divide d_model = {options.d_model}")
+        if options.context is not None and options.context < self.data.input_shape[0]:
+            raise UserInputError("model.options.context", f"{options.context} positions are fewer than the "
+                                                          f"data's {self.data.input_shape[0]}-token windows")
+
+    @property
+    def context(self) -> int:
+        return self.options.context or self.data.input_shape[0]
+
+    def default_widths(self) -> dict[str, int]:
+        return block_widths(self.options, self.width)
+
+    def layers(self, widths: Mapping[str, int] | None = None) -> list[Layer]:
+        """The embeddings, each block, and the final LayerNorm with the tied vocabulary head (n_layers + 2).
+        The first and last layers both hold `tokens.weight`: `models.layers.tie_shared` makes them one tensor
+        where one process holds both (a data owner in U-shaped split learning)."""
+        widths = {**self.full_widths(), **(widths or {})}
+        options, vocab = self.options, self.data.num_outputs
+        head_dim = options.d_model // options.n_heads
+        return [
+            Layer("embeddings", "", lambda: Embeddings(vocab, self.context, options.d_model)),
+            *(Layer(f"block{i}", f"blocks.{i}.",
+                    lambda i=i: Block(options.d_model, widths[f"block{i}.heads"], head_dim, widths[f"block{i}.mlp"],
+                                      i))
+              for i in range(options.n_layers)),
+            Layer("head", "", lambda: TiedHead(vocab, options.d_model)),
+        ]
+
+    def _build(self, widths: Mapping[str, int]) -> nn.Module:
+        return GPT(self.data.num_outputs, self.context, self.options, widths)
+
+    @property
+    def n_blocks(self) -> int:
+        return self.options.n_layers
+
+    def exit_depths(self) -> tuple[int, ...]:
+        return gpt_exit_depths(self.options)
+
+    def _build_cut(self, widths: Mapping[str, int], depth: int) -> nn.Module:
+        check_depth(self.exit_depths(), depth, self.n_blocks)
+        return GPT(self.data.num_outputs, self.context, self.options, widths, depth)
+
+class Embeddings(nn.Module):
+    """Token plus learned position embeddings: the transformer's first layer when it is cut by depth (parameters
+    named as in GPT: `tokens.weight`, `positions.weight`)."""
+
+    def __init__(self, vocab: int, context: int, d_model: int):
+        super().__init__()
+        self.tokens = nn.Embedding(vocab, d_model)
+        self.positions = nn.Embedding(context, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tokens(x) + self.positions(torch.arange(x.shape[1], device=x.device))
+
+
+class TiedHead(nn.Module):
+    """Final LayerNorm and the vocabulary head tied to the token embedding: the transformer's last layer when it is
+    cut by depth (`ln_f.*`, and `tokens.weight`, which it shares with the first layer)."""
+
+    def __init__(self, vocab: int, d_model: int):
+        super().__init__()
+        self.ln_f = nn.LayerNorm(d_model)
+        self.tokens = nn.Embedding(vocab, d_model)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.ln_f(hidden), self.tokens.weight)

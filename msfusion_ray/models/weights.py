@@ -32,5 +32,11 @@ def load_weights(model: nn.Module, weights: Mapping[str, np.ndarray]) -> None:
             target.copy_(torch.from_numpy(np.ascontiguousarray(value)))
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's tensors are (the CPU for a model without any)."""
+    tensor = next(iter(model.parameters()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
 def parameter_count(weights: Mapping[str, np.ndarray]) -> int:
     return int(sum(v.size for v in weights.values()))

@@ -6,6 +6,7 @@ queries while the loop runs (a threaded actor with two slots: one for `run`, one
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,13 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from msfusion_ray.config import ExperimentConfig
 from msfusion_ray.experiment import prepare
+from msfusion_ray.failures import open_run_log
 from msfusion_ray.runtime.runner import Runner
 
 
 class Driver:
     def __init__(self, config: ExperimentConfig, data_box: list, run_dir: str, run_id: str, resume: bool):
+        logging.getLogger("msfusion_ray").addHandler(open_run_log(Path(run_dir)))  # its warnings: replaced hosts
         data_ref = data_box[0]
         prepared = prepare(config, data=ray.get(data_ref, timeout=config.runtime.task_timeout_s))
         self.runner = Runner(prepared, data_ref, Path(run_dir), run_id, resume)

@@ -13,6 +13,7 @@ import ray
 import torch
 
 from msfusion_ray.costs.flops import StepCostCache
+from msfusion_ray.devices.gpu import host_gpu
 from msfusion_ray.models.base import ModelFamily
 from msfusion_ray.runtime.participant import ParticipantSpec, ParticipantWorker, PlannerCache, WorkerSettings
 from msfusion_ray.strategies.base import WorkOrder
@@ -22,16 +23,28 @@ class Host:
     def __init__(self, host_id: int, family: ModelFamily, data_box: list, participants: list[ParticipantSpec],
                  settings: WorkerSettings, threads: int, fetch_timeout_s: float):
         torch.set_num_threads(threads)
+        self.gpu = host_gpu(settings.device, settings.device_required, settings.gpu_share, host_id)
         warm_up_torch()
         self.host_id = host_id
         self.fetch_timeout_s = fetch_timeout_s
         data = ray.get(data_box[0], timeout=fetch_timeout_s)
         costs = StepCostCache()  # shared by the host's participants: same shapes cost the same
         planners = PlannerCache(family, settings.training)  # and need the same memory
-        self.workers = {p.id: ParticipantWorker(p, family, data, settings, costs, planners) for p in participants}
+        self.workers = {p.id: ParticipantWorker(p, family, data, settings, costs, planners, gpu=self.gpu)
+                        for p in participants}
 
     def ping(self) -> int:
         return self.host_id
+
+    def describe(self) -> dict[str, Any]:
+        """What the host trains on, for its records: the device, and the GPU share it holds."""
+        context, gpu = ray.get_runtime_context(), self.gpu
+        ray_gpus = f"{context.get_node_id()[:12]}:{','.join(str(i) for i in ray.get_gpu_ids())}"
+        return {"host": self.host_id, "device": gpu.device.type if gpu is not None else "cpu",
+                "gpu": gpu.uuid if gpu is not None and gpu.uuid else ray_gpus,
+                "gpu_name": gpu.name if gpu is not None else "",
+                "gpu_fraction": float(context.get_assigned_resources().get("GPU", 0.0)),
+                "gpu_budget_bytes": gpu.budget_bytes if gpu is not None else 0}
 
     def run(self, task: WorkOrder, payload_box: list, lr: float):  # noqa: ANN201
         """Carry out one work order. The payload ref comes boxed in a list so that it is fetched only if the
@@ -47,6 +60,11 @@ class Host:
         for pid, state in states.items():
             if pid in self.workers:
                 self.workers[pid].import_state(state)
+
+    def restore_state(self, states: dict[int, Any]) -> None:
+        """A replacement host's participants, as saved before the previous host died."""
+        for pid, state in states.items():
+            self.workers[pid].restore_state(state)
 
 
 HostActor = ray.remote(max_restarts=0)(Host)

@@ -1,15 +1,32 @@
-"""The pool of host actors a run uses, and which participant lives where."""
+"""The pool of host actors a run uses, which participant lives where, and replacing a host whose process died.
+
+A host that dies (killed, crashed, its node lost, or stopped by Ray's memory monitor) is replaced by a new actor
+for the same participants, their memory restored from the run's last checkpoint (`saved_states`, set by the
+Runner; a fresh start before the first checkpoint). The run goes on; `runtime.max_host_restarts` replacements in
+all, then the run ends with `HostsKeepDying`.
+"""
 
 from __future__ import annotations
 
+import logging
+from typing import Callable
+
 import ray
+from ray.exceptions import OutOfMemoryError, RayActorError
 
 from msfusion_ray.config import RuntimeConfig
+from msfusion_ray.devices.gpu import gpu_share, resolve_device
 from msfusion_ray.experiment import Prepared
+from msfusion_ray.failures import describe_failure
 from msfusion_ray.runtime.host import HostActor, assign_hosts
 from msfusion_ray.runtime.participant import ParticipantSpec, WorkerSettings
 
 STARTUP_TIMEOUT_S = 300.0
+log = logging.getLogger(__name__)
+
+
+class HostsKeepDying(RuntimeError):
+    """More host processes died than runtime.max_host_restarts allows."""
 
 
 def host_count(runtime: RuntimeConfig, participants: int) -> int:
@@ -29,40 +46,86 @@ class HostPool:
         # threads with torch.set_num_threads.
         budget = runtime.host_cpus if runtime.host_cpus is not None else 0.9 * cpus
         num_cpus = round(min(float(runtime.threads_per_host), budget / len(assignments)), 4)
+        gpus = ray.cluster_resources().get("GPU", 0.0)
+        self.device = resolve_device(runtime.device, gpus)
+        self.gpu_share = gpu_share(gpus, len(assignments), runtime.gpus_per_host) if self.device == "cuda" else 0.0
         settings = WorkerSettings(run_id=run_id, host=0, seed=prepared.config.seed,
                                   training=prepared.config.training, clock=runtime.clock,
-                                  task_timeout_s=runtime.task_timeout_s)
+                                  task_timeout_s=runtime.task_timeout_s, device=self.device,
+                                  device_required=runtime.device == "cuda", gpu_share=self.gpu_share)
         self.host_of: dict[int, int] = {}
         self.actors = []
+        self._starts: list[Callable[[], object]] = []  # per host: how to start (or start again) its actor
         for host_id, members in enumerate(assignments):
             specs = [ParticipantSpec(pid, fleet.participants[pid].device, fleet.participants[pid].memory_cap_bytes,
                                      prepared.partitions[pid]) for pid in members]
             options: dict = {"num_cpus": num_cpus}
+            if self.gpu_share:
+                options["num_gpus"] = self.gpu_share
             if groups is not None:
                 options["resources"] = {f"device:{groups[members[0]]}": 0.001}
             host_settings = WorkerSettings(**{**settings.__dict__, "host": host_id})
-            self.actors.append(HostActor.options(**options).remote(
-                host_id, prepared.family, [data_ref], specs, host_settings, runtime.threads_per_host,
-                runtime.task_timeout_s))
+            self._starts.append(lambda options=options, args=(host_id, prepared.family, [data_ref], specs,
+                                                               host_settings, runtime.threads_per_host,
+                                                               runtime.task_timeout_s):
+                                HostActor.options(**options).remote(*args))
+            self.actors.append(self._starts[host_id]())
             self.host_of.update({pid: host_id for pid in members})
+        self.restarts = 0
+        self.max_restarts = runtime.max_host_restarts
+        self.timeout_s = runtime.task_timeout_s
+        self.saved_states: Callable[[], dict[int, dict]] = dict  # participant -> its state in the last checkpoint
         self._wait_ready(cpus)
+        # what each host trains on, for the per-host records (runs whose hosts hold GPUs)
+        self.descriptions = (ray.get([a.describe.remote() for a in self.actors], timeout=STARTUP_TIMEOUT_S)
+                             if self.gpu_share else [])
 
     def _wait_ready(self, cpus: float) -> None:
         pings = [actor.ping.remote() for actor in self.actors]
         ready, _ = ray.wait(pings, num_returns=len(pings), timeout=STARTUP_TIMEOUT_S)
         if len(ready) < len(pings):
+            gpus = f", {self.gpu_share:g} GPU each" if self.gpu_share else ""
             raise RuntimeError(f"only {len(ready)} of {len(pings)} host actors started within {STARTUP_TIMEOUT_S:.0f} s "
-                               f"(cluster CPUs: {cpus:g}); lower runtime.hosts or runtime.threads_per_host")
+                               f"(cluster CPUs: {cpus:g}{gpus}); lower runtime.hosts or runtime.threads_per_host")
         ray.get(ready, timeout=STARTUP_TIMEOUT_S)  # surfaces a host that failed in its constructor
 
     def actor_for(self, participant: int):  # noqa: ANN201 (a Ray actor handle)
         return self.actors[self.host_of[participant]]
 
+    def members(self, host: int) -> list[int]:
+        return [pid for pid, h in self.host_of.items() if h == host]
+
+    def replace(self, host: int, cause: str, tasks: dict[int, int], detail: str = "") -> None:
+        """Start a new actor for `host`, whose process died (`cause`, one line; `detail`, Ray's full text, goes to
+        the run's log), with its participants' memory as the last checkpoint saved it, known as of their task in
+        `tasks` (participant -> the task its next work starts from). Ends the run once more hosts died than
+        runtime.max_host_restarts allows."""
+        if self.restarts >= self.max_restarts:
+            raise HostsKeepDying(f"{cause}; {self.restarts + 1} host deaths in this run, more than "
+                                 f"runtime.max_host_restarts={self.max_restarts}")
+        self.restarts += 1
+        ray.kill(self.actors[host], no_restart=True)
+        actor = self._starts[host]()
+        saved = self.saved_states()
+        states = {pid: {"task": tasks.get(pid, -1), "state": saved.get(pid, {}).get("state", {})}
+                  for pid in self.members(host)}
+        ray.get(actor.restore_state.remote(states), timeout=STARTUP_TIMEOUT_S)
+        self.actors[host] = actor
+        log.warning("host %d replaced (restart %d of at most %d), its participants %s restored from %s: %s%s", host,
+                    self.restarts, self.max_restarts, self.members(host),
+                    "the last checkpoint" if saved else "their initial state", cause, f"\n{detail}" if detail else "")
+
     def export_states(self, tasks: dict[int, int], timeout_s: float) -> dict[int, dict]:
-        """Every participant's memory as of its task in `tasks` (participant -> its last aggregated task)."""
+        """Every participant's memory as of its task in `tasks` (participant -> its last aggregated task); a host
+        found dead is replaced first (its participants then have the memory they were restored to)."""
         states: dict[int, dict] = {}
-        for part in ray.get([a.export_state.remote(tasks) for a in self.actors], timeout=timeout_s):
-            states.update(part)
+        refs = [a.export_state.remote(tasks) for a in self.actors]
+        for host, ref in enumerate(refs):
+            try:
+                states.update(ray.get(ref, timeout=timeout_s))
+            except (RayActorError, OutOfMemoryError) as err:
+                self.replace(host, describe_failure(err, f"host {host}"), tasks, str(err))
+                states.update(ray.get(self.actors[host].export_state.remote(tasks), timeout=timeout_s))
         return states
 
     def import_states(self, states: dict[int, dict], timeout_s: float) -> None:

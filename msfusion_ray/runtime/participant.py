@@ -12,6 +12,7 @@ aggregated (timed out, dropped, lost with a host) therefore never advances what 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 import traceback
@@ -24,11 +25,12 @@ import torch
 from msfusion_ray.config import TrainingConfig
 from msfusion_ray.costs.flops import StepCostCache
 from msfusion_ray.costs.footprint import FootprintPlanner
-from msfusion_ray.costs.memory import rss_peak
+from msfusion_ray.costs.memory import cuda_peak, rss_peak
 from msfusion_ray.costs.payload import payload_bytes
 from msfusion_ray.data.arrays import DataBundle
 from msfusion_ray.devices.capacity import make_planner
 from msfusion_ray.devices.clock import device_time, pace_until
+from msfusion_ray.devices.gpu import GpuWindow, HostGpu, release_cuda_memory
 from msfusion_ray.devices.profile import DeviceProfile
 from msfusion_ray.models.base import ModelFamily
 from msfusion_ray.models.weights import Weights
@@ -53,6 +55,9 @@ class WorkerSettings:
     training: TrainingConfig
     clock: str = "virtual"  # or "real": sleep until wall time follows the virtual timeline
     task_timeout_s: float = float("inf")  # wall seconds a task may work, from its own start
+    device: str = "cpu"  # the run's device ("cuda": hosts train on the GPU share Ray gives them)
+    device_required: bool = False  # runtime.device said cuda (not auto): a host that cannot use its GPU stops
+    gpu_share: float = 0.0  # of a GPU, each host's (runtime.gpus_per_host or the even share)
 
 
 class PlannerCache:
@@ -92,8 +97,10 @@ def deadline_check(started: float, limit_s: float, clock: Callable[[], float]) -
 class ParticipantWorker:
     def __init__(self, spec: ParticipantSpec, family: ModelFamily, data: DataBundle, settings: WorkerSettings,
                  step_costs: StepCostCache, planners: PlannerCache | None = None,
-                 clock: Callable[[], float] = time.perf_counter):
+                 clock: Callable[[], float] = time.perf_counter, gpu: HostGpu | None = None):
         self.spec = spec
+        self.gpu = gpu  # the host's GPU share (None: it trains on CPU)
+        self.device = gpu.device if gpu is not None else torch.device("cpu")
         self.clock = clock
         self.family = family
         self.data = data
@@ -101,6 +108,7 @@ class ParticipantWorker:
         self.step_costs = step_costs
         self.planners = planners if planners is not None else PlannerCache(family, settings.training)
         self.states: dict[int, dict] = {-1: {}}  # what the procedure remembers, after each task (by task number)
+        self.restored: dict | None = None  # after its host died: the state it was restored to (see `restore_state`)
 
     def _row(self, task: WorkOrder, status: str, **values) -> ParticipantRoundRow:
         return ParticipantRoundRow(run_id=self.settings.run_id, round=task.base_version + 1, participant=self.spec.id,
@@ -125,6 +133,8 @@ class ParticipantWorker:
 
     def _state_for(self, task: WorkOrder) -> dict:
         if task.state_from not in self.states:
+            if self.restored is not None:  # the state of that task died with the previous host
+                return copy.copy(self.restored)
             raise RuntimeError(f"participant {self.spec.id} has no state of task {task.state_from}")
         for older in [t for t in self.states if t < task.state_from]:
             del self.states[older]  # the driver aggregated a later task: nothing will start from these again
@@ -136,22 +146,32 @@ class ParticipantWorker:
         seed = [self.settings.seed, *task.seed_key, self.spec.id]
         context = ProcedureContext(task, self.family, self.data, self.spec.indices, self.settings.training, lr, seed,
                                    self.step_costs, self.planners.planner, fetch_payload, self._state_for(task),
-                                   deadline_check(started, self.settings.task_timeout_s, self.clock))
+                                   deadline_check(started, self.settings.task_timeout_s, self.clock),
+                                   device=self.device)
         phases = procedure.memory_phases(context)
         planned = max(phase.planned_bytes for phase in phases)
         refused = [phase for phase in phases if phase.planned_bytes > self.spec.memory_cap_bytes]
         if refused and not self.spec.device.native:
-            spent = device_time(self.spec.device, 0, 0, 0)
             phase = refused[0]
-            return self._row(task, "oom", mem_planned_bytes=planned, device_comm_s=spent.latency_s,
-                             device_time_s=spent.latency_s, vt_end=task.vt_start + spent.latency_s,
-                             message=f"{phase.name} needs {phase.planned_bytes / 2**20:.1f} MiB, cap "
-                                     f"{self.spec.memory_cap_bytes / 2**20:.1f} MiB",
-                             wall_total_s=self.clock() - started), None, {}
+            return self._out_of_memory(task, planned, started, f"{phase.name} needs {phase.planned_bytes / 2**20:.1f} "
+                                                              f"MiB, cap {self.spec.memory_cap_bytes / 2**20:.1f} MiB")
+        over_share = [phase for phase in phases if self.gpu is not None and phase.planned_bytes > self.gpu.budget_bytes]
+        if over_share:  # hosts that share a GPU never plan more than it holds
+            phase = over_share[0]
+            return self._out_of_memory(task, planned, started, f"{phase.name} needs {phase.planned_bytes / 2**20:.1f} "
+                                                              f"MiB, its host's share of the GPU "
+                                                              f"{self.gpu.budget_bytes / 2**20:.1f} MiB")
 
         seed_torch(int(np.random.default_rng(seed).integers(2**31)))
-        with rss_peak() as rss:
-            result = procedure.run(context)
+        ran_out = None
+        try:
+            with rss_peak() as rss, cuda_peak(self.device) as gpu_peak, self._gpu_window() as gpu_use:
+                result = procedure.run(context)
+        except torch.OutOfMemoryError as err:  # real memory ran out below the plan: an outcome, like the guard's
+            ran_out = f"out of memory on {self.device.type}: {str(err).splitlines()[0][:300]}"
+        if ran_out is not None:
+            release_cuda_memory()  # once the error and the frames it kept are gone
+            return self._out_of_memory(task, planned, started, ran_out)
 
         bytes_up = payload_bytes(result.payload)
         spent = device_time(self.spec.device, result.flops, result.bytes_down, bytes_up)
@@ -173,12 +193,34 @@ class ParticipantWorker:
             mem_planned_bytes=planned, mem_peak_rss_bytes=rss.delta_bytes,
             mem_peak_tensor_bytes=result.peak_tensor_bytes, train_loss=result.task_loss,
             extra_loss=result.extra_loss, message=message, metrics=dict(result.metrics),
+            mem_peak_gpu_bytes=gpu_peak.peak_bytes, gpu_samples=gpu_use.samples,
+            gpu_total_bytes=gpu_use.total_bytes, gpu_used_bytes=gpu_use.used_max_bytes,
+            gpu_util_pct=gpu_use.util_mean_pct, gpu_util_max_pct=gpu_use.util_max_pct,
         )
         return row, result.payload, result.trained
 
+    def _out_of_memory(self, task: WorkOrder, planned: int, started: float,
+                       message: str) -> tuple[ParticipantRoundRow, None, dict]:
+        """Work that does not fit: the device only answered (its latency), nothing trained, no state kept."""
+        spent = device_time(self.spec.device, 0, 0, 0)
+        return self._row(task, "oom", mem_planned_bytes=planned, device_comm_s=spent.latency_s,
+                         device_time_s=spent.latency_s, vt_end=task.vt_start + spent.latency_s, message=message,
+                         wall_total_s=self.clock() - started), None, {}
+
+    def _gpu_window(self):  # noqa: ANN202 (a context manager of GpuWindow)
+        return self.gpu.window() if self.gpu is not None else contextlib.nullcontext(GpuWindow())
+
     def export_state(self, task: int) -> dict:
         """What a checkpoint keeps of this participant: its memory after `task` (its last aggregated one)."""
+        if task not in self.states and self.restored is not None:
+            return {"task": task, "state": self.restored}
         return {"task": task, "state": self.states[task]}
 
     def import_state(self, exported: dict) -> None:
         self.states = {int(exported["task"]): exported["state"]}
+
+    def restore_state(self, exported: dict) -> None:
+        """On a new host, after the previous one died: the participant's memory as saved (the last checkpoint's),
+        which it starts its next task from whatever task that names, since what it did since died with the host."""
+        self.import_state(exported)
+        self.restored = exported["state"]

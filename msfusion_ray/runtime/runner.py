@@ -20,10 +20,11 @@ import ray
 import torch
 
 from msfusion_ray.data.arrays import ArrayDataset
+from msfusion_ray.devices.gpu import configure_cuda_determinism, release_cuda_memory
 from msfusion_ray.devices.timeline import VirtualTimeline
 from msfusion_ray.experiment import Prepared
 from msfusion_ray.models.weights import Weights, load_weights, to_weights
-from msfusion_ray.records import RecordWriter, RoundRow
+from msfusion_ray.records import RecordWriter, RoundRow, host_rows
 from msfusion_ray.runtime.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from msfusion_ray.runtime.engines import EngineContext, Step, make_engine
 from msfusion_ray.runtime.engines.dispatch import RayHosts
@@ -36,6 +37,14 @@ METRIC_COLUMNS = [f"{split}_{name}" for split in ("test", "val") for name in ("a
 def initial_weights(prepared: Prepared) -> Weights:
     torch.manual_seed(prepared.config.seed)
     return to_weights(prepared.family.build())
+
+
+def evaluation_device(hosts_device: str) -> torch.device:
+    """The driver evaluates on a GPU where the run trains on GPUs and its own process has one."""
+    if hosts_device == "cuda" and torch.cuda.is_available():
+        configure_cuda_determinism()
+        return torch.device("cuda")
+    return torch.device("cpu")
 
 
 def calibration_split(prepared: Prepared) -> ArrayDataset:
@@ -71,14 +80,23 @@ class Evaluation(RunCallback):
     """The global model on the test split (and the validation split where the data set has one) every
     `runtime.eval_every` steps and after the last, after recomputing its BatchNorm statistics."""
 
-    def __init__(self, prepared: Prepared):
+    def __init__(self, prepared: Prepared, device: torch.device = torch.device("cpu")):
         self.prepared = prepared
         self.calibration = calibration_split(prepared)
+        self.device = device
 
     def evaluate(self, weights: Weights) -> tuple[dict[str, dict[str, float]], float]:
+        try:
+            return self._evaluate(weights, self.device)
+        except torch.OutOfMemoryError:  # the driver's GPU is full (hosts share it): the CPU can always evaluate
+            release_cuda_memory()
+            return self._evaluate(weights, torch.device("cpu"))
+
+    def _evaluate(self, weights: Weights, device: torch.device) -> tuple[dict[str, dict[str, float]], float]:
         started = time.perf_counter()
         model = self.prepared.family.build()
         load_weights(model, weights)
+        model.to(device)
         data = self.prepared.data
         batch = self.prepared.config.runtime.eval_batch_size
         recalibrate_batchnorm(model, data, self.calibration, batch)
@@ -129,6 +147,20 @@ class Records(RunCallback):
         return False
 
 
+class HostRecords(RunCallback):
+    """Where hosts train on GPUs: a row per host and step with its GPU share and what NVML saw of its GPU."""
+
+    def __init__(self, writer: RecordWriter, run_id: str, hosts: list[dict[str, Any]]):
+        self.writer = writer
+        self.run_id = run_id
+        self.hosts = hosts
+
+    def after_step(self, runner: "Runner", report: StepReport) -> bool:
+        step = report.step
+        self.writer.write_hosts(step.index, host_rows(self.run_id, step.index, self.hosts, step.rows))
+        return False
+
+
 class Checkpointing(RunCallback):
     """Everything a resume needs, every `runtime.checkpoint_every` steps and after the last."""
 
@@ -162,12 +194,16 @@ class Runner:
         self.run_id = run_id
         torch.set_num_threads(self.config.runtime.threads_per_host)
         self.hosts = HostPool(prepared, data_ref, run_id)
+        self.hosts.saved_states = self._saved_participant_states  # what a replaced host's participants restore
         infos = {info.id: info for info in prepared.participant_infos()}
         self.context = EngineContext(prepared, RayHosts(self.hosts), run_id, VirtualTimeline(), prepared.availability,
                                      infos)
         self.engine = make_engine(prepared.strategy.engine, self.context, initial_weights(prepared))
         self.records = Records(self.run_dir, run_id, prepared.strategy.name)
-        self.callbacks: list[RunCallback] = [Evaluation(prepared), self.records, Checkpointing(), Progress()]
+        self.callbacks: list[RunCallback] = [Evaluation(prepared, evaluation_device(self.hosts.device)),
+                                             self.records, Checkpointing(), Progress()]
+        if self.hosts.descriptions:
+            self.callbacks.insert(2, HostRecords(self.records.writer, run_id, self.hosts.descriptions))
         self.start_step = 1
         self.started = time.time()
         self.progress: dict[str, Any] = {"round": 0, "rounds": self.config.rounds, "status": "starting"}
@@ -192,6 +228,10 @@ class Runner:
         if summary.is_file():
             history = json.loads(summary.read_text()).get("history", [])[: checkpoint.round]
             self.records.history = [_none_to_nan(entry) for entry in history]
+
+    def _saved_participant_states(self) -> dict[int, dict]:
+        checkpoint = load_checkpoint(self.run_dir)
+        return checkpoint.participants if checkpoint is not None else {}
 
     def run(self) -> dict[str, Any]:
         try:

@@ -9,7 +9,7 @@ updates on shared entries (the model shift) is computed.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -28,21 +28,25 @@ class ScatterAccumulator:
         self.updates = 0
 
     def add(self, sub: Mapping[str, np.ndarray], imap: IndexMap | None, weight: float,
-            reference: Mapping[str, np.ndarray] | None = None) -> None:
+            reference: Mapping[str, np.ndarray] | None = None,
+            kept_rows: Mapping[str, tuple[int, np.ndarray]] | None = None) -> None:
         """Fold one update in. With dispersion tracking, `reference` (the weights the participant started from,
-        restricted like `sub`) turns the update into a delta before its square is kept."""
+        restricted like `sub`) turns the update into a delta before its square is kept. `kept_rows` (key ->
+        (dimension, boolean mask along it)) leaves the masked-out slices of those keys out of this update: they
+        count as not held (label-split aggregation keeps a classifier's rows to the participants with the class)."""
         if weight <= 0:
             return
         for key, value in sub.items():
             value = np.asarray(value, dtype=np.float64)  # weight x float32 would round in float32
             index = imap[key] if imap is not None else (None,) * value.ndim
             where = outer_index(index, self._shapes[key]) if any(i is not None for i in index) else ...
-            self._sums[key][where] += weight * value
-            self._weights[key][where] += weight
+            entry_weight = _masked_weight(weight, value.shape, kept_rows.get(key) if kept_rows else None)
+            self._sums[key][where] += entry_weight * value
+            self._weights[key][where] += entry_weight
             if self._squares is not None:
                 delta = value - reference[key] if reference is not None else value
-                self._squares[key][where] += weight * np.square(delta)
-                self._counts[key][where] += 1
+                self._squares[key][where] += entry_weight * np.square(delta)
+                self._counts[key][where] += np.asarray(entry_weight > 0, dtype=np.int32)
         self.updates += 1
 
     def coverage(self) -> dict[str, np.ndarray]:
@@ -59,14 +63,17 @@ class ScatterAccumulator:
             out[key] = merged
         return out
 
-    def shared_dispersion(self, previous: Mapping[str, np.ndarray]) -> tuple[float, float]:
-        """(mean variance of the updates' deltas, mean squared delta) over entries that two or more updates
-        shared. Their ratio is a scale-free measure of how far the updates disagree where they overlap."""
+    def shared_dispersion(self, previous: Mapping[str, np.ndarray],
+                          keys: Iterable[str] | None = None) -> tuple[float, float]:
+        """(mean variance of the updates' deltas, mean squared delta) over entries of `keys` (default: every key)
+        that two or more updates shared. Their ratio is a scale-free measure of how far the updates disagree where
+        they overlap."""
         if self._squares is None:
             raise RuntimeError("ScatterAccumulator was built without track_dispersion")
         variance = energy = 0.0
         entries = 0
-        for key, prev in previous.items():
+        for key in (previous if keys is None else keys):
+            prev = previous[key]
             shared = self._counts[key] >= 2
             if not shared.any():
                 continue
@@ -79,3 +86,13 @@ class ScatterAccumulator:
         if entries == 0:
             return 0.0, 0.0
         return variance / entries, energy / entries
+
+
+def _masked_weight(weight: float, shape: tuple[int, ...], kept: tuple[int, np.ndarray] | None) -> float | np.ndarray:
+    """The update's weight per entry: `weight`, or 0 on the slices a (dimension, mask) pair leaves out."""
+    if kept is None:
+        return weight
+    dim, mask = kept
+    view = [1] * len(shape)
+    view[dim] = shape[dim]
+    return np.broadcast_to(weight * np.asarray(mask, dtype=np.float64).reshape(view), shape)

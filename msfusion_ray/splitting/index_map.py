@@ -2,13 +2,14 @@
 
 A *selection* names, for each width group, the sorted unit indices a sub-model keeps; groups it omits are kept
 whole. The index map expands units into element indices per parameter axis (a unit of an attention group is a
-whole head of `head_dim` elements). `None` on an axis means "the whole axis".
+whole head of `head_dim` elements). `None` on an axis means "the whole axis". A depth cut (models/exits.py) holds
+only some of the global model's keys: its index map names just those, and extraction leaves the others out.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Collection, Mapping
 
 import numpy as np
 
@@ -39,10 +40,13 @@ def is_full(spec: SplitSpec, selection: Selection | None) -> bool:
     return selection is None or all(len(selection.get(g, range(n))) == n for g, n in spec.groups.items())
 
 
-def index_map(spec: SplitSpec, selection: Selection | None) -> IndexMap:
+def index_map(spec: SplitSpec, selection: Selection | None, keys: Collection[str] | None = None) -> IndexMap:
+    """Per parameter, the kept indices of each axis; with `keys` (a depth cut's), only those parameters."""
     selection = selection or {}
     imap: IndexMap = {}
     for key, axes in spec.params.items():
+        if keys is not None and key not in keys:
+            continue
         kept = []
         for axis in axes:
             units = selection.get(axis.group) if axis is not None else None
@@ -68,11 +72,14 @@ def outer_index(index: tuple[np.ndarray | None, ...], shape: tuple[int, ...]) ->
 
 
 def extract(weights: Mapping[str, np.ndarray], imap: IndexMap | None) -> Weights:
-    """The sub-model's weights: each global array restricted to its kept indices (a copy)."""
+    """The sub-model's weights: each global array restricted to its kept indices (a copy); keys the map does not
+    name (beyond a depth cut) are left out."""
     if imap is None:
         return {k: np.array(v) for k, v in weights.items()}
     sub = {}
     for key, value in weights.items():
+        if key not in imap:
+            continue
         index = imap[key]
         sub[key] = value[outer_index(index, value.shape)] if any(i is not None for i in index) else np.array(value)
     return sub
@@ -100,8 +107,10 @@ def overlay(spec: SplitSpec, target: Mapping[str, np.ndarray], target_selection:
     return out
 
 
-def shared_entries(spec: SplitSpec, a: Selection | None, b: Selection | None) -> int:
-    """Number of parameter entries two sub-models have in common (with a == b: the sub-model's size)."""
+def shared_entries(spec: SplitSpec, a: Selection | None, b: Selection | None,
+                   keys: Collection[str] | None = None) -> int:
+    """Number of parameter entries two sub-models have in common (with a == b: the sub-model's size); with
+    `keys`, within those parameters only (a depth cut)."""
     a, b = a or {}, b or {}
     common = {}
     for group, units in spec.groups.items():
@@ -111,12 +120,14 @@ def shared_entries(spec: SplitSpec, a: Selection | None, b: Selection | None) ->
             common[group] = len(a.get(group, b.get(group, range(units))))
     total = 0
     for key, axes in spec.params.items():
+        if keys is not None and key not in keys:
+            continue
         total += math.prod(n if axis is None else common[axis.group] * axis.block * axis.chunks
                            for axis, n in zip(axes, spec.shapes[key]))
     return total
 
 
-def selection_fraction(spec: SplitSpec, selection: Selection | None) -> float:
-    """Share of the global model's parameters a sub-model holds."""
+def selection_fraction(spec: SplitSpec, selection: Selection | None, keys: Collection[str] | None = None) -> float:
+    """Share of the global model's parameters a sub-model holds (within `keys`, where it is a depth cut)."""
     full = sum(math.prod(shape) for shape in spec.shapes.values())
-    return shared_entries(spec, selection, selection) / full if full else 1.0
+    return shared_entries(spec, selection, selection, keys) / full if full else 1.0

@@ -10,7 +10,7 @@ the classifier, stay whole. A tag on a layer whose type has no known width axes 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 import torch
@@ -68,6 +68,28 @@ def is_tagged(module: nn.Module) -> bool:
     return getattr(module, "width_in", None) is not None or getattr(module, "width_out", None) is not None
 
 
+# Which dimension of each parameter indexes the outputs of a layer that scores the classes: a Linear classifier's
+# rows, or the rows of an Embedding whose weight is tied to the output head (a language model's vocabulary).
+CLASS_AXES: dict[type[nn.Module], dict[str, int]] = {
+    nn.Linear: {"weight": 0, "bias": 0},
+    nn.Embedding: {"weight": 0},
+}
+
+
+def class_outputs(module: nn.Module) -> nn.Module:
+    """Mark `module` as the layer whose outputs are the class scores (label-split masking keeps each participant
+    to the rows of the classes it holds); returns the module for inline use."""
+    module.scores_classes = True
+    return module
+
+
+def _class_roles_for(module: nn.Module) -> dict[str, int]:
+    for kind, roles in CLASS_AXES.items():
+        if isinstance(module, kind):
+            return roles
+    raise ValueError(f"{type(module).__name__} cannot be marked as scoring classes")
+
+
 def _roles_for(module: nn.Module) -> dict[str, tuple[str | None, ...]] | None:
     for kind, roles in AXIS_ROLES.items():
         if isinstance(module, kind):
@@ -122,11 +144,18 @@ def _attention_axes(where: str, module: nn.MultiheadAttention) -> dict[str, tupl
 @dataclass(frozen=True)
 class SplitSpec:
     """Width groups (units at full width) and, per state-dict key, its shape and the width axis of each
-    dimension."""
+    dimension; which keys are buffers (BatchNorm's running statistics: state that no gradient trains), and, per key
+    of the layer that scores the classes (`class_outputs`), the dimension that indexes the classes."""
 
     groups: Mapping[str, int]
     params: Mapping[str, tuple[Axis | None, ...]]
     shapes: Mapping[str, tuple[int, ...]]
+    buffers: frozenset[str] = frozenset()
+    class_axes: Mapping[str, int] = field(default_factory=dict)
+
+    def trainable(self) -> list[str]:
+        """The keys a gradient trains (the parameters), in state-dict order."""
+        return [key for key in self.params if key not in self.buffers]
 
     @classmethod
     def of(cls, model: nn.Module) -> "SplitSpec":
@@ -147,7 +176,16 @@ class SplitSpec:
                 for dim, axis in enumerate(axes):
                     if axis is not None:
                         _register(groups, axis, state[key].shape[dim], key)
-        return cls(groups=groups, params=params, shapes={k: tuple(state[k].shape) for k in params})
+        buffers = frozenset(key for key, _ in model.named_buffers() if key in params)
+        class_axes = {}
+        for prefix, module in model.named_modules():
+            if getattr(module, "scores_classes", False):
+                for name, dim in _class_roles_for(module).items():
+                    key = f"{prefix}.{name}" if prefix else name
+                    if key in params:
+                        class_axes[key] = dim
+        return cls(groups=groups, params=params, shapes={k: tuple(state[k].shape) for k in params},
+                   buffers=buffers, class_axes=class_axes)
 
 
 def _register(groups: dict[str, int], axis: Axis, length: int, key: str) -> None:

@@ -32,6 +32,7 @@ class ParticipantInfo:
     id: int
     device: str
     samples: int
+    labels: tuple[int, ...] | None = None  # the classes (language models: tokens) its training targets hold
 
 
 @dataclass(frozen=True)

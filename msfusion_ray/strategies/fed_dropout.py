@@ -10,11 +10,11 @@ import numpy as np
 
 from msfusion_ray.splitting import schedules
 from msfusion_ray.strategies import register
-from msfusion_ray.strategies.width import WidthSplitting
+from msfusion_ray.strategies.reference_recipe import BaselineSplitting
 
 
 @register("fed_dropout")
-class FederatedDropout(WidthSplitting):
+class FederatedDropout(BaselineSplitting):
     def pick(self, round_idx: int, participant: int, group_index: int, units: int, keep: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, round_idx, participant, group_index])
         return schedules.random_subset(units, keep, rng)

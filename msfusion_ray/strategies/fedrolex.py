@@ -9,11 +9,11 @@ import numpy as np
 
 from msfusion_ray.splitting import schedules
 from msfusion_ray.strategies import register
-from msfusion_ray.strategies.width import CountAveragedParams, WidthSplitting
+from msfusion_ray.strategies.reference_recipe import BaselineSplitting, CountAveragedParams
 
 
 @register("fedrolex")
-class FedRolex(WidthSplitting):
+class FedRolex(BaselineSplitting):
     Params = CountAveragedParams
 
     def pick(self, round_idx: int, participant: int, group_index: int, units: int, keep: int) -> np.ndarray:

@@ -1,8 +1,8 @@
 """MSfusion (Xie & Li, arXiv 2407.03622), as formulated here: the paper's equations are not public, so every rule
 below is our reading of its abstract; docs/algorithms.md states them with their defaults.
 
-- Rates: each participant trains the largest width slice whose footprint (including the contrastive loss's two
-  frozen reference models) fits its memory.
+- Rates: each participant trains the largest width slice whose footprint (including the contrastive loss's frozen
+  reference models: two, or one with in-batch negatives) fits its memory.
 - Double shifting: in every width group the participants' windows are laid around the group as a ring, each
   starting at (1 - overlap) x its tiled offset (spatial shift), and the whole arrangement advances `step` units per
   round (temporal shift; default: the smallest window of the round).
@@ -13,7 +13,10 @@ below is our reading of its abstract; docs/algorithms.md states them with their 
 - Contrastive loss (MOON-style, on the penultimate representation z of the local sub-model): positive is the
   representation of the sub-model as received this round, negative that of the participant's previous local
   model expressed in this round's window; loss = CE + mu x -log(e^{cos(z,z+)/tau} / (e^{cos(z,z+)/tau} +
-  e^{cos(z,z-)/tau})).
+  e^{cos(z,z-)/tau})). The cheaper variant (`contrastive_negatives: batch`) drops the previous model: the
+  negatives of a sample are the received model's representations of the batch's other samples (InfoNCE), so one
+  frozen copy and one extra forward pass instead of two.
+- Model shift: measured over the trainable parameters (BatchNorm running statistics left out).
 - Aggregation on common parameters: scatter-average of the updates over the participants holding each entry,
   weighted by sample count. Peer-to-peer bytes: what each participant would send its peers, i.e. the entries of its
   update that each other participant also holds.
@@ -24,7 +27,7 @@ from __future__ import annotations
 import copy
 import itertools
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
@@ -58,6 +61,9 @@ class MSfusionParams(WidthParams):
     contrastive: bool = True
     contrastive_weight: float = checked(1.0, check=positive)  # mu
     temperature: float = checked(0.5, check=positive)  # tau
+    # previous: the negative is the participant's previous local model (two frozen copies); batch: the negatives
+    # are the received model's representations of the batch's other samples (one frozen copy)
+    contrastive_negatives: Literal["previous", "batch"] = "previous"
 
 
 @register("msfusion")
@@ -73,7 +79,8 @@ class MSfusion(WidthSplitting):
         if not self.params.contrastive:
             return None
         return ObjectiveSpec("msfusion_contrastive", {"weight": self.params.contrastive_weight,
-                                                       "temperature": self.params.temperature})
+                                                       "temperature": self.params.temperature,
+                                                       "negatives": self.params.contrastive_negatives})
 
     def rates(self, participants: Sequence[ParticipantInfo], capacity: Capacity) -> dict[int, float]:
         largest = super().rates(participants, capacity)
@@ -111,7 +118,9 @@ class MSfusion(WidthSplitting):
 
     def combine(self, round_idx: int, global_weights: Weights,
                 accumulator: ScatterAccumulator) -> tuple[Weights, dict[str, float]]:
-        variance, energy = accumulator.shared_dispersion(global_weights)
+        # Over the trainable parameters only: BatchNorm's running statistics are few entries but move far more
+        # than any weight in a round, and would set the shift by themselves.
+        variance, energy = accumulator.shared_dispersion(global_weights, self.spec.trainable())
         shift = variance / energy if energy > 0 else 0.0
         if self.params.adaptive_overlap and energy > 0:
             target = self.params.overlap_min + (self.params.overlap_max - self.params.overlap_min) * shift
@@ -148,6 +157,7 @@ def water_level(caps: list[float], total: float) -> float:
 class ContrastiveParams:
     weight: float = checked(1.0, check=positive)
     temperature: float = checked(0.5, check=positive)
+    negatives: Literal["previous", "batch"] = "previous"
 
 
 def _model_bytes(model: nn.Module) -> int:
@@ -156,46 +166,69 @@ def _model_bytes(model: nn.Module) -> int:
 
 @register_objective("msfusion_contrastive")
 class SubModelContrastive(LocalObjective):
-    """Keeps the local sub-model's representation near the received sub-model's and away from its own previous
-    one. Holds two frozen copies of the sub-model, counted in the participant's footprint."""
+    """Keeps the local sub-model's representation of each sample near the received sub-model's and away from a
+    negative: its own previous model's (`negatives: previous`, two frozen copies of the sub-model) or the received
+    sub-model's representations of the batch's other samples (`negatives: batch`, one frozen copy). The copies
+    and their passes are counted in the participant's footprint and FLOPs."""
 
     Params = ContrastiveParams
 
+    @property
+    def copies(self) -> int:
+        return 2 if self.params.negatives == "previous" else 1
+
     def extra_bytes(self, model: nn.Module, batch: Any) -> int:
-        """Two frozen copies of the sub-model and the two representations kept from their passes. The passes run
-        before the trained model's forward (`before_forward`), when its saved activations are not yet alive, and a
-        no-grad pass holds less than a training forward keeps, so their transient memory adds nothing to the
-        peak."""
+        """The frozen copies of the sub-model and the representations kept from their passes; with in-batch
+        negatives also the similarity matrix of the batch's representations and its softmax (kept for backward).
+        The passes run before the trained model's forward (`before_forward`), when its saved activations are not
+        yet alive, and a no-grad pass holds less than a training forward keeps, so their transient memory adds
+        nothing to the peak."""
         was_training = model.training
         with torch.no_grad():
             kept = model.eval().forward_features(batch[0])[0]  # eval: BatchNorm's running statistics stay as they are
         model.train(was_training)
-        return 2 * (_model_bytes(model) + kept.numel() * kept.element_size())
+        representation = kept.numel() * kept.element_size()
+        extra = self.copies * (_model_bytes(model) + representation)
+        if self.params.negatives == "batch":
+            rows = kept.numel() // kept.shape[-1]
+            extra += 2 * rows * rows * kept.element_size()
+        return extra
 
     def begin(self, model: nn.Module, context: ObjectiveContext) -> None:
-        previous = context.state.get("previous")
-        before = context.received
-        if previous is not None:
-            before = overlay(context.family.spec, context.received, context.selection, previous["weights"],
-                             previous["selection"])
         self._positive = _frozen_copy(model, context.received)
-        self._negative = _frozen_copy(model, before)
+        self._negative = None
+        if self.params.negatives == "previous":
+            previous = context.state.get("previous")
+            before = context.received
+            if previous is not None:
+                before = overlay(context.family.spec, context.received, context.selection, previous["weights"],
+                                 previous["selection"])
+            self._negative = _frozen_copy(model, before)
 
     def before_forward(self, x: torch.Tensor) -> None:
         with torch.no_grad():
-            self._targets = (self._positive.forward_features(x)[0], self._negative.forward_features(x)[0])
+            positive = self._positive.forward_features(x)[0]
+            negative = self._negative.forward_features(x)[0] if self._negative is not None else None
+        self._targets = (positive, negative)
 
     def loss(self, x: torch.Tensor, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         positive, negative = self._targets
         z = features.reshape(-1, features.shape[-1])
-        similarities = torch.stack([
-            F.cosine_similarity(z, positive.reshape(z.shape), dim=-1),
-            F.cosine_similarity(z, negative.reshape(z.shape), dim=-1),
-        ], dim=-1) / self.params.temperature
-        target = torch.zeros(len(z), dtype=torch.long)
-        return self.params.weight * F.cross_entropy(similarities, target)
+        if negative is None:  # in-batch: sample i's positive against every other sample's
+            similarities = F.normalize(z, dim=-1) @ F.normalize(positive.reshape(z.shape), dim=-1).T
+            target = torch.arange(len(z), device=z.device)
+        else:
+            similarities = torch.stack([
+                F.cosine_similarity(z, positive.reshape(z.shape), dim=-1),
+                F.cosine_similarity(z, negative.reshape(z.shape), dim=-1),
+            ], dim=-1)
+            target = torch.zeros(len(z), dtype=torch.long, device=z.device)
+        return self.params.weight * F.cross_entropy(similarities / self.params.temperature, target)
 
     def end(self, model: nn.Module, context: ObjectiveContext) -> None:
+        if self.params.negatives != "previous":
+            context.state.pop("previous", None)
+            return
         selection = {g: np.asarray(u) for g, u in (context.selection or {}).items()}
         context.state["previous"] = {"weights": to_weights(model), "selection": selection}
 

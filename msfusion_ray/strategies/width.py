@@ -16,14 +16,14 @@ import numpy as np
 from msfusion_ray.schema import checked
 from msfusion_ray.splitting.aggregate import ScatterAccumulator
 from msfusion_ray.splitting.index_map import Selection, units_at_rate
-from msfusion_ray.strategies.base import Capacity, ParticipantInfo, RoundStrategy, TrainTask, Update
+from msfusion_ray.strategies.base import Capacity, ObjectiveSpec, ParticipantInfo, RoundStrategy, TrainTask, Update
 from msfusion_ray.models.weights import Weights
 
 # A participant that cannot hold even this is still asked, so that its refusal is recorded.
 SMALLEST_RATE = 1 / 64
 
 
-def _levels(value: list[float] | None) -> str | None:
+def check_levels(value: list[float] | None) -> str | None:
     if value is None:
         return None
     if not value or any(not 0 < v <= 1 for v in value):
@@ -31,31 +31,28 @@ def _levels(value: list[float] | None) -> str | None:
     return None
 
 
+def snap_to_levels(largest: float | None, levels: list[float] | None) -> float:
+    """The largest level at or below the largest rate that fits (the smallest level where none does);
+    SMALLEST_RATE where nothing fits at all: the participant is still asked, so that its refusal is recorded."""
+    if largest is None:
+        return SMALLEST_RATE
+    if levels is None:
+        return largest
+    fitting = [level for level in levels if level <= largest + 1e-9]
+    return max(fitting) if fitting else min(levels)
+
+
 @dataclass(frozen=True)
 class WidthParams:
-    rate_levels: list[float] | None = checked(None, check=_levels)  # None: the largest rate that fits
+    rate_levels: list[float] | None = checked(None, check=check_levels)  # None: the largest rate that fits
     weighting: Literal["samples", "count"] = "samples"  # how overlapping updates are averaged
-
-
-@dataclass(frozen=True)
-class CountAveragedParams(WidthParams):
-    """HeteroFL's and FedRolex's reference code average each entry over its holders, counted equally."""
-
-    weighting: Literal["samples", "count"] = "count"
 
 
 class WidthSplitting(RoundStrategy):
     Params = WidthParams
 
     def rate(self, participant: int, capacity: Capacity) -> float:
-        largest = capacity.max_rate(participant)
-        if largest is None:
-            return SMALLEST_RATE
-        levels = self.params.rate_levels
-        if levels is None:
-            return largest
-        fitting = [level for level in levels if level <= largest + 1e-9]
-        return max(fitting) if fitting else min(levels)
+        return snap_to_levels(capacity.max_rate(participant), self.params.rate_levels)
 
     def units(self, rate: float) -> dict[str, int]:
         """Units each group keeps at this rate."""
@@ -67,8 +64,12 @@ class WidthSplitting(RoundStrategy):
     def plan(self, round_idx: int, participants: Sequence[ParticipantInfo], capacity: Capacity) -> list[TrainTask]:
         rates = self.rates(participants, capacity)
         selections = self.select(round_idx, list(participants), rates)
-        objective = self.objective()
-        return [TrainTask(p.id, selections[p.id], objective, rates[p.id]) for p in participants]
+        return [TrainTask(p.id, selections[p.id], self.task_objective(p, rates[p.id]), rates[p.id])
+                for p in participants]
+
+    def task_objective(self, participant: ParticipantInfo, rate: float) -> ObjectiveSpec | None:
+        """The local objective of one participant's task (by default the strategy's one objective)."""
+        return self.objective()
 
     def select(self, round_idx: int, participants: list[ParticipantInfo],
                rates: dict[int, float]) -> dict[int, Selection]:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
 from msfusion_ray.data.arrays import ArrayDataset, DataBundle
+from msfusion_ray.models.weights import model_device
 from msfusion_ray.training.losses import task_loss
 
 
@@ -24,8 +26,9 @@ def recalibrate_batchnorm(model: nn.Module, data: DataBundle, split: ArrayDatase
         norm.reset_running_stats()
         norm.momentum = None  # cumulative average over the calibration batches
     model.train()
+    device = model_device(model)
     for start in range(0, len(split), batch_size):
-        x, _ = data.to_batch(split.x[start:start + batch_size], split.y[start:start + batch_size])
+        x, _ = data.to_batch(split.x[start:start + batch_size], split.y[start:start + batch_size], device)
         model(x)
     for norm, momentum in zip(norms, momenta):
         norm.momentum = momentum
@@ -35,17 +38,29 @@ def recalibrate_batchnorm(model: nn.Module, data: DataBundle, split: ArrayDatase
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: DataBundle, split: ArrayDataset, batch_size: int) -> dict[str, float]:
+    """Loss and accuracy (and perplexity) of the model's output. A model with several early exits (models/exits.py)
+    outputs its last one; each exit's accuracy and loss are reported too, as `exit{blocks}_accuracy` and
+    `exit{blocks}_loss` (blocks: how many blocks it reads after)."""
     model.eval()
-    loss_sum = correct = count = 0.0
+    device = model_device(model)  # batches go where the model is
+    exits = getattr(model, "exit_after", ())
+    many = len(exits) > 1
+    loss_sums, correct = np.zeros(max(len(exits), 1)), np.zeros(max(len(exits), 1))
+    count = 0
     for start in range(0, len(split), batch_size):
-        x, y = data.to_batch(split.x[start:start + batch_size], split.y[start:start + batch_size])
-        logits = model(x)
+        x, y = data.to_batch(split.x[start:start + batch_size], split.y[start:start + batch_size], device)
+        outputs = model.forward_exits(x) if many else [model(x)]
         weight = y.numel()
-        loss_sum += float(task_loss(data.shape.task, logits, y)) * weight
-        correct += float((logits.argmax(dim=-1) == y).sum())
+        for i, logits in enumerate(outputs):
+            loss_sums[i] += float(task_loss(data.shape.task, logits, y)) * weight
+            correct[i] += float((logits.argmax(dim=-1) == y).sum())
         count += weight
-    loss = loss_sum / max(count, 1)
-    metrics = {"loss": loss, "accuracy": correct / max(count, 1)}
+    losses, accuracies = loss_sums / max(count, 1), correct / max(count, 1)
+    metrics = {"loss": float(losses[-1]), "accuracy": float(accuracies[-1])}
     if data.shape.task == "language_model":
-        metrics["perplexity"] = math.exp(min(loss, 50.0))
+        metrics["perplexity"] = math.exp(min(metrics["loss"], 50.0))
+    if many:
+        for blocks, loss, accuracy in zip(exits, losses, accuracies):
+            metrics[f"exit{blocks}_accuracy"] = float(accuracy)
+            metrics[f"exit{blocks}_loss"] = float(loss)
     return metrics

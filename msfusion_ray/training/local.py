@@ -13,6 +13,7 @@ from torch import nn
 from msfusion_ray.config import TrainingConfig
 from msfusion_ray.costs.flops import StepCostCache
 from msfusion_ray.data.arrays import DataBundle
+from msfusion_ray.models.weights import model_device
 from msfusion_ray.training.losses import features_and_logits, task_loss
 from msfusion_ray.training.objective import LocalObjective
 
@@ -25,6 +26,11 @@ class LocalResult:
     peak_tensor_bytes: int  # live-tensor peak of the largest measured step
     task_loss: float  # mean over steps
     extra_loss: float  # mean over steps of the objective's term (0 without one)
+
+
+# (model, x, y) -> (features, logits, task loss, extra term or None)
+ForwardLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor],
+                       tuple[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"]]
 
 
 def make_optimizer(model: nn.Module, training: TrainingConfig, lr: float) -> torch.optim.Optimizer:
@@ -67,11 +73,15 @@ def batch_indices(n_samples: int, training: TrainingConfig, rng: np.random.Gener
 
 def train_local(model: nn.Module, data: DataBundle, indices: np.ndarray, training: TrainingConfig, lr: float,
                 rng: np.random.Generator, costs: StepCostCache, shape_key: Hashable,
-                objective: LocalObjective | None = None, on_step: Callable[[], None] | None = None) -> LocalResult:
+                objective: LocalObjective | None = None, on_step: Callable[[], None] | None = None,
+                forward_loss: ForwardLoss | None = None) -> LocalResult:
     """Train `model` on the participant's samples. The first step of each (shape, batch size) is measured for
     FLOPs and peak tensor memory; later steps reuse the figure. `on_step` is called before every step (a
-    deadline check may raise there)."""
+    deadline check may raise there). `forward_loss(model, x, y)` replaces the forward pass and task loss:
+    (features, logits, task loss, extra term or None), e.g. a loss over every early exit. Batches go to
+    the device the model is on."""
     model.train()
+    device = model_device(model)
     optimizer = make_optimizer(model, training, lr)
     resident = list(model.parameters()) + list(model.buffers())
     flops = steps = samples = peak = 0
@@ -80,15 +90,21 @@ def train_local(model: nn.Module, data: DataBundle, indices: np.ndarray, trainin
         if on_step is not None:
             on_step()
         chosen = indices[batch]
-        x, y = data.to_batch(data.train.x[chosen], data.train.y[chosen])
+        x, y = data.to_batch(data.train.x[chosen], data.train.y[chosen], device)
 
         def step() -> tuple[float, float]:
             optimizer.zero_grad(set_to_none=True)
             if objective is not None:
                 objective.before_forward(x)
-            features, logits = features_and_logits(model, x)
-            loss = task_loss(data.shape.task, logits, y)
-            extra = objective.loss(x, features, logits) if objective is not None else None
+            if forward_loss is None:
+                features, logits = features_and_logits(model, x)
+                task_logits = objective.task_logits(logits) if objective is not None else logits
+                loss, extra = task_loss(data.shape.task, task_logits, y), None
+            else:
+                features, logits, loss, extra = forward_loss(model, x, y)
+            if objective is not None:
+                term = objective.loss(x, features, logits)
+                extra = term if extra is None else extra + term
             total = loss + extra if extra is not None else loss
             total.backward()
             optimizer.step()

@@ -1,9 +1,10 @@
 """Local objectives: extra loss terms a strategy asks its participants to add to the task loss.
 
 A strategy names an objective in its tasks (`ObjectiveSpec`); the participant builds it from this registry, calls
-`begin` before training (with the weights it received and its own persistent state), `before_forward(x)` before
-every step's forward pass, adds `loss(...)` to every step's task loss, and calls `end` after training so the
-objective can keep what it needs for the next round.
+`begin` before training (with the weights it received and its own persistent state; it may also set how the model
+trains, e.g. BatchNorm's mode), `before_forward(x)` before every step's forward pass, computes the task loss on
+`task_logits(logits)` (a mask over classes, say), adds `loss(...)` to it (None: no extra term), and calls `end` after
+training so the objective can keep what it needs for the next round.
 Objectives are plain torch: they run inside whatever process hosts the participant.
 """
 
@@ -51,9 +52,13 @@ class LocalObjective(ABC):
         """Called with each batch before the trained model's forward pass: work done here (e.g. frozen reference
         passes) does not overlap with the activations that pass keeps for backward."""
 
+    def task_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The logits the task loss is computed on (by default the model's own)."""
+        return logits
+
     @abstractmethod
-    def loss(self, x: torch.Tensor, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """The extra term for one batch, given the trained model's penultimate features and logits."""
+    def loss(self, x: torch.Tensor, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor | None:
+        """The extra term for one batch, given the trained model's penultimate features and logits (None: none)."""
 
     def end(self, model: nn.Module, context: ObjectiveContext) -> None:
         pass

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
+import torch
 
 from msfusion_ray.config import TrainingConfig
 from msfusion_ray.costs.flops import StepCostCache, TrainingStepFlops
@@ -51,6 +52,7 @@ class ProcedureContext:
     fetch: Callable[[], Weights]  # the payload; fetched only once the work is known to fit
     state: dict[str, Any] = field(default_factory=dict)
     check_deadline: Callable[[], None] = lambda: None  # raises TaskTimeout; call it between steps
+    device: torch.device = torch.device("cpu")  # where the host trains (weights still arrive and leave as numpy)
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,7 @@ class StandardProcedure(LocalProcedure):
         received = context.fetch()
         model = family.build(widths)
         load_weights(model, received)
+        model.to(context.device)
         objective_context = ObjectiveContext(order.base_version + 1, family, order.selection, received, context.state)
         if objective is not None:
             objective.begin(model, objective_context)

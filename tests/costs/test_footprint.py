@@ -46,3 +46,16 @@ def test_footprint_parts_follow_the_optimizer():
     assert adam.optimizer_state == 2 * adam.gradients
     assert adam.gradients == sum(p.numel() * 4 for p in model.parameters())
     assert adam.activations > 0 and adam.total > sgd.total
+
+
+def test_the_input_batch_is_counted_once():
+    """The first conv saves its input for backward; that storage is the batch, already counted as inputs."""
+    from msfusion_ray.costs.footprint import saved_activations
+
+    family = build_family("cnn", DataShape((1, 28, 28), 10), 0.5)
+    model = family.build()
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    saved = saved_activations(model, (x, y), loss_of("classification"))
+    assert x.untyped_storage().data_ptr() not in saved
+    plan = plan_footprint(model, (x, y), loss_of("classification"), 1)
+    assert plan.inputs == x.numel() * 4 + y.numel() * 8

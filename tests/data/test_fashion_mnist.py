@@ -46,3 +46,22 @@ def test_missing_directory_says_how_to_install(tmp_path):
     assert err.value.where == "data.data_dir"
     assert "apt-get install dataset-fashion-mnist" in err.value.message
     assert "\n" not in str(err.value)
+
+
+def test_validation_samples_hold_out_part_of_the_training_split():
+    """Fashion-MNIST has no validation split: a seeded hold-out of the training split, disjoint from what is
+    trained on and from the test split, so that tuning never sees the test split."""
+    from msfusion_ray.config import DataConfig
+    from msfusion_ray.data import load_data
+
+    config = DataConfig(train_samples=3000, validation_samples=500, eval_samples=200)
+    bundle = load_data(config, seed=3)
+    assert len(bundle.train) == 3000 and len(bundle.validation) == 500 and len(bundle.test) == 200
+    images = lambda split: {row.tobytes() for row in split.x.reshape(len(split), -1)}  # noqa: E731
+    assert not images(bundle.train) & images(bundle.validation)
+    again = load_data(config, seed=3)
+    assert np.array_equal(again.validation.x, bundle.validation.x)  # seeded
+    assert not np.array_equal(load_data(config, seed=4).validation.x, bundle.validation.x)
+    assert load_data(DataConfig(train_samples=3000), seed=3).validation is None
+    with pytest.raises(UserInputError, match="validation_samples"):
+        load_data(DataConfig(validation_samples=60000), seed=0)

@@ -49,6 +49,12 @@ class FakeHosts:
         row, payload, trained = self.results.pop(handle)
         return row, payload, trained
 
+    def host_died(self, err):
+        return False
+
+    def replace(self, host, cause, detail, state_from):
+        raise AssertionError(f"fake hosts do not die ({cause})")
+
 
 # A device so fast that predictions are ~0: the engine only has lower bounds and must wait for the hosts' answers.
 INSTANT = {"name": "instant", "description": "test", "memory_mib": 10_000, "train_gflops": 1e9,

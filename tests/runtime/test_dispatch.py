@@ -64,3 +64,21 @@ def test_a_sub_model_is_put_once_per_version_and_dropped_after_its_last_task():
         store.done(task)
     assert store._refs == {} and len(puts) == 3
     assert store.nbytes(tasks[2], {"w": np.zeros(3)}) == 24 and len(puts) == 4
+
+
+def test_a_dead_hosts_tasks_leave_flight_and_its_queue_goes_to_the_replacement():
+    sent = []
+    refs = itertools.count()
+
+    def submit(task):
+        sent.append(task.participant)
+        return next(refs)
+
+    dispatch = Dispatcher({0: 0, 1: 1, 2: 0, 3: 0, 4: 0}, submit, depth=2)
+    dispatch.add([WorkOrder(p) for p in range(5)])
+    assert sent == [0, 2, 1]
+    lost = dispatch.drop_host(0)  # host 0 died with two tasks in flight
+    assert [task.participant for _, task in lost] == [0, 2] and sent == [0, 2, 1]  # nothing sent to the dead one
+    assert [t.participant for t in dispatch.in_flight.values()] == [1]
+    dispatch.refill(0)  # its replacement gets what was queued, two at a time
+    assert sent == [0, 2, 1, 3, 4] and sorted(dispatch.hung_hosts(limit_s=-1.0)) == [0, 1]

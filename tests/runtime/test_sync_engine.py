@@ -14,12 +14,15 @@ from tests.conftest import SMALL_CONFIG
 from tests.runtime.fake_hosts import engine_for
 
 # Test accuracy and loss after rounds 1 and 2, SMALL_CONFIG at memory_scale 0.0007 (rates 0.875, 0.875, 0.375),
-# measured with the round loop of commit 7531c6f (before engines were a contract).
+# measured with the round loop of commit 7531c6f (before engines were a contract). MSfusion's were measured again
+# after issue 14's two fixes (the input batch counted once in the footprint, which raises its rates from 0.75 to
+# 0.8125 here; the model shift over trainable parameters, which sets round 2's overlap): with both fixes undone its
+# rounds match 7531c6f's (0.145, 0.075).
 PINNED = {
     "heterofl": ([0.26, 0.235], [2.236278772354126, 2.115842342376709]),
     "fedrolex": ([0.26, 0.275], [2.236278772354126, 2.182487726211548]),
     "fed_dropout": ([0.11, 0.305], [2.493380546569824, 2.541445732116699]),
-    "msfusion": ([0.145, 0.075], [2.8435378074645996, 2.887038469314575]),
+    "msfusion": ([0.25, 0.24], [2.4195291996002197, 2.4963486194610596]),
     "small_fedavg": ([0.1, 0.155], [2.2051901817321777, 2.062592029571533]),
 }
 

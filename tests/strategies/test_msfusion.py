@@ -114,8 +114,9 @@ def test_target_multiplicity_lowers_rates_until_they_sum_to_the_target():
     assert all(lowered[p] <= unconstrained[p] + 1e-12 for p in lowered)
 
 
+@pytest.mark.parametrize("negatives", ["previous", "batch"])
 @pytest.mark.parametrize("name,shape,width", [("cnn", (1, 28, 28), 1.0), ("resnet18", (1, 32, 32), 0.25)])
-def test_planned_footprint_with_the_contrastive_loss_covers_a_measured_step(name, shape, width):
+def test_planned_footprint_with_the_contrastive_loss_covers_a_measured_step(name, shape, width, negatives):
     """The memory guard admits MSfusion work on this plan: a real step (both frozen passes included) must fit."""
     from msfusion_ray.config import TrainingConfig
     from msfusion_ray.costs.flops import StepCostCache
@@ -127,7 +128,7 @@ def test_planned_footprint_with_the_contrastive_loss_covers_a_measured_step(name
 
     family = build_family(name, DataShape(shape, 10), width)
     training = TrainingConfig(batch_size=16)
-    objective = SubModelContrastive(ContrastiveParams())
+    objective = SubModelContrastive(ContrastiveParams(negatives=negatives))
     widths = {g: max(1, n // 2) for g, n in family.full_widths().items()}
     plan = make_planner(family, training, objective).footprint(widths, 16)
 
@@ -143,7 +144,83 @@ def test_planned_footprint_with_the_contrastive_loss_covers_a_measured_step(name
         (task_loss("classification", logits, y) + objective.loss(x, features, logits)).backward()
         optimizer.step()
 
-    frozen = [t for m in (objective._positive, objective._negative) for t in (*m.parameters(), *m.buffers())]
+    copies = [m for m in (objective._positive, objective._negative) if m is not None]
+    assert len(copies) == objective.copies == (2 if negatives == "previous" else 1)
+    frozen = [t for m in copies for t in (*m.parameters(), *m.buffers())]
     resident = [*model.parameters(), *model.buffers(), *frozen, x, y]
     _, cost = StepCostCache().run("k", step, resident)
     assert cost.peak_tensor_bytes <= plan.total <= 1.3 * cost.peak_tensor_bytes
+
+
+def test_model_shift_is_measured_on_trainable_parameters_not_batchnorm_statistics():
+    """Participants whose weights move independently disagree, whatever their BatchNorm running statistics do: those
+    move far and alike in every participant (statistics of the same kind of data), and must not drown the
+    weights' disagreement (issue 14: 148.5 of 153.0 of the squared-delta energy was running statistics)."""
+    strategy, capacity, infos, _, family = _setup("msfusion", {"overlap": 0.5, "overlap_smoothing": 1.0})
+    weights = to_weights(family.build())
+    buffers = strategy.spec.buffers
+    assert {"features.1.running_mean", "features.1.running_var"} <= buffers
+    tasks = strategy.plan(1, infos, capacity)
+    rng = np.random.default_rng(0)
+
+    def noisy_weights_common_statistics(task):
+        sub = extract(weights, strategy.index_map(task))
+        return {k: v + (np.float32(5.0) if k in buffers else
+                        rng.normal(scale=0.01, size=v.shape).astype(np.float32)) for k, v in sub.items()}
+
+    _, metrics = _round(strategy, tasks, weights, noisy_weights_common_statistics)
+    assert metrics["model_shift"] > 0.5
+
+
+def test_model_shift_ignores_statistics_that_alone_disagree():
+    strategy, capacity, infos, _, family = _setup("msfusion", {"overlap": 0.5, "overlap_smoothing": 1.0})
+    weights = to_weights(family.build())
+    buffers = strategy.spec.buffers
+    tasks = strategy.plan(1, infos, capacity)
+    rng = np.random.default_rng(1)
+
+    def same_weights_noisy_statistics(task):
+        sub = extract(weights, strategy.index_map(task))
+        return {k: v + (rng.normal(scale=1.0, size=v.shape).astype(np.float32) if k in buffers else
+                        np.float32(0.01)) for k, v in sub.items()}
+
+    _, metrics = _round(strategy, tasks, weights, same_weights_noisy_statistics)
+    assert metrics["model_shift"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_in_batch_negatives_hold_one_copy_and_cost_one_extra_forward():
+    """The cheaper contrastive loss: one frozen copy (the received sub-model), its one extra forward pass counted by
+    the FLOP counter, and a loss that is informative from the first round (no tie as with the previous model)."""
+    from msfusion_ray.costs.flops import count_flops
+
+    strategy, capacity, infos, _, family = _setup("msfusion", {"contrastive_negatives": "batch"})
+    spec = strategy.objective()
+    assert spec.params["negatives"] == "batch"
+    task = strategy.plan(1, infos, capacity)[1]
+    weights = to_weights(family.build())
+    received = extract(weights, strategy.index_map(task))
+    x = torch.randn(8, 1, 28, 28)
+    flops = {}
+    for negatives in ("previous", "batch"):
+        objective = make_objective(spec.name, {**spec.params, "negatives": negatives})
+        model = family.build(strategy.widths(task))
+        load_weights(model, received)
+        state = {}
+        objective.begin(model, ObjectiveContext(1, family, task.selection, received, state))
+
+        def step():
+            objective.before_forward(x)
+            features, logits = model.forward_features(x)
+            return objective.loss(x, features, logits)
+
+        loss, flops[negatives] = count_flops(step)
+        objective.end(model, ObjectiveContext(1, family, task.selection, received, state))
+        if negatives == "batch":
+            assert objective._negative is None and "previous" not in state
+            assert float(loss.detach()) != pytest.approx(np.log(2), abs=1e-3)
+            with torch.no_grad():
+                features = model.forward_features(x)[0]
+            model_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+            assert objective.extra_bytes(model, (x, None)) == model_bytes + features.numel() * 4 + 2 * 8 * 8 * 4
+    _, forward = count_flops(lambda: model.forward_features(x))
+    assert flops["previous"] - flops["batch"] == pytest.approx(forward, rel=0.01)  # one forward pass fewer

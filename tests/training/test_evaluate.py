@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from msfusion_ray.config import DataConfig
@@ -27,3 +28,21 @@ def test_models_without_batchnorm_are_left_alone():
     data = load_data(DataConfig(train_samples=50, eval_samples=20), seed=0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
     assert not recalibrate_batchnorm(model, data, data.train, batch_size=25)
+
+
+def test_a_model_with_exits_is_judged_by_its_last_exit_and_reports_every_exit():
+    data = load_data(DataConfig(train_samples=50, eval_samples=60, pad_to=32), seed=0)
+    family = build_family("vit", data.shape, 1.0, {"d_model": 16, "n_heads": 2, "n_layers": 4, "patch": 8})
+    torch.manual_seed(0)
+    model = family.build()
+    metrics = evaluate(model, data, data.test, batch_size=25)
+    assert {f"exit{d}_accuracy" for d in (1, 2, 3, 4)} <= set(metrics)
+    assert metrics["accuracy"] == metrics["exit4_accuracy"] and metrics["loss"] == metrics["exit4_loss"]
+    x, y = data.to_batch(data.test.x, data.test.y)
+    with torch.no_grad():
+        shallow = model.forward_exits(x)[0]
+    assert metrics["exit1_accuracy"] == pytest.approx(float((shallow.argmax(-1) == y).float().mean()))
+    assert metrics["exit1_loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(shallow, y)), rel=1e-5)
+    cut = family.build(depth=2)  # a cut outputs its deepest exit
+    assert set(k for k in evaluate(cut, data, data.test, 25) if k.startswith("exit")) == {
+        "exit1_accuracy", "exit1_loss", "exit2_accuracy", "exit2_loss"}

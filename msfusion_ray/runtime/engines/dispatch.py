@@ -10,9 +10,10 @@ from typing import Any, Callable, Hashable, Iterable, Mapping, Protocol
 
 import numpy as np
 import ray
-from ray.exceptions import RayError
+from ray.exceptions import OutOfMemoryError, RayActorError, RayError
 
 from msfusion_ray.costs.payload import payload_bytes
+from msfusion_ray.failures import describe_failure
 from msfusion_ray.models.weights import Weights
 from msfusion_ray.records import ParticipantRoundRow
 from msfusion_ray.runtime.hosts import HostPool
@@ -43,6 +44,13 @@ class Executor(Protocol):
     def get(self, handle: Any, timeout_s: float) -> Result:
         """(row, payload, trained); raises RayError where the host failed."""
 
+    def host_died(self, err: Exception) -> bool:
+        """Whether a failure `get` raised means the host's process died (its tasks in flight are lost)."""
+
+    def replace(self, host: int, cause: str, detail: str, state_from: Callable[[int], int]) -> None:
+        """Start a new actor for a host whose process died, its participants' memory restored as of the task
+        `state_from(participant)` names; may raise to end the run (too many deaths)."""
+
 
 class RayHosts:
     def __init__(self, pool: HostPool):
@@ -67,6 +75,12 @@ class RayHosts:
 
     def get(self, handle: ray.ObjectRef, timeout_s: float) -> Result:
         return ray.get(handle, timeout=timeout_s)
+
+    def host_died(self, err: Exception) -> bool:
+        return isinstance(err, (RayActorError, OutOfMemoryError))  # the memory monitor stops the process too
+
+    def replace(self, host: int, cause: str, detail: str, state_from: Callable[[int], int]) -> None:
+        self._pool.replace(host, cause, {pid: state_from(pid) for pid in self._pool.members(host)}, detail)
 
 
 def selection_key(selection: Mapping[str, np.ndarray] | None) -> Hashable:
@@ -176,6 +190,16 @@ class Dispatcher:
         now = self._clock()
         return [host for host, sent in self._sent.items() if sent and now - self._busy_since[host] > limit_s]
 
+    def drop_host(self, host: int) -> list[tuple[ray.ObjectRef, WorkOrder]]:
+        """Take out of flight the tasks sent to a host whose process died; those queued for it stay queued."""
+        self._busy_since.pop(host, None)
+        return [(ref, self.in_flight.pop(ref)) for ref in self._sent.pop(host, ())]
+
+    def refill(self, host: int) -> None:
+        """Send a (replaced) host the tasks queued for it, `depth` at a time as usual."""
+        while len(self._sent.get(host, ())) < self._depth and self._queues.get(host):
+            self._send(host)
+
     def abandon_host(self, host: int) -> list[WorkOrder]:
         """Give up on a host that stopped answering: its in-flight tasks and those queued for it."""
         tasks = [self.in_flight.pop(ref) for ref in self._sent.pop(host, ())]
@@ -186,10 +210,36 @@ class Dispatcher:
         return self._host_of[task.participant]
 
 
-def fetch_result(executor: Executor, handle: Any, fail: Callable[[str], ParticipantRoundRow],
-                 timeout_s: float) -> Result:
-    """A finished task's (row, payload, trained); a host that failed becomes an `error` row (via `fail`)."""
+def take_result(executor: Executor, handle: Any, dispatch: Dispatcher, state_from: Callable[[int], int],
+                fail: Callable[[WorkOrder, str], ParticipantRoundRow],
+                timeout_s: float) -> list[tuple[WorkOrder, Result]]:
+    """The outcome of a finished task, and of every task lost with it: a host whose process died costs the tasks it
+    had in flight (`error` rows saying which host, that its process died and the likely cause), is replaced with
+    its participants' memory restored (`Executor.replace`), and gets the tasks queued for it. Any other failure
+    of the host is an `error` row for that task alone."""
+    task = dispatch.in_flight[handle]
+    host = dispatch.host_of(task)
     try:
-        return executor.get(handle, timeout_s)
+        result = executor.get(handle, timeout_s)
     except RayError as err:
-        return fail(f"host failed: {type(err).__name__}: {str(err).splitlines()[0]}"), None, {}
+        cause = describe_failure(err, f"host {host}")
+        if executor.host_died(err):
+            outcomes = [(lost, _finished_or_failed(executor, lost_handle, lost, fail, cause))
+                        for lost_handle, lost in dispatch.drop_host(host)]
+            executor.replace(host, cause, str(err), state_from)
+            dispatch.refill(host)
+            return outcomes
+        result = fail(task, cause), None, {}
+    dispatch.complete(handle)
+    return [(task, result)]
+
+
+def _finished_or_failed(executor: Executor, handle: Any, task: WorkOrder,
+                        fail: Callable[[WorkOrder, str], ParticipantRoundRow], cause: str) -> Result:
+    """A task of a host that died: its result if it was done before (results outlive the process), else `error`."""
+    if executor.wait([handle], 0.0):
+        try:
+            return executor.get(handle, 0.0)
+        except RayError:
+            pass
+    return fail(task, cause), None, {}

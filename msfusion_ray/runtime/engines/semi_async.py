@@ -36,7 +36,7 @@ from msfusion_ray.models.weights import Weights
 from msfusion_ray.records import ParticipantRoundRow
 from msfusion_ray.runtime.checkpoint import join_arrays, split_arrays
 from msfusion_ray.runtime.engines.base import Engine, EngineContext, Step, drop_at, lost_row, register_engine, wall_clock
-from msfusion_ray.runtime.engines.dispatch import HUNG_HOST_GRACE_S, Dispatcher, PayloadStore, Result, fetch_result
+from msfusion_ray.runtime.engines.dispatch import HUNG_HOST_GRACE_S, Dispatcher, PayloadStore, Result, take_result
 from msfusion_ray.strategies.base import ObjectiveSpec, ProcedureSpec, Update, WorkOrder
 from msfusion_ray.training.local import batch_sizes
 from msfusion_ray.training.losses import loss_of
@@ -172,7 +172,8 @@ class SemiAsyncEngine(Engine):
         wanted = [ref for ref, task in self._refs.items() if task in tasks]
         # a task still queued for its host goes out when one sent before it is back: wait for those then
         for ref in self.context.executor.wait(wanted or list(self._refs), POLL_S):
-            self._take(ref)
+            if ref in self._refs:  # not lost with a host that died
+                self._take(ref)
         hung_after = math.inf if runtime.clock == "real" else runtime.task_timeout_s + HUNG_HOST_GRACE_S
         for host in self._dispatch.hung_hosts(hung_after):
             message = f"host {host} gave no answer for {hung_after:g} s"
@@ -182,14 +183,15 @@ class SemiAsyncEngine(Engine):
                 self.in_flight[order.task].result = (lost_row(self.context, 0, order, "timeout", message), None, {})
 
     def _take(self, ref: Any) -> None:
-        task = self._refs.pop(ref)
-        order = self._dispatch.complete(ref)
-        self._payloads.done(order)
-        result = fetch_result(self.context.executor, ref,
-                              lambda message: lost_row(self.context, 0, order, "error", message),
-                              self.context.config.runtime.task_timeout_s)
-        result[0].param_fraction = self._payloads.param_fraction(order)
-        self.in_flight[task].result = result
+        """A finished task's result, and those of the tasks lost with it where its host died."""
+        outcomes = take_result(self.context.executor, ref, self._dispatch, self.state_from,
+                               lambda order, message: lost_row(self.context, 0, order, "error", message),
+                               self.context.config.runtime.task_timeout_s)
+        for order, result in outcomes:
+            self._refs = {r: t for r, t in self._refs.items() if t != order.task}
+            self._payloads.done(order)
+            result[0].param_fraction = self._payloads.param_fraction(order)
+            self.in_flight[order.task].result = result
 
     # what happens at an event -------------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from msfusion_ray.models.weights import Weights
 from msfusion_ray.records import ParticipantRoundRow
 from msfusion_ray.runtime.engines.base import (Engine, EngineContext, Step, absent_row, drop_at, lost_row,
                                                register_engine, wall_clock)
-from msfusion_ray.runtime.engines.dispatch import HUNG_HOST_GRACE_S, Dispatcher, PayloadStore, Result, fetch_result
+from msfusion_ray.runtime.engines.dispatch import HUNG_HOST_GRACE_S, Dispatcher, PayloadStore, Result, take_result
 from msfusion_ray.strategies.base import Update, WorkOrder
 
 POLL_S = 5.0  # how often a waiting driver looks for hosts that stopped answering
@@ -117,12 +117,13 @@ class SyncEngine(Engine):
                 return
             ready = executor.wait(list(dispatch.in_flight), POLL_S)
             for ref in ready:  # one at a time: each update is folded in and dropped before the next is fetched
-                task = dispatch.complete(ref)
-                result = fetch_result(executor, ref, lambda message: lost_row(context, round_idx, task, "error",
-                                                                               message), runtime.task_timeout_s)
-                payloads.done(task)
-                result[0].param_fraction = payloads.param_fraction(task)
-                arrived[position[task.task]] = task, result
+                if ref not in dispatch.in_flight:
+                    continue  # lost with its host, which died
+                lost = lambda task, message: lost_row(context, round_idx, task, "error", message)  # noqa: E731
+                for task, result in take_result(executor, ref, dispatch, self.state_from, lost, runtime.task_timeout_s):
+                    payloads.done(task)
+                    result[0].param_fraction = payloads.param_fraction(task)
+                    arrived[position[task.task]] = task, result
             for host in [] if ready else dispatch.hung_hosts(hung_after):
                 message = (f"host {host} gave no answer for {hung_after:g} s (runtime.task_timeout_s="
                            f"{runtime.task_timeout_s:g} plus {HUNG_HOST_GRACE_S:g})")

@@ -1,0 +1,1 @@
+"""Structured pruning: learnt unit masks (Co-S2P)."""

@@ -1,0 +1,94 @@
+"""Planning a pipeline run from a config: stage and hop times from FLOPs and profiles, memory from the layer costs,
+each owner's batches from its data; the `split` command's output and its one-line errors."""
+
+import math
+
+import pytest
+import yaml
+
+from msfusion_ray.cli import main
+from msfusion_ray.config import config_from_dict
+from msfusion_ray.costs.layers import part_flops, part_memory
+from msfusion_ray.devices.clock import compute_seconds, hop_seconds
+from msfusion_ray.pipeline.setup import planner_for
+
+SMALL = {
+    "name": "plan-test", "rounds": 1,
+    "data": {"dataset": "fashion_mnist", "pad_to": 32},
+    "model": {"name": "vgg", "width": 0.125, "options": {"depth": 11, "hidden": 128}},
+    "fleet": {"devices": {"raspberry-pi-4-vpn": 3, "raspberry-pi-3b-plus": 1},
+              "compute_nodes": {"vm-8vcpu-16gb": 1, "cloud-gpu-l4": 1}, "aggregator": "vm-8vcpu-16gb"},
+    "strategy": {"name": "mpsl", "params": {"front_layers": 2, "back_layers": 1, "batches_per_owner": 3}},
+    "training": {"batch_size": 16, "local_epochs": 2},
+}
+
+
+def _config(**changes):
+    return config_from_dict(SMALL, [f"{k}={v}" for k, v in changes.items()])
+
+
+def test_times_come_from_counted_flops_and_each_devices_profile():
+    planner = planner_for(_config())
+    plan = planner.plan(planner.split("equal"))
+    costs, fleet = planner.costs, planner.fleet
+    assert [o.batches for o in plan.times.owners] == [6] * 4  # 3 batches x 2 local epochs
+    for node, stage, (a, b) in zip(plan.nodes, plan.times.stages, plan.split.ranges):
+        forward, backward = part_flops(costs, a, b)
+        assert stage.forward_s == pytest.approx(compute_seconds(node.device, forward))
+        assert stage.backward_s == pytest.approx(compute_seconds(node.device, backward))
+    first, second = plan.nodes
+    assert plan.times.hops_forward_s[0] == pytest.approx(
+        hop_seconds(first.device, second.device, costs[plan.split.ranges[0][1] - 1].output_bytes))
+    slow_owner, pi = plan.times.owners[3], plan.times.owners[0]
+    assert slow_owner.front_forward_s == pytest.approx(pi.front_forward_s * 7.3 / 3.2)
+    cut = costs[1].output_bytes
+    assert pi.to_first_s == pytest.approx(cut / (8e6 / 8) + (20 + 1) / 2000)
+    memory = part_memory(costs, 0, 2, 1).total() + part_memory(costs, 16, 17, 1).total()
+    assert plan.owners[0].memory_bytes == memory and plan.owners[0].fits
+    assert plan.split.memory_bytes[0] == part_memory(costs, *plan.split.ranges[0], 1).total(4, 4)
+
+
+def test_owner_batches_follow_their_data_when_not_given():
+    config = config_from_dict({**SMALL, "data": {**SMALL["data"], "train_samples": 400, "partition": "iid"},
+                               "strategy": {"name": "mpsl", "params": {"front_layers": 2}}})
+    planner = planner_for(config)
+    assert planner.batches == [2 * math.ceil(100 / 16)] * 4
+
+
+def test_the_optimal_split_is_no_slower_than_the_manual_ones_and_fits():
+    planner = planner_for(_config())
+    best = planner.plan(planner.split("optimal"))
+    assert best.fits
+    for rule in ("equal", "balanced"):
+        assert best.split.pipe_full_s <= planner.split(rule).pipe_full_s + 1e-12
+
+
+def test_explicit_cuts_place_nodes_in_fleet_order():
+    planner = planner_for(_config(**{"strategy.params.cuts": "[5]"}))
+    split = planner.configured_split()
+    assert split.ranges == ((2, 5), (5, 16)) and split.order == (0, 1)
+
+
+def test_split_command_prints_the_cut_memory_and_epoch_times(tmp_path, capsys):
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(SMALL))
+    assert main(["split", str(path)]) == 0
+    out = capsys.readouterr().out
+    for text in ("owners hold layers 0-1", "optimal", "equal", "balanced", "closed form", "schedule",
+                 "optimal vs equal", "vm-8vcpu-16gb", "cloud-gpu-l4"):
+        assert text in out
+
+
+@pytest.mark.parametrize("change,where", [
+    ("strategy.name=fedavg", "strategy.name"),
+    ("strategy.params.front_layers=15", "strategy.params.front_layers"),
+    ("strategy.params.cuts=[1]", "strategy.params.cuts"),
+    ("strategy.params.compute_nodes=3", "strategy.params.compute_nodes"),
+    ("fleet.compute_nodes={}", "fleet.compute_nodes"),
+])
+def test_split_command_bad_input_is_one_line(tmp_path, capsys, change, where):
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(SMALL))
+    assert main(["split", str(path), "--set", change]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and where in err
