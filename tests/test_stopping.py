@@ -111,13 +111,15 @@ def _driver_pid() -> int:
     return alive[0]["Pid"]
 
 
-def _kill_the_driver_after_round(monkeypatch, after: int) -> list[int]:
+def _kill_the_driver_after_round(monkeypatch, after: int, before: int) -> list[int]:
+    """Kill the driver once progress shows `after` rounds done, if it shows fewer than `before` (a run whose
+    driver finished already would not notice: its summary is stored)."""
     shown = ProgressDisplay.update
     killed: list[int] = []
 
     def update(self, done, postfix, force=False):
         shown(self, done, postfix, force)
-        if done >= after and not killed:
+        if after <= done < before and not killed:
             killed.append(_driver_pid())
             os.kill(killed[0], signal.SIGKILL)
 
@@ -130,16 +132,16 @@ def test_a_killed_driver_is_started_again_and_the_run_ends_as_if_it_had_not_died
     import msfusion_ray
     from msfusion_ray.runtime.checkpoint import load_checkpoint
 
-    config = {**small_config_dict, "rounds": 3}
+    config = {**small_config_dict, "rounds": 6}
     whole = msfusion_ray.run({**config, "output_dir": str(tmp_path / "whole")}, progress=False)
-    killed = _kill_the_driver_after_round(monkeypatch, after=1)
+    killed = _kill_the_driver_after_round(monkeypatch, after=1, before=4)
     restarted = msfusion_ray.run(config, progress=False)
     assert len(killed) == 1
-    assert restarted.summary["status"] == "complete" and restarted.summary["rounds_completed"] == 3
+    assert restarted.summary["status"] == "complete" and restarted.summary["rounds_completed"] == 6
     run_dir = restarted.run_dir
     expected, got = load_checkpoint(whole.run_dir).weights, load_checkpoint(run_dir).weights
     assert expected.keys() == got.keys() and all(np.array_equal(expected[k], got[k]) for k in expected)
-    assert restarted.rounds["round"].tolist() == [1, 2, 3] and len(restarted.participants) == 9
+    assert restarted.rounds["round"].tolist() == [1, 2, 3, 4, 5, 6] and len(restarted.participants) == 18
     assert restarted.rounds["test_accuracy"].tolist() == whole.rounds["test_accuracy"].tolist()
     log = (run_dir / "run.log").read_text()
     assert f"the driver actor's process (pid {killed[0]}) died" in log and "starting it again from" in log
@@ -147,7 +149,7 @@ def test_a_killed_driver_is_started_again_and_the_run_ends_as_if_it_had_not_died
 
 def test_a_driver_that_keeps_dying_is_one_line_and_the_summary_says_why(tmp_path, small_config_dict, ray_session,
                                                                         capsys, monkeypatch):
-    killed = _kill_the_driver_after_round(monkeypatch, after=1)
+    killed = _kill_the_driver_after_round(monkeypatch, after=1, before=40)
     config = _config_file(tmp_path, small_config_dict, rounds=50)
     code = main(["run", str(config), "--no-plots", "--set", "runtime.max_driver_restarts=0"])
     err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("round ")]

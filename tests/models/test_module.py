@@ -227,7 +227,7 @@ def test_a_model_file_outside_the_package_by_path_with_typed_options(tmp_path):
         build_family(source, IMAGES, 1.0, {"depth": 2})
     restored = pickle.loads(pickle.dumps(family))
     assert restored.options.hidden == 24 and restored.build().state_dict().keys() == family.build().state_dict().keys()
-    assert ship_with_job([source, "cnn", "msfusion_ray.models.cnn:make_cnn"]) == [str(tmp_path / "nets.py")]
+    assert ship_with_job([source, "cnn", "msfusion_ray.models.cnn:SmallCNN"]) == [str(tmp_path / "nets.py")]
 
 
 def test_import_paths_that_cannot_be_had_are_one_line(tmp_path):
@@ -240,12 +240,16 @@ def test_import_paths_that_cannot_be_had_are_one_line(tmp_path):
         with pytest.raises(UserInputError) as err:
             load_ref(text, "model.name")
         assert err.value.where == "model.name" and expect in err.value.message, text
-    assert load_ref("msfusion_ray.models.cnn:make_cnn", "model.name").__name__ == "make_cnn"
+    assert load_ref("msfusion_ray.models.cnn:SmallCNN", "model.name").__name__ == "SmallCNN"
 
 
-def test_the_built_in_networks_are_functions_on_the_same_path():
+def test_the_built_in_networks_are_family_classes_on_the_one_registry():
+    from msfusion_ray.models.base import MODELS
+    from msfusion_ray.models.cnn import CNNFamily
+
+    assert {"cnn", "resnet18", "resnet101", "transformer", "vgg", "vit"} <= set(MODELS.names())
     family = build_family("cnn", IMAGES, 0.5)
-    assert isinstance(family, ModuleFamily) and family.full_widths() == {"conv1": 16, "conv2": 32, "fc1": 64}
-    by_path = build_family("msfusion_ray.models.cnn:make_cnn", IMAGES, 0.5)
-    a, b = to_weights(family.build()), to_weights(by_path.build())
-    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert isinstance(family, CNNFamily) and not isinstance(family, ModuleFamily)
+    assert family.full_widths() == {"conv1": 16, "conv2": 32, "fc1": 64}
+    with pytest.raises(UserInputError, match="model.name: unknown model 'magic' \\(known: cnn, "):
+        build_family("magic", IMAGES)
