@@ -51,3 +51,24 @@ def test_a_lookup_imports_every_module_of_the_searched_packages(tmp_path, monkey
     finally:
         for name in [m for m in sys.modules if m.startswith("widgets_pkg")]:
             del sys.modules[name]
+
+
+def test_every_kind_of_plug_in_is_found_by_the_one_registry_in_a_fresh_process():
+    """Looked up before anything imported the plug-in files: each registry finds its own (no import lists)."""
+    import json
+    import subprocess
+
+    code = ("import json\n"
+            "from msfusion_ray.models.base import MODELS\n"
+            "from msfusion_ray.runtime.engines.base import ENGINES\n"
+            "from msfusion_ray.strategies import STRATEGIES\n"
+            "from msfusion_ray.training.objective import OBJECTIVES\n"
+            "from msfusion_ray.training.procedure import PROCEDURES\n"
+            "print(json.dumps({r.kind: r.names() for r in (MODELS, ENGINES, STRATEGIES, OBJECTIVES, PROCEDURES)}))\n")
+    found = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                      timeout=120).stdout.splitlines()[-1])
+    assert {"cnn", "resnet18", "resnet101", "transformer", "vgg", "vit"} <= set(found["model"])
+    assert {"sync", "async", "pipeline"} <= set(found["engine"])
+    assert {"fedavg", "heterofl", "msfusion", "fedbuff", "cos2p", "mpsl"} <= set(found["strategy"])
+    assert {"msfusion_contrastive"} <= set(found["local objective"])
+    assert {"standard", "cos2p", "pipeline_owner"} <= set(found["local procedure"])
