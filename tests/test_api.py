@@ -143,6 +143,15 @@ def make_mlp(shape, options):
 '''
 
 
+def test_run_takes_a_config_or_a_run_directory_to_resume(tmp_path):
+    with pytest.raises(UserInputError, match="give a config or resume=RUN_DIR$"):
+        msfusion_ray.run()
+    with pytest.raises(UserInputError, match="not both"):
+        msfusion_ray.run("quickstart", resume=tmp_path)
+    with pytest.raises(UserInputError, match="not a run directory"):
+        msfusion_ray.run(resume=tmp_path, rounds=5)
+
+
 def test_a_data_set_and_a_model_from_one_user_file_through_a_sweep(ray_session, tmp_path, small_config_dict,
                                                                    monkeypatch):
     (tmp_path / "blobs.py").write_text(DATA)
