@@ -1,38 +1,23 @@
-"""msfusion_ray: compare collaborative-training schemes on emulated heterogeneous fleets, on Ray and PyTorch."""
+"""msfusion_ray: compare collaborative-training schemes on emulated heterogeneous fleets, on Ray and PyTorch.
 
-from __future__ import annotations
+The Python API (msfusion_ray.api): `run(config_or_path, **overrides) -> Run`, `sweep(sweep_or_path, ...) -> Sweep`,
+`load(config_or_path, **overrides) -> ExperimentConfig`. Imported on first use, so that importing a part of the
+package does not import all of it.
+"""
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
-
-if TYPE_CHECKING:
-    from msfusion_ray.config import ExperimentConfig
+from typing import Any
 
 __version__ = "0.1.0"
+__all__ = ["Run", "Sweep", "load", "run", "sweep"]
 
 
-def run(config: "str | Path | Mapping[str, Any] | ExperimentConfig | None" = None, overrides: Sequence[str] = (),
-        *, resume: str | Path | None = None, show_progress: bool = True) -> dict[str, Any]:
-    """Run an experiment as `python -m msfusion_ray run` does: `config` is a YAML file, a mapping or an
-    ExperimentConfig (`overrides`: "key=value" as with --set); or `resume` names a run directory to continue. Returns
-    the run's summary with its `run_dir`. Bad input raises `UserInputError` before anything is written; a driver
-    whose process dies is started again from the last checkpoint (runtime.max_driver_restarts times), then the run
-    raises `RunFailed`; Ctrl-C or SIGTERM raise `RunInterrupted` (a KeyboardInterrupt)."""
-    from msfusion_ray.config import ExperimentConfig, config_from_dict, load_config
-    from msfusion_ray.errors import UserInputError
-    from msfusion_ray.launch import execute, open_run
+def __getattr__(name: str) -> Any:
+    if name == "sweep":  # the module msfusion_ray.sweep, which calls msfusion_ray.api.sweep when called
+        import importlib
 
-    if resume is not None:
-        prepared, run_dir, run_id = open_run(None, resume, overrides)
-    elif config is None:
-        raise UserInputError("run", "give a config or resume=RUN_DIR")
-    else:
-        if isinstance(config, ExperimentConfig):
-            config = config_from_dict(config.to_dict(), overrides)
-        elif isinstance(config, Mapping):
-            config = config_from_dict(dict(config), overrides)
-        else:
-            config = load_config(config, overrides)
-        prepared, run_dir, run_id = open_run(config)
-    summary = execute(prepared, run_dir, run_id, resume=resume is not None, show_progress=show_progress)
-    return {**summary, "run_dir": str(run_dir)}
+        return importlib.import_module("msfusion_ray.sweep")
+    if name in __all__:
+        from msfusion_ray import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'msfusion_ray' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Command line: run, sweep, tune, validate, split, profiles, plot, report.
+"""Command line: run, sweep, tune, validate, split, profiles, plot, report, schema.
 
 Bad input of any kind ends with one line on stderr naming the field or file, and exit code 2, before anything is
 started or written.
@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Sequence
 from msfusion_ray.config import ExperimentConfig, load_config
 from msfusion_ray.errors import ClusterStartError, UserInputError
 from msfusion_ray.failures import RUN_LOG
-from msfusion_ray.launch import RunFailed, check_output_dir, execute, interruption, open_run
+from msfusion_ray.launch import RunFailed, execute, interruption, open_run
+from msfusion_ray.paths import find, find_config
+from msfusion_ray.schema import load_yaml
 
 if TYPE_CHECKING:
     from msfusion_ray.experiment import Prepared
@@ -31,14 +33,16 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run one experiment on a Ray cluster")
-    run.add_argument("config", nargs="?", help="experiment YAML (omit with --resume)")
+    run.add_argument("config", nargs="?", help="experiment YAML, or a ready one by name (quickstart, "
+                                               "fmnist/resnet18_hetero8); omit with --resume")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
     _add_config_options(run)
     run.add_argument("--address", help="an existing Ray cluster (default: start an embedded local one)")
     run.add_argument("--no-plots", action="store_true", help="skip the PNG plots at the end")
 
     sweep = commands.add_parser("sweep", help="run a grid of experiments on one Ray cluster (resumable)")
-    sweep.add_argument("config", nargs="?", help="sweep YAML: a base config and a grid (omit with --resume)")
+    sweep.add_argument("config", nargs="?", help="sweep YAML: a base config and a grid, or a ready one by name "
+                                                 "(sweeps/fmnist_compare); omit with --resume")
     sweep.add_argument("--resume", metavar="SWEEP_DIR", help="continue a sweep (running the same command also does)")
     sweep.add_argument("--retry-failed", action="store_true", help="run failed cells again")
     sweep.add_argument("--max-parallel", type=int, metavar="N", help="cells side by side (default: from the cluster)")
@@ -48,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
 
     tune = commands.add_parser("tune", help="the fair tuning protocol: the same budget per scheme on the validation "
                                              "split, then each winner on fresh seeds (resumable)")
-    tune.add_argument("config", help="tuning YAML: a base config, the schemes and their spaces, the budget")
+    tune.add_argument("config", help="tuning YAML: a base config, the schemes and their spaces, the budget (or a "
+                                      "ready one by name: tuning/fmnist_width)")
     tune.add_argument("--max-parallel", type=int, metavar="N", help="cells side by side (default: from the cluster)")
     tune.add_argument("--retry-failed", action="store_true", help="run failed cells again")
     _add_config_options(tune)
@@ -63,11 +68,15 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_options(split)
 
     profiles = commands.add_parser("profiles", help="list the device profiles and fleets")
-    profiles.add_argument("--dir", help="profile directory (default: the project's device_profiles/)")
+    profiles.add_argument("--dir", help="profile directory (default: the bundled device_profiles/)")
 
     plot = commands.add_parser("plot", help="plot one or more finished runs")
     plot.add_argument("run_dirs", nargs="+")
     plot.add_argument("--out", help="output directory (default: RUN_DIR/plots for one run)")
+
+    schema = commands.add_parser("schema", help="print the JSON Schema of config files (for an editor's YAML support)")
+    schema.add_argument("--kind", choices=("any", "experiment", "sweep", "tuning"), default="any",
+                        help="an experiment config, a sweep file, a tuning file, or any of them (default)")
 
     report = commands.add_parser("report", help="an HTML report (plots, tables, config) of a run or a sweep")
     report.add_argument("path", metavar="RUN_OR_SWEEP_DIR")
@@ -106,13 +115,21 @@ def main(argv: Sequence[str] | None = None, exiting: bool = False) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from msfusion_ray.experiment import prepare
+    from msfusion_ray.experiment import check_module, prepare
+    from msfusion_ray.models import ModuleFamily
+    from msfusion_ray.models.module import check_sub_model
 
-    prepared = prepare(load_config(args.config, _overrides(args)))
+    prepared = prepare(load_config(find_config(args.config), _overrides(args)))
     config = prepared.config
     print(f"config ok: {config.name}, strategy {prepared.strategy.name}, model {config.model.name} "
           f"(width {config.model.width}), {len(prepared.fleet)} participants, {len(prepared.data.train)} training "
           f"samples")
+    if isinstance(prepared.family, ModuleFamily):
+        check_module(prepared.family, prepared.strategy, prepared.strategy.objective() is not None)
+        if prepared.family.spec.groups:
+            widths = check_sub_model(prepared.family)
+            print(f"sub-models ok: {len(widths)} width groups; a random selection ({sum(widths.values())} of "
+                  f"{sum(prepared.family.spec.groups.values())} units) is cut, loaded and run forward")
     print(f"{'participant':>11}  {'device':<22} {'samples':>7}  {'cap MiB':>9}  {'max rate':>8}")
     for p in prepared.fleet.participants:
         rate = prepared.capacity.max_rate(p.id)
@@ -125,7 +142,7 @@ def _split(args: argparse.Namespace) -> int:
     from msfusion_ray.pipeline.report import split_report
     from msfusion_ray.pipeline.setup import planner_for
 
-    config = load_config(args.config, _overrides(args))
+    config = load_config(find_config(args.config), _overrides(args))
     print(f"{config.name}: {config.model.name} (width {config.model.width}) on {config.data.dataset}")
     print(split_report(planner_for(config)))
     return 0
@@ -134,7 +151,7 @@ def _split(args: argparse.Namespace) -> int:
 def _profiles(args: argparse.Namespace) -> int:
     from msfusion_ray.devices.profile import default_profiles_dir, load_profiles
 
-    directory = Path(args.dir) if args.dir else default_profiles_dir()
+    directory = find(args.dir) if args.dir else default_profiles_dir()
     print(f"{'profile':<22} {'memory MiB':>10} {'GFLOP/s':>8} {'up Mb/s':>8} {'down Mb/s':>9} {'RTT ms':>7} "
           f"{'avail':>5}")
     for profile in load_profiles(directory).values():
@@ -164,8 +181,8 @@ def _run(args: argparse.Namespace) -> int:
         prepared, run_dir, run_id = open_run(None, args.resume, _overrides(args), address=args.address,
                                              prepare=prepare)
     elif args.config:
-        prepared, run_dir, run_id = open_run(load_config(args.config, _overrides(args)), address=args.address,
-                                             prepare=prepare)
+        prepared, run_dir, run_id = open_run(load_config(find_config(args.config), _overrides(args)),
+                                             address=args.address, prepare=prepare)
     else:
         raise UserInputError("run", "give a CONFIG or --resume RUN_DIR")
     resume_hint = f"continue with: python -m msfusion_ray run --resume {run_dir}"
@@ -203,12 +220,14 @@ def prepare_beside_cluster(config: ExperimentConfig) -> Prepared:
         preparing = pool.submit(prepare, config)
         import ray  # beside the preparation's own imports
 
+        from msfusion_ray.code_refs import job_runtime_env
+        from msfusion_ray.launch import code_named
         from msfusion_ray.runtime.cluster import ends_with_this_process, fate_sharing_supported, start_cluster
 
         failed = None
         if fate_sharing_supported():
             try:
-                start_cluster(config.runtime)
+                start_cluster(config.runtime, job_runtime_env(code_named(config)))
             except ClusterStartError as err:
                 failed = err
         prepared = preparing.result()  # bad input first: exit code 2 whatever the cluster did
@@ -234,15 +253,11 @@ def _sweep(args: argparse.Namespace) -> int:
             raise UserInputError("--set", "a resumed sweep keeps its recorded config; start a new sweep to change it")
         plan = sweeps.load_sweep_dir(args.resume)
     elif args.config:
-        plan = sweeps.load_sweep(args.config, _overrides(args))
+        plan = sweeps.load_sweep(find_config(args.config), _overrides(args))
         sweeps.check_directory(plan)
     else:
         raise UserInputError("sweep", "give a CONFIG or --resume SWEEP_DIR")
-    check_output_dir(plan.directory, f"{plan.source}: output_dir")
-    todo = sweeps.SweepStatus.load_or_new(plan).to_run(args.retry_failed)
-    prepared = sweeps.prepare_cells(plan, todo, sweeps.DataCache())  # every check before anything is written
-    status = sweeps.create_directory(plan)
-    sweeps.run_sweep(plan, prepared, status, todo, args.max_parallel, address=args.address)
+    status = sweeps.execute_sweep(plan, args.retry_failed, args.max_parallel, args.address)
     print(f"{'cell':<48} {'status':<9} {'rounds':>6} {'final':>10} {'wall s':>7}  error")
     for cell_id, cell in status.cells.items():
         accuracy, perplexity, wall = cell.get("final_accuracy"), cell.get("final_perplexity"), cell.get("wall_s")
@@ -263,7 +278,7 @@ def _tune(args: argparse.Namespace) -> int:
 
     if args.max_parallel is not None and args.max_parallel < 1:
         raise UserInputError("--max-parallel", f"must be >= 1 (got {args.max_parallel})")
-    plan = tuning.read_tuning(args.config, _overrides(args))
+    plan = tuning.read_tuning(find_config(args.config), _overrides(args))
     try:
         tuning.run_protocol(plan, tuning.sweep_stage_runner(args.max_parallel, args.address,
                                                             retry_failed=args.retry_failed))
@@ -313,5 +328,14 @@ def end_descendants() -> None:
             pass
 
 
+def _schema(args: argparse.Namespace) -> int:
+    import json
+
+    from msfusion_ray.config import json_schema
+
+    print(json.dumps(json_schema(args.kind), indent=2))
+    return 0
+
+
 COMMANDS = {"run": _run, "sweep": _sweep, "tune": _tune, "validate": _validate, "split": _split,
-            "profiles": _profiles, "plot": _plot, "report": _report}
+            "profiles": _profiles, "plot": _plot, "report": _report, "schema": _schema}

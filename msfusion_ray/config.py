@@ -8,17 +8,18 @@ where those registries are at hand.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.inputs import parse_yaml
-from msfusion_ray.schema import (build, checked, fraction, load_yaml, non_negative, positive, set_dotted,
-                                 to_dict)
+from msfusion_ray.schema import checked, fraction, load_yaml, non_negative, positive, set_dotted, to_dict
+from msfusion_ray.validation import model_of, to_dataclass, validate
 
 # Seeds go to numpy's generators and torch's; numpy's legacy seeding takes 0 .. 2**32 - 1.
 SEED_LIMIT = 2**32
@@ -127,6 +128,8 @@ class RuntimeConfig:
     gpus_per_host: float | None = checked(None, check=fraction)  # GPU each host asks for (default: an even share)
     max_host_restarts: int = checked(3, check=non_negative)  # host actors replaced after their process died, per run
     max_driver_restarts: int = checked(2, check=non_negative)  # driver actors restarted from the last checkpoint
+    tracking: Literal["mlflow", "tensorboard"] | None = None  # each round's row and the config (msfusion_ray.tracking)
+    tracking_uri: str | None = None  # mlflow: the store (default sqlite:///mlflow.db); tensorboard: the event directory
 
 
 @dataclass(frozen=True)
@@ -166,11 +169,56 @@ def _shortened(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def config_from_dict(data: dict[str, Any], overrides: list[str] = (), where: str = "") -> ExperimentConfig:
+def _with_default_strategy(value: Any) -> Any:
+    return {"name": StrategyConfig.name, **value} if isinstance(value, dict) and "name" not in value else value
+
+
+def strategy_model(name: str, params: type) -> type:
+    """strategy: {name: <name>, params: <its Params>} as one member of the union on strategy.name."""
+    from pydantic import Field, create_model
+
+    from msfusion_ray.validation import STRICT
+
+    member = create_model(f"Strategy_{name}", __config__=STRICT,
+                          name=(Literal[name], ...), params=(model_of(params), Field(default_factory=params)))
+    member.__convert__ = lambda m: StrategyConfig(
+        m.name, m.params.model_dump(exclude_unset=True) if not dataclasses.is_dataclass(m.params) else {})
+    return member
+
+
+_EXPERIMENT_MODELS: dict[tuple[str, ...], type] = {}
+
+
+def experiment_model() -> type:
+    """The pydantic model of an experiment config, with strategy params checked in the same pass: a union of
+    every registered strategy's section, discriminated by strategy.name."""
+    from pydantic import BeforeValidator, Field, create_model
+
+    from msfusion_ray.strategies import STRATEGIES
+
+    names = tuple(STRATEGIES.names())
+    if names not in _EXPERIMENT_MODELS:
+        members = tuple(strategy_model(name, cls.Params) for name, cls in STRATEGIES.items())
+        union = Annotated[Union[members] if len(members) > 1 else members[0], Field(discriminator="name"),
+                          BeforeValidator(_with_default_strategy)]
+        _EXPERIMENT_MODELS[names] = create_model(
+            "ExperimentConfig", __base__=model_of(ExperimentConfig), __doc__=ExperimentConfig.__doc__,
+            strategy=(union, Field(default_factory=StrategyConfig)))
+        _EXPERIMENT_MODELS[names].__dataclass__ = ExperimentConfig
+    return _EXPERIMENT_MODELS[names]
+
+
+def config_from_dict(data: dict[str, Any], overrides: list[str] = (), where: str = "",
+                     config_dir: str | Path | None = None) -> ExperimentConfig:
+    """Override, anchor (the files it names: msfusion_ray.paths, relative to the current directory, then
+    `config_dir`, then the bundled files) and validate a config."""
+    from msfusion_ray.paths import anchor_paths
+
     data = copy.deepcopy(data)
     for text in overrides:
         set_dotted(data, *parse_override(text))
-    config = build(ExperimentConfig, data, where)
+    anchor_paths(data, config_dir)
+    config = to_dataclass(validate(experiment_model(), data, where))
     if config.fleet.file is None and config.fleet.devices is None:
         raise UserInputError(f"{where}.fleet" if where else "fleet", "give either 'file' or 'devices'")
     return config
@@ -179,8 +227,28 @@ def config_from_dict(data: dict[str, Any], overrides: list[str] = (), where: str
 def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
     """Read, override and validate an experiment config; errors name the file and the field."""
     try:
-        return config_from_dict(load_yaml(path), overrides)
+        return config_from_dict(load_yaml(path), overrides, config_dir=Path(path).parent)
     except UserInputError as err:
         if err.where.startswith(str(path)) or err.where.startswith("--set"):
             raise
         raise UserInputError(f"{path}: {err.where}", err.message) from None
+
+
+def json_schema(kind: Literal["any", "experiment", "sweep", "tuning"] = "any") -> dict[str, Any]:
+    """The JSON Schema of an experiment config, a sweep file, a tuning file, or any of them (what an editor's YAML
+    support reads)."""
+    from pydantic import TypeAdapter, create_model
+
+    from msfusion_ray.sweep import SweepConfig
+    from msfusion_ray.tuning import TuneConfig
+
+    experiment = experiment_model()
+    sweep = create_model("SweepConfig", __base__=model_of(SweepConfig), __doc__=SweepConfig.__doc__,
+                         base=(Union[experiment, str], ...))
+    tuning = create_model("TuneConfig", __base__=model_of(TuneConfig), __doc__=TuneConfig.__doc__,
+                          base=(Union[experiment, str], ...))
+    target = {"experiment": experiment, "sweep": sweep, "tuning": tuning,
+              "any": Union[experiment, sweep, tuning]}[kind]
+    schema = TypeAdapter(target).json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": f"msfusion_ray {'config' if kind == 'any' else kind}", **schema}

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from msfusion_ray.code_refs import is_code_ref
 from msfusion_ray.config import ExperimentConfig, TrainingConfig
 from msfusion_ray.costs.footprint import tensor_bytes
 from msfusion_ray.costs.memory import machine_memory_bytes
@@ -24,9 +25,13 @@ from msfusion_ray.devices.fleet import Fleet, FleetSpec, device_counts, load_fle
 from msfusion_ray.devices.gpu import check_device
 from msfusion_ray.devices.profile import DeviceProfile, default_profiles_dir, load_profiles
 from msfusion_ray.errors import UserInputError
-from msfusion_ray.models.base import ModelFamily, build_family
+from msfusion_ray.models import ModelFamily, ModuleFamily, build_family
+from msfusion_ray.models.module import check_sub_model
+from msfusion_ray.paths import find
 from msfusion_ray.strategies import make_strategy
 from msfusion_ray.strategies.base import ParticipantInfo, Strategy
+from msfusion_ray.strategies.width import WidthSplitting
+from msfusion_ray.tracking import check_tracking
 from msfusion_ray.training.objective import make_objective
 
 
@@ -60,12 +65,9 @@ def held_labels(data: DataBundle, indices: np.ndarray) -> tuple[int, ...]:
 
 
 def project_path(path: str) -> Path:
-    """A path as given if it exists, else relative to the project checkout (configs name project files)."""
-    given = Path(path)
-    if given.exists() or given.is_absolute():
-        return given
-    in_project = Path(__file__).resolve().parents[1] / path
-    return in_project if in_project.exists() else given
+    """A path as given (absolute, or relative to the current directory) if it is there, else among the files that
+    ship with the package (msfusion_ray.paths)."""
+    return find(path)
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,20 @@ def check_object_store(config: ExperimentConfig) -> None:
                                                          f"machine's {machine / 2**20:.0f} MiB")
 
 
+def check_module(family: ModuleFamily, strategy: Strategy, needs_features: bool) -> None:
+    """What a network from a function must offer its scheme: width tags for a width-splitting scheme (checked by
+    cutting a random sub-model), penultimate features for an objective that uses them."""
+    if needs_features and not family.has_features:
+        raise UserInputError("model.name", f"{strategy.name} trains with a loss on the penultimate features: give "
+                                           f"the module of {family.source} a forward_features(x) returning "
+                                           "(features, logits)")
+    if family.spec.groups:
+        check_sub_model(family, seed=0)
+    elif isinstance(strategy, WidthSplitting):
+        raise UserInputError("model.name", f"{strategy.name} splits the model by width, but {family.source} has "
+                                           "no width tags (see width_axes in msfusion_ray.splitting.spec)")
+
+
 def resolve_availability(config: ExperimentConfig, fleet: Fleet) -> Availability:
     fleet_config = config.fleet
     if fleet_config.availability_trace is not None and fleet_config.availability != "trace":
@@ -148,6 +164,7 @@ def resolve_availability(config: ExperimentConfig, fleet: Fleet) -> Availability
 
 
 def prepare(config: ExperimentConfig, data: DataBundle | None = None) -> Prepared:
+    check_tracking(config.runtime)
     check_device(config.runtime.device, config.runtime.address)
     check_object_store(config)
     source = fleet_source(config)
@@ -158,11 +175,13 @@ def prepare(config: ExperimentConfig, data: DataBundle | None = None) -> Prepare
     fleet = source.build(config)
     availability = resolve_availability(config, fleet)
     partitions = partition(data, config.data, len(fleet), config.seed)
-    family = build_family(config.model.name, data.shape, config.model.width, config.model.options)
+    family = build_family(config.model.name, data.shape, config.model.width, config.model.options, config.seed)
     check_fits_machine(family, config.training)
     strategy = make_strategy(config.strategy, family, config.seed)
     spec = strategy.objective()
     objective = make_objective(spec.name, spec.params) if spec is not None else None
+    if isinstance(family, ModuleFamily) and is_code_ref(family.source):  # the built-in networks are tested
+        check_module(family, strategy, objective is not None)
     capacity = CapacityOracle(fleet, family, make_planner(family, config.training, objective),
                               config.training.batch_size)
     if all(capacity.max_rate(p.id) is None for p in fleet.participants):

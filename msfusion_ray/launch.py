@@ -22,10 +22,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
+from msfusion_ray.code_refs import job_runtime_env
 from msfusion_ray.config import ExperimentConfig, config_from_dict
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.failures import describe_failure, open_run_log
 from msfusion_ray.schema import load_yaml
+from msfusion_ray.tracking import RoundFollower, follow_rounds
 
 if TYPE_CHECKING:  # the command line imports this module before it knows it will run anything (torch: seconds)
     from msfusion_ray.experiment import Prepared
@@ -362,8 +364,9 @@ class RunHandle:
             self.log_handler.close()
 
 
-def watch(handle: RunHandle, progress: ProgressDisplay) -> dict[str, Any]:
-    """Show a run's progress until it ends; its summary, or its failure (see `RunHandle.result`)."""
+def watch(handle: RunHandle, progress: ProgressDisplay, tracker: RoundFollower | None = None) -> dict[str, Any]:
+    """Show a run's progress (and hand its new rounds to the tracker) until it ends; its summary, or its failure
+    (see `RunHandle.result`)."""
     import ray
 
     try:
@@ -371,6 +374,8 @@ def watch(handle: RunHandle, progress: ProgressDisplay) -> dict[str, Any]:
             done, _ = ray.wait([handle.finished], timeout=0.5)
             state = handle.poll_progress()
             progress.update(max(state.get("round", 0), progress.last), round_postfix(state))
+            if tracker is not None:
+                tracker.poll()
             if done:
                 summary = handle.result()
                 progress.update(summary.get("rounds_completed", progress.last), round_postfix(handle.last_progress()))
@@ -393,11 +398,15 @@ def run_with_restarts(prepared: Prepared, run_dir: Path, run_id: str, resume: bo
 
     budget = prepared.config.runtime.max_driver_restarts
     progress = ProgressDisplay(prepared.config.rounds, "round", show_progress, label="round ")
+    tracker = follow_rounds(prepared.config, run_dir, run_id)
+    status = "failed"
     try:
         for restart in itertools.count():
             handle = RunHandle(prepared, run_dir, run_id, resume or restart > 0, log_handler=handler)
             try:
-                return watch(handle, progress)
+                summary = watch(handle, progress, tracker)
+                status = "complete"
+                return summary
             except DriverDied as died:
                 if restart >= budget:
                     reason = f"{died}; restarted {restart} times (runtime.max_driver_restarts={budget})"
@@ -411,6 +420,8 @@ def run_with_restarts(prepared: Prepared, run_dir: Path, run_id: str, resume: bo
         raise AssertionError("unreachable")
     finally:
         progress.close()
+        if tracker is not None:
+            tracker.finish(status)
 
 
 def execute(prepared: Prepared, run_dir: Path, run_id: str, resume: bool = False,
@@ -430,7 +441,8 @@ def execute(prepared: Prepared, run_dir: Path, run_id: str, resume: bool = False
     try:
         with logging_to(handler):
             try:
-                with ray_cluster(config.runtime, exiting=exiting), stop_signals():
+                with ray_cluster(config.runtime, job_runtime_env(code_named(config)), exiting=exiting), \
+                        stop_signals():
                     return run_with_restarts(prepared, run_dir, run_id, resume, show_progress, handler)
             except (KeyboardInterrupt, SystemExit) as err:
                 stop = interruption(err)
@@ -447,6 +459,11 @@ def execute(prepared: Prepared, run_dir: Path, run_id: str, resume: bool = False
                 raise RunFailed(reason) from None
     finally:
         handler.close()
+
+
+def code_named(config: ExperimentConfig) -> list[str]:
+    """The config fields that may name the user's code (shipped with the job to the cluster's nodes)."""
+    return [config.model.name, config.data.dataset]
 
 
 def open_run(config: ExperimentConfig | None, resume: str | Path | None = None, overrides: Sequence[str] = (),

@@ -15,6 +15,8 @@ import dataclasses
 import json
 import math
 import re
+import sys
+import types
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +29,12 @@ from msfusion_ray.data import load_data
 from msfusion_ray.data.arrays import DataBundle
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.experiment import Prepared, prepare, project_path
+from msfusion_ray.code_refs import job_runtime_env
 from msfusion_ray.inputs import load_json
-from msfusion_ray.launch import (ProgressDisplay, RunFailed, RunHandle, interruption, quiet_ray_crash_handler,
-                                 stop_signals, write_run_dir)
+from msfusion_ray.launch import (ProgressDisplay, RunFailed, RunHandle, code_named, interruption,
+                                 quiet_ray_crash_handler, stop_signals, write_run_dir)
+from msfusion_ray.paths import anchor_paths, find_config
+from msfusion_ray.tracking import RoundFollower, follow_rounds
 from msfusion_ray.schema import build, checked, load_yaml, positive, set_dotted
 
 # The cells share one cluster, so the keys that configure the cluster belong in the base config, not in the grid.
@@ -77,19 +82,23 @@ class SweepPlan:
 def read_sweep(path: str | Path, overrides: Iterable[str] = ()) -> SweepConfig:
     """Read a sweep file, its base resolved to a mapping; `overrides` (key=value) apply to the base config."""
     sweep = build(SweepConfig, load_yaml(path), str(path))
-    return dataclasses.replace(sweep, base=resolve_base(sweep.base, path, overrides))
+    return dataclasses.replace(sweep, base=resolve_base(sweep.base, Path(path).parent, overrides))
 
 
-def resolve_base(base: dict[str, Any] | str, path: str | Path, overrides: Iterable[str] = ()) -> dict[str, Any]:
-    """A base experiment config as a mapping: inline, or the YAML file it names (beside `path`, else in the
-    project); `overrides` (key=value) applied."""
+def resolve_base(base: dict[str, Any] | str, directory: Path, overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """A base experiment config as a mapping: inline, or the YAML file it names (in `directory`, the sweep file's,
+    else among the project's, else a ready config by name); `overrides` (key=value) applied, and the files it
+    names anchored (msfusion_ray.paths)."""
+    base_dir = directory
     if isinstance(base, str):
-        beside = Path(path).parent / base
-        base = load_yaml(beside if beside.is_file() else project_path(base))
+        beside = directory / base
+        base_file = beside if beside.is_file() else project_path(base)
+        base_file = base_file if base_file.is_file() else find_config(base)  # a ready config by name
+        base, base_dir = load_yaml(base_file), base_file.parent
     base = copy.deepcopy(base)
     for text in overrides:
         set_dotted(base, *parse_override(text))
-    return base
+    return anchor_paths(base, base_dir)
 
 
 def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> SweepPlan:
@@ -303,6 +312,7 @@ def with_gpu_share(prepared: Prepared, gpus: float, cpus: float) -> Prepared:
 class _Running:
     handle: RunHandle
     data_key: str
+    tracker: RoundFollower | None = None
 
 
 @dataclass
@@ -363,7 +373,7 @@ class SweepRunner:
             self.status.set(cell_id, status="failed", error=one_line(err))
             self.display.note(f"cell {cell_id} failed to start: {one_line(err)}")
             return
-        self.running[cell_id] = _Running(handle, key)
+        self.running[cell_id] = _Running(handle, key, follow_rounds(prepared.config, run_dir, cell_id))
         self.status.set(cell_id, status="running", error=None)
         self.display.note(f"cell {cell_id} {'continues' if resume else 'started'}")
 
@@ -375,7 +385,11 @@ class SweepRunner:
             reached = running.handle.progress.get("round", 0)
             self.status.set(cell_id, status="failed", error=str(err), rounds_completed=reached)
             self.display.note(f"cell {cell_id} failed: {err}")
+            if running.tracker is not None:
+                running.tracker.finish("failed")
         else:
+            if running.tracker is not None:
+                running.tracker.finish("complete")
             kept = cell_summary(summary)
             self.status.set(cell_id, status="complete", error=None, **kept)
             self.display.note(f"cell {cell_id} complete: final accuracy {kept['final_accuracy']}, perplexity "
@@ -395,6 +409,8 @@ class SweepRunner:
         if cell["status"] == "complete":
             return self.prepared[cell_id].config.rounds
         if cell_id in self.running:
+            if self.running[cell_id].tracker is not None:
+                self.running[cell_id].tracker.poll()
             return int(self.running[cell_id].handle.poll_progress().get("round", 0))
         return int(cell.get("rounds_completed") or 0)
 
@@ -412,6 +428,19 @@ def one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {lines[-1] if lines else ''}"[:500]
 
 
+def execute_sweep(plan: SweepPlan, retry_failed: bool = False, max_parallel: int | None = None,
+                  address: str | None = None, show_progress: bool = True) -> SweepStatus:
+    """Run what is left of a sweep: the output directory and every cell to run are checked before anything is
+    written."""
+    from msfusion_ray.launch import check_output_dir
+
+    check_output_dir(plan.directory, f"{plan.source}: output_dir")
+    todo = SweepStatus.load_or_new(plan).to_run(retry_failed)
+    prepared = prepare_cells(plan, todo, DataCache())  # every check before anything is written
+    status = create_directory(plan)
+    return run_sweep(plan, prepared, status, todo, max_parallel, show_progress, address)
+
+
 def run_sweep(plan: SweepPlan, prepared: dict[str, Prepared], status: SweepStatus, cell_ids: list[str],
               max_parallel: int | None = None, show_progress: bool = True, address: str | None = None) -> SweepStatus:
     """Run `cell_ids` (validated into `prepared`) on one cluster: the first cell's runtime settings start it, or
@@ -426,8 +455,9 @@ def run_sweep(plan: SweepPlan, prepared: dict[str, Prepared], status: SweepStatu
     runtime = prepared[cell_ids[0]].config.runtime
     if address:
         runtime = dataclasses.replace(runtime, address=address)
+    code = [ref for p in prepared.values() for ref in code_named(p.config)]
     quiet_ray_crash_handler()
-    with ray_cluster(runtime), stop_signals():
+    with ray_cluster(runtime, job_runtime_env(code)), stop_signals():
         resources = ray.cluster_resources()
         cpus = resources.get("CPU", 1.0)
         actors = max(host_count(p.config.runtime, len(p.fleet), cpus) for p in prepared.values()) + 1
@@ -447,3 +477,15 @@ def run_sweep(plan: SweepPlan, prepared: dict[str, Prepared], status: SweepStatu
         finally:
             display.close()
     return status
+
+
+class _SweepModule(types.ModuleType):
+    """`msfusion_ray.sweep(...)` is the Python API's sweep (msfusion_ray.api.sweep); as a module it is this one."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from msfusion_ray.api import sweep
+
+        return sweep(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _SweepModule

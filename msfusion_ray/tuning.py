@@ -93,7 +93,7 @@ class TuningPlan:
 def read_tuning(path: str | Path, overrides: Iterable[str] = ()) -> TuningPlan:
     """The protocol of a tuning file: its schemes' settings, checked, and its directory output_dir/name."""
     tune = build(TuneConfig, load_yaml(path), str(path))
-    tune = dataclasses.replace(tune, base=resolve_base(tune.base, path, overrides))
+    tune = dataclasses.replace(tune, base=resolve_base(tune.base, Path(path).parent, overrides))
     check_tuning(tune, str(path))
     return TuningPlan(tune, Path(tune.output_dir) / tune.name, str(path), draw_trials(tune))
 
@@ -253,10 +253,7 @@ def sweep_stage_runner(max_parallel: int | None = None, address: str | None = No
 
     def run_stage(plan: SweepPlan, select: str) -> tuple[dict[str, float | None], str]:
         sweeps.check_directory(plan)
-        todo = sweeps.SweepStatus.load_or_new(plan).to_run(retry_failed=retry_failed)
-        prepared = sweeps.prepare_cells(plan, todo, sweeps.DataCache())
-        status = sweeps.create_directory(plan)
-        status = sweeps.run_sweep(plan, prepared, status, todo, max_parallel, show_progress, address)
+        status = sweeps.execute_sweep(plan, retry_failed, max_parallel, address, show_progress)
         failed = [cell_id for cell_id, cell in status.cells.items() if cell["status"] != "complete"]
         if failed:
             raise StageFailed(f"{len(failed)} cells of {plan.directory} did not complete (first: {failed[0]}); run "

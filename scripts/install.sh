@@ -16,7 +16,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
-# torch is pinned to the CPU build (requirements.txt); the project itself adds no dependencies of its own.
+# torch is pinned to the CPU build (requirements.txt, which lists what pyproject.toml declares, pinned as tested).
 .venv/bin/pip install -q -r requirements.txt 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
 .venv/bin/pip install -q --no-deps -e . 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
 .venv/bin/python -c "import torch, ray, msfusion_ray, analysis; print('installed: torch', torch.__version__, '/ ray', ray.__version__)"

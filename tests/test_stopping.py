@@ -130,20 +130,19 @@ def _kill_the_driver_after_round(monkeypatch, after: int, before: int) -> list[i
 def test_a_killed_driver_is_started_again_and_the_run_ends_as_if_it_had_not_died(tmp_path, small_config_dict,
                                                                                   ray_session, monkeypatch):
     import msfusion_ray
-    from msfusion_ray.records import read_participant_rows, read_round_rows
     from msfusion_ray.runtime.checkpoint import load_checkpoint
 
     config = {**small_config_dict, "rounds": 20}  # rounds take a fraction of a second: the kill lands mid-run
-    whole = msfusion_ray.run({**config, "output_dir": str(tmp_path / "whole")}, show_progress=False)
+    whole = msfusion_ray.run({**config, "output_dir": str(tmp_path / "whole")}, progress=False)
     killed = _kill_the_driver_after_round(monkeypatch, after=1, before=15)
-    restarted = msfusion_ray.run(config, show_progress=False)
+    restarted = msfusion_ray.run(config, progress=False)
     assert len(killed) == 1
-    assert restarted["status"] == "complete" and restarted["rounds_completed"] == 20
-    run_dir = Path(restarted["run_dir"])
-    expected, got = load_checkpoint(whole["run_dir"]).weights, load_checkpoint(run_dir).weights
+    assert restarted.summary["status"] == "complete" and restarted.summary["rounds_completed"] == 20
+    run_dir = restarted.run_dir
+    expected, got = load_checkpoint(whole.run_dir).weights, load_checkpoint(run_dir).weights
     assert expected.keys() == got.keys() and all(np.array_equal(expected[k], got[k]) for k in expected)
-    assert read_round_rows(run_dir)["round"].tolist() == list(range(1, 21)) and len(read_participant_rows(run_dir)) == 60
-    assert read_round_rows(run_dir)["test_accuracy"].tolist() == read_round_rows(whole["run_dir"])["test_accuracy"].tolist()
+    assert restarted.rounds["round"].tolist() == list(range(1, 21)) and len(restarted.participants) == 60
+    assert restarted.rounds["test_accuracy"].tolist() == whole.rounds["test_accuracy"].tolist()
     log = (run_dir / "run.log").read_text()
     assert f"the driver actor's process (pid {killed[0]}) died" in log and "starting it again from" in log
 

@@ -1,11 +1,12 @@
-"""Real data sets, read offline, and their partitioning across participants."""
+"""Real data sets, read offline, and their partitioning across participants; or the user's own, by import path."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from msfusion_ray.code_refs import is_code_ref, load_ref, split_ref
 from msfusion_ray.config import DataConfig
 from msfusion_ray.data.arrays import ArrayDataset, DataBundle, channel_stats, pad_images
 from msfusion_ray.data.partition import partition_dirichlet, partition_groups, partition_iid
@@ -16,31 +17,63 @@ from msfusion_ray.models.base import DataShape
 def _image_bundle(name: str, arrays: dict[str, np.ndarray], config: DataConfig, seed: int) -> DataBundle:
     if config.options:
         raise UserInputError(f"data.options.{next(iter(config.options))}", f"unknown option for {name}")
-    train_x, test_x = arrays["train_x"], arrays["test_x"]
-    if config.pad_to is not None:
-        try:
-            train_x, test_x = pad_images(train_x, config.pad_to), pad_images(test_x, config.pad_to)
-        except ValueError as err:
-            raise UserInputError("data.pad_to", str(err)) from None
-    train, validation = hold_out(ArrayDataset(train_x, arrays["train_y"]), config.validation_samples, seed)
-    train = _subset(train, config.train_samples, seed, "train")
-    test = _subset(ArrayDataset(test_x, arrays["test_y"]), config.eval_samples, seed, "eval")
-    mean, std = channel_stats(train.x[:10000]) if config.normalize else ((), ())
-    num_classes = int(max(arrays["train_y"].max(), arrays["test_y"].max())) + 1
-    return DataBundle(name, train, test, DataShape(tuple(train.x.shape[1:]), num_classes), mean, std,
-                      validation=validation)
+    return arrays_bundle(name, arrays, config, seed)
 
 
-def hold_out(train: ArrayDataset, size: int | None, seed: int) -> tuple[ArrayDataset, ArrayDataset | None]:
-    """(the rest of the training split, a seeded hold-out of `size` samples as the validation split): tuning on it
-    never sees the test split, and training never sees it. None: no validation split."""
-    if size is None:
-        return train, None
-    if size >= len(train):
-        raise UserInputError("data.validation_samples", f"{size} leaves nothing of the {len(train)} training "
+def arrays_bundle(name: str, arrays: Mapping[str, Any], config: DataConfig, seed: int) -> DataBundle:
+    """A bundle from arrays in the documented form (see `_loaded`): images padded (data.pad_to) and standardised
+    per channel when they are uint8 (unless data.normalize is false), a validation split held out of the training split (data.validation_samples)
+    where the data set has none, the training split capped (data.train_samples), the test and a given validation
+    split capped (data.eval_samples)."""
+    task = arrays.get("task", "classification")
+    splits = {}
+    for split in ("train", "test", "val"):
+        x, y = arrays.get(f"{split}_x"), arrays.get(f"{split}_y")
+        if x is None:
+            continue
+        if config.pad_to is not None and np.asarray(x).ndim == 4:
+            try:
+                x = pad_images(x, config.pad_to)
+            except ValueError as err:
+                raise UserInputError("data.pad_to", str(err)) from None
+        splits[split] = ArrayDataset(x, y) if split == "train" else _subset(ArrayDataset(x, y), config.eval_samples,
+                                                                            seed, "eval")
+    kept = None  # the training samples kept, as indices into the given training split (None: all of them)
+    if config.validation_samples is not None:
+        if "val" in splits:
+            raise UserInputError("data.validation_samples", f"{name} has a validation split of its own")
+        kept, held = hold_out(len(splits["train"]), config.validation_samples, seed)
+        splits["val"] = splits["train"].subset(held)
+    chosen = subset_indices(len(splits["train"]) if kept is None else len(kept), config.train_samples, seed, "train")
+    if chosen is not None:
+        kept = chosen if kept is None else kept[chosen]
+    train = splits["train"] if kept is None else splits["train"].subset(kept)
+    test = splits["test"]
+    images = train.x.dtype == np.uint8 and train.x.ndim == 4
+    mean, std = channel_stats(train.x[:10000]) if images and config.normalize else ((), ())
+    if "num_outputs" in arrays:
+        outputs = int(arrays["num_outputs"])
+    else:
+        outputs = int(max(np.max(arrays[f"{split}_y"]) for split in ("train", "test", "val") if split in splits and
+                          f"{split}_y" in arrays)) + 1
+    groups = {key: np.asarray(value) for key, value in dict(arrays.get("groups") or {}).items()}
+    if kept is not None:
+        groups = {key: value[kept] for key, value in groups.items()}
+    tokens = np.issubdtype(train.x.dtype, np.integer) and train.x.dtype != np.uint8
+    shape = DataShape(tuple(train.x.shape[1:]), outputs, task, "int" if tokens else "float")
+    return DataBundle(name, train, test, shape, mean, std,
+                      validation=splits.get("val"), groups=groups,
+                      tokens_per_sample=int(train.x.shape[1]) if task == "language_model" else 0)
+
+
+def hold_out(n_samples: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the rest of the training split, a seeded hold-out of `size` samples as the validation split), as indices:
+    tuning on the hold-out never sees the test split, and training never sees the hold-out."""
+    if size >= n_samples:
+        raise UserInputError("data.validation_samples", f"{size} leaves nothing of the {n_samples} training "
                                                         f"samples to train on")
-    held = subset_indices(len(train), size, seed, "validation")
-    return train.subset(np.setdiff1d(np.arange(len(train)), held)), train.subset(held)
+    held = subset_indices(n_samples, size, seed, "validation")
+    return np.setdiff1d(np.arange(n_samples), held), held
 
 
 def subset_indices(n_samples: int, size: int | None, seed: int, which: str) -> np.ndarray | None:
@@ -81,6 +114,55 @@ LOADERS: dict[str, Callable[[DataConfig, int], DataBundle]] = {
 }
 
 
+def _loaded(config: DataConfig, seed: int) -> DataBundle:
+    """A data set from the user's function (`data.dataset: "pkg.mod:load"` or `"./data.py:load"`), called as
+    `load(data_dir, options)` with data.data_dir and data.options. It returns a DataBundle, or a mapping of numpy
+    arrays: `train_x`, `train_y`, `test_x`, `test_y` (and `val_x`, `val_y` for a validation split), where x is
+    uint8 images N x C x H x W (scaled to [0, 1] and standardised per channel), float features of any shape (used as
+    they are), or other integers as token ids (with `task: language_model`, x is N x T windows, y the next tokens
+    and `num_outputs` the vocabulary size); y is int labels. Optional: `task`, `num_outputs` (default: the largest label + 1), and
+    `groups` (name -> a key per training sample, for data.partition: name)."""
+    load = load_ref(config.dataset, "data.dataset")
+    try:
+        loaded = load(config.data_dir, dict(config.options))
+    except UserInputError:
+        raise
+    except Exception as err:  # noqa: BLE001  (the user's loader failed: one line)
+        raise UserInputError("data.dataset", f"{config.dataset} failed: {type(err).__name__}: {err}") from None
+    if isinstance(loaded, DataBundle):
+        return loaded
+    check_arrays(config.dataset, loaded)
+    return arrays_bundle(split_ref(config.dataset)[1], loaded, config, seed)
+
+
+def check_arrays(source: str, arrays: Any) -> None:
+    """The documented form, or a one-line error on data.dataset naming what is wrong."""
+    if not isinstance(arrays, Mapping):
+        raise UserInputError("data.dataset", f"{source} returned {type(arrays).__name__}, not a mapping of arrays")
+    task = arrays.get("task", "classification")
+    if task not in ("classification", "language_model"):
+        raise UserInputError("data.dataset", f"{source}: task must be classification or language_model (got {task!r})")
+    for split in ("train", "test", "val"):
+        required = split != "val"
+        if not required and f"{split}_x" not in arrays:
+            continue
+        for part in ("x", "y"):
+            value = arrays.get(f"{split}_{part}")
+            if not isinstance(value, np.ndarray):
+                raise UserInputError("data.dataset", f"{source}: {split}_{part} must be a numpy array "
+                                                     f"(got {type(value).__name__})")
+        x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
+        if len(x) != len(y) or len(x) == 0:
+            raise UserInputError("data.dataset", f"{source}: {split}_x and {split}_y must hold the same, non-zero "
+                                                 f"number of samples (got {len(x)} and {len(y)})")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise UserInputError("data.dataset", f"{source}: {split}_y must be integer labels (got {y.dtype})")
+        if task == "language_model" and not np.issubdtype(x.dtype, np.integer):
+            raise UserInputError("data.dataset", f"{source}: a language model's {split}_x must be int tokens")
+    if task == "language_model" and "num_outputs" not in arrays:
+        raise UserInputError("data.dataset", f"{source}: a language model's data needs num_outputs (the vocabulary)")
+
+
 IMAGE_SHAPES = {"fashion_mnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10)}  # per sample, classes
 
 
@@ -97,6 +179,8 @@ def planned_shape(config: DataConfig) -> DataShape | None:
 
 
 def load_data(config: DataConfig, seed: int) -> DataBundle:
+    if is_code_ref(config.dataset):
+        return _loaded(config, seed)
     if config.dataset not in LOADERS:
         raise UserInputError("data.dataset", f"unknown data set '{config.dataset}' (known: {', '.join(LOADERS)})")
     return LOADERS[config.dataset](config, seed)

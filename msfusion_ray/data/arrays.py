@@ -12,7 +12,7 @@ from msfusion_ray.models.base import DataShape
 
 @dataclass(frozen=True)
 class ArrayDataset:
-    """Samples `x` (uint8 images N x C x H x W, or int token windows) and integer labels `y`."""
+    """Samples `x` (uint8 images N x C x H x W, float features, or int token windows) and integer labels `y`."""
 
     x: np.ndarray
     y: np.ndarray
@@ -41,13 +41,18 @@ class DataBundle:
 
     def to_batch(self, x: np.ndarray, y: np.ndarray,
                  device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Model inputs from stored samples: images scaled to [0, 1] and, where the bundle has channel statistics
-        (`data.normalize`, the default), standardised per channel (on the CPU, then moved to `device` where that
-        is another)."""
+        """Model inputs from stored samples: uint8 images scaled to [0, 1] and, where the bundle has channel
+        statistics (`data.normalize`, the default), standardised per channel; float features as they are, other
+        integers as token ids (on the CPU, then moved to `device` where that is another)."""
         if device is not None and device.type != "cpu":
             return tuple(t.to(device) for t in self.to_batch(x, y))
         if self.shape.task == "language_model":
             return torch.from_numpy(np.asarray(x, dtype=np.int64)), torch.from_numpy(np.asarray(y, dtype=np.int64))
+        labels = torch.from_numpy(np.asarray(y, dtype=np.int64))
+        if np.issubdtype(np.asarray(x).dtype, np.integer) and np.asarray(x).dtype != np.uint8:  # token ids
+            return torch.from_numpy(np.asarray(x, dtype=np.int64)), labels
+        if np.asarray(x).dtype != np.uint8:  # features, used as they are
+            return torch.from_numpy(np.asarray(x, dtype=np.float32)), labels
         images = torch.from_numpy(np.asarray(x, dtype=np.float32)).div_(255.0)
         if self.mean:
             mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)

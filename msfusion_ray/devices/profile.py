@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from msfusion_ray.errors import UserInputError
+from msfusion_ray.paths import default_profiles_dir as bundled_profiles_dir
 from msfusion_ray.schema import build, checked, load_yaml, positive, probability
 
 MIB = 1024**2
@@ -58,8 +59,8 @@ class DeviceProfile:
 
 
 def default_profiles_dir() -> Path:
-    """device_profiles/ beside the package (the project checkout)."""
-    return Path(__file__).resolve().parents[2] / "device_profiles"
+    """The device profiles that ship with the package (the project checkout's device_profiles/)."""
+    return bundled_profiles_dir()
 
 
 def load_profile(path: str | Path) -> DeviceProfile:

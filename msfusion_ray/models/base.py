@@ -18,7 +18,7 @@ from torch import nn
 
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.models.exits import check_depth
-from msfusion_ray.schema import build
+from msfusion_ray.registry import Registry
 from msfusion_ray.splitting.spec import SplitSpec
 
 if TYPE_CHECKING:
@@ -32,6 +32,7 @@ class DataShape:
     input_shape: tuple[int, ...]
     num_outputs: int
     task: str = "classification"  # or "language_model"
+    input_dtype: str = "float"  # or "int": token ids (language models' always are)
 
 
 @dataclass(frozen=True)
@@ -144,37 +145,19 @@ class ModelFamily(ABC):
         if self.data.task == "language_model":
             tokens = torch.zeros((batch_size, *self.data.input_shape), dtype=torch.long)
             return tokens, tokens.clone()
-        return torch.zeros((batch_size, *self.data.input_shape)), torch.zeros(batch_size, dtype=torch.long)
+        dtype = torch.long if self.data.input_dtype == "int" else torch.float32
+        return torch.zeros((batch_size, *self.data.input_shape), dtype=dtype), torch.zeros(batch_size, dtype=torch.long)
 
 
 def scaled(base: int, width: float) -> int:
     return max(1, round(base * width))
 
 
-_FAMILIES: dict[str, Callable[..., ModelFamily]] = {}
-
-
-def register(name: str) -> Callable[[type[ModelFamily]], type[ModelFamily]]:
-    def add(cls: type[ModelFamily]) -> type[ModelFamily]:
-        cls.name = name
-        _FAMILIES[name] = cls
-        return cls
-    return add
+# A registered model is a function returning the full, width-tagged network (see msfusion_ray.models.module), or a
+# ModelFamily subclass that builds its sub-models itself.
+MODELS: Registry[Callable[..., Any]] = Registry("model", "model.name", ("msfusion_ray.models",))
+register = MODELS.register
 
 
 def family_names() -> list[str]:
-    _load_all()
-    return sorted(_FAMILIES)
-
-
-def build_family(name: str, data: DataShape, width: float = 1.0,
-                 options: Mapping[str, Any] | None = None) -> ModelFamily:
-    _load_all()
-    if name not in _FAMILIES:
-        raise UserInputError("model.name", f"unknown model '{name}' (known: {', '.join(sorted(_FAMILIES))})")
-    cls = _FAMILIES[name]
-    return cls(data, width, build(cls.Options, dict(options or {}), "model.options"))
-
-
-def _load_all() -> None:
-    from msfusion_ray.models import cnn, resnet, transformer, vgg, vit  # noqa: F401  (registration side effect)
+    return MODELS.names()

@@ -25,7 +25,7 @@ from msfusion_ray.data import planned_shape
 from msfusion_ray.devices.fleet import FleetSpec, make_fleet
 from msfusion_ray.devices.profile import DeviceProfile, load_profiles
 from msfusion_ray.experiment import project_path
-from msfusion_ray.models.base import ModelFamily, build_family
+from msfusion_ray.models import ModelFamily, build_family
 from msfusion_ray.pipeline.plan import PipelineParams, PipelinePlanner
 from msfusion_ray.pipeline.setup import pipeline_params
 from msfusion_ray.splitting.depth_split import Split, optimal_split

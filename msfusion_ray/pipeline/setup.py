@@ -11,7 +11,7 @@ from msfusion_ray.config import ExperimentConfig
 from msfusion_ray.data import load_data, partition, planned_shape
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.experiment import resolve_fleet
-from msfusion_ray.models.base import build_family
+from msfusion_ray.models import build_family
 from msfusion_ray.pipeline.plan import PipelineParams, PipelinePlanner, owner_batches
 from msfusion_ray.schema import build
 

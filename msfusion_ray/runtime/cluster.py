@@ -66,15 +66,16 @@ def start_local_ray(**init_args: Any) -> None:
         raise ClusterStartError(f"the embedded Ray cluster did not bind to loopback ({node_addresses()})")
 
 
-def start_cluster(runtime: RuntimeConfig) -> None:
-    """Join `runtime.address`, or start the embedded cluster the runtime config describes. Ray's informational
-    start-up lines are left out (the command line may start the cluster before the run's log is open; its
-    warnings still go where `launch.logging_to` sends them)."""
+def start_cluster(runtime: RuntimeConfig, runtime_env: dict[str, Any] | None = None) -> None:
+    """Join `runtime.address`, or start the embedded cluster the runtime config describes, with the job's
+    `runtime_env`. Ray's informational start-up lines are left out (the command line may start the cluster before
+    the run's log is open; its warnings still go where `launch.logging_to` sends them)."""
     if runtime.address:
-        ray.init(address=runtime.address, log_to_driver=False, logging_level=logging.WARNING)
+        ray.init(address=runtime.address, log_to_driver=False, logging_level=logging.WARNING, runtime_env=runtime_env)
     else:
         start_local_ray(num_cpus=runtime.num_cpus, include_dashboard=runtime.dashboard,
-                        object_store_memory=runtime.object_store_mib * 1024**2, logging_level=logging.WARNING)
+                        object_store_memory=runtime.object_store_mib * 1024**2, logging_level=logging.WARNING,
+                        runtime_env=runtime_env)
 
 
 def node_addresses() -> set[str]:
@@ -82,15 +83,17 @@ def node_addresses() -> set[str]:
 
 
 @contextmanager
-def ray_cluster(runtime: RuntimeConfig, exiting: bool = False) -> Iterator[None]:
+def ray_cluster(runtime: RuntimeConfig, runtime_env: dict[str, Any] | None = None,
+                exiting: bool = False) -> Iterator[None]:
     """Use the Ray session already open in this process, join `runtime.address`, or start an embedded cluster.
-    Only a cluster this call started or joined is shut down on exit (never `ray stop`). `exiting`: the process
-    ends right after (the command line), so an embedded cluster whose processes the kernel ends with this one is
-    left to end with it: `ray.shutdown()` stops them one at a time, waiting up to a second for each."""
+    `runtime_env` is the job's (the user's code it ships, msfusion_ray.code_refs). Only a cluster this call
+    started or joined is shut down on exit (never `ray stop`). `exiting`: the process ends right after (the
+    command line), so an embedded cluster whose processes the kernel ends with this one is left to end with it:
+    `ray.shutdown()` stops them one at a time, waiting up to a second for each."""
     if ray.is_initialized():
         yield
         return
-    start_cluster(runtime)
+    start_cluster(runtime, runtime_env)
     try:
         yield
     finally:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -26,9 +27,11 @@ from typing import Any
 import numpy as np
 import ray
 import torch
+from ray.exceptions import OutOfMemoryError, RayActorError
 
 from msfusion_ray.devices.timeline import VirtualTimeline
 from msfusion_ray.experiment import Prepared
+from msfusion_ray.failures import describe_failure
 from msfusion_ray.models.weights import Weights, to_weights
 from msfusion_ray.records import RecordWriter, RoundRow, host_rows
 from msfusion_ray.runtime.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -37,6 +40,7 @@ from msfusion_ray.runtime.engines.dispatch import RayHosts
 from msfusion_ray.runtime.hosts import HostPool
 from msfusion_ray.training.evaluate_shards import Chunk, combine_chunks, evaluation_splits, label_elements, plan_chunks
 
+log = logging.getLogger(__name__)
 METRIC_COLUMNS = [f"{split}_{name}" for split in ("test", "val") for name in ("accuracy", "loss", "perplexity")]
 
 
@@ -80,8 +84,10 @@ class RunCallback:
 
 @dataclass
 class EvaluationInFlight:
+    weights: ray.ObjectRef
     shares: list[list[Chunk]]  # per host that was given any, its chunks
-    answers: list[ray.ObjectRef]  # per such host: (figures per chunk, seconds)
+    hosts: list[int]  # per share, the host it was sent to
+    answers: list[ray.ObjectRef]  # per share: (figures per chunk, seconds)
 
 
 class Evaluation(RunCallback):
@@ -103,21 +109,43 @@ class Evaluation(RunCallback):
     def start(self, weights: Weights) -> EvaluationInFlight:
         runtime = self.prepared.config.runtime
         batch = runtime.eval_batch_size
-        weights_ref = ray.put(weights)
-        shares, answers = [], []
-        for actor, share in zip(self.hosts.actors, plan_chunks(self.sizes, batch, len(self.hosts.actors))):
+        started = EvaluationInFlight(ray.put(weights), [], [], [])
+        for host, share in enumerate(plan_chunks(self.sizes, batch, len(self.hosts.actors))):
             if share:
-                shares.append(share)
-                answers.append(actor.evaluate.remote(weights_ref, share, self.calibration, batch,
-                                                     runtime.bn_calibration_batch_size))
-        return EvaluationInFlight(shares, answers)
+                started.shares.append(share)
+                started.hosts.append(host)
+                started.answers.append(self._send(host, started.weights, share))
+        return started
+
+    def _send(self, host: int, weights: ray.ObjectRef, share: list[Chunk]) -> ray.ObjectRef:
+        runtime = self.prepared.config.runtime
+        return self.hosts.actors[host].evaluate.remote(weights, share, self.calibration, runtime.eval_batch_size,
+                                                       runtime.bn_calibration_batch_size)
 
     def finish(self, started: EvaluationInFlight) -> tuple[dict[str, dict[str, float]], float]:
         """The figures per split, and the evaluation's wall seconds (its slowest host's)."""
-        answers = ray.get(started.answers, timeout=self.prepared.config.runtime.task_timeout_s)
+        answers = [self._answer(started, k) for k in range(len(started.answers))]
         chunks = [chunk for share in started.shares for chunk in share]
         parts = [part for figures, _ in answers for part in figures]
         return combine_chunks(chunks, parts, self.label_elements), max((s for _, s in answers), default=0.0)
+
+    def _answer(self, started: EvaluationInFlight, k: int) -> tuple[list[dict[str, float]], float]:
+        """Share k's figures. A host whose process died (the engine replaces it when its next task comes back)
+        costs a resend of its share to the next host, or to its replacement: every host computes the same
+        figures, so the result does not depend on which one did."""
+        timeout_s = self.prepared.config.runtime.task_timeout_s
+        hosts = len(self.hosts.actors)
+        for attempt in range(hosts + 1):
+            ref = started.answers[k] if attempt == 0 else self._send((started.hosts[k] + attempt) % hosts,
+                                                                     started.weights, started.shares[k])
+            try:
+                return ray.get(ref, timeout=timeout_s)
+            except (RayActorError, OutOfMemoryError) as err:
+                if attempt == hosts:
+                    raise
+                log.warning("evaluation: %s; its share is sent to another host",
+                            describe_failure(err, f"host {(started.hosts[k] + attempt) % hosts}"))
+        raise AssertionError("unreachable")
 
     def evaluate(self, weights: Weights) -> tuple[dict[str, dict[str, float]], float]:
         return self.finish(self.start(weights))

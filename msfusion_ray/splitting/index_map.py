@@ -14,7 +14,7 @@ from typing import Collection, Mapping
 import numpy as np
 
 from msfusion_ray.models.weights import Weights
-from msfusion_ray.splitting.spec import SplitSpec
+from msfusion_ray.splitting.spec import Axis, SplitSpec
 
 Selection = Mapping[str, np.ndarray]
 IndexMap = dict[str, tuple[np.ndarray | None, ...]]
@@ -53,10 +53,18 @@ def index_map(spec: SplitSpec, selection: Selection | None, keys: Collection[str
             if units is None or len(units) == spec.groups[axis.group]:
                 kept.append(None)
             else:
-                units = np.asarray(units, dtype=np.int64)
-                kept.append((units[:, None] * axis.block + np.arange(axis.block)).ravel())
+                kept.append(axis_indices(axis, units, spec.groups[axis.group]))
         imap[key] = tuple(kept)
     return imap
+
+
+def axis_indices(axis: Axis, units: np.ndarray, group_units: int) -> np.ndarray:
+    """The element indices along `axis` of the kept `units` of its group (in each of its chunks)."""
+    units = np.asarray(units, dtype=np.int64)
+    one = (units[:, None] * axis.block + np.arange(axis.block)).ravel()
+    if axis.chunks == 1:
+        return one
+    return (np.arange(axis.chunks)[:, None] * (group_units * axis.block) + one).ravel()
 
 
 def outer_index(index: tuple[np.ndarray | None, ...], shape: tuple[int, ...]) -> tuple[np.ndarray, ...]:
@@ -114,7 +122,7 @@ def shared_entries(spec: SplitSpec, a: Selection | None, b: Selection | None,
     for key, axes in spec.params.items():
         if keys is not None and key not in keys:
             continue
-        total += math.prod(n if axis is None else common[axis.group] * axis.block
+        total += math.prod(n if axis is None else common[axis.group] * axis.block * axis.chunks
                            for axis, n in zip(axes, spec.shapes[key]))
     return total
 

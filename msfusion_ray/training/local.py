@@ -14,7 +14,7 @@ from msfusion_ray.config import TrainingConfig
 from msfusion_ray.costs.flops import StepCostCache
 from msfusion_ray.data.arrays import DataBundle
 from msfusion_ray.models.weights import model_device
-from msfusion_ray.training.losses import task_loss
+from msfusion_ray.training.losses import features_and_logits, task_loss
 from msfusion_ray.training.objective import LocalObjective
 
 
@@ -97,7 +97,7 @@ def train_local(model: nn.Module, data: DataBundle, indices: np.ndarray, trainin
             if objective is not None:
                 objective.before_forward(x)
             if forward_loss is None:
-                features, logits = model.forward_features(x)
+                features, logits = features_and_logits(model, x)
                 task_logits = objective.task_logits(logits) if objective is not None else logits
                 loss, extra = task_loss(data.shape.task, task_logits, y), None
             else:

@@ -16,12 +16,21 @@ def task_loss(task: str, logits: torch.Tensor, targets: torch.Tensor) -> torch.T
     return F.cross_entropy(logits, targets)
 
 
+def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(penultimate features, logits): the model's `forward_features` where it has one (objectives on the
+    features need it), else no features and `forward(x)` as the logits (any module trains with the task loss)."""
+    forward_features = getattr(model, "forward_features", None)
+    if forward_features is None:
+        return None, model(x)
+    return forward_features(x)
+
+
 def loss_of(task: str):  # noqa: ANN201 (returns a closure)
-    """loss(model, batch) for footprints: a forward pass through `forward_features` and the task loss."""
+    """loss(model, batch) for footprints: a forward pass (`features_and_logits`) and the task loss."""
 
     def loss(model: nn.Module, batch: Any) -> torch.Tensor:
         x, y = batch
-        _, logits = model.forward_features(x)
+        _, logits = features_and_logits(model, x)
         return task_loss(task, logits, y)
 
     return loss

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
 from msfusion_ray.models.base import ModelFamily
+from msfusion_ray.registry import Registry
 from msfusion_ray.schema import build
 from msfusion_ray.splitting.index_map import Weights
 
@@ -63,20 +64,12 @@ class LocalObjective(ABC):
         pass
 
 
-_OBJECTIVES: dict[str, type[LocalObjective]] = {}
-
-
-def register_objective(name: str) -> Callable[[type[LocalObjective]], type[LocalObjective]]:
-    def add(cls: type[LocalObjective]) -> type[LocalObjective]:
-        cls.name = name
-        _OBJECTIVES[name] = cls
-        return cls
-    return add
+# Objectives are declared beside the strategies that use them, or in the training package.
+OBJECTIVES: Registry[type[LocalObjective]] = Registry("local objective", "objective",
+                                                      ("msfusion_ray.training", "msfusion_ray.strategies"))
+register_objective = OBJECTIVES.register
 
 
 def make_objective(name: str, params: Mapping[str, Any]) -> LocalObjective:
-    import msfusion_ray.strategies as strategies  # objectives are declared beside the strategies that use them
-
-    strategies.strategy_names()
-    cls = _OBJECTIVES[name]
+    cls = OBJECTIVES.get(name)
     return cls(build(cls.Params, dict(params), f"objective {name}"))

@@ -27,6 +27,7 @@ from msfusion_ray.costs.payload import payload_bytes
 from msfusion_ray.data.arrays import DataBundle
 from msfusion_ray.models.base import ModelFamily
 from msfusion_ray.models.weights import Weights, load_weights, to_weights
+from msfusion_ray.registry import Registry
 from msfusion_ray.schema import build
 from msfusion_ray.splitting.index_map import widths_of
 from msfusion_ray.strategies.base import NoParams, ProcedureSpec, WorkOrder
@@ -99,22 +100,14 @@ class LocalProcedure(ABC):
         return None
 
 
-_PROCEDURES: dict[str, type[LocalProcedure]] = {}
-
-
-def register_procedure(name: str) -> Callable[[type[LocalProcedure]], type[LocalProcedure]]:
-    def add(cls: type[LocalProcedure]) -> type[LocalProcedure]:
-        cls.name = name
-        _PROCEDURES[name] = cls
-        return cls
-    return add
+# Procedures are declared in training/ and beside the strategies that use them; the registry finds them there.
+PROCEDURES: Registry[type[LocalProcedure]] = Registry("local procedure", "procedure",
+                                                      ("msfusion_ray.training", "msfusion_ray.strategies"))
+register_procedure = PROCEDURES.register
 
 
 def make_procedure(spec: ProcedureSpec) -> LocalProcedure:
-    import msfusion_ray.strategies as strategies  # procedures are declared beside the strategies that use them
-
-    strategies.strategy_names()
-    cls = _PROCEDURES[spec.name]
+    cls = PROCEDURES.get(spec.name)
     return cls(build(cls.Params, dict(spec.params), f"procedure {spec.name}"))
 
 

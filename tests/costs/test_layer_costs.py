@@ -6,7 +6,7 @@ import torch
 from msfusion_ray.costs.flops import count_flops
 from msfusion_ray.costs.footprint import saved_activations
 from msfusion_ray.costs.layers import part_activation_bytes, part_flops, part_memory, profile_layers
-from msfusion_ray.models.base import DataShape, build_family
+from msfusion_ray.models import DataShape, build_family
 from msfusion_ray.models.layers import build_part, run_chain
 from msfusion_ray.training.losses import task_loss
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from msfusion_ray.errors import UserInputError
-from msfusion_ray.models.base import DataShape, build_family
+from msfusion_ray.models import DataShape, build_family
 from msfusion_ray.models.layers import (build_part, check_cuts, load_part_weights, parameters_of, part_weights,
                                         run_chain, tie_shared)
 from msfusion_ray.models.weights import to_weights

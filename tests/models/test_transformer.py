@@ -9,7 +9,7 @@ import torch
 from msfusion_ray.config import DataConfig, TrainingConfig
 from msfusion_ray.costs.flops import StepCostCache, count_flops
 from msfusion_ray.errors import UserInputError
-from msfusion_ray.models.base import DataShape, build_family
+from msfusion_ray.models import DataShape, build_family
 from msfusion_ray.models.weights import load_weights, to_weights
 from msfusion_ray.splitting.index_map import extract, index_map, prefix_selection, widths_of
 from msfusion_ray.training.evaluate import evaluate

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from msfusion_ray.errors import UserInputError
-from msfusion_ray.models.base import DataShape, build_family
+from msfusion_ray.models import DataShape, build_family
 from msfusion_ray.models.exits import deepest_exit_at_or_below, exit_depths
 from msfusion_ray.models.weights import load_weights, to_weights
 from msfusion_ray.splitting.aggregate import ScatterAccumulator

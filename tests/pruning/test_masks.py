@@ -8,7 +8,7 @@ from msfusion_ray.config import TrainingConfig
 from msfusion_ray.costs.flops import StepCostCache
 from msfusion_ray.costs.footprint import plan_footprint
 from msfusion_ray.data.arrays import ArrayDataset, DataBundle
-from msfusion_ray.models.base import DataShape, build_family
+from msfusion_ray.models import DataShape, build_family
 from msfusion_ray.models.weights import load_weights, to_weights
 from msfusion_ray.pruning.masks import (Bernoulli, MaskedNetwork, SparsityParams, SparsityPenalty, draw_selection,
                                         kept_fraction, selection_kept_fraction, sparsity_penalty)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from msfusion_ray.costs.layers import LayerCost, profile_layers
-from msfusion_ray.models.base import DataShape, build_family
+from msfusion_ray.models import DataShape, build_family
 from msfusion_ray.splitting.depth_split import (SplitProblem, balanced_split, brute_force_split, equal_split,
                                                 optimal_split)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, ClassVar, Iterator
 
 import numpy as np
 
@@ -22,6 +22,7 @@ from msfusion_ray.devices.timeline import VirtualTimeline
 from msfusion_ray.experiment import Prepared
 from msfusion_ray.models.weights import Weights
 from msfusion_ray.records import ParticipantRoundRow
+from msfusion_ray.registry import Registry
 from msfusion_ray.runtime.engines.dispatch import Executor
 from msfusion_ray.strategies.base import ParticipantInfo
 
@@ -143,21 +144,11 @@ def wall_clock() -> float:
     return time.time()
 
 
-ENGINE_BUILDERS: dict[str, Callable[[EngineContext, Weights], Engine]] = {}
-
-
-def register_engine(name: str) -> Callable[[type[Engine]], type[Engine]]:
-    def add(cls: type[Engine]) -> type[Engine]:
-        cls.name = name
-        ENGINE_BUILDERS[name] = cls
-        return cls
-    return add
+ENGINES: Registry[type[Engine]] = Registry("engine", "strategy engine", ("msfusion_ray.runtime.engines",))
+register_engine = ENGINES.register
 
 
 def make_engine(name: str, context: EngineContext, weights: Weights) -> Engine:
-    from msfusion_ray.runtime import engines  # noqa: F401  (registration side effect)
-
-    if name not in ENGINE_BUILDERS:
-        raise ValueError(f"strategy asks for engine '{name}' (known: {', '.join(sorted(ENGINE_BUILDERS))})")
-    return ENGINE_BUILDERS[name](context, weights)
-
+    if name not in ENGINES:  # the strategy's choice, not the user's: a programming error
+        raise ValueError(f"strategy asks for engine '{name}' (known: {', '.join(ENGINES.names())})")
+    return ENGINES.get(name)(context, weights)

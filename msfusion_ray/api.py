@@ -1,0 +1,195 @@
+"""The Python API: run an experiment or a sweep from a script or a notebook, and get its records as DataFrames.
+
+    import msfusion_ray
+    run = msfusion_ray.run("quickstart", rounds=3, strategy={"name": "heterofl"})
+    run.summary["final_accuracy"], run.rounds[["round", "test_accuracy"]], run.participants
+
+The same checks, records and run directory as `msfusion-ray run` / `sweep` (bad input raises the one-line
+`UserInputError`; a run that fails raises `RunFailed`, its records so far kept). Both start an embedded local
+cluster, use the Ray session already open in this process, or join `address=`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+
+from msfusion_ray.config import ExperimentConfig, config_from_dict
+from msfusion_ray.errors import UserInputError
+from msfusion_ray.paths import find_config
+from msfusion_ray.records import read_participant_rows, read_round_rows
+from msfusion_ray.schema import load_yaml, set_dotted
+
+
+@dataclass
+class Run:
+    """A finished run: its directory, config and summary; its records, read when first asked for."""
+
+    run_dir: Path
+    config: ExperimentConfig
+    summary: dict[str, Any]
+
+    @property
+    def run_id(self) -> str:
+        return self.run_dir.name
+
+    @cached_property
+    def rounds(self) -> pd.DataFrame:
+        """One row per round (records/rounds): outcomes, totals, device and wall time, evaluation, the scheme's
+        metrics."""
+        return read_round_rows(self.run_dir)
+
+    @cached_property
+    def participants(self) -> pd.DataFrame:
+        """One row per round and participant (records/participants): status, rate, FLOPs, bytes, times, memory,
+        losses."""
+        return read_participant_rows(self.run_dir)
+
+    def __repr__(self) -> str:
+        return (f"Run({self.run_id!r}, strategy={self.summary.get('strategy')!r}, "
+                f"rounds={self.summary.get('rounds_completed')}, final_accuracy={self.summary.get('final_accuracy')})")
+
+
+@dataclass
+class Sweep:
+    """A sweep's directory, each cell's status and summary (`cells`), and the runs its cells left."""
+
+    directory: Path
+    status: dict[str, dict[str, Any]]
+    runs: dict[str, Run] = field(default_factory=dict)
+
+    @cached_property
+    def cells(self) -> pd.DataFrame:
+        """One row per cell: its grid values, status, error, and summary figures."""
+        rows = []
+        for cell_id, cell in self.status.items():
+            rows.append({"cell": cell_id, **cell.get("values", {}),
+                         **{k: v for k, v in cell.items() if k not in ("values", "run_dir")}})
+        return pd.DataFrame(rows)
+
+    @cached_property
+    def rounds(self) -> pd.DataFrame:
+        return self._joined("rounds")
+
+    @cached_property
+    def participants(self) -> pd.DataFrame:
+        return self._joined("participants")
+
+    def _joined(self, which: str) -> pd.DataFrame:
+        frames = [getattr(run, which).assign(cell=cell_id) for cell_id, run in self.runs.items()]
+        frames = [f for f in frames if not f.empty]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    def __repr__(self) -> str:
+        counts: dict[str, int] = {}
+        for cell in self.status.values():
+            counts[cell["status"]] = counts.get(cell["status"], 0) + 1
+        return f"Sweep({str(self.directory)!r}, {counts})"
+
+
+def _overrides(values: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Keyword overrides as dotted keys: `training__lr=0.1` and `training={"lr": 0.1}` both set training.lr."""
+    items = []
+    for key, value in values.items():
+        dotted = prefix + key.replace("__", ".")
+        if isinstance(value, Mapping) and value:
+            items.extend(_overrides(value, dotted + "."))
+        else:
+            items.append((dotted, copy.deepcopy(value)))
+    return items
+
+
+def _override_texts(values: Mapping[str, Any]) -> list[str]:
+    """Keyword overrides as `--set` texts (key=value; a JSON value is YAML too, so it reads back as given)."""
+    return [f"{key}={json.dumps(value)}" for key, value in _overrides(values)]
+
+
+def _source(config_or_path: Any) -> tuple[dict[str, Any], Path | None, str]:
+    """(raw mapping, the directory relative files are found in, what errors name)."""
+    if isinstance(config_or_path, ExperimentConfig):
+        return config_or_path.to_dict(), None, ""
+    if isinstance(config_or_path, Mapping):
+        return copy.deepcopy(dict(config_or_path)), None, ""
+    if isinstance(config_or_path, (str, Path)):
+        path = find_config(str(config_or_path))
+        return load_yaml(path), path.parent, str(path)
+    raise UserInputError("config", f"expected a config mapping, an ExperimentConfig or a file path, not "
+                                   f"{type(config_or_path).__name__}")
+
+
+def load(config_or_path: Any, address: str | None = None, **overrides: Any) -> ExperimentConfig:
+    """The validated config a call to `run` would run (nothing is started)."""
+    data, config_dir, where = _source(config_or_path)
+    items = _overrides(overrides) + ([("runtime.address", address)] if address else [])
+    for key, value in items:
+        set_dotted(data, key, value)
+    try:
+        return config_from_dict(data, config_dir=config_dir)
+    except UserInputError as err:
+        if not where or err.where.startswith(where):
+            raise
+        raise UserInputError(f"{where}: {err.where}", err.message) from None
+
+
+def run(config_or_path: Any = None, *, resume: str | Path | None = None, address: str | None = None,
+        progress: bool = True, plots: bool = False, **overrides: Any) -> Run:
+    """Run one experiment and return it with its records.
+
+    `config_or_path`: a config file, a ready config by name ("quickstart"), a mapping, or an ExperimentConfig.
+    `overrides`: config fields (`rounds=3`, `training__lr=0.01`, `strategy={"name": "heterofl"}`).
+    `resume`: instead of a config, a run directory to continue from its last checkpoint (`overrides` then change
+    its recorded config, e.g. more rounds). `address`: an existing Ray cluster (default: the session open in this
+    process, else an embedded one). A driver whose process dies is started again from the last checkpoint
+    (runtime.max_driver_restarts times); then the run raises `RunFailed`. Ctrl-C or SIGTERM raise
+    `RunInterrupted` (a KeyboardInterrupt)."""
+    from msfusion_ray.launch import execute, open_run
+
+    if resume is not None:
+        if config_or_path is not None:
+            raise UserInputError("run", "give a config or resume=RUN_DIR, not both")
+        prepared, run_dir, run_id = open_run(None, resume, _override_texts(overrides), address)
+    elif config_or_path is None:
+        raise UserInputError("run", "give a config or resume=RUN_DIR")
+    else:  # every check before anything is written
+        prepared, run_dir, run_id = open_run(load(config_or_path, address, **overrides))
+    summary = execute(prepared, run_dir, run_id, resume=resume is not None, show_progress=progress)
+    if plots:
+        from analysis.plots import plot_runs
+
+        plot_runs([run_dir], run_dir / "plots")
+    return Run(run_dir, prepared.config, summary)
+
+
+def sweep(sweep_or_path: Any, *, address: str | None = None, max_parallel: int | None = None,
+          retry_failed: bool = False, progress: bool = True, **overrides: Any) -> Sweep:
+    """Run a sweep (or what is left of it: the same sweep run again continues) and return its cells and runs.
+
+    `sweep_or_path`: a sweep file, a ready one by name ("sweeps/fmnist_compare"), or a mapping (name, base,
+    grid, cases). `overrides` apply to the base config, as in `run`."""
+    from msfusion_ray import sweep as sweeps
+    from msfusion_ray.schema import build
+
+    if isinstance(sweep_or_path, Mapping):
+        where, config = "sweep", build(sweeps.SweepConfig, copy.deepcopy(dict(sweep_or_path)), "")
+        config = dataclasses.replace(config, base=sweeps.resolve_base(config.base, Path.cwd(),
+                                                                      _override_texts(overrides)))
+    else:
+        path = find_config(str(sweep_or_path))
+        where, config = str(path), sweeps.read_sweep(path, _override_texts(overrides))
+    plan = sweeps.plan_sweep(config, Path(config.output_dir) / config.name, where)
+    sweeps.check_directory(plan)
+    status = sweeps.execute_sweep(plan, retry_failed, max_parallel, address, progress)
+    runs = {}
+    for cell in plan.cells:
+        run_dir = plan.directory / status.cells[cell.id].get("run_dir", f"cells/{cell.id}")
+        summary_path = run_dir / "summary.json"
+        if summary_path.is_file():
+            runs[cell.id] = Run(run_dir, cell.config, json.loads(summary_path.read_text()))
+    return Sweep(plan.directory, status.cells, runs)

@@ -1,0 +1,61 @@
+"""An installed package works outside the checkout: `pip install .` into a fresh virtual environment gives a
+`msfusion-ray` that lists the bundled profiles and runs the ready quick start from an empty directory; the wheel
+carries the configs and device profiles as package data.
+
+Marked `install` (about two minutes here; `pytest -m install`). Nothing is downloaded: the environment sees this
+machine's installed dependencies through a .pth file (as --system-site-packages would the system's) and pip runs
+with --no-index.
+"""
+
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.install
+
+
+def _run(argv, cwd, timeout=600):
+    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{' '.join(map(str, argv))}:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    venv = tmp_path_factory.mktemp("venv")
+    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=venv)
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    (site / "_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    _run([venv / "bin/python", "-m", "pip", "install", "--no-index", "--no-build-isolation", "--no-warn-script-location",
+          str(ROOT)], cwd=venv)
+    return venv
+
+
+def test_the_wheel_carries_the_configs_and_device_profiles(tmp_path):
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
+         cwd=tmp_path)
+    names = zipfile.ZipFile(next(tmp_path.glob("msfusion_ray-*.whl"))).namelist()
+    bundled = {n.removeprefix("msfusion_ray/bundled/") for n in names if n.startswith("msfusion_ray/bundled/")}
+    for source in [*ROOT.glob("configs/**/*.yaml"), *ROOT.glob("device_profiles/**/*.yaml")]:
+        assert source.relative_to(ROOT).as_posix() in bundled
+    assert "analysis/plots.py" in names and "msfusion_ray/cli.py" in names
+
+
+def test_a_fresh_install_runs_the_quick_start_from_an_empty_directory(installed, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    where = _run([installed / "bin/python", "-c", "import msfusion_ray; print(msfusion_ray.__file__)"], cwd=empty)
+    assert Path(where.strip()).is_relative_to(installed)  # the installed package, not the checkout
+    assert "raspberry-pi-4" in _run([installed / "bin/msfusion-ray", "profiles"], cwd=empty)
+    out = _run([installed / "bin/msfusion-ray", "run", "quickstart", "--set", "rounds=1"], cwd=empty)
+    run_dir = empty / next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("records: "))
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["fleet"]["file"] == "device_profiles/fleets/quickstart.yaml"  # the bundled one, by its name
+    assert sorted(p.name for p in (run_dir / "records" / "rounds").iterdir()) == ["round-000001.parquet"]
+    assert [p.name for p in empty.iterdir()] == ["runs"]
