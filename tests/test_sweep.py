@@ -118,7 +118,7 @@ def _run(plan, retry_failed=False, before_running=lambda prepared: None):
 def _doom(prepared, marker):
     """Cells whose profile directory is `marker` get a model for other inputs than their data's (3x32x32 images
     instead of 1x28x28): they pass validation and fail at run time, when the hosts train and evaluate it."""
-    from msfusion_ray.models.base import DataShape, build_family
+    from msfusion_ray.models import DataShape, build_family
 
     for cell_id, cell in list(prepared.items()):
         if cell.config.fleet.profiles_dir == marker:
