@@ -82,6 +82,7 @@ class HostPool:
             self.actors.append(self._starts[host_id]())
             self.host_of.update({pid: host_id for pid in members})
         self.restarts = 0
+        self.generations = [0] * len(self.actors)  # per host: how many times it was replaced
         self.max_restarts = runtime.max_host_restarts
         self.timeout_s = runtime.task_timeout_s
         self.saved_states: Callable[[], dict[int, dict]] = dict  # participant -> its state in the last checkpoint
@@ -125,6 +126,7 @@ class HostPool:
                   for pid in self.members(host)}
         ray.get(actor.restore_state.remote(states), timeout=STARTUP_TIMEOUT_S)
         self.actors[host] = actor
+        self.generations[host] += 1
         log.warning("host %d replaced (restart %d of at most %d), its participants %s restored from %s: %s%s", host,
                     self.restarts, self.max_restarts, self.members(host),
                     "the last checkpoint" if saved else "their initial state", cause, f"\n{detail}" if detail else "")
@@ -133,20 +135,24 @@ class HostPool:
         """Every participant's memory as of its task in `tasks` (participant -> its last aggregated task)."""
         return self.gather_states(self.request_states(tasks), tasks, timeout_s)
 
-    def request_states(self, tasks: dict[int, int]) -> list[ray.ObjectRef]:
+    def request_states(self, tasks: dict[int, int]) -> list[tuple[int, ray.ObjectRef]]:
         """Ask for the states without waiting: each host answers in turn, after the work already sent to it and
-        before any sent later (a checkpoint taken at a step boundary while the next step is under way)."""
-        return [a.export_state.remote(tasks) for a in self.actors]
+        before any sent later (a checkpoint taken at a step boundary while the next step is under way). Each
+        answer comes with the generation of the actor asked."""
+        return [(self.generations[host], a.export_state.remote(tasks)) for host, a in enumerate(self.actors)]
 
-    def gather_states(self, refs: list[ray.ObjectRef], tasks: dict[int, int], timeout_s: float) -> dict[int, dict]:
-        """The answers to `request_states(tasks)`; a host found dead is replaced first (its participants then have
-        the memory they were restored to)."""
+    def gather_states(self, asked: list[tuple[int, ray.ObjectRef]], tasks: dict[int, int],
+                      timeout_s: float) -> dict[int, dict]:
+        """The answers to `request_states(tasks)`. A host found dead is replaced first, unless it was replaced
+        since it was asked (one death, one replacement); its participants then have the memory they were restored
+        to."""
         states: dict[int, dict] = {}
-        for host, ref in enumerate(refs):
+        for host, (generation, ref) in enumerate(asked):
             try:
                 states.update(ray.get(ref, timeout=timeout_s))
             except (RayActorError, OutOfMemoryError) as err:
-                self.replace(host, describe_failure(err, f"host {host}"), tasks, str(err))
+                if generation == self.generations[host]:
+                    self.replace(host, describe_failure(err, f"host {host}"), tasks, str(err))
                 states.update(ray.get(self.actors[host].export_state.remote(tasks), timeout=timeout_s))
         return states
         return states

@@ -250,7 +250,7 @@ class CheckpointSnapshot:
     strategy: tuple[dict[str, Any], dict[str, np.ndarray]]
     engine: tuple[dict[str, Any], dict[str, np.ndarray]]
     tasks: dict[int, int]  # participant -> the task whose state it keeps
-    participant_states: list[ray.ObjectRef]
+    participant_states: list[tuple[int, ray.ObjectRef]]  # per host: (its generation, its answer)
 
 
 class Runner:

@@ -52,7 +52,7 @@ class FakeHosts:
     def host_died(self, err):
         return False
 
-    def replace(self, host, cause, detail, state_from):
+    def replace(self, host, handle, cause, detail, state_from):
         raise AssertionError(f"fake hosts do not die ({cause})")
 
 

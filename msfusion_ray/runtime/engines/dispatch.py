@@ -47,15 +47,17 @@ class Executor(Protocol):
     def host_died(self, err: Exception) -> bool:
         """Whether a failure `get` raised means the host's process died (its tasks in flight are lost)."""
 
-    def replace(self, host: int, cause: str, detail: str, state_from: Callable[[int], int]) -> None:
-        """Start a new actor for a host whose process died, its participants' memory restored as of the task
-        `state_from(participant)` names; may raise to end the run (too many deaths)."""
+    def replace(self, host: int, handle: Any, cause: str, detail: str, state_from: Callable[[int], int]) -> None:
+        """Start a new actor for a host whose process died (`handle`: a task it lost), its participants' memory
+        restored as of the task `state_from(participant)` names, unless it was replaced since that task was sent;
+        may raise to end the run (too many deaths)."""
 
 
 class RayHosts:
     def __init__(self, pool: HostPool):
         self._pool = pool
         self.host_of = pool.host_of
+        self._generation: dict[ray.ObjectRef, int] = {}  # per task in flight: its host's generation when sent
 
     def put(self, value: Any) -> ray.ObjectRef:
         return ray.put(value)
@@ -63,7 +65,9 @@ class RayHosts:
     def submit(self, task: WorkOrder, payload: ray.ObjectRef, lr: float) -> ray.ObjectRef:
         """The payload ref goes boxed in a list: the host fetches it only once the participant's memory guard has
         let the work start."""
-        return self._pool.actor_for(task.participant).run.remote(task, [payload], lr)
+        ref = self._pool.actor_for(task.participant).run.remote(task, [payload], lr)
+        self._generation[ref] = self._pool.generations[self._pool.host_of[task.participant]]
+        return ref
 
     def wait(self, handles: list[ray.ObjectRef], timeout_s: float) -> list[ray.ObjectRef]:
         """Taking all finished tasks in one call keeps a round linear in its tasks; waiting for one ref at a time
@@ -74,12 +78,17 @@ class RayHosts:
         return ready
 
     def get(self, handle: ray.ObjectRef, timeout_s: float) -> Result:
-        return ray.get(handle, timeout=timeout_s)
+        result = ray.get(handle, timeout=timeout_s)
+        self._generation.pop(handle, None)  # kept where it failed: `replace` reads it
+        return result
 
     def host_died(self, err: Exception) -> bool:
         return isinstance(err, (RayActorError, OutOfMemoryError))  # the memory monitor stops the process too
 
-    def replace(self, host: int, cause: str, detail: str, state_from: Callable[[int], int]) -> None:
+    def replace(self, host: int, handle: ray.ObjectRef, cause: str, detail: str,
+                state_from: Callable[[int], int]) -> None:
+        if self._generation.pop(handle, self._pool.generations[host]) != self._pool.generations[host]:
+            return  # sent to an actor that was replaced since (a checkpoint found it dead first)
         self._pool.replace(host, cause, {pid: state_from(pid) for pid in self._pool.members(host)}, detail)
 
 
@@ -226,7 +235,7 @@ def take_result(executor: Executor, handle: Any, dispatch: Dispatcher, state_fro
         if executor.host_died(err):
             outcomes = [(lost, _finished_or_failed(executor, lost_handle, lost, fail, cause))
                         for lost_handle, lost in dispatch.drop_host(host)]
-            executor.replace(host, cause, str(err), state_from)
+            executor.replace(host, handle, cause, str(err), state_from)
             dispatch.refill(host)
             return outcomes
         result = fail(task, cause), None, {}
