@@ -80,7 +80,7 @@ def test_split_command_prints_the_cut_memory_and_epoch_times(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("change,where", [
-    ("strategy.name=fedavg", "strategy.name"),
+    (("strategy.name=fedavg", "strategy.params={}"), "strategy.name"),  # params of its own: not a pipeline scheme
     ("strategy.params.front_layers=15", "strategy.params.front_layers"),
     ("strategy.params.cuts=[1]", "strategy.params.cuts"),
     ("strategy.params.compute_nodes=3", "strategy.params.compute_nodes"),
@@ -89,6 +89,7 @@ def test_split_command_prints_the_cut_memory_and_epoch_times(tmp_path, capsys):
 def test_split_command_bad_input_is_one_line(tmp_path, capsys, change, where):
     path = tmp_path / "plan.yaml"
     path.write_text(yaml.safe_dump(SMALL))
-    assert main(["split", str(path), "--set", change]) == 2
+    changes = change if isinstance(change, tuple) else (change,)
+    assert main(["split", str(path), *(arg for c in changes for arg in ("--set", c))]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and where in err
