@@ -131,15 +131,6 @@ def test_bad_options_are_one_line_errors_naming_the_field():
     assert _family(context=32).build().positions.weight.shape[0] == 32
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread, as in the runtime's hosts: on a shared 2-core machine more threads only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_a_short_training_run_beats_the_unigram_baseline_by_far(one_thread):
     """Real text, in-process (no Ray): 400 Adam steps of a small model (about 15 s on one idle core) bring the
     validation perplexity far below exp(entropy) of the training characters, the best a model without context
