@@ -53,7 +53,7 @@ from benchmarks.common import (BENCH_DEVICE, TreeMemory, load, machine, markdown
                                write_results)
 
 FLOWER_REQUIREMENTS = ["flwr[simulation]==1.42.0", "torch==2.13.0"]
-DEFAULT_FLOWER_VENV = Path("/work/flower-venv")
+DEFAULT_FLOWER_VENV = ROOT / "benchmarks" / "out" / "flower-venv"  # git-ignored, made on first use
 SIDES = ("msfusion_ray", "flower", "bare")
 RUN_TIMEOUT_S = 1800
 

@@ -2,7 +2,7 @@
 running the FedAvg strategy with central evaluation, `run_simulation` on its Ray backend). Run with the Python
 of the Flower virtual environment that benchmarks/flower.py makes (never the project's):
 
-    /work/flower-venv/bin/python benchmarks/flower_app.py WORKLOAD_DIR OUT.json [--client-cpus 1]
+    benchmarks/out/flower-venv/bin/python benchmarks/flower_app.py WORKLOAD_DIR OUT.json [--client-cpus 1]
 
 It writes when each round's training began and ended (server side, and each client's train call), each central
 evaluation's start, end and figures, and the run's start and end.
