@@ -9,9 +9,8 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from msfusion_ray.inputs import load_json
+from msfusion_ray.inputs import load_json, load_yaml
 from msfusion_ray.records import read_participant_rows, read_round_rows
-from msfusion_ray.schema import load_yaml
 
 # Config keys that never make two runs different experiments (where they are, what they are called, how long the
 # run went on: a longer run of an experiment repeats its rounds).

@@ -23,9 +23,9 @@ import pandas as pd
 
 from msfusion_ray.config import ExperimentConfig, config_from_dict
 from msfusion_ray.errors import UserInputError
+from msfusion_ray.inputs import load_yaml, set_dotted
 from msfusion_ray.paths import find_config
 from msfusion_ray.records import read_participant_rows, read_round_rows
-from msfusion_ray.schema import load_yaml, set_dotted
 
 
 @dataclass
@@ -174,7 +174,7 @@ def sweep(sweep_or_path: Any, *, address: str | None = None, max_parallel: int |
     `sweep_or_path`: a sweep file, a ready one by name ("sweeps/fmnist_compare"), or a mapping (name, base,
     grid, cases). `overrides` apply to the base config, as in `run`."""
     from msfusion_ray import sweep as sweeps
-    from msfusion_ray.schema import build
+    from msfusion_ray.validation import build
 
     if isinstance(sweep_or_path, Mapping):
         where, config = "sweep", build(sweeps.SweepConfig, copy.deepcopy(dict(sweep_or_path)), "")

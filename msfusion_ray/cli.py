@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Sequence
 from msfusion_ray.config import ExperimentConfig, load_config
 from msfusion_ray.errors import ClusterStartError, UserInputError
 from msfusion_ray.failures import RUN_LOG
+from msfusion_ray.inputs import load_yaml
 from msfusion_ray.launch import RunFailed, execute, interruption, open_run
 from msfusion_ray.paths import find, find_config
-from msfusion_ray.schema import load_yaml
 
 if TYPE_CHECKING:
     from msfusion_ray.experiment import Prepared

@@ -17,9 +17,8 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 
 from msfusion_ray.errors import UserInputError
-from msfusion_ray.inputs import parse_yaml
-from msfusion_ray.schema import checked, fraction, load_yaml, non_negative, positive, set_dotted, to_dict
-from msfusion_ray.validation import model_of, to_dataclass, validate
+from msfusion_ray.inputs import load_yaml, parse_yaml, set_dotted
+from msfusion_ray.validation import checked, fraction, model_of, non_negative, positive, to_dataclass, validate
 
 # Seeds go to numpy's generators and torch's; numpy's legacy seeding takes 0 .. 2**32 - 1.
 SEED_LIMIT = 2**32
@@ -147,7 +146,7 @@ class ExperimentConfig:
     output_dir: str = "runs"
 
     def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
+        return dataclasses.asdict(self)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)

@@ -25,7 +25,7 @@ from msfusion_ray.devices.fleet import Fleet, FleetSpec, device_counts, load_fle
 from msfusion_ray.devices.gpu import check_device
 from msfusion_ray.devices.profile import DeviceProfile, default_profiles_dir, load_profiles
 from msfusion_ray.errors import UserInputError
-from msfusion_ray.models import ModelFamily, ModuleFamily, build_family
+from msfusion_ray.models import ModelFamily, build_family
 from msfusion_ray.models.module import check_sub_model
 from msfusion_ray.paths import find
 from msfusion_ray.strategies import make_strategy
@@ -141,17 +141,18 @@ def check_object_store(config: ExperimentConfig) -> None:
                                                          f"machine's {machine / 2**20:.0f} MiB")
 
 
-def check_module(family: ModuleFamily, strategy: Strategy, needs_features: bool) -> None:
-    """What a network from a function must offer its scheme: width tags for a width-splitting scheme (checked by
-    cutting a random sub-model), penultimate features for an objective that uses them."""
+def check_module(family: ModelFamily, strategy: Strategy, needs_features: bool) -> None:
+    """What the user's model (a function's network or a family class) must offer its scheme: width tags for a
+    width-splitting scheme (checked by cutting a random sub-model), penultimate features for an objective that
+    uses them."""
     if needs_features and not family.has_features:
         raise UserInputError("model.name", f"{strategy.name} trains with a loss on the penultimate features: give "
-                                           f"the module of {family.source} a forward_features(x) returning "
+                                           f"the module of {family.name} a forward_features(x) returning "
                                            "(features, logits)")
     if family.spec.groups:
         check_sub_model(family, seed=0)
     elif isinstance(strategy, WidthSplitting):
-        raise UserInputError("model.name", f"{strategy.name} splits the model by width, but {family.source} has "
+        raise UserInputError("model.name", f"{strategy.name} splits the model by width, but {family.name} has "
                                            "no width tags (see width_axes in msfusion_ray.splitting.spec)")
 
 
@@ -180,7 +181,7 @@ def prepare(config: ExperimentConfig, data: DataBundle | None = None) -> Prepare
     strategy = make_strategy(config.strategy, family, config.seed)
     spec = strategy.objective()
     objective = make_objective(spec.name, spec.params) if spec is not None else None
-    if isinstance(family, ModuleFamily) and is_code_ref(family.source):  # the built-in networks are tested
+    if is_code_ref(config.model.name):  # the user's code; the built-in networks are tested
         check_module(family, strategy, objective is not None)
     capacity = CapacityOracle(fleet, family, make_planner(family, config.training, objective),
                               config.training.batch_size)

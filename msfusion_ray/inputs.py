@@ -1,4 +1,4 @@
-"""Reading the files a user hands the tool: UTF-8 text, strict YAML, JSON.
+"""Reading the files a user hands the tool (UTF-8 text, strict YAML, JSON) and applying `--set` overrides.
 
 Every text file (configs, device profiles, fleets, sweep files, a run's config.yaml and summary, a sweep's status)
 is read here, so that a file that is missing, unreadable, not UTF-8, or malformed is refused the same way: one
@@ -104,3 +104,29 @@ def load_json(path: str | Path, expect: type = dict) -> Any:
     if not isinstance(data, expect):
         raise UserInputError(str(path), f"must hold a JSON {expect.__name__}, not {type(data).__name__}")
     return data
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a missing, unreadable, non-UTF-8 or malformed file (a duplicate key, a number too large
+    to hold) is a one-line `UserInputError`."""
+    path = Path(path)
+    data = parse_yaml(read_text(path), str(path))
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserInputError(str(path), f"must be a YAML mapping, not {type(data).__name__}")
+    return data
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Apply one `--set a.b.c=value` override to nested plain data."""
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise UserInputError(f"--set {dotted}", f"'{key}' is not a section")
+        node = child
+    node[keys[-1]] = value

@@ -26,7 +26,7 @@ from msfusion_ray.code_refs import job_runtime_env
 from msfusion_ray.config import ExperimentConfig, config_from_dict
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.failures import describe_failure, open_run_log
-from msfusion_ray.schema import load_yaml
+from msfusion_ray.inputs import load_yaml
 from msfusion_ray.tracking import RoundFollower, follow_rounds
 
 if TYPE_CHECKING:  # the command line imports this module before it knows it will run anything (torch: seconds)

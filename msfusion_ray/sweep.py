@@ -30,12 +30,12 @@ from msfusion_ray.data.arrays import DataBundle
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.experiment import Prepared, prepare, project_path
 from msfusion_ray.code_refs import job_runtime_env
-from msfusion_ray.inputs import load_json
+from msfusion_ray.inputs import load_json, load_yaml, set_dotted
 from msfusion_ray.launch import (ProgressDisplay, RunFailed, RunHandle, code_named, interruption,
                                  quiet_ray_crash_handler, stop_signals, write_run_dir)
 from msfusion_ray.paths import anchor_paths, find_config
 from msfusion_ray.tracking import RoundFollower, follow_rounds
-from msfusion_ray.schema import build, checked, load_yaml, positive, set_dotted
+from msfusion_ray.validation import build, checked, positive
 
 # The cells share one cluster, so the keys that configure the cluster belong in the base config, not in the grid.
 CLUSTER_KEYS = ("runtime.address", "runtime.num_cpus", "runtime.object_store_mib", "runtime.dashboard")

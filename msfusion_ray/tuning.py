@@ -39,8 +39,9 @@ from typing import Any, Callable, Iterable, Literal
 import numpy as np
 
 from msfusion_ray.errors import UserInputError
-from msfusion_ray.schema import build, checked, load_yaml, positive
+from msfusion_ray.inputs import load_yaml
 from msfusion_ray.sweep import CLUSTER_KEYS, SweepConfig, SweepPlan, grid_points, plan_sweep, resolve_base
+from msfusion_ray.validation import build, checked, positive
 
 TUNING_FILE = "tuning.json"
 

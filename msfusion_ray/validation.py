@@ -1,7 +1,7 @@
 """Strict validation of what users write, by pydantic v2 models derived from the frozen dataclasses that declare it.
 
 Configs, device profiles, fleets and every plug-in's parameters are declared as frozen dataclasses whose fields
-may carry a check (`checked(1.0, check=positive)`, msfusion_ray.schema). `model_of(cls)` derives a pydantic model
+may carry a check (`checked(1.0, check=positive)`, declared here). `model_of(cls)` derives a pydantic model
 from such a dataclass: the same fields, types and defaults, strict (unknown fields, wrong types, NaN and
 infinities are rejected; the only conversion is int to float), each check a validator. `build` validates a mapping
 with it and returns the dataclass; the first problem becomes one `UserInputError` line naming the dotted field.
@@ -21,6 +21,42 @@ from pydantic_core import PydanticCustomError
 from msfusion_ray.errors import UserInputError
 
 T = TypeVar("T")
+
+Check = Callable[[Any], "str | None"]
+
+
+def positive(value: Any) -> str | None:
+    return None if value > 0 else f"must be > 0 (got {value})"
+
+
+def non_negative(value: Any) -> str | None:
+    return None if value >= 0 else f"must be >= 0 (got {value})"
+
+
+def fraction(value: Any) -> str | None:
+    """A share of something: 0 < value <= 1."""
+    return None if 0 < value <= 1 else f"must be in (0, 1] (got {value})"
+
+
+def probability(value: Any) -> str | None:
+    return None if 0 <= value <= 1 else f"must be in [0, 1] (got {value})"
+
+
+# What each check means in JSON Schema terms, for editors (the check itself still runs on validation).
+positive.json_schema = {"exclusiveMinimum": 0}
+non_negative.json_schema = {"minimum": 0}
+fraction.json_schema = {"exclusiveMinimum": 0, "maximum": 1}
+probability.json_schema = {"minimum": 0, "maximum": 1}
+
+
+def checked(default: Any = dataclasses.MISSING, check: Check | None = None, **kwargs: Any) -> Any:
+    """A dataclass field whose value must pass `check` (a function returning an error text or None)."""
+    if isinstance(default, (dict, list)):
+        kwargs["default_factory"] = lambda d=default: type(d)(d)
+    elif default is not dataclasses.MISSING:
+        kwargs["default"] = default
+    return dataclasses.field(metadata={"check": check}, **kwargs)
+
 
 STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, protected_namespaces=(),
                     arbitrary_types_allowed=False)

@@ -95,6 +95,20 @@ def test_a_model_file_outside_the_package_trains_through_the_python_api(ray_sess
     assert run.run_dir.is_dir() and run.config.strategy.name == strategy
 
 
+def test_a_family_class_from_a_user_file_trains_like_a_built_in(ray_session, user_project):
+    """A ModelFamily subclass named by its file path reaches the driver and the hosts (by value: the file is only
+    where the config is), and is checked like any user model."""
+    (user_project.parent / "families.py").write_text(
+        "from msfusion_ray.models.cnn import CNNFamily\n\n\n"
+        "class SlimCNN(CNNFamily):\n    units = {'conv1': 8, 'conv2': 16, 'fc1': 24}\n")
+    model = {"name": "./families.py:SlimCNN", "options": {}}
+    run = msfusion_ray.run(user_project, model=model, strategy={"name": "heterofl"}, progress=False)
+    assert run.summary["status"] == "complete" and run.summary["rounds_completed"] == 2
+    assert run.config.model.name == f"{user_project.parent / 'families.py'}:SlimCNN"
+    trained = run.participants[run.participants["status"] == "ok"]
+    assert len(trained) >= 1 and (trained["flops"] > 0).all()
+
+
 def test_an_unsupported_tagged_layer_is_one_line_from_validate(user_project, capsys):
     code = main(["validate", str(user_project), "--set", "model.name=./nets.py:make_unsupported"])
     err = capsys.readouterr().err

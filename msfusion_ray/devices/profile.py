@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Callable
 
 from msfusion_ray.errors import UserInputError
+from msfusion_ray.inputs import load_yaml
 from msfusion_ray.paths import default_profiles_dir as bundled_profiles_dir
-from msfusion_ray.schema import build, checked, load_yaml, positive, probability
+from msfusion_ray.validation import build, checked, positive, probability
 
 MIB = 1024**2
 

@@ -140,6 +140,11 @@ class ModelFamily(ABC):
     def spec(self) -> SplitSpec:
         return SplitSpec.of(self.build())
 
+    @property
+    def has_features(self) -> bool:
+        """Whether the network gives its penultimate features (`forward_features`), as contrastive losses need."""
+        return hasattr(self.build(), "forward_features")
+
     def example_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """An input batch of the right shape (for footprints and FLOP counts; values do not matter)."""
         if self.data.task == "language_model":
@@ -154,7 +159,8 @@ def scaled(base: int, width: float) -> int:
 
 
 # A registered model is a function returning the full, width-tagged network (see msfusion_ray.models.module), or a
-# ModelFamily subclass that builds its sub-models itself.
+# ModelFamily subclass that builds its sub-models itself; an import path in `model.name` names either kind the same
+# way (msfusion_ray.models.module.resolve_model).
 MODELS: Registry[Callable[..., Any]] = Registry("model", "model.name", ("msfusion_ray.models",))
 register = MODELS.register
 

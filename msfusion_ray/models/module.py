@@ -31,20 +31,31 @@ from msfusion_ray.code_refs import is_code_ref, load_ref
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.models.base import MODELS, DataShape, ModelFamily, scaled
 from msfusion_ray.models.weights import load_weights, to_weights
-from msfusion_ray.schema import build
 from msfusion_ray.splitting.index_map import extract, index_map, widths_of
 from msfusion_ray.splitting.resize import narrow_module
 from msfusion_ray.splitting.spec import SplitSpec
+from msfusion_ray.validation import build
 
 Factory = Callable[..., nn.Module]
 
 
+def resolve_model(source: str) -> Any:
+    """What `model.name` names, by one rule for the built-ins and the user's code: a registered name stands for
+    the built-in it registers, anything with a ':' is an import path. Either a function returning the full network
+    or a ModelFamily subclass (a family that builds its own sub-models, cut by width, by depth or into layers)."""
+    return load_ref(source, "model.name") if is_code_ref(source) else MODELS.get(source)
+
+
 def resolve_factory(source: str) -> Factory:
-    """The function a model source names: a registered built-in, or an import path."""
-    factory = load_ref(source, "model.name") if is_code_ref(source) else MODELS.get(source)
-    if not callable(factory):
+    """The function a model source names."""
+    factory = resolve_model(source)
+    if not callable(factory) or is_family_class(factory):
         raise UserInputError("model.name", f"'{source}' is not a function")
     return factory
+
+
+def is_family_class(entry: Any) -> bool:
+    return isinstance(entry, type) and issubclass(entry, ModelFamily)
 
 
 def options_type(factory: Factory) -> type | None:
@@ -142,7 +153,7 @@ class ModuleFamily(ModelFamily):
 
     @property
     def has_features(self) -> bool:
-        return hasattr(self.template(), "forward_features")
+        return hasattr(self.template(), "forward_features")  # the template, not a fresh copy
 
     def __copy__(self) -> "ModuleFamily":
         """In this process a copy shares the factory and the network (only pickling leaves them behind)."""
@@ -163,11 +174,17 @@ class ModuleFamily(ModelFamily):
 
 def build_family(name: str, data: DataShape, width: float = 1.0, options: Mapping[str, Any] | None = None,
                  seed: int = 0) -> ModelFamily:
-    """The family `model.name` names: a registered name or an import path of a function returning the full
-    network, or a registered ModelFamily subclass (which builds its own sub-models)."""
-    entry = None if is_code_ref(name) else MODELS.get(name)
-    if isinstance(entry, type) and issubclass(entry, ModelFamily):
-        return entry(data, width, build(entry.Options, dict(options or {}), "model.options"))
+    """The family `model.name` names (registered, or by import path): a function returning the full network,
+    or a ModelFamily subclass. A family class found by import path is named by that path, so that caches keyed by
+    the family's name never mix it with the built-in it may derive from."""
+    entry = resolve_model(name)
+    if is_family_class(entry):
+        family = entry(data, width, build(entry.Options, dict(options or {}), "model.options"))
+        if is_code_ref(name):
+            family.name = name
+        return family
+    if not callable(entry):
+        raise UserInputError("model.name", f"'{name}' is neither a function nor a ModelFamily subclass")
     return ModuleFamily(name, data, width, options, seed, factory=entry)
 
 

@@ -28,8 +28,8 @@ from msfusion_ray.errors import UserInputError
 from msfusion_ray.models.base import DataShape, ModelFamily, register, scaled
 from msfusion_ray.models.layers import Layer
 from msfusion_ray.models.exits import ExitHead, ExitModel, check_depth, exit_depths, held_exits, stream_through
-from msfusion_ray.schema import checked, positive
 from msfusion_ray.splitting.spec import class_outputs, width_axes
+from msfusion_ray.validation import checked, positive
 
 
 @dataclass(frozen=True)

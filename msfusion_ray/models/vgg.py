@@ -20,8 +20,8 @@ from torch import nn
 
 from msfusion_ray.models.base import ModelFamily, register, scaled
 from msfusion_ray.models.layers import Layer
-from msfusion_ray.schema import checked, non_negative, positive, probability
 from msfusion_ray.splitting.spec import class_outputs, width_axes
+from msfusion_ray.validation import checked, non_negative, positive, probability
 
 POOL = "M"
 CONFIGS: dict[int, tuple[int | str, ...]] = {  # channels per convolution, POOL for a max-pool (VGG's A, B, D, E)

@@ -25,7 +25,7 @@ from msfusion_ray.errors import UserInputError
 from msfusion_ray.models.base import DataShape, ModelFamily, register
 from msfusion_ray.models.exits import ExitHead, ExitModel, check_depth, exit_depths, held_exits, stream_through
 from msfusion_ray.models.transformer import Block, block_widths
-from msfusion_ray.schema import checked, positive
+from msfusion_ray.validation import checked, positive
 
 
 @dataclass(frozen=True)

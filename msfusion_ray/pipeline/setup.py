@@ -13,7 +13,7 @@ from msfusion_ray.errors import UserInputError
 from msfusion_ray.experiment import resolve_fleet
 from msfusion_ray.models import build_family
 from msfusion_ray.pipeline.plan import PipelineParams, PipelinePlanner, owner_batches
-from msfusion_ray.schema import build
+from msfusion_ray.validation import build
 
 PIPELINE_STRATEGIES = ("mpsl",)
 

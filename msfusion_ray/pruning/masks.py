@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from msfusion_ray.schema import checked, positive, probability
 from msfusion_ray.splitting.index_map import Selection
 from msfusion_ray.training.objective import LocalObjective, ObjectiveContext
+from msfusion_ray.validation import checked, positive, probability
 
 # A group whose every draw is empty this many times keeps its highest-scoring unit (scores far below zero).
 MAX_REDRAWS = 100

@@ -6,8 +6,8 @@ from __future__ import annotations
 from msfusion_ray.config import StrategyConfig
 from msfusion_ray.models.base import ModelFamily
 from msfusion_ray.registry import Registry
-from msfusion_ray.schema import build
 from msfusion_ray.strategies.base import Strategy
+from msfusion_ray.validation import build
 
 STRATEGIES: Registry[type[Strategy]] = Registry("strategy", "strategy.name", ("msfusion_ray.strategies",))
 register = STRATEGIES.register

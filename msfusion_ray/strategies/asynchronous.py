@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from msfusion_ray.schema import checked, non_negative, positive
 from msfusion_ray.splitting.index_map import prefix_selection
 from msfusion_ray.strategies.base import AsyncSchedule, AsyncStrategy, Capacity, ParticipantInfo, WorkOrder
 from msfusion_ray.strategies.width import SMALLEST_RATE
+from msfusion_ray.validation import checked, non_negative, positive
 
 
 def staleness_weight(staleness: int, kind: str, a: float, b: float = 0.0) -> float:

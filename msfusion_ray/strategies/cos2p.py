@@ -29,7 +29,6 @@ from msfusion_ray.errors import UserInputError
 from msfusion_ray.models.base import ModelFamily
 from msfusion_ray.models.exits import deepest_exit_at_or_below
 from msfusion_ray.models.weights import Weights
-from msfusion_ray.schema import checked, fraction, non_negative, positive, probability
 from msfusion_ray.splitting.index_map import IndexMap, Selection, index_map, selection_fraction
 from msfusion_ray.splitting.staleness import WeightedDeltaSum, drift, importance, raw_weight
 from msfusion_ray.strategies import register
@@ -37,6 +36,7 @@ from msfusion_ray.strategies.base import (AsyncSchedule, AsyncStrategy, Capacity
                                           ProcedureSpec, Update, WorkOrder)
 from msfusion_ray.strategies.width import check_levels, snap_to_levels
 from msfusion_ray.training.cos2p import mask_footprint, rate_widths, training_footprint
+from msfusion_ray.validation import checked, fraction, non_negative, positive, probability
 
 
 @dataclass(frozen=True)

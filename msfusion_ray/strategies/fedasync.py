@@ -15,11 +15,11 @@ from typing import Literal
 import numpy as np
 
 from msfusion_ray.models.weights import Weights
-from msfusion_ray.schema import checked, fraction, non_negative
 from msfusion_ray.splitting.index_map import IndexMap, outer_index
 from msfusion_ray.strategies import register
 from msfusion_ray.strategies.asynchronous import AsyncParams, BufferedAsync, staleness_weight
 from msfusion_ray.strategies.base import ModelHistory, Update, WorkOrder
+from msfusion_ray.validation import checked, fraction, non_negative
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,12 @@ from typing import Literal
 import numpy as np
 
 from msfusion_ray.models.weights import Weights
-from msfusion_ray.schema import checked, non_negative, positive
 from msfusion_ray.splitting.aggregate import ScatterAccumulator
 from msfusion_ray.splitting.index_map import extract
 from msfusion_ray.strategies import register
 from msfusion_ray.strategies.asynchronous import AsyncParams, BufferedAsync, staleness_weight
 from msfusion_ray.strategies.base import ModelHistory, Update, WorkOrder
+from msfusion_ray.validation import checked, non_negative, positive
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from msfusion_ray.models.weights import Weights, load_weights, to_weights
-from msfusion_ray.schema import checked, fraction, positive, probability
 from msfusion_ray.splitting import schedules
 from msfusion_ray.splitting.aggregate import ScatterAccumulator
 from msfusion_ray.splitting.index_map import Selection, extract, overlay, shared_entries, units_at_rate
@@ -43,6 +42,7 @@ from msfusion_ray.strategies import register
 from msfusion_ray.strategies.base import Capacity, ObjectiveSpec, ParticipantInfo, TrainTask, Update
 from msfusion_ray.strategies.width import SMALLEST_RATE, WidthParams, WidthSplitting
 from msfusion_ray.training.objective import LocalObjective, ObjectiveContext, register_objective
+from msfusion_ray.validation import checked, fraction, positive, probability
 
 BYTES_PER_ENTRY = 4  # float32
 

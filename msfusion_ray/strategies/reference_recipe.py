@@ -29,11 +29,11 @@ import torch
 from torch import nn
 
 from msfusion_ray.models.weights import Weights
-from msfusion_ray.schema import checked, fraction
 from msfusion_ray.splitting.aggregate import ScatterAccumulator
 from msfusion_ray.strategies.base import ObjectiveSpec, ParticipantInfo, TrainTask, Update
 from msfusion_ray.strategies.width import WidthParams, WidthSplitting
 from msfusion_ray.training.objective import LocalObjective, ObjectiveContext, register_objective
+from msfusion_ray.validation import checked, fraction
 
 RECIPE = "reference_recipe"
 

@@ -12,10 +12,10 @@ from typing import Sequence
 
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.models.base import ModelFamily
-from msfusion_ray.schema import checked, fraction
 from msfusion_ray.splitting.index_map import prefix_selection, widths_of
 from msfusion_ray.strategies import register
 from msfusion_ray.strategies.base import Capacity, ParticipantInfo, RoundStrategy, TrainTask
+from msfusion_ray.validation import checked, fraction
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,11 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from msfusion_ray.schema import checked
 from msfusion_ray.splitting.aggregate import ScatterAccumulator
 from msfusion_ray.splitting.index_map import Selection, units_at_rate
 from msfusion_ray.strategies.base import Capacity, ObjectiveSpec, ParticipantInfo, RoundStrategy, TrainTask, Update
 from msfusion_ray.models.weights import Weights
+from msfusion_ray.validation import checked
 
 # A participant that cannot hold even this is still asked, so that its refusal is recorded.
 SMALLEST_RATE = 1 / 64

@@ -20,8 +20,8 @@ from torch import nn
 
 from msfusion_ray.models.base import ModelFamily
 from msfusion_ray.registry import Registry
-from msfusion_ray.schema import build
 from msfusion_ray.splitting.index_map import Weights
+from msfusion_ray.validation import build
 
 
 @dataclass

@@ -28,11 +28,11 @@ from msfusion_ray.data.arrays import DataBundle
 from msfusion_ray.models.base import ModelFamily
 from msfusion_ray.models.weights import Weights, load_weights, to_weights
 from msfusion_ray.registry import Registry
-from msfusion_ray.schema import build
 from msfusion_ray.splitting.index_map import widths_of
 from msfusion_ray.strategies.base import NoParams, ProcedureSpec, WorkOrder
 from msfusion_ray.training.local import train_local
 from msfusion_ray.training.objective import LocalObjective, ObjectiveContext, make_objective
+from msfusion_ray.validation import build
 
 
 class TaskTimeout(Exception):

@@ -197,8 +197,8 @@ def test_the_full_network_is_seeded_and_rebuilt_the_same_after_pickling():
 NETS = '''
 from dataclasses import dataclass
 from torch import nn
-from msfusion_ray.schema import checked, positive
 from msfusion_ray.splitting.spec import width_axes
+from msfusion_ray.validation import checked, positive
 
 
 @dataclass(frozen=True)
@@ -253,3 +253,62 @@ def test_the_built_in_networks_are_family_classes_on_the_one_registry():
     assert family.full_widths() == {"conv1": 16, "conv2": 32, "fc1": 64}
     with pytest.raises(UserInputError, match="model.name: unknown model 'magic' \\(known: cnn, "):
         build_family("magic", IMAGES)
+
+
+# A user's family class: a built-in derived to change the network's widths, keeping what the built-in knows beyond
+# widths (its layer list for pipeline split learning).
+FAMILIES = '''
+from msfusion_ray.models.cnn import CNNFamily
+
+
+class SlimCNN(CNNFamily):
+    units = {"conv1": 8, "conv2": 16, "fc1": 24}
+'''
+
+
+def test_a_family_class_by_import_path_is_named_by_it_and_keeps_its_layers(tmp_path):
+    from msfusion_ray.models.layers import build_part, load_part_weights
+
+    (tmp_path / "families.py").write_text(FAMILIES)
+    source = f"{tmp_path / 'families.py'}:SlimCNN"
+    family = build_family(source, IMAGES)
+    assert family.name == source and build_family("cnn", IMAGES).name == "cnn"  # caches never mix the two
+    assert family.full_widths() == {"conv1": 8, "conv2": 16, "fc1": 24} and family.spec.groups == family.full_widths()
+    net = family.build().eval()
+    layers = family.layers()
+    whole = build_part(layers, 0, len(layers)).eval()
+    load_part_weights(whole, to_weights(net))
+    x = torch.randn(3, *IMAGES.input_shape)
+    with torch.no_grad():
+        assert torch.allclose(whole(x), net(x), atol=1e-6)
+    with pytest.raises(UserInputError, match="model.options.hidden: unknown field"):
+        build_family(source, IMAGES, 1.0, {"hidden": 3})
+
+
+def test_a_family_class_from_a_file_travels_by_value(tmp_path):
+    """Another process (the driver, a host) gets the class with the family, even where the file is not."""
+    import subprocess
+    import sys
+
+    from ray import cloudpickle
+
+    (tmp_path / "families.py").write_text(FAMILIES)
+    family = build_family(f"{tmp_path / 'families.py'}:SlimCNN", IMAGES, 0.5)
+    (tmp_path / "family.pkl").write_bytes(cloudpickle.dumps(family))
+    (tmp_path / "families.py").unlink()
+    read = ("import pickle, sys; f = pickle.load(open(sys.argv[1], 'rb')); "
+            "print(sorted(f.full_widths().items()), sum(p.numel() for p in f.build().parameters()))")
+    out = subprocess.run([sys.executable, "-c", read, str(tmp_path / "family.pkl")], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    expected = sum(p.numel() for p in family.build().parameters())
+    assert out.stdout.split() == f"{sorted(family.full_widths().items())} {expected}".split()
+
+
+def test_a_built_in_by_its_import_path_is_the_built_in():
+    by_name, by_path = build_family("cnn", IMAGES, 0.5), build_family("msfusion_ray.models.cnn:CNNFamily", IMAGES, 0.5)
+    assert type(by_path) is type(by_name) and by_path.full_widths() == by_name.full_widths()
+    assert by_path.build().state_dict().keys() == by_name.build().state_dict().keys()
+    with pytest.raises(UserInputError, match="model.name: 'msfusion_ray.models.cnn:CNNFamily.kernel' is neither"):
+        build_family("msfusion_ray.models.cnn:CNNFamily.kernel", IMAGES)
+

@@ -10,11 +10,11 @@ from msfusion_ray.devices.capacity import CapacityOracle, make_planner
 from msfusion_ray.devices.fleet import FleetSpec, make_fleet
 from msfusion_ray.devices.profile import load_profiles
 from msfusion_ray.models import DataShape, build_family
-from msfusion_ray.schema import build
 from msfusion_ray.strategies import make_strategy, strategy_class
 from msfusion_ray.config import StrategyConfig
 from msfusion_ray.strategies.base import ParticipantInfo
 from msfusion_ray.training.objective import make_objective
+from msfusion_ray.validation import build
 
 TRAINING = TrainingConfig(batch_size=16)
 
