@@ -14,6 +14,7 @@ from typing import Any, Callable, Hashable, Iterable, Mapping, TypeVar
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from msfusion_ray.costs import eager  # noqa: F401  (the FLOP counter without torch._dynamo)
 from msfusion_ray.costs.attention import register_cpu_attention_flops
 from msfusion_ray.costs.memory import TensorPeakTracker
 

@@ -13,6 +13,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from msfusion_ray.costs.eager import call_directly, dispatch_of
+
 
 class TensorPeakTracker(TorchDispatchMode):
     """Peak bytes of tensor storage alive at once while the mode is active.
@@ -52,6 +54,9 @@ class TensorPeakTracker(TorchDispatchMode):
             if isinstance(leaf, torch.Tensor):
                 self._add(leaf)
         return out
+
+
+call_directly(dispatch_of(TensorPeakTracker))
 
 
 def _status_kib(field: str) -> int | None:

@@ -28,7 +28,6 @@ class Host:
                  settings: WorkerSettings, threads: int, fetch_timeout_s: float):
         torch.set_num_threads(threads)
         self.gpu = host_gpu(settings.device, settings.device_required, settings.gpu_share, host_id)
-        warm_up_torch()
         self.host_id = host_id
         self.fetch_timeout_s = fetch_timeout_s
         self.family = family
@@ -88,12 +87,6 @@ class Host:
 
 
 HostActor = ray.remote(max_restarts=0)(Host)
-
-
-def warm_up_torch() -> None:
-    """Pay torch's one-off lazy start-up while the host starts: the first optimizer a process makes imports
-    torch._dynamo (1-4 s here), which would otherwise be recorded as the first participant's training time."""
-    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
 
 
 def assign_hosts(participant_ids: list[int], n_hosts: int, groups: dict[int, str] | None = None) -> list[list[int]]:

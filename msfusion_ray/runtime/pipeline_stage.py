@@ -27,9 +27,9 @@ from msfusion_ray.costs.flops import count_flops
 from msfusion_ray.costs.memory import TensorPeakTracker, rss_peak
 from msfusion_ray.models.base import ModelFamily
 from msfusion_ray.models.layers import Part, build_part, load_part_weights, part_weights
-from msfusion_ray.runtime.host import warm_up_torch
 from msfusion_ray.splitting.aggregate import ScatterAccumulator
 from msfusion_ray.training.local import make_optimizer
+from msfusion_ray.training.optimizers import Optimizer
 
 Send = Callable[[int, int, np.ndarray], Any]
 
@@ -38,14 +38,13 @@ class Stage:
     def __init__(self, position: int, family: ModelFamily, layer_range: tuple[int, int], training: TrainingConfig,
                  seed: int, memory_cap_bytes: int, native: bool, threads: int = 1):
         torch.set_num_threads(threads)
-        warm_up_torch()
         self.position, self.range = position, tuple(layer_range)
         self.layers = family.layers()
         self.training, self.seed = training, seed
         self.memory_cap_bytes, self.native = memory_cap_bytes, native
         self.send_forward: Send | None = None  # to the next stage (None: back to the owner)
         self.send_backward: Send | None = None  # to the previous stage (None: back to the owner)
-        self.copies: dict[int, tuple[Part, torch.optim.Optimizer]] = {}
+        self.copies: dict[int, tuple[Part, Optimizer]] = {}
         self.pending: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self.flops_of: dict[tuple, int] = {}
         self.log: list[tuple[int, int, str, int, int, int]] = []  # owner, batch, kind, flops, bytes in, bytes out

@@ -16,6 +16,7 @@ from msfusion_ray.data.arrays import DataBundle
 from msfusion_ray.models.weights import model_device
 from msfusion_ray.training.losses import features_and_logits, task_loss
 from msfusion_ray.training.objective import LocalObjective
+from msfusion_ray.training.optimizers import SGD, Adam, Optimizer
 
 
 @dataclass(frozen=True)
@@ -33,11 +34,12 @@ ForwardLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor],
                        tuple[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"]]
 
 
-def make_optimizer(model: nn.Module, training: TrainingConfig, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, training: TrainingConfig, lr: float) -> Optimizer:
+    """torch.optim's SGD or Adam, computed without torch.optim (msfusion_ray.training.optimizers: why)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if training.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=training.weight_decay)
-    return torch.optim.SGD(params, lr=lr, momentum=training.momentum, weight_decay=training.weight_decay)
+        return Adam(params, lr=lr, weight_decay=training.weight_decay)
+    return SGD(params, lr=lr, momentum=training.momentum, weight_decay=training.weight_decay)
 
 
 def step_count(n_samples: int, training: TrainingConfig) -> int:
