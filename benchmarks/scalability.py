@@ -52,11 +52,14 @@ def config_for(size: int, rounds: int, hosts: int | None, output_dir: str,
 
 def writer_rows_per_s(participants: pd.DataFrame, rounds: pd.DataFrame) -> float:
     """Rows per second the record writer takes in, timed on a run's own rows (every round written again)."""
-    names = [f.name for f in fields(ParticipantRoundRow)]
+    names = [f.name for f in fields(ParticipantRoundRow) if f.name != "metrics"]
+    metric_columns = {c: c.removeprefix("metric_") for c in participants.columns if c.startswith("metric_")}
     round_names = [f.name for f in fields(RoundRow) if f.name != "strategy_metrics"]
     batches = []
     for round_idx, frame in participants.groupby("round"):
-        rows = [ParticipantRoundRow(**{k: getattr(r, k) for k in names}) for r in frame.itertuples()]
+        rows = [ParticipantRoundRow(**{k: record[k] for k in names},
+                                    metrics={m: record[c] for c, m in metric_columns.items()})
+                for record in frame.to_dict("records")]
         summary = rounds[rounds["round"] == round_idx].iloc[0]
         batches.append((rows, RoundRow(**{k: summary[k] for k in round_names})))
     with tempfile.TemporaryDirectory() as scratch:
