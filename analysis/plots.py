@@ -36,7 +36,10 @@ MAX_TIMELINE_ROWS = 40
 
 
 def _band(ax: plt.Axes, spread, x_scale: float = 1.0) -> None:  # noqa: ANN001 (a seed_spread frame)
-    """One line per group (mean over its seeds) and a min-max band where it has more than one run."""
+    """One line per group (mean over its seeds) and a min-max band where it has more than one run; more groups
+    than the default ten colours take twenty."""
+    if spread["group"].nunique() > 10:
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)
     for group, frame in spread.groupby("group", sort=False):
         runs = int(frame["runs"].max())
         label = group if runs == 1 else f"{group} (mean of {runs} seeds, band: min-max)"
@@ -51,12 +54,37 @@ def _finish(fig: Figure, title: str) -> Figure:
     return fig
 
 
+def _legend_below(fig: Figure, ax: plt.Axes, title: str) -> Figure:
+    """The groups' legend under the panels, in as many columns as fit (long scheme names stay readable)."""
+    handles, labels = ax.get_legend_handles_labels()
+    columns = 1 if max((len(label) for label in labels), default=0) > 60 else min(3, len(labels))
+    rows = math.ceil(len(labels) / max(columns, 1))
+    fig.suptitle(title)
+    fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, min(0.6, (0.15 * rows + 0.15) / fig.get_figheight()), 1, 1))
+    return fig
+
+
+def _log_if_spread(ax: plt.Axes, spread, scale: float) -> None:  # noqa: ANN001 (a seed_spread frame)
+    """A logarithmic x axis where the groups' totals differ by more than 30x (an upper bound beside small
+    sub-models would otherwise squash every other curve against the axis)."""
+    ends = (spread.groupby("group", sort=False)["x"].max() * scale)
+    ends = ends[ends > 0]
+    if len(ends) > 1 and ends.max() / ends.min() > 30:
+        ax.set_xscale("log")
+
+
 def figure_metric_per_round(runs: Sequence[RunRecords]) -> Figure:
     metric = metrics.metric_of(runs)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    _band(ax, metrics.seed_spread(runs, "round", metric))
-    ax.set(title=f"{METRIC_LABELS[metric].capitalize()} per round", xlabel="round", ylabel=METRIC_LABELS[metric])
+    spread = metrics.seed_spread(runs, "round", metric)
+    groups = spread["group"].nunique()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2 + (0.16 * groups if groups > 4 else 0)))
+    _band(ax, spread)
+    ax.set(xlabel="round", ylabel=METRIC_LABELS[metric])
     ax.grid(alpha=0.3)
+    if groups > 4:
+        return _legend_below(fig, ax, f"{METRIC_LABELS[metric].capitalize()} per round")
+    ax.set_title(f"{METRIC_LABELS[metric].capitalize()} per round")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -65,14 +93,16 @@ def figure_metric_per_round(runs: Sequence[RunRecords]) -> Figure:
 def figure_metric_vs_cost(runs: Sequence[RunRecords]) -> Figure:
     metric = metrics.metric_of(runs)
     label = METRIC_LABELS[metric]
-    fig, axes = plt.subplots(1, len(COST_AXES), figsize=(4.6 * len(COST_AXES), 4.2), sharey=True)
+    groups = len({run.label for run in runs})
+    fig, axes = plt.subplots(1, len(COST_AXES), figsize=(4.6 * len(COST_AXES), 4.2 + 0.16 * groups), sharey=True)
     for ax, (cost, cost_label, scale) in zip(axes, COST_AXES):
-        _band(ax, metrics.seed_spread(runs, cost, metric), scale)
+        spread = metrics.seed_spread(runs, cost, metric)
+        _band(ax, spread, scale)
+        _log_if_spread(ax, spread, scale)
         ax.set(xlabel=cost_label, title=f"vs {cost_label.removeprefix('cumulative ').split(' (')[0]}")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(label)
-    axes[0].legend(fontsize=8)
-    return _finish(fig, f"{label.capitalize()} against cumulative cost per participant")
+    return _legend_below(fig, axes[0], f"{label.capitalize()} against cumulative cost per participant")
 
 
 SCALABILITY_PANELS = (

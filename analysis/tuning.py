@@ -75,8 +75,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("directory", help="the tuning protocol's directory (output_dir/name)")
     parser.add_argument("--target", type=float, help="accuracy (or perplexity) whose device time to report")
     parser.add_argument("--target-split", choices=SPLITS, default="test")
+    parser.add_argument("--plots", metavar="OUT", help="also draw the final runs' figures, labelled by scheme, here")
     args = parser.parse_args(argv)
     print(tuning_report(args.directory, args.target, args.target_split))
+    if args.plots:
+        from analysis.plots import figure_metric_per_round, figure_metric_vs_cost, save_figure
+
+        runs = final_runs(args.directory, read_tuning_record(args.directory))
+        out = Path(args.plots)
+        out.mkdir(parents=True, exist_ok=True)
+        for stem, figure in (("accuracy_per_round", figure_metric_per_round), ("accuracy_vs_cost", figure_metric_vs_cost)):
+            print(save_figure(figure(runs), out / f"{stem}.png"))
     return 0
 
 
