@@ -83,6 +83,23 @@ def test_validate_reports_the_fleet(tmp_path, capsys, small_config_dict):
     assert "config ok" in out and "raspberry-pi-4" in out and "phone-midrange" in out
 
 
+def test_validate_shows_the_rates_the_scheme_trains_at(capsys):
+    """Co-S2P's rates cover depth as well as width: the phones and Nanos that cannot hold the global model's
+    narrowest width-only slice still train its first blocks, and validate says so (it showed 'none')."""
+    from msfusion_ray.config import load_config
+    from msfusion_ray.experiment import prepare
+
+    assert main(["validate", "configs/smoke/cos2p.yaml"]) == 0
+    shown = {}
+    for line in capsys.readouterr().out.splitlines():
+        cells = line.split()
+        if len(cells) == 5 and cells[0].isdigit():
+            shown[int(cells[0])] = cells[4]
+    prepared = prepare(load_config("configs/smoke/cos2p.yaml"))
+    assert shown == {pid: f"{rate:.3f}" for pid, rate in prepared.strategy.rates.items()}
+    assert "none" not in shown.values()
+
+
 def test_profiles_lists_every_device_class(capsys):
     assert main(["profiles"]) == 0
     out = capsys.readouterr().out

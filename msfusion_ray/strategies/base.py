@@ -132,6 +132,11 @@ class Strategy(ABC):
         """Fix the global model; the default trains the configured model."""
         return self.family
 
+    def largest_trainable_rate(self, participant: int, capacity: Capacity) -> float | None:
+        """After `configure`: the largest rate the participant's memory lets it train under this scheme (what
+        `validate` shows; None: nothing fits). The default is the width-only rate of the global model."""
+        return capacity.max_rate(participant)
+
     def objective(self) -> ObjectiveSpec | None:
         """The local objective participants train with (its memory counts in every footprint)."""
         return None

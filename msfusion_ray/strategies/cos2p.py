@@ -122,6 +122,11 @@ class Cos2p(AsyncStrategy):
         self.family = self.base_family if deepest == self.base_family.n_blocks else self.base_family.cut(deepest)
         return self.family
 
+    def largest_trainable_rate(self, participant: int, capacity: Any) -> float | None:  # noqa: ANN401
+        """Its rate for depth and width, both phases fitting (the global model's width-only rate would miss the
+        depth cut that lets the small devices in)."""
+        return self.rates.get(participant)
+
     # --- work -------------------------------------------------------------------------------------------------
 
     def schedule(self) -> AsyncSchedule:
