@@ -84,7 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = final_runs(args.directory, read_tuning_record(args.directory))
         out = Path(args.plots)
         out.mkdir(parents=True, exist_ok=True)
-        for stem, figure in (("accuracy_per_round", figure_metric_per_round), ("accuracy_vs_cost", figure_metric_vs_cost)):
+        figures = {"accuracy_per_round": figure_metric_per_round, "accuracy_vs_cost": figure_metric_vs_cost}
+        for stem, figure in figures.items():
             print(save_figure(figure(runs), out / f"{stem}.png"))
     return 0
 
