@@ -7,8 +7,14 @@ Activations are measured, not estimated: one forward pass on an example batch ru
 hooks and every distinct storage autograd keeps for backward is summed (parameters and the input batch excluded:
 counted in their own terms).
 Backward needs, on top, the gradient of the tensor it is working through while that tensor is still held: the
-largest saved storage stands for that workspace. The result depends only on shapes, so it is cached per (model
-shape, batch size).
+largest saved storage stands for that workspace. That sum is an estimate, and on most models a generous one, but
+it is not a bound: where backward holds several activation-sized gradients at once it falls short (Co-S2P's mask
+phase on the transformer: frozen weights, so nearly no parameter gradients, and each unit gate's backward holds
+the incoming gradient, the gradient to its input and the product that becomes the gradient to its mask: the live
+peak was 1.35 times the sum). So the same pass also runs backward under the live-tensor tracker, and the footprint
+is the larger of the sum and that measured step (plus what stays resident through a later step: the optimizer's
+state, the batch, the objective's extra). The result depends only on shapes, so it is cached per (model shape,
+batch size).
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from typing import Any, Callable, Hashable, Mapping
 
 import torch
 from torch import nn
+
+from msfusion_ray.costs.memory import TensorPeakTracker
 
 OPTIMIZER_STATE_COPIES = {"sgd": 0, "sgd_momentum": 1, "adam": 2}
 
@@ -31,11 +39,18 @@ class Footprint:
     inputs: int
     workspace: int = 0
     extra: int = 0
+    measured_step: int = 0  # live-tensor peak of a forward and backward pass, plus what stays resident around it
+
+    @property
+    def estimated(self) -> int:
+        """The parts' sum."""
+        return (self.parameters + self.gradients + self.optimizer_state + self.activations + self.inputs
+                + self.workspace + self.extra)
 
     @property
     def total(self) -> int:
-        return (self.parameters + self.gradients + self.optimizer_state + self.activations + self.inputs
-                + self.workspace + self.extra)
+        """What must fit: the parts' sum, or the measured step where that holds more."""
+        return max(self.estimated, self.measured_step)
 
 
 def tensor_bytes(tensors: Any) -> int:
@@ -61,6 +76,12 @@ def saved_activations(model: nn.Module, batch: Any, loss_of: Callable[[nn.Module
     so is the input batch unless `count_batch`: a whole model's footprint counts them once, as parameters and
     inputs (the first layer saves its input for backward, which counted the batch twice); a pipeline part's input
     is an activation it holds for backward, so layer profiles count it."""
+    return _forward_saving(model, batch, loss_of, count_batch)[0]
+
+
+def _forward_saving(model: nn.Module, batch: Any, loss_of: Callable[[nn.Module, Any], torch.Tensor],
+                    count_batch: bool) -> tuple[dict[int, int], Any]:
+    """`saved_activations`, and what `loss_of` returned."""
     held_elsewhere = [*model.parameters(), *([] if count_batch else batch_tensors(batch))]
     counted = {t.untyped_storage().data_ptr() for t in held_elsewhere}
     saved: dict[int, int] = {}
@@ -72,16 +93,24 @@ def saved_activations(model: nn.Module, batch: Any, loss_of: Callable[[nn.Module
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        loss_of(model, batch)
-    return saved
+        loss = loss_of(model, batch)
+    return saved, loss
 
 
 def plan_footprint(model: nn.Module, batch: Any, loss_of: Callable[[nn.Module, Any], torch.Tensor],
                    optimizer_state_copies: int, extra_bytes: int = 0) -> Footprint:
+    """The parts, from one forward pass's saved tensors, and the measured step, from the same pass's backward
+    under the live-tensor tracker with the model's own tensors resident. A step after the first also holds the
+    optimizer's state from its start (the first step creates it only at its end), so that is added to the
+    measured peak, as are the batch and the objective's extra."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     params = tensor_bytes(model.parameters()) + tensor_bytes(model.buffers())
     grads = tensor_bytes(trainable)
-    saved = saved_activations(model, batch, loss_of)
+    tracker = TensorPeakTracker()
+    tracker.track([*model.parameters(), *model.buffers()])
+    with tracker:
+        saved, loss = _forward_saving(model, batch, loss_of, count_batch=False)
+        loss.backward()
     return Footprint(
         parameters=params,
         gradients=grads,
@@ -90,6 +119,7 @@ def plan_footprint(model: nn.Module, batch: Any, loss_of: Callable[[nn.Module, A
         inputs=batch_bytes(batch),
         workspace=max(saved.values(), default=0),
         extra=extra_bytes,
+        measured_step=tracker.peak_bytes + optimizer_state_copies * grads + batch_bytes(batch) + extra_bytes,
     )
 
 

@@ -54,6 +54,30 @@ class Bernoulli(torch.autograd.Function):
         return p * grad
 
 
+class UnitGate(torch.autograd.Function):
+    """x * m, each unit's mask entry spread over its `block` consecutive features of the last axis. Autograd's own
+    product holds three activation-sized tensors at once in backward (the incoming gradient, the input's gradient
+    and the product that reduces to the mask's); this one reduces the mask's gradient first and lets its product go
+    before it makes the input's, so backward peaks at two. The mask phase's memory peak is there (frozen weights:
+    almost nothing else in backward), and the sums are autograd's, in its order."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, mask: torch.Tensor, block: int) -> torch.Tensor:  # noqa: D102
+        ctx.save_for_backward(x, mask)
+        ctx.block = block
+        return x * mask.repeat_interleave(block)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple:  # noqa: D102
+        x, mask = ctx.saved_tensors
+        grad_mask = grad_x = None
+        if ctx.needs_input_grad[1]:
+            grad_mask = (grad * x).sum_to_size(x.shape[-1]).reshape(mask.numel(), ctx.block).sum(-1)
+        if ctx.needs_input_grad[0]:
+            grad_x = grad * mask.repeat_interleave(ctx.block)
+        return grad_x, grad_mask, None
+
+
 def score_key(group: str) -> str:
     """A width group's name as a parameter name (no dots)."""
     return group.replace(".", "__")
@@ -98,8 +122,7 @@ class MaskedNetwork(nn.Module):
 
     def _gate(self, group: str, block: int):  # noqa: ANN202 (a forward pre-hook)
         def hook(_module: nn.Module, args: tuple) -> tuple:
-            mask = self.masks[group]
-            return (args[0] * mask.repeat_interleave(block),) + args[1:]
+            return (UnitGate.apply(args[0], self.masks[group], block),) + args[1:]
         return hook
 
     def probabilities(self) -> dict[str, torch.Tensor]:

@@ -94,8 +94,9 @@ def train_local(model: nn.Module, data: DataBundle, indices: np.ndarray, trainin
         chosen = indices[batch]
         x, y = data.to_batch(data.train.x[chosen], data.train.y[chosen], device)
 
-        def step() -> tuple[float, float]:
-            optimizer.zero_grad(set_to_none=True)
+        def losses() -> tuple[torch.Tensor, torch.Tensor | None]:
+            """The task loss and the extra term; the features and logits are let go on return, so backward
+            holds only what autograd saved (as the footprint planner measures it)."""
             if objective is not None:
                 objective.before_forward(x)
             if forward_loss is None:
@@ -107,8 +108,12 @@ def train_local(model: nn.Module, data: DataBundle, indices: np.ndarray, trainin
             if objective is not None:
                 term = objective.loss(x, features, logits)
                 extra = term if extra is None else extra + term
-            total = loss + extra if extra is not None else loss
-            total.backward()
+            return loss, extra
+
+        def step() -> tuple[float, float]:
+            optimizer.zero_grad(set_to_none=True)
+            loss, extra = losses()
+            (loss + extra if extra is not None else loss).backward()
             optimizer.step()
             return float(loss.detach()), float(extra.detach()) if extra is not None else 0.0
 

@@ -55,7 +55,7 @@ def test_rates_are_the_largest_whose_training_and_mask_phases_both_fit(data):
     train = planner.variant("t", **training_footprint("classification"))
     mask = planner.variant("m", **mask_footprint(family))
     full = train.footprint(family.full_widths(), 16).total
-    caps = [full - 1, full // 2, full // 5]
+    caps = [full - 1, full // 2, full // 4]
     strategy = _strategy(family)
     infos = [ParticipantInfo(i, "tiny", 25) for i in range(3)]
     global_family = strategy.configure(_oracle(family, caps), infos)
