@@ -54,7 +54,7 @@ def writer_rows_per_s(participants: pd.DataFrame, rounds: pd.DataFrame) -> float
     """Rows per second the record writer takes in, timed on a run's own rows (every round written again)."""
     names = [f.name for f in fields(ParticipantRoundRow) if f.name != "metrics"]
     metric_columns = {c: c.removeprefix("metric_") for c in participants.columns if c.startswith("metric_")}
-    round_names = [f.name for f in fields(RoundRow) if f.name != "strategy_metrics"]
+    round_names = [f.name for f in fields(RoundRow) if f.name not in ("strategy_metrics", "eval_metrics")]
     batches = []
     for round_idx, frame in participants.groupby("round"):
         rows = [ParticipantRoundRow(**{k: record[k] for k in names},

@@ -116,6 +116,8 @@ class RoundRow:
     val_loss: float = math.nan
     val_perplexity: float = math.nan
     strategy_metrics: dict[str, float] = field(default_factory=dict)
+    # the evaluation's other figures, named by split: each early exit's (test_exit2_accuracy, val_exit4_perplexity)
+    eval_metrics: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def summarise(cls, run_id: str, round_idx: int, strategy: str, rows: Iterable[ParticipantRoundRow],
@@ -149,6 +151,7 @@ class RoundRow:
         data = asdict(self)
         metrics = data.pop("strategy_metrics")
         data.update({f"strategy_{k}": float(v) for k, v in metrics.items()})
+        data.update({k: float(v) for k, v in data.pop("eval_metrics").items()})
         return data
 
 

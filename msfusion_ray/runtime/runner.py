@@ -180,11 +180,13 @@ class Records(RunCallback):
         step = report.step
         values = {column: report.evaluation.get(column.split("_")[0], {}).get(column.split("_")[1], math.nan)
                   for column in METRIC_COLUMNS}
+        others = {f"{split}_{key}": value for split, figures in report.evaluation.items()
+                  for key, value in figures.items() if f"{split}_{key}" not in METRIC_COLUMNS}
         report.round_row = RoundRow.summarise(self.run_id, step.index, self.strategy, step.rows,
                                               wall_round_s=step.wall_s, wall_eval_s=report.wall_eval_s,
                                               vt_start=step.vt_start, vt_end=step.vt_end,
                                               device_utilisation=step.utilisation,
-                                              strategy_metrics=step.metrics, **values)
+                                              strategy_metrics=step.metrics, eval_metrics=others, **values)
         self.writer.write_round(step.rows, report.round_row)
         entry = {"round": step.index, "vt": step.vt_end, "accuracy": report.round_row.test_accuracy,
                  "loss": report.round_row.test_loss, "perplexity": report.round_row.test_perplexity,

@@ -40,7 +40,7 @@ def recalibrate_batchnorm(model: nn.Module, data: DataBundle, split: ArrayDatase
 def evaluate(model: nn.Module, data: DataBundle, split: ArrayDataset, batch_size: int) -> dict[str, float]:
     """Loss and accuracy (and perplexity) of the model's output. A model with several early exits (models/exits.py)
     outputs its last one; each exit's accuracy and loss are reported too, as `exit{blocks}_accuracy` and
-    `exit{blocks}_loss` (blocks: how many blocks it reads after)."""
+    `exit{blocks}_loss` (blocks: how many blocks it reads after), and a language model's `exit{blocks}_perplexity`."""
     model.eval()
     device = model_device(model)  # batches go where the model is
     exits = getattr(model, "exit_after", ())
@@ -63,4 +63,6 @@ def evaluate(model: nn.Module, data: DataBundle, split: ArrayDataset, batch_size
         for blocks, loss, accuracy in zip(exits, losses, accuracies):
             metrics[f"exit{blocks}_accuracy"] = float(accuracy)
             metrics[f"exit{blocks}_loss"] = float(loss)
+            if "perplexity" in metrics:
+                metrics[f"exit{blocks}_perplexity"] = math.exp(min(float(loss), 50.0))
     return metrics

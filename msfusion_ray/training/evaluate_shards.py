@@ -55,22 +55,24 @@ def combine_chunks(chunks: list[Chunk], parts: list[dict[str, float]],
                    label_elements: Mapping[str, int]) -> dict[str, dict[str, float]]:
     """Per split, the figures over its chunks: means weighted by each chunk's labels (`label_elements`: label
     entries per sample, e.g. a language model's tokens), accuracies from their whole counts of correct labels,
-    perplexity from the combined loss."""
+    perplexities (the last exit's and each exit's) from the combined losses."""
     totals: dict[str, dict[str, float]] = {}
     counts: dict[str, int] = {}
     for (name, start, end), part in zip(chunks, parts):
         weight = (end - start) * label_elements[name]
         sums = totals.setdefault(name, {})
         for key, value in part.items():
-            if key != "perplexity":
+            if not key.endswith("perplexity"):
                 sums[key] = sums.get(key, 0.0) + (round(value * weight) if key.endswith("accuracy") else
                                                   value * weight)
         counts[name] = counts.get(name, 0) + weight
     metrics = {}
     for name, sums in totals.items():
         metrics[name] = {key: value / max(counts[name], 1) for key, value in sums.items()}
-        if any("perplexity" in part for (split, _, _), part in zip(chunks, parts) if split == name):
-            metrics[name]["perplexity"] = math.exp(min(metrics[name]["loss"], 50.0))
+        perplexities = {key for (split, _, _), part in zip(chunks, parts) if split == name
+                        for key in part if key.endswith("perplexity")}
+        for key in sorted(perplexities):  # "perplexity" from "loss", "exit2_perplexity" from "exit2_loss"
+            metrics[name][key] = math.exp(min(metrics[name][key.removesuffix("perplexity") + "loss"], 50.0))
     return metrics
 
 

@@ -37,3 +37,7 @@ def test_cos2p_smoke_config_learns_masks_then_reuses_them_with_stale_updates(ray
     assert len(rounds) == prepared.config.rounds
     assert (rounds["strategy_updates"] == 4).all() and rounds["strategy_staleness_max"].max() > 0
     assert rounds["device_utilisation"].between(0, 1).all()
+    evaluated = rounds.dropna(subset=["test_accuracy"])
+    exit_columns = sorted(c for c in rounds.columns if c.startswith("test_exit") and c.endswith("_accuracy"))
+    assert len(exit_columns) == len(prepared.family.exit_depths()) >= 2  # every exit of the global model
+    assert (evaluated[f"test_exit{prepared.family.depth}_accuracy"] == evaluated["test_accuracy"]).all()

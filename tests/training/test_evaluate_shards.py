@@ -42,3 +42,13 @@ def test_a_language_models_perplexity_comes_from_the_combined_loss():
     assert combined["test"]["loss"] == (2.0 * 8 + 1.0 * 4) / 12
     assert combined["test"]["accuracy"] == (2 + 2) / 12
     assert combined["test"]["perplexity"] == np.exp(combined["test"]["loss"])
+
+
+def test_each_exits_perplexity_comes_from_its_own_combined_loss():
+    chunks = [("test", 0, 2), ("test", 2, 3)]
+    parts = [{"loss": 2.0, "perplexity": 7.39, "exit1_loss": 3.0, "exit1_perplexity": 20.1},
+             {"loss": 1.0, "perplexity": 2.7, "exit1_loss": 4.0, "exit1_perplexity": 54.6}]
+    combined = combine_chunks(chunks, parts, {"test": 4})["test"]
+    assert combined["exit1_loss"] == (3.0 * 8 + 4.0 * 4) / 12
+    assert combined["exit1_perplexity"] == np.exp(combined["exit1_loss"])
+    assert combined["perplexity"] == np.exp(combined["loss"])
