@@ -13,6 +13,15 @@ An entry only one participant holds moves by that participant's gamma_i times it
 as in the code). The engine keeps the global models a stale update may refer to (the strategy's history depth,
 `max_staleness` versions back). `WeightedDeltaSum` folds updates in as they arrive: the normalisation is one
 scalar, so sum_i gamma_i Delta_i = (sum_i g_i Delta_i) / (sum_i g_i) with the raw g_i.
+
+Per entry instead (`per_entry`, a departure from the code): gamma normalised over the updates that hold the entry,
+
+    w^(t+1)[k] = w^(t)[k] + sum_{i holds k} g_i Delta_i[k] / sum_{i holds k} g_i
+
+so an entry moves by the weighted mean of the deltas that reach it. Why: drift is an unscaled L1 norm over the
+whole model (thousands for a 1.6 M-parameter transformer one aggregation on), so a stale update's g_i is a
+thousandth of a fresh one's, and under the code's rule the blocks only slow devices hold barely move
+(docs/results.md, Co-S2P on the transformer).
 """
 
 from __future__ import annotations
@@ -61,12 +70,13 @@ def staleness_weights(importances: Sequence[float], drifts: Sequence[float]) -> 
 
 
 class WeightedDeltaSum:
-    """Streams sum_i g_i Delta_i (scattered into the global shape) and sum_i g_i; `result` applies the normalised
-    sum to the global model."""
+    """Streams sum_i g_i Delta_i (scattered into the global shape) and sum_i g_i, over all updates or (`per_entry`)
+    per entry; `result` applies the normalised sum to the global model."""
 
-    def __init__(self, template: Mapping[str, np.ndarray]):
+    def __init__(self, template: Mapping[str, np.ndarray], per_entry: bool = False):
         self._shapes = {k: np.shape(v) for k, v in template.items()}
         self._sums = {k: np.zeros(s, dtype=np.float64) for k, s in self._shapes.items()}
+        self._entry_weights = {k: np.zeros(s, dtype=np.float64) for k, s in self._shapes.items()} if per_entry else None
         self.total_weight = 0.0
         self.updates = 0
 
@@ -75,11 +85,21 @@ class WeightedDeltaSum:
             index = imap[key] if imap is not None else (None,) * len(self._shapes[key])
             where = outer_index(index, self._shapes[key]) if any(i is not None for i in index) else ...
             self._sums[key][where] += weight * np.asarray(value, dtype=np.float64)
+            if self._entry_weights is not None:
+                self._entry_weights[key][where] += weight
         self.total_weight += weight
         self.updates += 1
 
     def result(self, current: Mapping[str, np.ndarray]) -> Weights:
-        scale = 1.0 / self.total_weight if self.total_weight > 0 else 0.0
-        return {k: (np.asarray(v, np.float64) + scale * self._sums[k]).astype(np.float32) if k in self._sums
-                else np.array(v, dtype=np.float32) for k, v in current.items()}
+        return {k: self._moved(k, v) if k in self._sums else np.array(v, dtype=np.float32) for k, v in current.items()}
+
+    def _moved(self, key: str, value: np.ndarray) -> np.ndarray:
+        if self._entry_weights is None:
+            scale = 1.0 / self.total_weight if self.total_weight > 0 else 0.0
+            return (np.asarray(value, np.float64) + scale * self._sums[key]).astype(np.float32)
+        weights = self._entry_weights[key]
+        covered = weights > 0
+        moved = np.array(value, dtype=np.float64)
+        moved[covered] += self._sums[key][covered] / weights[covered]
+        return moved.astype(np.float32)
 

@@ -13,7 +13,8 @@ semi-asynchronous training of depth-cut, data-aware structurally pruned sub-mode
   global version `kd_start_round` on.
 - Aggregation (splitting/staleness.py): each delta weighted by importance ||Delta||_1 / r over drift
   ||w^(t) - w^(tau)||_1 + 1, normalised; w <- w + sum gamma_i Delta_i; updates staler than `max_staleness`
-  versions are not aggregated. The engine aggregates when `buffer_fraction` of the participants have reported
+  versions are not aggregated. `normalisation: entries` normalises per entry instead (a departure: blocks only
+  stale participants hold barely move under the code's rule). The engine aggregates when `buffer_fraction` of the participants have reported
   (or a virtual `deadline_s` has passed); `synchronous: true` waits for every participant instead.
 """
 
@@ -59,6 +60,8 @@ class Cos2pParams:
     concurrency: int | None = checked(None, check=positive)  # participants training at once (None: all)
     deadline_s: float | None = checked(None, check=positive)  # ... or this much virtual time since the last one
     exit_heads: Literal["shared", "local"] = "shared"  # local: never sent back (the code as released)
+    # gamma normalised over the aggregated updates (the code), or per entry over the updates that hold it
+    normalisation: Literal["updates", "entries"] = "updates"
 
 
 @dataclass
@@ -166,7 +169,8 @@ class Cos2p(AsyncStrategy):
     # --- aggregation ------------------------------------------------------------------------------------------
 
     def new_buffer(self, global_weights: Weights) -> Cos2pBuffer:
-        return Cos2pBuffer(WeightedDeltaSum(global_weights), [], [], [])
+        return Cos2pBuffer(WeightedDeltaSum(global_weights, per_entry=self.params.normalisation == "entries"),
+                           [], [], [])
 
     def fold(self, buffer: Cos2pBuffer, task: WorkOrder, update: Update, staleness: int,
              history: ModelHistory) -> None:

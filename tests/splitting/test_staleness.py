@@ -49,3 +49,29 @@ def test_the_delta_is_taken_on_the_sub_model_only():
 
 def test_equal_shares_when_every_update_is_zero():
     np.testing.assert_allclose(staleness_weights([0.0, 0.0], [1.0, 3.0]), [0.5, 0.5])
+
+
+def test_per_entry_normalisation_moves_each_entry_by_the_weighted_mean_of_the_deltas_that_reach_it():
+    """The three updates' raw weights g = (1, 0.5, 0.25); update 1 holds everything, update 2 a[0:2] and b[:, 0],
+    update 3 a[3]: entries only update 1 holds move by its whole delta, shared ones by the g-weighted mean."""
+    current = _global(1.0)
+    d1 = {"a": np.full(4, 0.1, np.float32), "b": np.full((2, 3), -0.1, np.float32)}
+    d2 = {"a": np.array([0.4, -0.4], np.float32), "b": np.array([[1.0], [1.0]], np.float32)}
+    d3 = {"a": np.array([-2.0], np.float32)}
+    folded = WeightedDeltaSum(current, per_entry=True)
+    folded.add(d1, None, 1.0)
+    folded.add(d2, {"a": (np.array([0, 1]),), "b": (None, np.array([0]))}, 0.5)
+    folded.add(d3, {"a": (np.array([3]),)}, 0.25)
+    new = folded.result(current)
+    np.testing.assert_allclose(new["a"], [1 + (0.1 + 0.5 * 0.4) / 1.5, 1 + (0.1 - 0.5 * 0.4) / 1.5, 1.1,
+                                          1 + (0.1 - 0.25 * 2.0) / 1.25], rtol=1e-6)
+    np.testing.assert_allclose(new["b"], [[1 + (-0.1 + 0.5) / 1.5, 0.9, 0.9]] * 2, rtol=1e-6)
+
+
+def test_per_entry_normalisation_leaves_entries_no_update_holds():
+    current = _global(1.0)
+    folded = WeightedDeltaSum(current, per_entry=True)
+    folded.add({"a": np.array([0.5], np.float32)}, {"a": (np.array([2]),)}, 3.0)
+    new = folded.result(current)
+    np.testing.assert_array_equal(new["a"], [1.0, 1.0, 1.5, 1.0])
+    np.testing.assert_array_equal(new["b"], current["b"])
