@@ -6,8 +6,8 @@ how busy the fleet was, and how well each early exit of the final global model d
 Per group (runs that differ only by seed) and device class: tasks that trained and that were refused, the planned
 and measured memory against the cap, FLOPs and bytes per participant, the mean staleness of its updates; per group:
 the mean resource utilisation of the steps (device seconds worked within a step over its length x participants).
-`--exits` loads each run's final checkpoint and evaluates every exit of the model on the test split (models with
-early exits only).
+`--exits`: every exit of each run's final global model on the test split, means over seeds (models with early exits
+only; from the round records, or from the final checkpoint for runs recorded before the records carried exits).
 """
 
 from __future__ import annotations
@@ -56,8 +56,19 @@ def utilisation(runs: Sequence[RunRecords]) -> pd.DataFrame:
     return pd.DataFrame(rows).groupby("group", sort=False).mean(numeric_only=True).drop(columns="seed").reset_index()
 
 
-def exit_accuracies(run: RunRecords) -> dict[str, float]:
-    """Every exit of the run's final global model on the test split (empty for models without exits)."""
+def exit_metrics(run: RunRecords) -> dict[str, float]:
+    """Every exit of the run's final global model on the test split (empty for models without exits): from its
+    last evaluated round's `test_exit*` columns, or, for runs recorded before round rows carried them, evaluated
+    again from its final checkpoint."""
+    recorded = [c for c in run.rounds.columns if c.startswith("test_exit")]
+    if recorded:
+        last = run.rounds.dropna(subset=["test_loss"]).sort_values("round").iloc[-1]
+        return {c.removeprefix("test_"): float(last[c]) for c in recorded}
+    return evaluated_exits(run)
+
+
+def evaluated_exits(run: RunRecords) -> dict[str, float]:
+    """Every exit of the run's final checkpoint evaluated on the test split."""
     from msfusion_ray.config import config_from_dict
     from msfusion_ray.experiment import prepare
     from msfusion_ray.models.weights import load_weights
@@ -71,11 +82,11 @@ def exit_accuracies(run: RunRecords) -> dict[str, float]:
     model = prepared.family.build()
     load_weights(model, checkpoint.weights)
     metrics = evaluate(model, prepared.data, prepared.data.test, prepared.config.runtime.eval_batch_size)
-    return {k: v for k, v in metrics.items() if k.startswith("exit") and k.endswith(("accuracy", "loss"))}
+    return {k: v for k, v in metrics.items() if k.startswith("exit")}
 
 
 def exit_table(runs: Sequence[RunRecords]) -> pd.DataFrame:
-    rows = [{"group": run.label, "seed": run.seed, **exit_accuracies(run)} for run in runs]
+    rows = [{"group": run.label, "seed": run.seed, **exit_metrics(run)} for run in runs]
     return pd.DataFrame(rows).groupby("group", sort=False).mean(numeric_only=True).drop(columns="seed").reset_index()
 
 
@@ -89,7 +100,7 @@ def markdown(table: pd.DataFrame, digits: int = 2) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", help="run or sweep directories")
-    parser.add_argument("--exits", action="store_true", help="evaluate every exit of each run's final model")
+    parser.add_argument("--exits", action="store_true", help="every exit of each run's final model")
     args = parser.parse_args(argv)
     runs = label_runs([run for path in args.paths for run in load_runs(path)])
     print(markdown(device_table(runs)), end="\n\n")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from analysis.breakdown import device_table, markdown, utilisation
+from analysis.breakdown import device_table, exit_table, markdown, utilisation
 from tests.analysis.fixtures import make_run, participant, three_runs
 
 
@@ -26,3 +26,15 @@ def test_utilisation_is_the_mean_over_steps_then_seeds():
     table = utilisation(runs).set_index("group")
     assert table.loc[runs[0].label, "utilisation"] == pytest.approx((0.75 + 0.25) / 2)
     assert table.loc[runs[0].label, "virtual_s"] == pytest.approx(2.0)
+
+
+def test_each_exit_is_read_from_the_last_evaluated_round_and_averaged_over_seeds():
+    def run(seed, last):
+        return make_run("cos2p", seed, 2, [
+            dict(test_loss=2.0, eval_metrics={"test_exit1_perplexity": 30.0, "test_exit2_perplexity": 40.0}),
+            dict(test_loss=1.0, eval_metrics={"test_exit1_perplexity": 12.0, "test_exit2_perplexity": last}),
+            dict(),  # not evaluated
+        ], [participant(1, 0)])
+    table = exit_table([run(0, 70.0), run(1, 50.0)]).set_index("group")
+    row = table.iloc[0]
+    assert row["exit1_perplexity"] == pytest.approx(12.0) and row["exit2_perplexity"] == pytest.approx(60.0)
