@@ -39,6 +39,11 @@ def device_time(profile: DeviceProfile, flops: float, bytes_down: int, bytes_up:
     )
 
 
+def refusal_device_s(profile: DeviceProfile) -> float:
+    """Device time of work the device refuses (its memory cannot hold it): it only answers, one round trip."""
+    return device_time(profile, 0, 0, 0).latency_s
+
+
 def compute_seconds(profile: DeviceProfile, flops: float) -> float:
     return flops / profile.flops_per_s
 

@@ -29,14 +29,14 @@ from msfusion_ray.costs.memory import cuda_peak, rss_peak
 from msfusion_ray.costs.payload import payload_bytes
 from msfusion_ray.data.arrays import DataBundle
 from msfusion_ray.devices.capacity import make_planner
-from msfusion_ray.devices.clock import device_time, pace_until
+from msfusion_ray.devices.clock import device_time, pace_until, refusal_device_s
 from msfusion_ray.devices.gpu import GpuWindow, HostGpu, release_cuda_memory
 from msfusion_ray.devices.profile import DeviceProfile
 from msfusion_ray.models.base import ModelFamily
 from msfusion_ray.models.weights import Weights
 from msfusion_ray.records import ParticipantRoundRow
 from msfusion_ray.strategies.base import WorkOrder
-from msfusion_ray.training.procedure import ProcedureContext, TaskTimeout, make_procedure
+from msfusion_ray.training.procedure import ProcedureContext, TaskTimeout, make_procedure, refused_phase
 
 
 @dataclass(frozen=True)
@@ -150,9 +150,8 @@ class ParticipantWorker:
                                    device=self.device)
         phases = procedure.memory_phases(context)
         planned = max(phase.planned_bytes for phase in phases)
-        refused = [phase for phase in phases if phase.planned_bytes > self.spec.memory_cap_bytes]
-        if refused and not self.spec.device.native:
-            phase = refused[0]
+        phase = refused_phase(phases, self.spec.memory_cap_bytes)
+        if phase is not None and not self.spec.device.native:
             return self._out_of_memory(task, planned, started, f"{phase.name} needs {phase.planned_bytes / 2**20:.1f} "
                                                               f"MiB, cap {self.spec.memory_cap_bytes / 2**20:.1f} MiB")
         over_share = [phase for phase in phases if self.gpu is not None and phase.planned_bytes > self.gpu.budget_bytes]
@@ -202,9 +201,9 @@ class ParticipantWorker:
     def _out_of_memory(self, task: WorkOrder, planned: int, started: float,
                        message: str) -> tuple[ParticipantRoundRow, None, dict]:
         """Work that does not fit: the device only answered (its latency), nothing trained, no state kept."""
-        spent = device_time(self.spec.device, 0, 0, 0)
-        return self._row(task, "oom", mem_planned_bytes=planned, device_comm_s=spent.latency_s,
-                         device_time_s=spent.latency_s, vt_end=task.vt_start + spent.latency_s, message=message,
+        latency_s = refusal_device_s(self.spec.device)
+        return self._row(task, "oom", mem_planned_bytes=planned, device_comm_s=latency_s,
+                         device_time_s=latency_s, vt_end=task.vt_start + latency_s, message=message,
                          wall_total_s=self.clock() - started), None, {}
 
     def _gpu_window(self):  # noqa: ANN202 (a context manager of GpuWindow)

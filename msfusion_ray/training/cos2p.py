@@ -43,8 +43,8 @@ from msfusion_ray.splitting.staleness import delta
 from msfusion_ray.strategies.base import WorkOrder
 from msfusion_ray.training.local import train_local
 from msfusion_ray.training.losses import exit_distillation_forward, exit_distillation_loss_of, loss_of
-from msfusion_ray.training.procedure import (LocalProcedure, MemoryPhase, ProcedureContext, ProcedureResult,
-                                             register_procedure, selection_bytes)
+from msfusion_ray.training.procedure import (LocalProcedure, MemoryContext, MemoryPhase, ProcedureContext,
+                                             ProcedureResult, register_procedure, selection_bytes)
 from msfusion_ray.validation import checked, non_negative, positive, probability
 
 MASK_SEED = 0x3A5  # the mask draws' stream, apart from training's
@@ -132,7 +132,7 @@ class Cos2pProcedure(LocalProcedure):
         widths = widths_of(family.spec, order.selection)
         return sum(exit_step_flops(family, widths, order.depth, size) for size in batch_sizes)
 
-    def memory_phases(self, context: ProcedureContext) -> list[MemoryPhase]:
+    def memory_phases(self, context: MemoryContext) -> list[MemoryPhase]:
         order, family, batch = context.order, context.family, context.training.batch_size
         groups = family.groups_at(order.depth)
         phases = []

@@ -27,8 +27,8 @@ from msfusion_ray.costs.payload import payload_bytes
 from msfusion_ray.models.layers import build_part, load_part_weights, part_weights, tie_shared
 from msfusion_ray.training.local import batch_indices, make_optimizer
 from msfusion_ray.training.losses import task_loss
-from msfusion_ray.training.procedure import (LocalProcedure, MemoryPhase, ProcedureContext, ProcedureResult,
-                                             register_procedure)
+from msfusion_ray.training.procedure import (LocalProcedure, MemoryContext, MemoryPhase, ProcedureContext,
+                                             ProcedureResult, register_procedure)
 
 
 class PipelineLink(Protocol):
@@ -46,7 +46,7 @@ class PipelineOwner(LocalProcedure):
     """Order extras: `front` and `back` (layer ranges), `link` (a PipelineLink), `planned_bytes` (the owner's
     planned footprint, from the engine's plan)."""
 
-    def memory_phases(self, context: ProcedureContext) -> list[MemoryPhase]:
+    def memory_phases(self, context: MemoryContext) -> list[MemoryPhase]:
         return [MemoryPhase("first and last parts", int(context.order.extras["planned_bytes"]))]
 
     def run(self, context: ProcedureContext) -> ProcedureResult:

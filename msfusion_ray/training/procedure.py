@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping, Protocol
 
 import numpy as np
 import torch
@@ -56,10 +56,33 @@ class ProcedureContext:
     device: torch.device = torch.device("cpu")  # where the host trains (weights still arrive and leave as numpy)
 
 
+class MemoryContext(Protocol):
+    """What `memory_phases` may read of a task: a ProcedureContext has it, and so does a `PlannedTask`, which is
+    all a driver knows of a task before it sends it."""
+
+    order: WorkOrder
+    family: ModelFamily
+    training: TrainingConfig
+    planner: Callable[[LocalObjective | None], FootprintPlanner]
+
+
+@dataclass(frozen=True)
+class PlannedTask:
+    order: WorkOrder
+    family: ModelFamily
+    training: TrainingConfig
+    planner: Callable[[LocalObjective | None], FootprintPlanner]
+
+
 @dataclass(frozen=True)
 class MemoryPhase:
     name: str
     planned_bytes: int
+
+
+def refused_phase(phases: list[MemoryPhase], cap_bytes: int) -> MemoryPhase | None:
+    """The first phase of the work that does not fit the cap: the memory guard refuses the task for it."""
+    return next((phase for phase in phases if phase.planned_bytes > cap_bytes), None)
 
 
 @dataclass
@@ -87,8 +110,9 @@ class LocalProcedure(ABC):
         self.params = params
 
     @abstractmethod
-    def memory_phases(self, context: ProcedureContext) -> list[MemoryPhase]:
-        """The planned footprint of each phase of the work, checked against the cap before anything starts."""
+    def memory_phases(self, context: MemoryContext) -> list[MemoryPhase]:
+        """The planned footprint of each phase of the work, checked against the cap before anything starts (from
+        the order and planners alone: a driver asks too, to know which tasks will be refused)."""
 
     @abstractmethod
     def run(self, context: ProcedureContext) -> ProcedureResult:
@@ -125,7 +149,7 @@ class StandardProcedure(LocalProcedure):
     def _objective(order: WorkOrder) -> LocalObjective | None:
         return make_objective(order.objective.name, order.objective.params) if order.objective else None
 
-    def memory_phases(self, context: ProcedureContext) -> list[MemoryPhase]:
+    def memory_phases(self, context: MemoryContext) -> list[MemoryPhase]:
         planner = context.planner(self._objective(context.order))
         widths = widths_of(context.family.spec, context.order.selection)
         return [MemoryPhase("training", planner.footprint(widths, context.training.batch_size).total)]

@@ -18,8 +18,12 @@ from tests.conftest import SMALL_CONFIG
 
 
 class FakeHosts:
-    def __init__(self, device_times: dict[int, float], hosts: int = 2, seed: int = 0, delta: float = 0.01):
+    """`refused`: participants whose memory guard refuses every task (it answers at once: latency 0)."""
+
+    def __init__(self, device_times: dict[int, float], hosts: int = 2, seed: int = 0, delta: float = 0.01,
+                 refused: frozenset[int] = frozenset()):
         self.device_times = device_times
+        self.refused = refused
         self.host_of = {pid: pid % hosts for pid in device_times}
         self.rng = np.random.default_rng(seed)
         self.delta = delta
@@ -32,6 +36,12 @@ class FakeHosts:
     def submit(self, task, payload, lr):
         handle = len(self.sent)
         self.sent.append(task)
+        if task.participant in self.refused:
+            self.results[handle] = (ParticipantRoundRow(
+                run_id="fake", round=task.base_version + 1, participant=task.participant, device="fake",
+                host=self.host_of[task.participant], status="oom", task=task.task, base_version=task.base_version,
+                vt_start=task.vt_start, vt_end=task.vt_start), None, {})
+            return handle
         spent = self.device_times[task.participant]
         row = ParticipantRoundRow(run_id="fake", round=task.base_version + 1, participant=task.participant,
                                   device="fake", host=self.host_of[task.participant], status="ok", task=task.task,
@@ -61,13 +71,14 @@ INSTANT = {"name": "instant", "description": "test", "memory_mib": 10_000, "trai
            "uplink_mbps": 1e9, "downlink_mbps": 1e9, "latency_ms": 0}
 
 
-def engine_for(profiles_dir, strategy, params, device_times, rounds, seed=0, fleet_extra=(), **config):
+def engine_for(profiles_dir, strategy, params, device_times, rounds, seed=0, fleet_extra=(), refusing=(), **config):
     """The engine `strategy` names, on `instant` devices whose tasks take `device_times` (participant -> s) on fake
-    hosts that answer in an order drawn from `seed`."""
+    hosts that answer in an order drawn from `seed`; devices of the classes `refusing` refuse every task."""
     data = copy.deepcopy(SMALL_CONFIG)
     data.update(rounds=rounds, strategy={"name": strategy, "params": params}, **config)
     data["fleet"] = {"devices": {"instant": len(device_times)}, "profiles_dir": str(profiles_dir), **dict(fleet_extra)}
     prepared = prepare(config_from_dict(data))
-    context = EngineContext(prepared, FakeHosts(device_times, seed=seed), "fake", VirtualTimeline(),
+    refused = frozenset(p.id for p in prepared.fleet.participants if p.device.name in refusing)
+    context = EngineContext(prepared, FakeHosts(device_times, seed=seed, refused=refused), "fake", VirtualTimeline(),
                             prepared.availability, {i.id: i for i in prepared.participant_infos()})
     return make_engine(prepared.strategy.engine, context, initial_weights(prepared))

@@ -2,8 +2,9 @@
 
 import numpy as np
 import pytest
+import yaml
 
-from tests.runtime.fake_hosts import engine_for
+from tests.runtime.fake_hosts import INSTANT, engine_for
 
 def schedule(steps):
     return [(s.index, s.vt_end, [(r.participant, r.staleness, r.vt_start, r.vt_end) for r in s.rows]) for s in steps]
@@ -82,3 +83,27 @@ def test_a_checkpointed_engine_continues_exactly(profiles_dir):
     resumed.load_state_dict(values, arrays)
     assert schedule(head + list(resumed.steps(4))) == schedule(whole)
     assert all(np.array_equal(whole[-1].weights[k], resumed.weights[k]) for k in resumed.weights)
+
+
+# Memory for nothing, and training the engine would predict at hours: each task it is handed is refused at once.
+TINY = {**INSTANT, "name": "tiny", "memory_mib": 0.001, "train_gflops": 1e-6}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_a_refused_task_is_taken_at_its_refusal_whatever_order_hosts_answer_in(profiles_dir, seed):
+    """The engine predicts a task the memory guard will refuse at its round trip, not at the training it was
+    sized for, so the refusal joins the step its virtual time falls in, whichever host answers first."""
+    (profiles_dir / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    times = {0: 1.0, 1: 2.0, 2: 0.7, 3: 0.0}
+
+    def steps(answer_order):
+        return list(engine_for(profiles_dir, "fedbuff", {"buffer_size": 2}, times, rounds=6, seed=answer_order,
+                               fleet_extra={"devices": {"instant": 3, "tiny": 1}}, refusing={"tiny"}).steps(1))
+
+    run = steps(seed)
+    assert any(r.status == "oom" for s in run for r in s.rows)
+    previous = -1.0
+    for step in run:
+        assert all(previous <= r.vt_end <= step.vt_end for r in step.rows), schedule([step])
+        previous = step.vt_end
+    assert schedule(run) == schedule(steps(0))

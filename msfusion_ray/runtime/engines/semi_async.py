@@ -17,7 +17,10 @@ the aggregation deadline, then devices coming on; among completions by participa
 Hosts train in parallel in wall time, ahead of the virtual clock; the driver takes each result in virtual-time
 order. It knows a lower bound of every in-flight task's end (its predicted device time, or its start) and waits
 for exactly the results that could come before the next known event, so the run does not depend on which host
-finished first.
+finished first. A task its participant's memory guard will refuse ends after one round trip, long before the
+training it was predicted from: the driver asks the procedure's memory phases of the same planners first, and
+predicts such a task at its refusal (a host's GPU share is the one limit it cannot see: keep runs whose hosts
+share a GPU clear of it).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from msfusion_ray.costs.flops import TrainingStepFlops
-from msfusion_ray.devices.clock import device_time
+from msfusion_ray.devices.clock import device_time, refusal_device_s
 from msfusion_ray.models.weights import Weights
 from msfusion_ray.records import ParticipantRoundRow
 from msfusion_ray.runtime.checkpoint import join_arrays, split_arrays
@@ -40,7 +43,8 @@ from msfusion_ray.runtime.engines.dispatch import HUNG_HOST_GRACE_S, Dispatcher,
 from msfusion_ray.strategies.base import ObjectiveSpec, ProcedureSpec, Update, WorkOrder
 from msfusion_ray.training.local import batch_sizes
 from msfusion_ray.training.losses import loss_of
-from msfusion_ray.training.procedure import make_procedure, selection_bytes
+from msfusion_ray.runtime.participant import PlannerCache
+from msfusion_ray.training.procedure import PlannedTask, make_procedure, refused_phase, selection_bytes
 
 POLL_S = 5.0
 COMPLETION, DEADLINE, DEVICE_ON = 0, 1, 2  # event kinds, in the order they are taken at equal times
@@ -102,6 +106,7 @@ class SemiAsyncEngine(Engine):
         self._refs: dict[Any, int] = {}  # handle of a sent task -> its task number
         self._step_flops = TrainingStepFlops(context.prepared.family.build, context.prepared.family.example_batch,
                                              loss_of(context.prepared.family.data.task))
+        self._planners = PlannerCache(context.prepared.family, context.config.training)  # the hosts' footprints
         self._wall_anchor = (wall_clock(), 0.0)
         self._step_wall = time.perf_counter()
 
@@ -294,13 +299,18 @@ class SemiAsyncEngine(Engine):
         return order
 
     def _predict(self, order: WorkOrder) -> float | None:
-        """Device time known before the task runs: counted FLOPs of its shapes, bytes of its payload."""
+        """Device time known before the task runs: a refusal's round trip where the participant's memory guard
+        will refuse it, else counted FLOPs of its shapes and bytes of its payload."""
         participant = self.context.prepared.fleet.participants[order.participant]
         if participant.device.native:
             return None
+        procedure = make_procedure(order.procedure)
+        planned = PlannedTask(order, self.context.prepared.family, self.context.config.training,
+                              self._planners.planner)
+        if refused_phase(procedure.memory_phases(planned), participant.memory_cap_bytes) is not None:
+            return refusal_device_s(participant.device)
         sizes = batch_sizes(self.context.infos[order.participant].samples, self.context.config.training)
-        flops = make_procedure(order.procedure).predict_flops(self.context.prepared.family, order, sizes,
-                                                              self._step_flops)
+        flops = procedure.predict_flops(self.context.prepared.family, order, sizes, self._step_flops)
         if flops is None:
             return None
         payload = self._payloads.nbytes(order, self.history[order.base_version])
