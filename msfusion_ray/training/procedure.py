@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping, Protocol
+from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 import torch
@@ -56,22 +56,18 @@ class ProcedureContext:
     device: torch.device = torch.device("cpu")  # where the host trains (weights still arrive and leave as numpy)
 
 
-class MemoryContext(Protocol):
-    """What `memory_phases` may read of a task: a ProcedureContext has it, and so does a `PlannedTask`, which is
-    all a driver knows of a task before it sends it."""
-
-    order: WorkOrder
-    family: ModelFamily
-    training: TrainingConfig
-    planner: Callable[[LocalObjective | None], FootprintPlanner]
-
-
 @dataclass(frozen=True)
 class PlannedTask:
+    """All a driver knows of a task before it sends it: what `memory_phases` may read (a ProcedureContext has it
+    too), so that the driver knows which tasks its participants will refuse."""
+
     order: WorkOrder
     family: ModelFamily
     training: TrainingConfig
     planner: Callable[[LocalObjective | None], FootprintPlanner]
+
+
+MemoryContext = PlannedTask | ProcedureContext
 
 
 @dataclass(frozen=True)
