@@ -40,10 +40,10 @@ from msfusion_ray.records import ParticipantRoundRow
 from msfusion_ray.runtime.checkpoint import join_arrays, split_arrays
 from msfusion_ray.runtime.engines.base import Engine, EngineContext, Step, drop_at, lost_row, register_engine, wall_clock
 from msfusion_ray.runtime.engines.dispatch import HUNG_HOST_GRACE_S, Dispatcher, PayloadStore, Result, take_result
+from msfusion_ray.runtime.participant import PlannerCache
 from msfusion_ray.strategies.base import ObjectiveSpec, ProcedureSpec, Update, WorkOrder
 from msfusion_ray.training.local import batch_sizes
 from msfusion_ray.training.losses import loss_of
-from msfusion_ray.runtime.participant import PlannerCache
 from msfusion_ray.training.procedure import PlannedTask, make_procedure, refused_phase, selection_bytes
 
 POLL_S = 5.0
