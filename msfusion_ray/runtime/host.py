@@ -7,6 +7,7 @@ bounded pool of hosts carries many participants each. Assignment is sticky, so a
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -18,7 +19,7 @@ from msfusion_ray.costs.flops import StepCostCache
 from msfusion_ray.devices.gpu import host_gpu, release_cuda_memory
 from msfusion_ray.models.base import ModelFamily
 from msfusion_ray.models.weights import Weights
-from msfusion_ray.runtime.participant import ParticipantSpec, ParticipantWorker, PlannerCache, WorkerSettings
+from msfusion_ray.runtime.participant import ParticipantSpec, ParticipantWorker, PlannerCache, Result, WorkerSettings
 from msfusion_ray.strategies.base import WorkOrder
 from msfusion_ray.training.evaluate_shards import Chunk, evaluate_chunks
 
@@ -50,11 +51,19 @@ class Host:
                 "gpu_fraction": float(context.get_assigned_resources().get("GPU", 0.0)),
                 "gpu_budget_bytes": gpu.budget_bytes if gpu is not None else 0}
 
-    def run(self, task: WorkOrder, payload_box: list, lr: float):  # noqa: ANN201
-        """Carry out one work order. The payload ref comes boxed in a list so that it is fetched only if the
-        participant's memory guard lets the work start."""
-        worker = self.workers[task.participant]
-        return worker.run(task, lambda: ray.get(payload_box[0], timeout=self.fetch_timeout_s), lr)
+    def run(self, tasks: list[WorkOrder], payloads: list[ray.ObjectRef], lrs: list[float]) -> list[Result]:
+        """Carry out work orders one after another, each with its payload and learning rate. The payload refs come
+        in a list, unresolved: each is fetched the first time a participant's memory guard lets work on it start,
+        and once for the whole call."""
+        fetched: dict[ray.ObjectRef, Weights] = {}
+
+        def fetch(ref: ray.ObjectRef) -> Weights:
+            if ref not in fetched:
+                fetched[ref] = ray.get(ref, timeout=self.fetch_timeout_s)
+            return fetched[ref]
+
+        return [self.workers[task.participant].run(task, functools.partial(fetch, ref), lr)
+                for task, ref, lr in zip(tasks, payloads, lrs)]
 
     def evaluate(self, weights: Weights, chunks: list[Chunk], calibration: np.ndarray, batch_size: int,
                  calibration_batch_size: int) -> tuple[list[dict[str, float]], float]:

@@ -39,6 +39,9 @@ from msfusion_ray.strategies.base import WorkOrder
 from msfusion_ray.training.procedure import ProcedureContext, TaskTimeout, make_procedure
 
 
+Result = tuple[ParticipantRoundRow, Weights | None, dict]  # a task's record, its update, what it chose to train
+
+
 @dataclass(frozen=True)
 class ParticipantSpec:
     id: int
@@ -119,7 +122,7 @@ class ParticipantWorker:
                                                        else float("nan")), **values)
 
     def run(self, task: WorkOrder, fetch_payload: Callable[[], Weights],
-            lr: float) -> tuple[ParticipantRoundRow, Weights | None, dict]:
+            lr: float) -> Result:
         """(record, payload or None, what the participant chose to train)."""
         started = self.clock()
         try:
@@ -141,7 +144,7 @@ class ParticipantWorker:
         return copy.copy(self.states[task.state_from])
 
     def _run(self, task: WorkOrder, fetch_payload: Callable[[], Weights], lr: float,
-             started: float) -> tuple[ParticipantRoundRow, Weights | None, dict]:
+             started: float) -> Result:
         procedure = make_procedure(task.procedure)
         seed = [self.settings.seed, *task.seed_key, self.spec.id]
         context = ProcedureContext(task, self.family, self.data, self.spec.indices, self.settings.training, lr, seed,
