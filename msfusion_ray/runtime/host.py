@@ -18,6 +18,7 @@ import torch
 from msfusion_ray.costs.flops import StepCostCache
 from msfusion_ray.devices.gpu import host_gpu, release_cuda_memory
 from msfusion_ray.models.base import ModelFamily
+from msfusion_ray.models.pool import ModulePool
 from msfusion_ray.models.weights import Weights
 from msfusion_ray.runtime.participant import ParticipantSpec, ParticipantWorker, PlannerCache, Result, WorkerSettings
 from msfusion_ray.strategies.base import WorkOrder
@@ -35,7 +36,9 @@ class Host:
         self.data = data = ray.get(data_box[0], timeout=fetch_timeout_s)
         costs = StepCostCache()  # shared by the host's participants: same shapes cost the same
         planners = PlannerCache(family, settings.training)  # and need the same memory
-        self.workers = {p.id: ParticipantWorker(p, family, data, settings, costs, planners, gpu=self.gpu)
+        modules = ModulePool()  # and train in the same modules
+        self.workers = {p.id: ParticipantWorker(p, family, data, settings, costs, planners, gpu=self.gpu,
+                                                modules=modules)
                         for p in participants}
 
     def ping(self) -> int:

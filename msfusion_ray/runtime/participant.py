@@ -33,6 +33,7 @@ from msfusion_ray.devices.clock import device_time, pace_until
 from msfusion_ray.devices.gpu import GpuWindow, HostGpu, release_cuda_memory
 from msfusion_ray.devices.profile import DeviceProfile
 from msfusion_ray.models.base import ModelFamily
+from msfusion_ray.models.pool import ModulePool
 from msfusion_ray.models.weights import Weights
 from msfusion_ray.records import ParticipantRoundRow
 from msfusion_ray.strategies.base import WorkOrder
@@ -100,10 +101,12 @@ def deadline_check(started: float, limit_s: float, clock: Callable[[], float]) -
 class ParticipantWorker:
     def __init__(self, spec: ParticipantSpec, family: ModelFamily, data: DataBundle, settings: WorkerSettings,
                  step_costs: StepCostCache, planners: PlannerCache | None = None,
-                 clock: Callable[[], float] = time.perf_counter, gpu: HostGpu | None = None):
+                 clock: Callable[[], float] = time.perf_counter, gpu: HostGpu | None = None,
+                 modules: ModulePool | None = None):
         self.spec = spec
         self.gpu = gpu  # the host's GPU share (None: it trains on CPU)
         self.device = gpu.device if gpu is not None else torch.device("cpu")
+        self.modules = modules if gpu is None else None  # on a GPU share, modules kept between tasks would hold it
         self.clock = clock
         self.family = family
         self.data = data
@@ -150,7 +153,7 @@ class ParticipantWorker:
         context = ProcedureContext(task, self.family, self.data, self.spec.indices, self.settings.training, lr, seed,
                                    self.step_costs, self.planners.planner, fetch_payload, self._state_for(task),
                                    deadline_check(started, self.settings.task_timeout_s, self.clock),
-                                   device=self.device)
+                                   device=self.device, modules=self.modules)
         phases = procedure.memory_phases(context)
         planned = max(phase.planned_bytes for phase in phases)
         refused = [phase for phase in phases if phase.planned_bytes > self.spec.memory_cap_bytes]
