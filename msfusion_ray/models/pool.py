@@ -46,8 +46,6 @@ class ModulePool:
         for name, buffer in module.named_buffers():
             if name in self._fresh[key]:
                 buffer.copy_(self._fresh[key][name])
-        for parameter in module.parameters():
-            parameter.grad = None
         if not all(m.training for m in module.modules()):
             module.train()
         _advance_generator(self._draws[key])
@@ -56,6 +54,8 @@ class ModulePool:
     def give_back(self, key: Hashable, module: nn.Module) -> None:
         if self._draws.get(key) is None or _has_hooks(module):
             return
+        for parameter in module.parameters():
+            parameter.grad = None  # its memory is free until the next task of the shape
         self._free.pop(key, None)
         self._free[key] = module
         while len(self._free) > self._most:
