@@ -16,7 +16,6 @@ import contextlib
 import copy
 import time
 import traceback
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -31,37 +30,16 @@ from msfusion_ray.data.arrays import DataBundle
 from msfusion_ray.devices.capacity import make_planner
 from msfusion_ray.devices.clock import device_time, pace_until
 from msfusion_ray.devices.gpu import GpuWindow, HostGpu, release_cuda_memory
-from msfusion_ray.devices.profile import DeviceProfile
 from msfusion_ray.models.base import ModelFamily
 from msfusion_ray.models.pool import ModulePool
 from msfusion_ray.models.weights import Weights
 from msfusion_ray.records import ParticipantRoundRow
+from msfusion_ray.runtime.settings import ParticipantSpec, WorkerSettings
 from msfusion_ray.strategies.base import WorkOrder
 from msfusion_ray.training.procedure import ProcedureContext, TaskTimeout, make_procedure
 
 
 Result = tuple[ParticipantRoundRow, Weights | None, dict]  # a task's record, its update, what it chose to train
-
-
-@dataclass(frozen=True)
-class ParticipantSpec:
-    id: int
-    device: DeviceProfile
-    memory_cap_bytes: int
-    indices: np.ndarray  # its samples in the training split
-
-
-@dataclass(frozen=True)
-class WorkerSettings:
-    run_id: str
-    host: int
-    seed: int
-    training: TrainingConfig
-    clock: str = "virtual"  # or "real": sleep until wall time follows the virtual timeline
-    task_timeout_s: float = float("inf")  # wall seconds a task may work, from its own start
-    device: str = "cpu"  # the run's device ("cuda": hosts train on the GPU share Ray gives them)
-    device_required: bool = False  # runtime.device said cuda (not auto): a host that cannot use its GPU stops
-    gpu_share: float = 0.0  # of a GPU, each host's (runtime.gpus_per_host or the even share)
 
 
 class PlannerCache:
