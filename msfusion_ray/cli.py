@@ -14,7 +14,7 @@ import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from msfusion_ray.config import ExperimentConfig, load_config
+from msfusion_ray.config import ExperimentConfig, RuntimeConfig, load_config, runtime_ahead
 from msfusion_ray.errors import ClusterStartError, UserInputError
 from msfusion_ray.failures import RUN_LOG
 from msfusion_ray.inputs import load_yaml
@@ -224,14 +224,27 @@ def read_and_prepare(path: Path | None, resume: str | None, overrides: list[str]
     return prepare_checked(config, resumed)
 
 
+def cluster_ahead(path: Path | None, resume: str | None, overrides: list[str]) -> tuple[RuntimeConfig, list] | None:
+    """What starting the run's cluster needs (`runtime_ahead`: its runtime section and the code it names), read from
+    the config file, or from the resumed run's; None where it cannot be read (the whole check says why)."""
+    source = path if path is not None else Path(resume) / "config.yaml"
+    try:
+        data = load_yaml(source)
+    except UserInputError:
+        return None
+    return runtime_ahead(data, overrides, config_dir=source.parent if path is not None else None)
+
+
 def prepare_beside_cluster(path: Path | None, resume: str | None, overrides: list[str],
                            address: str | None) -> tuple[Launchable, Path | None]:
     """Read the config and prepare the experiment (every check happens before anything is written) while its
-    embedded cluster starts: the two take seconds each, and the cluster needs only the config. Both the reading
-    (the strategies' parameters are checked by their classes) and the preparing import torch: they happen in a
-    process of their own (`PreparingApart`), so that this one, which lives as long as the run, never does. A
-    process that exits right after (see `exit_now`) takes a cluster started for input that turned out bad down
-    with it; where the kernel would not (no fate sharing) or the run joins a cluster, it prepares first."""
+    embedded cluster starts: each takes seconds, and the cluster needs only the config's runtime section (read
+    ahead of the rest: `cluster_ahead`; started again in the odd case the whole check resolves it otherwise).
+    Reading the whole config (the strategies' parameters are checked by their classes) and preparing import torch:
+    they happen in a process of their own (`PreparingApart`), so that this one, which lives as long as the run,
+    never does. A process that exits right after (see `exit_now`) takes a cluster started for input that turned
+    out bad down with it; where the kernel would not (no fate sharing) or the run joins a cluster, it prepares
+    first."""
     import ray
 
     from msfusion_ray.code_refs import job_runtime_env
@@ -239,14 +252,29 @@ def prepare_beside_cluster(path: Path | None, resume: str | None, overrides: lis
     from msfusion_ray.launchable import PreparingApart
     from msfusion_ray.runtime.cluster import ends_with_this_process, fate_sharing_supported, start_cluster
 
-    failed = None
-    with PreparingApart(functools.partial(read_and_prepare, path, resume, overrides, address)) as preparing:
-        config, resumed = preparing.note()
-        if not config.runtime.address and fate_sharing_supported():
+    started: tuple[RuntimeConfig, list] | None = None  # what the running cluster was started for
+    failed: ClusterStartError | None = None
+
+    def start(runtime: RuntimeConfig, code: list) -> None:
+        nonlocal started, failed
+        if failed is None and not runtime.address and fate_sharing_supported():
             try:
-                start_cluster(config.runtime, job_runtime_env(code_named(config)))
+                start_cluster(runtime, job_runtime_env(code))
+                started = (runtime, code)
             except ClusterStartError as err:
                 failed = err
+
+    ahead = cluster_ahead(path, resume, overrides) if not address else None
+    with PreparingApart(functools.partial(read_and_prepare, path, resume, overrides, address)) as preparing:
+        if ahead is not None:
+            start(*ahead)
+        config, resumed = preparing.note()
+        needed = (config.runtime, code_named(config))
+        if started is not None and started != needed:
+            ray.shutdown()
+            started = None
+        if started is None:
+            start(*needed)
         prepared = preparing.result()  # bad input first: exit code 2 whatever the cluster did
     if failed is not None:
         raise failed

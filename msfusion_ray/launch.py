@@ -468,7 +468,9 @@ def execute(prepared: Prepared | Launchable, run_dir: Path, run_id: str, resume:
 
 def code_named(config: ExperimentConfig) -> list[str]:
     """The config fields that may name the user's code (shipped with the job to the cluster's nodes)."""
-    return [config.model.name, config.data.dataset]
+    from msfusion_ray.paths import CODE_FIELDS
+
+    return [getattr(getattr(config, section), key) for section, key in CODE_FIELDS]
 
 
 def prepare_checked(config: ExperimentConfig, resumed: Path | None = None) -> Prepared:
