@@ -21,8 +21,8 @@ within a repetition, then their median reported:
 Figures per side: end to end (launch to exit), start-up (launch to the first training), steady round (rounds 2
 to the last: start of a round to the start of the next; the last to the end of its evaluation), evaluation
 (median wall seconds of one), training GFLOP/s (a round's counted training FLOPs over the steady round less its
-evaluation), peak memory of all the program's processes (summed resident sets and summed proportional sets,
-sampled every 0.2 s), the CPU seconds they used (less sensitive than wall time to other work on the machine),
+evaluation), peak memory of all the program's processes (summed resident sets sampled every 0.2 s, summed
+proportional sets every 1 s: reading them costs the programs CPU), the CPU seconds they used (less sensitive than wall time to other work on the machine),
 final test accuracy. Flower's telemetry is off (FLWR_TELEMETRY_ENABLED=0) and every
 program runs with the embedded cluster's loopback-only environment.
 

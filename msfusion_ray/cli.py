@@ -10,19 +10,20 @@ import argparse
 import logging
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import functools
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from msfusion_ray.config import ExperimentConfig, load_config
+from msfusion_ray.config import ExperimentConfig, RuntimeConfig, load_config, runtime_ahead
 from msfusion_ray.errors import ClusterStartError, UserInputError
 from msfusion_ray.failures import RUN_LOG
 from msfusion_ray.inputs import load_yaml
-from msfusion_ray.launch import RunFailed, execute, interruption, open_run
+from msfusion_ray.launch import RunFailed, execute, interruption, open_run, open_run_dir
 from msfusion_ray.paths import find, find_config
 
 if TYPE_CHECKING:
     from msfusion_ray.experiment import Prepared
+    from msfusion_ray.launchable import Launchable
 
 EXIT_BAD_INPUT = 2
 
@@ -176,15 +177,15 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    prepare = prepare_beside_cluster if args.exiting else None
-    if args.resume:
-        prepared, run_dir, run_id = open_run(None, args.resume, _overrides(args), address=args.address,
-                                             prepare=prepare)
-    elif args.config:
-        prepared, run_dir, run_id = open_run(load_config(find_config(args.config), _overrides(args)),
-                                             address=args.address, prepare=prepare)
-    else:
+    if not args.resume and not args.config:
         raise UserInputError("run", "give a CONFIG or --resume RUN_DIR")
+    config_path = find_config(args.config) if not args.resume else None
+    if args.exiting:
+        prepared, resumed = prepare_beside_cluster(config_path, args.resume, _overrides(args), args.address)
+        run_dir, run_id = open_run_dir(prepared, resumed, _overrides(args) if args.resume else ())
+    else:
+        prepared, run_dir, run_id = open_run(read_config(config_path, _overrides(args)), args.resume,
+                                             _overrides(args) if args.resume else (), args.address)
     resume_hint = f"continue with: python -m msfusion_ray run --resume {run_dir}"
     try:
         summary = execute(prepared, run_dir, run_id, resume=bool(args.resume), exiting=args.exiting)
@@ -207,35 +208,79 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def prepare_beside_cluster(config: ExperimentConfig) -> Prepared:
-    """Prepare the experiment (every check happens before anything is written) while its embedded cluster starts:
-    the two take seconds each and need nothing of each other. A process that exits right after (see `exit_now`)
-    takes a cluster started for input that turned out bad down with it; where the kernel would not (no fate
-    sharing) or the run joins a cluster, it prepares first."""
-    from msfusion_ray.experiment import prepare
+def read_config(path: Path | None, overrides: list[str]) -> ExperimentConfig | None:
+    """A new run's config from its file with `overrides` (None for a resumed run: its directory has it)."""
+    return load_config(path, overrides) if path is not None else None
 
-    if config.runtime.address:
-        return prepare(config)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        preparing = pool.submit(prepare, config)
-        import ray  # beside the preparation's own imports
 
-        from msfusion_ray.code_refs import job_runtime_env
-        from msfusion_ray.launch import code_named
-        from msfusion_ray.runtime.cluster import ends_with_this_process, fate_sharing_supported, start_cluster
+def read_and_prepare(path: Path | None, resume: str | None, overrides: list[str], address: str | None,
+                     note: Callable[[Any], None]) -> Prepared:
+    """What `prepare_beside_cluster` has its child process do: the config read and checked (`note`d as soon as it
+    is, with the resumed run's directory), then the experiment prepared."""
+    from msfusion_ray.launch import prepare_checked, run_config
 
-        failed = None
-        if fate_sharing_supported():
+    config, resumed = run_config(read_config(path, overrides), resume, overrides if resume else (), address)
+    note((config, resumed))
+    return prepare_checked(config, resumed)
+
+
+def cluster_ahead(path: Path | None, resume: str | None, overrides: list[str]) -> tuple[RuntimeConfig, list] | None:
+    """What starting the run's cluster needs (`runtime_ahead`: its runtime section and the code it names), read from
+    the config file, or from the resumed run's; None where it cannot be read (the whole check says why)."""
+    source = path if path is not None else Path(resume) / "config.yaml"
+    try:
+        data = load_yaml(source)
+    except UserInputError:
+        return None
+    return runtime_ahead(data, overrides, config_dir=source.parent if path is not None else None)
+
+
+def prepare_beside_cluster(path: Path | None, resume: str | None, overrides: list[str],
+                           address: str | None) -> tuple[Launchable, Path | None]:
+    """Read the config and prepare the experiment (every check happens before anything is written) while its
+    embedded cluster starts: each takes seconds, and the cluster needs only the config's runtime section (read
+    ahead of the rest: `cluster_ahead`; started again in the odd case the whole check resolves it otherwise).
+    Reading the whole config (the strategies' parameters are checked by their classes) and preparing import torch:
+    they happen in a process of their own (`PreparingApart`), so that this one, which lives as long as the run,
+    never does. A process that exits right after (see `exit_now`) takes a cluster started for input that turned
+    out bad down with it; where the kernel would not (no fate sharing) or the run joins a cluster, it prepares
+    first."""
+    import ray
+
+    from msfusion_ray.code_refs import job_runtime_env
+    from msfusion_ray.launch import code_named
+    from msfusion_ray.launchable import PreparingApart
+    from msfusion_ray.runtime.cluster import ends_with_this_process, fate_sharing_supported, start_cluster
+
+    started: tuple[RuntimeConfig, list] | None = None  # what the running cluster was started for
+    failed: ClusterStartError | None = None
+
+    def start(runtime: RuntimeConfig, code: list) -> None:
+        nonlocal started, failed
+        if failed is None and not runtime.address and fate_sharing_supported():
             try:
-                start_cluster(config.runtime, job_runtime_env(code_named(config)))
+                start_cluster(runtime, job_runtime_env(code))
+                started = (runtime, code)
             except ClusterStartError as err:
                 failed = err
+
+    ahead = cluster_ahead(path, resume, overrides) if not address else None
+    with PreparingApart(functools.partial(read_and_prepare, path, resume, overrides, address)) as preparing:
+        if ahead is not None:
+            start(*ahead)
+        config, resumed = preparing.note()
+        needed = (config.runtime, code_named(config))
+        if started is not None and started != needed:
+            ray.shutdown()
+            started = None
+        if started is None:
+            start(*needed)
         prepared = preparing.result()  # bad input first: exit code 2 whatever the cluster did
     if failed is not None:
         raise failed
     if ray.is_initialized() and not ends_with_this_process():  # not what the check promised: leave nothing
         ray.shutdown()
-    return prepared
+    return prepared, resumed
 
 
 def _check_run_dir(path: str | Path) -> None:

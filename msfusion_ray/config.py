@@ -207,20 +207,42 @@ def experiment_model() -> type:
     return _EXPERIMENT_MODELS[names]
 
 
-def config_from_dict(data: dict[str, Any], overrides: list[str] = (), where: str = "",
-                     config_dir: str | Path | None = None) -> ExperimentConfig:
-    """Override, anchor (the files it names: msfusion_ray.paths, relative to the current directory, then
-    `config_dir`, then the bundled files) and validate a config."""
+def resolved_dict(data: dict[str, Any], overrides: list[str] = (),
+                  config_dir: str | Path | None = None) -> dict[str, Any]:
+    """A raw config overridden and anchored (the files it names: msfusion_ray.paths, relative to the current
+    directory, then `config_dir`, then the bundled files), not yet validated."""
     from msfusion_ray.paths import anchor_paths
 
     data = copy.deepcopy(data)
     for text in overrides:
         set_dotted(data, *parse_override(text))
-    anchor_paths(data, config_dir)
+    return anchor_paths(data, config_dir)
+
+
+def config_from_dict(data: dict[str, Any], overrides: list[str] = (), where: str = "",
+                     config_dir: str | Path | None = None) -> ExperimentConfig:
+    """Override, anchor (`resolved_dict`) and validate a config."""
+    data = resolved_dict(data, overrides, config_dir)
     config = to_dataclass(validate(experiment_model(), data, where))
     if config.fleet.file is None and config.fleet.devices is None:
         raise UserInputError(f"{where}.fleet" if where else "fleet", "give either 'file' or 'devices'")
     return config
+
+
+def runtime_ahead(data: dict[str, Any], overrides: list[str] = (),
+                  config_dir: str | Path | None = None) -> tuple[RuntimeConfig, list[Any]] | None:
+    """A config's runtime section, and the fields that may name the user's code (model.name, data.dataset),
+    resolved and checked alone: what starting its cluster needs, known before the whole config is checked (the
+    strategies' parameters are checked by their classes, which import torch). None where they do not check: the
+    whole config's check then says why."""
+    try:
+        data = resolved_dict(data, overrides, config_dir)
+        runtime = to_dataclass(validate(model_of(RuntimeConfig), data.get("runtime") or {}, "runtime"))
+    except (UserInputError, TypeError, ValueError, AttributeError):
+        return None
+    from msfusion_ray.paths import CODE_FIELDS
+
+    return runtime, [(data.get(section) or {}).get(key) for section, key in CODE_FIELDS]
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:

@@ -20,13 +20,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from msfusion_ray.code_refs import job_runtime_env
 from msfusion_ray.config import ExperimentConfig, config_from_dict
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.failures import describe_failure, open_run_log
 from msfusion_ray.inputs import load_yaml
+from msfusion_ray.launchable import Launchable
 from msfusion_ray.tracking import RoundFollower, follow_rounds
 
 if TYPE_CHECKING:  # the command line imports this module before it knows it will run anything (torch: seconds)
@@ -179,7 +180,7 @@ def threading_is_main() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def new_run_dir(prepared: Prepared) -> tuple[Path, str]:
+def new_run_dir(prepared: Prepared | Launchable) -> tuple[Path, str]:
     """Create runs/<name>-<time>-<tag>/ with the resolved config and the data set's artifacts (e.g. a tokenizer)
     in it; called only after every check passed."""
     config = prepared.config
@@ -189,11 +190,12 @@ def new_run_dir(prepared: Prepared) -> tuple[Path, str]:
     return run_dir, run_id
 
 
-def write_run_dir(prepared: Prepared, run_dir: Path) -> None:
+def write_run_dir(prepared: Prepared | Launchable, run_dir: Path) -> None:
     """Make `run_dir` (a new directory) hold the resolved config and the data set's artifacts."""
+    launchable = Launchable.of(prepared)
     run_dir.mkdir(parents=True)
-    write_atomic(run_dir / "config.yaml", prepared.config.to_yaml())
-    for name, text in prepared.data.artifacts.items():
+    write_atomic(run_dir / "config.yaml", launchable.config.to_yaml())
+    for name, text in launchable.artifacts.items():
         (run_dir / name).write_text(text)
 
 
@@ -253,16 +255,17 @@ class RunHandle:
     watch several runs at once (a sweep). It writes the run's log, and the summary's status when the run fails
     or is stopped."""
 
-    def __init__(self, prepared: Prepared, run_dir: Path, run_id: str, resume: bool = False,
+    def __init__(self, prepared: Prepared | Launchable, run_dir: Path, run_id: str, resume: bool = False,
                  data_ref: Any = None, log_handler: logging.Handler | None = None):
         import ray
 
-        from msfusion_ray.runtime.driver import start_driver
+        from msfusion_ray.runtime.actors import start_driver
         from msfusion_ray.runtime.hosts import HostPool
 
+        prepared = Launchable.of(prepared)
         self.run_dir = Path(run_dir)
         self.rounds = prepared.config.rounds
-        self.base_summary = {"run_id": run_id, "name": prepared.config.name, "strategy": prepared.strategy.name,
+        self.base_summary = {"run_id": run_id, "name": prepared.config.name, "strategy": prepared.strategy_name,
                              "rounds": self.rounds}
         self._own_handler = log_handler is None
         self.log_handler = open_run_log(self.run_dir) if log_handler is None else log_handler
@@ -277,7 +280,7 @@ class RunHandle:
         # The host actors and the driver actor start side by side (each imports torch and fetches the data); the
         # driver waits for the hosts only when its runner needs them.
         self.hosts = HostPool(prepared, data_ref, run_id)
-        self.driver = start_driver(prepared, data_ref, self.hosts, run_dir, run_id, resume)
+        self.driver = start_driver(prepared.rest, data_ref, self.hosts, run_dir, run_id, resume)
         self.finished = self.driver.run.remote()
         self._pid = self.driver.pid.remote()
         self.progress: dict[str, Any] = {"round": 0}
@@ -389,13 +392,12 @@ def watch(handle: RunHandle, progress: ProgressDisplay, tracker: RoundFollower |
         handle.stop()
 
 
-def run_with_restarts(prepared: Prepared, run_dir: Path, run_id: str, resume: bool, show_progress: bool,
+def run_with_restarts(prepared: Launchable, run_dir: Path, run_id: str, resume: bool, show_progress: bool,
                       handler: logging.Handler) -> dict[str, Any]:
     """Run, and start the driver again from the last checkpoint if its process dies (killed, crashed, its node
     lost), up to runtime.max_driver_restarts times; then the run fails in one line. The checkpoint is checked
-    against the records and the config before each restart, as for `run --resume`."""
-    from msfusion_ray.runtime.checkpoint import check_resume
-
+    against the records and the config before each restart, as for `run --resume` (with the experiment whole:
+    where it was prepared apart, this process then imports torch)."""
     budget = prepared.config.runtime.max_driver_restarts
     progress = ProgressDisplay(prepared.config.rounds, "round", show_progress, label="round ")
     tracker = follow_rounds(prepared.config, run_dir, run_id)
@@ -412,7 +414,9 @@ def run_with_restarts(prepared: Prepared, run_dir: Path, run_id: str, resume: bo
                     reason = f"{died}; restarted {restart} times (runtime.max_driver_restarts={budget})"
                     write_summary_status(run_dir, "failed", reason, handle.base_summary)
                     raise RunFailed(reason) from None
-                checkpoint = check_resume(run_dir, prepared)
+                from msfusion_ray.runtime.checkpoint import check_resume
+
+                checkpoint = check_resume(run_dir, prepared.prepared())
                 where = f"the checkpoint of round {checkpoint.round}" if checkpoint is not None else "the start"
                 note = f"{died}; starting it again from {where} (restart {restart + 1} of {budget})"
                 log.warning(note)
@@ -424,7 +428,7 @@ def run_with_restarts(prepared: Prepared, run_dir: Path, run_id: str, resume: bo
             tracker.finish(status)
 
 
-def execute(prepared: Prepared, run_dir: Path, run_id: str, resume: bool = False,
+def execute(prepared: Prepared | Launchable, run_dir: Path, run_id: str, resume: bool = False,
             show_progress: bool = True, exiting: bool = False) -> dict[str, Any]:
     """Run a prepared experiment on the configured Ray cluster; returns the run's summary. A driver whose process
     dies is started again from the last checkpoint (`run_with_restarts`). A run that fails raises `RunFailed` (one
@@ -434,8 +438,9 @@ def execute(prepared: Prepared, run_dir: Path, run_id: str, resume: bool = False
 
     from msfusion_ray.runtime.cluster import ray_cluster
 
+    prepared = Launchable.of(prepared)
     config = prepared.config
-    base = {"run_id": run_id, "name": config.name, "strategy": prepared.strategy.name, "rounds": config.rounds}
+    base = {"run_id": run_id, "name": config.name, "strategy": prepared.strategy_name, "rounds": config.rounds}
     handler = open_run_log(run_dir)
     quiet_ray_crash_handler()
     try:
@@ -463,36 +468,57 @@ def execute(prepared: Prepared, run_dir: Path, run_id: str, resume: bool = False
 
 def code_named(config: ExperimentConfig) -> list[str]:
     """The config fields that may name the user's code (shipped with the job to the cluster's nodes)."""
-    return [config.model.name, config.data.dataset]
+    from msfusion_ray.paths import CODE_FIELDS
+
+    return [getattr(getattr(config, section), key) for section, key in CODE_FIELDS]
 
 
-def open_run(config: ExperimentConfig | None, resume: str | Path | None = None, overrides: Sequence[str] = (),
-             address: str | None = None,
-             prepare: Callable[[ExperimentConfig], Prepared] | None = None) -> tuple[Prepared, Path, str]:
-    """Everything before a run starts, for the CLI and `msfusion_ray.run`: the config (`config`, or the one
-    recorded in the run directory `resume`, with `overrides`), the output directory writable, the experiment
-    prepared (by `prepare`, default `experiment.prepare`), and for a resumed run its checkpoint checked against
-    its records and config; only then is anything written (a new run directory, or the resumed run's changed
-    config)."""
+def prepare_checked(config: ExperimentConfig, resumed: Path | None = None) -> Prepared:
+    """The experiment prepared (every check of the input), and for a resumed run (`resumed`, its directory) its
+    checkpoint checked against its records and config."""
+    from msfusion_ray.experiment import prepare
     from msfusion_ray.runtime.checkpoint import check_resume
 
-    if prepare is None:
-        from msfusion_ray.experiment import prepare
+    prepared = prepare(config)
+    if resumed is not None:
+        check_resume(resumed, prepared)
+    return prepared
 
+
+def run_config(config: ExperimentConfig | None, resume: str | Path | None = None, overrides: Sequence[str] = (),
+               address: str | None = None) -> tuple[ExperimentConfig, Path | None]:
+    """The run's config (`config`, or the one recorded in the run directory `resume`, with `overrides`), its output
+    directory checked writable, `address` set; and the directory of the run it resumes (None: a new run)."""
+    resumed = None
     if resume is not None:
-        run_dir = Path(resume)
-        if not (run_dir / "config.yaml").is_file():
-            raise UserInputError(str(run_dir), "not a run directory (no config.yaml)")
-        config = config_from_dict(load_yaml(run_dir / "config.yaml"), overrides, where=str(run_dir))
-        check_output_dir(run_dir, str(run_dir))
+        resumed = Path(resume)
+        if not (resumed / "config.yaml").is_file():
+            raise UserInputError(str(resumed), "not a run directory (no config.yaml)")
+        config = config_from_dict(load_yaml(resumed / "config.yaml"), overrides, where=str(resumed))
+        check_output_dir(resumed, str(resumed))
     else:
         check_output_dir(config.output_dir, "output_dir")
     if address:
         config = config_from_dict(config.to_dict(), [f"runtime.address={address}"])
-    prepared = prepare(config)  # every check happens before anything is written
-    if resume is None:
-        return (prepared, *new_run_dir(prepared))
-    check_resume(run_dir, prepared)  # the checkpoint against the records and the config, before any change
+    return config, resumed
+
+
+def open_run_dir(prepared: Prepared | Launchable, resumed: Path | None,
+                 overrides: Sequence[str] = ()) -> tuple[Path, str]:
+    """The run's directory once every check passed: a new one, or the resumed run's with its config changed by
+    `overrides` (e.g. more rounds)."""
+    if resumed is None:
+        return new_run_dir(prepared)
     if overrides:
-        write_atomic(run_dir / "config.yaml", config.to_yaml())  # e.g. more rounds for the resumed run
-    return prepared, run_dir, run_dir.name
+        write_atomic(resumed / "config.yaml", prepared.config.to_yaml())
+    return resumed, resumed.name
+
+
+def open_run(config: ExperimentConfig | None, resume: str | Path | None = None, overrides: Sequence[str] = (),
+             address: str | None = None) -> tuple[Prepared, Path, str]:
+    """Everything before a run starts, for `msfusion_ray.run` (the command line does the same in two processes:
+    msfusion_ray.cli.prepare_beside_cluster): the config (`run_config`), the experiment prepared and for a resumed
+    run its checkpoint checked (`prepare_checked`); only then is anything written (`open_run_dir`)."""
+    config, resumed = run_config(config, resume, overrides, address)
+    prepared = prepare_checked(config, resumed)
+    return (prepared, *open_run_dir(prepared, resumed, overrides))

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from msfusion_ray.cli import main
-from msfusion_ray.config import config_from_dict
+from msfusion_ray.config import config_from_dict, runtime_ahead
 from msfusion_ray.errors import UserInputError
 from tests.conftest import SMALL_CONFIG
 
@@ -83,3 +83,16 @@ def test_schema_is_valid_json_schema_accepting_every_ready_config_and_rejecting_
         assert not validator.is_valid(wrong), (section, key)
     assert not validator.is_valid({**quickstart, "rounds": "eight"})
     assert math.isfinite(schema["$defs"]["TrainingConfig"]["properties"]["lr"]["exclusiveMinimum"])
+
+
+def test_the_runtime_section_read_ahead_is_the_whole_checks(tmp_path):
+    """What the command line starts the cluster with before the whole config is checked (`runtime_ahead`)."""
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "mine.py").write_text("")
+    data = {**SMALL_CONFIG, "model": {"name": "models/mine.py:Net"}}
+    overrides = ["runtime.num_cpus=2", "runtime.object_store_mib=300"]
+    runtime, code = runtime_ahead(data, overrides, config_dir=tmp_path)
+    whole = config_from_dict(data, overrides, config_dir=tmp_path)
+    assert runtime == whole.runtime and runtime.num_cpus == 2
+    assert code == [whole.model.name, whole.data.dataset] and code[0].startswith(str(tmp_path))
+    assert runtime_ahead(data, ["runtime.num_cpus=-1"]) is None  # the whole check says why

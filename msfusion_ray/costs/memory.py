@@ -3,6 +3,8 @@ torch's allocator held on a GPU."""
 
 from __future__ import annotations
 
+import functools
+import os
 import weakref
 from pathlib import Path
 from contextlib import contextmanager
@@ -80,6 +82,16 @@ def _reset_peak_rss() -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=None)
+def _process(pid: int) -> psutil.Process:
+    return psutil.Process(pid)
+
+
+def _this_process() -> psutil.Process:
+    """This process, made once (a `psutil.Process` reads /proc to be made: paid by every task otherwise)."""
+    return _process(os.getpid())
+
+
 class RssPeak:
     """Result holder of `rss_peak`: bytes the process's resident set rose above its level at entry."""
 
@@ -94,7 +106,7 @@ def rss_peak() -> Iterator[RssPeak]:
     block used; the live-tensor tracker gives the allocation-level figure.
     """
     result = RssPeak()
-    process = psutil.Process()
+    process = _this_process()
     has_hwm = _reset_peak_rss()
     start = process.memory_info().rss
     try:

@@ -79,7 +79,11 @@ class CapacityOracle:
         return self._largest(lambda rate: self.footprint_bytes(self.rate_widths(rate)) <= cap)
 
     def _largest(self, fits: Callable[[float], bool]) -> float | None:
-        low, high = 0, self._resolution  # invariant: step `low` fits (0 means none), steps above `high` do not
+        """Where the whole model fits that is the answer, found with one footprint instead of a search's seven
+        (each a measured forward and backward pass)."""
+        if fits(1.0):
+            return 1.0
+        low, high = 0, self._resolution - 1  # invariant: step `low` fits (0 means none), steps above `high` do not
         if not fits(1 / self._resolution):
             return None
         low = 1

@@ -22,13 +22,13 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from msfusion_ray.devices.gpu_share import RAY_RESOURCE_DIGITS, floor_digits, gpu_share, resolve_device  # noqa: F401
 from msfusion_ray.errors import UserInputError
 
 # Memory a process's CUDA context and kernels take on its GPU outside the caching allocator (CUDA loads modules
 # lazily; a context with PyTorch's kernels is usually 300 to 500 MiB): an allowance kept out of each host's share,
 # not a measurement.
 CUDA_CONTEXT_RESERVE_BYTES = 512 * 2**20
-RAY_RESOURCE_DIGITS = 4  # Ray keeps resource quantities to 4 decimal places
 SAMPLE_INTERVAL_S = 0.25  # NVML sampling period of a host's telemetry thread
 
 
@@ -49,15 +49,6 @@ def cluster_gpus() -> float | None:
     return None
 
 
-def resolve_device(requested: str, gpus: float) -> str:
-    """The device hosts train on: `cpu`, or `cuda` when asked for or (auto) when the cluster has GPUs."""
-    if requested == "cpu" or (requested == "auto" and gpus <= 0):
-        return "cpu"
-    if gpus <= 0:
-        raise UserInputError("runtime.device", "cuda, but the cluster has no GPUs (use auto or cpu)")
-    return "cuda"
-
-
 def check_device(requested: str, address: str | None) -> None:
     """Bad device settings end before anything is written: `cuda` where the cluster has no GPU. The cluster is the
     open Ray session's, or the embedded one that will start on this machine; a cluster still to be joined by address
@@ -73,27 +64,6 @@ def check_device(requested: str, address: str | None) -> None:
         gpus = float(torch_cuda_gpus())
     if gpus is not None:
         resolve_device(requested, gpus)
-
-
-def floor_digits(value: float, digits: int = RAY_RESOURCE_DIGITS) -> float:
-    scale = 10**digits
-    return math.floor(value * scale + 1e-9) / scale
-
-
-def gpu_share(gpus: float, hosts: int, requested: float | None = None) -> float:
-    """The GPU each of `hosts` host actors asks for: `requested`, or an even share, 1/k with k = ceil(hosts / gpus)
-    hosts on each GPU (a fraction Ray can seat k times on one GPU; a whole GPU where there are enough). `gpus` may
-    be fractional: a sweep's cells divide the cluster's GPUs among them. Raises where `requested` leaves hosts
-    that no GPU can seat."""
-    if requested is not None:
-        per_gpu = math.floor(1 / requested + 1e-9)
-        seats = math.floor(gpus + 1e-9) * per_gpu
-        if gpus >= 1 and hosts > seats:
-            raise UserInputError("runtime.gpus_per_host", f"{hosts} hosts at {requested:g} GPU each need more than "
-                                                          f"the cluster's {gpus:g} GPUs (they seat {seats} hosts)")
-        return requested
-    per_gpu = math.ceil(hosts / gpus - 1e-9)
-    return min(1.0, floor_digits(1 / per_gpu))
 
 
 def host_budget_bytes(total_bytes: int, share: float) -> int:

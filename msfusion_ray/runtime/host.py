@@ -7,6 +7,7 @@ bounded pool of hosts carries many participants each. Assignment is sticky, so a
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -16,25 +17,30 @@ import torch
 
 from msfusion_ray.costs.flops import StepCostCache
 from msfusion_ray.devices.gpu import host_gpu, release_cuda_memory
+from msfusion_ray.launchable import Packed, opened
 from msfusion_ray.models.base import ModelFamily
+from msfusion_ray.models.pool import ModulePool
 from msfusion_ray.models.weights import Weights
-from msfusion_ray.runtime.participant import ParticipantSpec, ParticipantWorker, PlannerCache, WorkerSettings
+from msfusion_ray.runtime.participant import ParticipantSpec, ParticipantWorker, PlannerCache, Result, WorkerSettings
 from msfusion_ray.strategies.base import WorkOrder
 from msfusion_ray.training.evaluate_shards import Chunk, evaluate_chunks
 
 
 class Host:
-    def __init__(self, host_id: int, family: ModelFamily, data_box: list, participants: list[ParticipantSpec],
+    def __init__(self, host_id: int, family: ModelFamily | Packed, data_box: list, participants: list[ParticipantSpec],
                  settings: WorkerSettings, threads: int, fetch_timeout_s: float):
+        """`family` and the data in `data_box` may come `Packed` (msfusion_ray.launchable)."""
         torch.set_num_threads(threads)
         self.gpu = host_gpu(settings.device, settings.device_required, settings.gpu_share, host_id)
         self.host_id = host_id
         self.fetch_timeout_s = fetch_timeout_s
-        self.family = family
-        self.data = data = ray.get(data_box[0], timeout=fetch_timeout_s)
+        self.family = family = opened(family)
+        self.data = data = opened(ray.get(data_box[0], timeout=fetch_timeout_s))
         costs = StepCostCache()  # shared by the host's participants: same shapes cost the same
         planners = PlannerCache(family, settings.training)  # and need the same memory
-        self.workers = {p.id: ParticipantWorker(p, family, data, settings, costs, planners, gpu=self.gpu)
+        modules = ModulePool()  # and train in the same modules
+        self.workers = {p.id: ParticipantWorker(p, family, data, settings, costs, planners, gpu=self.gpu,
+                                                modules=modules)
                         for p in participants}
 
     def ping(self) -> int:
@@ -50,11 +56,19 @@ class Host:
                 "gpu_fraction": float(context.get_assigned_resources().get("GPU", 0.0)),
                 "gpu_budget_bytes": gpu.budget_bytes if gpu is not None else 0}
 
-    def run(self, task: WorkOrder, payload_box: list, lr: float):  # noqa: ANN201
-        """Carry out one work order. The payload ref comes boxed in a list so that it is fetched only if the
-        participant's memory guard lets the work start."""
-        worker = self.workers[task.participant]
-        return worker.run(task, lambda: ray.get(payload_box[0], timeout=self.fetch_timeout_s), lr)
+    def run(self, tasks: list[WorkOrder], payloads: list[ray.ObjectRef], lrs: list[float]) -> list[Result]:
+        """Carry out work orders one after another, each with its payload and learning rate. The payload refs come
+        in a list, unresolved: each is fetched the first time a participant's memory guard lets work on it start,
+        and once for the whole call."""
+        fetched: dict[ray.ObjectRef, Weights] = {}
+
+        def fetch(ref: ray.ObjectRef) -> Weights:
+            if ref not in fetched:
+                fetched[ref] = ray.get(ref, timeout=self.fetch_timeout_s)
+            return fetched[ref]
+
+        return [self.workers[task.participant].run(task, functools.partial(fetch, ref), lr)
+                for task, ref, lr in zip(tasks, payloads, lrs)]
 
     def evaluate(self, weights: Weights, chunks: list[Chunk], calibration: np.ndarray, batch_size: int,
                  calibration_batch_size: int) -> tuple[list[dict[str, float]], float]:
@@ -84,22 +98,3 @@ class Host:
         """A replacement host's participants, as saved before the previous host died."""
         for pid, state in states.items():
             self.workers[pid].restore_state(state)
-
-
-HostActor = ray.remote(max_restarts=0)(Host)
-
-
-def assign_hosts(participant_ids: list[int], n_hosts: int, groups: dict[int, str] | None = None) -> list[list[int]]:
-    """Sticky assignment of participants to hosts: round-robin, or within device classes when `groups` is given
-    (so that a host serves one class and can be placed on that class's nodes)."""
-    if groups is None:
-        return [participant_ids[h::n_hosts] for h in range(n_hosts)]
-    by_class: dict[str, list[int]] = {}
-    for pid in participant_ids:
-        by_class.setdefault(groups[pid], []).append(pid)
-    hosts: list[list[int]] = []
-    share = max(1, n_hosts // len(by_class))
-    for members in by_class.values():
-        count = min(share, len(members))
-        hosts.extend(members[h::count] for h in range(count))
-    return hosts

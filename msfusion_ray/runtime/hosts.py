@@ -9,17 +9,20 @@ all, then the run ends with `HostsKeepDying`.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import ray
 from ray.exceptions import OutOfMemoryError, RayActorError
 
 from msfusion_ray.config import RuntimeConfig
-from msfusion_ray.devices.gpu import gpu_share, resolve_device
-from msfusion_ray.experiment import Prepared
+from msfusion_ray.devices.gpu_share import gpu_share, resolve_device
+from msfusion_ray.launchable import Launchable
 from msfusion_ray.failures import describe_failure
-from msfusion_ray.runtime.host import HostActor, assign_hosts
-from msfusion_ray.runtime.participant import ParticipantSpec, WorkerSettings
+from msfusion_ray.runtime.actors import HostActor
+from msfusion_ray.runtime.settings import ParticipantSpec, WorkerSettings
+
+if TYPE_CHECKING:
+    from msfusion_ray.experiment import Prepared
 
 STARTUP_TIMEOUT_S = 300.0
 log = logging.getLogger(__name__)
@@ -45,7 +48,8 @@ class HostPool:
     """The run's host actors. Creating the pool starts them and returns at once (they import torch and load
     their data while the driver starts); `wait_ready` waits until every one answers."""
 
-    def __init__(self, prepared: Prepared, data_ref: ray.ObjectRef, run_id: str):
+    def __init__(self, prepared: Prepared | Launchable, data_ref: ray.ObjectRef, run_id: str):
+        prepared = Launchable.of(prepared)
         runtime = prepared.config.runtime
         fleet = prepared.fleet
         ids = [p.id for p in fleet.participants]
@@ -166,3 +170,19 @@ class HostPool:
     def shutdown(self) -> None:
         for actor in self.actors:
             ray.kill(actor)
+
+
+def assign_hosts(participant_ids: list[int], n_hosts: int, groups: dict[int, str] | None = None) -> list[list[int]]:
+    """Sticky assignment of participants to hosts: round-robin, or within device classes when `groups` is given
+    (so that a host serves one class and can be placed on that class's nodes)."""
+    if groups is None:
+        return [participant_ids[h::n_hosts] for h in range(n_hosts)]
+    by_class: dict[str, list[int]] = {}
+    for pid in participant_ids:
+        by_class.setdefault(groups[pid], []).append(pid)
+    hosts: list[list[int]] = []
+    share = max(1, n_hosts // len(by_class))
+    for members in by_class.values():
+        count = min(share, len(members))
+        hosts.extend(members[h::count] for h in range(count))
+    return hosts

@@ -16,7 +16,6 @@ import contextlib
 import copy
 import time
 import traceback
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -31,33 +30,16 @@ from msfusion_ray.data.arrays import DataBundle
 from msfusion_ray.devices.capacity import make_planner
 from msfusion_ray.devices.clock import device_time, pace_until, refusal_device_s
 from msfusion_ray.devices.gpu import GpuWindow, HostGpu, release_cuda_memory
-from msfusion_ray.devices.profile import DeviceProfile
 from msfusion_ray.models.base import ModelFamily
+from msfusion_ray.models.pool import ModulePool
 from msfusion_ray.models.weights import Weights
 from msfusion_ray.records import ParticipantRoundRow
+from msfusion_ray.runtime.settings import ParticipantSpec, WorkerSettings
 from msfusion_ray.strategies.base import WorkOrder
 from msfusion_ray.training.procedure import ProcedureContext, TaskTimeout, make_procedure, refused_phase
 
 
-@dataclass(frozen=True)
-class ParticipantSpec:
-    id: int
-    device: DeviceProfile
-    memory_cap_bytes: int
-    indices: np.ndarray  # its samples in the training split
-
-
-@dataclass(frozen=True)
-class WorkerSettings:
-    run_id: str
-    host: int
-    seed: int
-    training: TrainingConfig
-    clock: str = "virtual"  # or "real": sleep until wall time follows the virtual timeline
-    task_timeout_s: float = float("inf")  # wall seconds a task may work, from its own start
-    device: str = "cpu"  # the run's device ("cuda": hosts train on the GPU share Ray gives them)
-    device_required: bool = False  # runtime.device said cuda (not auto): a host that cannot use its GPU stops
-    gpu_share: float = 0.0  # of a GPU, each host's (runtime.gpus_per_host or the even share)
+Result = tuple[ParticipantRoundRow, Weights | None, dict]  # a task's record, its update, what it chose to train
 
 
 class PlannerCache:
@@ -97,10 +79,12 @@ def deadline_check(started: float, limit_s: float, clock: Callable[[], float]) -
 class ParticipantWorker:
     def __init__(self, spec: ParticipantSpec, family: ModelFamily, data: DataBundle, settings: WorkerSettings,
                  step_costs: StepCostCache, planners: PlannerCache | None = None,
-                 clock: Callable[[], float] = time.perf_counter, gpu: HostGpu | None = None):
+                 clock: Callable[[], float] = time.perf_counter, gpu: HostGpu | None = None,
+                 modules: ModulePool | None = None):
         self.spec = spec
         self.gpu = gpu  # the host's GPU share (None: it trains on CPU)
         self.device = gpu.device if gpu is not None else torch.device("cpu")
+        self.modules = modules if gpu is None else None  # on a GPU share, modules kept between tasks would hold it
         self.clock = clock
         self.family = family
         self.data = data
@@ -119,7 +103,7 @@ class ParticipantWorker:
                                                        else float("nan")), **values)
 
     def run(self, task: WorkOrder, fetch_payload: Callable[[], Weights],
-            lr: float) -> tuple[ParticipantRoundRow, Weights | None, dict]:
+            lr: float) -> Result:
         """(record, payload or None, what the participant chose to train)."""
         started = self.clock()
         try:
@@ -141,13 +125,13 @@ class ParticipantWorker:
         return copy.copy(self.states[task.state_from])
 
     def _run(self, task: WorkOrder, fetch_payload: Callable[[], Weights], lr: float,
-             started: float) -> tuple[ParticipantRoundRow, Weights | None, dict]:
+             started: float) -> Result:
         procedure = make_procedure(task.procedure)
         seed = [self.settings.seed, *task.seed_key, self.spec.id]
         context = ProcedureContext(task, self.family, self.data, self.spec.indices, self.settings.training, lr, seed,
                                    self.step_costs, self.planners.planner, fetch_payload, self._state_for(task),
                                    deadline_check(started, self.settings.task_timeout_s, self.clock),
-                                   device=self.device)
+                                   device=self.device, modules=self.modules)
         phases = procedure.memory_phases(context)
         planned = max(phase.planned_bytes for phase in phases)
         phase = refused_phase(phases, self.spec.memory_cap_bytes)

@@ -26,6 +26,7 @@ from msfusion_ray.costs.footprint import FootprintPlanner
 from msfusion_ray.costs.payload import payload_bytes
 from msfusion_ray.data.arrays import DataBundle
 from msfusion_ray.models.base import ModelFamily
+from msfusion_ray.models.pool import ModulePool
 from msfusion_ray.models.weights import Weights, load_weights, to_weights
 from msfusion_ray.registry import Registry
 from msfusion_ray.splitting.index_map import widths_of
@@ -54,6 +55,7 @@ class ProcedureContext:
     state: dict[str, Any] = field(default_factory=dict)
     check_deadline: Callable[[], None] = lambda: None  # raises TaskTimeout; call it between steps
     device: torch.device = torch.device("cpu")  # where the host trains (weights still arrive and leave as numpy)
+    modules: ModulePool | None = None  # the host's built modules, reused by shape (None: build one per task)
 
 
 @dataclass(frozen=True)
@@ -163,20 +165,25 @@ class StandardProcedure(LocalProcedure):
         objective = self._objective(order)
         widths = widths_of(family.spec, order.selection)
         received = context.fetch()
-        model = family.build(widths)
+        shape = family.shape_key(widths)
+        build = lambda: family.build(widths)  # noqa: E731
+        model = context.modules.take(shape, build) if context.modules is not None else build()
         load_weights(model, received)
-        model.to(context.device)
+        if context.device.type != "cpu":
+            model.to(context.device)
         objective_context = ObjectiveContext(order.base_version + 1, family, order.selection, received, context.state)
         if objective is not None:
             objective.begin(model, objective_context)
         setup_done = time.perf_counter()
         local = train_local(model, context.data, context.indices, context.training, context.lr,
-                            np.random.default_rng(context.seed), context.step_costs, family.shape_key(widths),
-                            objective, on_step=context.check_deadline)
+                            np.random.default_rng(context.seed), context.step_costs, shape, objective,
+                            on_step=context.check_deadline)
         if objective is not None:
             objective.end(model, objective_context)
         train_done = time.perf_counter()
         payload = to_weights(model)
+        if context.modules is not None:
+            context.modules.give_back(shape, model)
         return ProcedureResult(
             payload=payload, samples=local.samples, steps=local.steps, flops=local.flops,
             bytes_down=payload_bytes(received) + selection_bytes(order.selection),

@@ -33,7 +33,10 @@ class FakeHosts:
     def put(self, value):
         return value
 
-    def submit(self, task, payload, lr):
+    def submit(self, tasks, payloads, lrs):
+        return [self._submit_one(task, payload) for task, payload in zip(tasks, payloads)]
+
+    def _submit_one(self, task, payload):
         handle = len(self.sent)
         self.sent.append(task)
         if task.participant in self.refused:

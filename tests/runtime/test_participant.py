@@ -9,6 +9,7 @@ from msfusion_ray.costs.flops import StepCostCache
 from msfusion_ray.data import load_data
 from msfusion_ray.devices.profile import DeviceProfile
 from msfusion_ray.models import build_family
+from msfusion_ray.models.pool import ModulePool
 from msfusion_ray.models.weights import to_weights
 from msfusion_ray.runtime.participant import ParticipantSpec, ParticipantWorker, WorkerSettings
 from msfusion_ray.strategies.base import ObjectiveSpec, WorkOrder
@@ -18,13 +19,13 @@ PROFILE = DeviceProfile(name="tiny", description="", memory_mib=1, train_gflops=
                         latency_ms=30)
 
 
-def _worker(cap_bytes, timeout_s=float("inf"), clock=None):
+def _worker(cap_bytes, timeout_s=float("inf"), clock=None, modules=None):
     data = load_data(DataConfig(train_samples=100, eval_samples=50), seed=0)
     family = build_family("cnn", data.shape, 0.25)
     spec = ParticipantSpec(0, PROFILE, cap_bytes, np.arange(40))
     settings = WorkerSettings(run_id="t", host=0, seed=0, training=TRAINING, task_timeout_s=timeout_s)
     extra = {"clock": clock} if clock is not None else {}
-    return family, ParticipantWorker(spec, family, data, settings, StepCostCache(), **extra)
+    return family, ParticipantWorker(spec, family, data, settings, StepCostCache(), modules=modules, **extra)
 
 
 def test_participant_over_its_cap_records_oom_without_fetching_weights():
@@ -49,6 +50,21 @@ def test_participant_under_its_cap_trains_and_records_its_costs():
     assert row.vt_end == 10.0 + row.device_time_s
     assert row.mem_peak_tensor_bytes > 0 and row.mem_planned_bytes <= row.mem_cap_bytes
     assert any(not np.array_equal(weights[k], start[k]) for k in start)
+
+
+def test_tasks_in_a_reused_module_train_as_in_fresh_ones():
+    """The host's module pool: the same losses and weights, task after task, with and without objective."""
+    family, fresh = _worker(cap_bytes=10**9)
+    _, pooled = _worker(cap_bytes=10**9, modules=ModulePool())
+    start = to_weights(family.build())
+    contrastive = ObjectiveSpec("msfusion_contrastive", {})
+    for task, objective in enumerate([None, None, contrastive, None]):
+        order = WorkOrder(0, objective=objective, task=task, seed_key=(task,), state_from=task - 1)
+        (row, weights, _), (pooled_row, pooled_weights, _) = (w.run(order, lambda: start, 0.1) for w in (fresh, pooled))
+        assert row.status == pooled_row.status == "ok"
+        figures = [(r.train_loss, r.extra_loss, r.flops, r.mem_peak_tensor_bytes) for r in (row, pooled_row)]
+        assert np.array_equal(*figures, equal_nan=True)
+        assert all(np.array_equal(weights[k], pooled_weights[k]) for k in weights)
 
 
 def test_a_task_starts_from_the_state_its_order_names():

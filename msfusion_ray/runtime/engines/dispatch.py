@@ -1,11 +1,13 @@
 """What every engine that sends work orders to host actors shares: the hosts as the engines see them, sub-model
-payloads put once, bounded dispatch per host, collecting results as they finish, and the outcome of a task whose
-host failed or stopped answering."""
+payloads put once, bounded dispatch per host in calls of several tasks, collecting results as they finish, and the
+outcome of a task whose host failed or stopped answering."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter, deque
+from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Iterable, Mapping, Protocol
 
 import numpy as np
@@ -17,15 +19,20 @@ from msfusion_ray.failures import describe_failure
 from msfusion_ray.models.weights import Weights
 from msfusion_ray.records import ParticipantRoundRow
 from msfusion_ray.runtime.hosts import HostPool
+from msfusion_ray.runtime.participant import Result
 from msfusion_ray.strategies.base import Strategy, WorkOrder
 
-# Tasks queued at each host at once: one training while the next waits, so a host never idles on the driver.
+# Calls queued at each host at once: one working while the next waits, so a host never idles on the driver.
 DISPATCH_DEPTH = 2
-# A host that has worked on one task this much longer than runtime.task_timeout_s has stopped answering (its own
-# deadline check ends a slow task long before).
+# What one call carries at most: tasks, and bytes of the sub-models they train (about what their updates bring back,
+# held by the host until the call returns and by the driver until it folds them). An actor call cost the driver,
+# the host and Ray's raylet about 4 ms of CPU between them (docs/benchmarks.md), more than a small model's step.
+CALL_TASKS = 32
+CALL_BYTES = 16 * 2**20
+# A host that has worked on one call this much longer than its tasks' runtime.task_timeout_s has stopped answering
+# (each task's own deadline check ends a slow task long before).
 HUNG_HOST_GRACE_S = 120.0
 
-Result = tuple[ParticipantRoundRow, Weights | None, dict]
 
 
 class Executor(Protocol):
@@ -35,8 +42,9 @@ class Executor(Protocol):
 
     def put(self, value: Any) -> Any: ...
 
-    def submit(self, task: WorkOrder, payload: Any, lr: float) -> Any:
-        """Send a work order; returns a handle its result comes back under."""
+    def submit(self, tasks: list[WorkOrder], payloads: list[Any], lrs: list[float]) -> list[Any]:
+        """Send work orders of one host in one call (each with its payload and learning rate); returns a handle per
+        task that its result comes back under."""
 
     def wait(self, handles: list[Any], timeout_s: float) -> list[Any]:
         """Every finished handle, or the first to finish within `timeout_s` (none: it passed)."""
@@ -53,41 +61,59 @@ class Executor(Protocol):
         may raise to end the run (too many deaths)."""
 
 
+@dataclass(frozen=True)
+class TaskHandle:
+    """A task sent to a host: the actor call that carries it, and its place in that call's results."""
+
+    call: ray.ObjectRef
+    index: int
+
+
 class RayHosts:
     def __init__(self, pool: HostPool):
         self._pool = pool
         self.host_of = pool.host_of
-        self._generation: dict[ray.ObjectRef, int] = {}  # per task in flight: its host's generation when sent
+        self._generation: dict[ray.ObjectRef, int] = {}  # per call in flight: its host's generation when sent
+        self._results: dict[ray.ObjectRef, dict[int, Result]] = {}  # per call fetched: its results not yet taken
 
     def put(self, value: Any) -> ray.ObjectRef:
         return ray.put(value)
 
-    def submit(self, task: WorkOrder, payload: ray.ObjectRef, lr: float) -> ray.ObjectRef:
-        """The payload ref goes boxed in a list: the host fetches it only once the participant's memory guard has
-        let the work start."""
-        ref = self._pool.actor_for(task.participant).run.remote(task, [payload], lr)
-        self._generation[ref] = self._pool.generations[self._pool.host_of[task.participant]]
-        return ref
+    def submit(self, tasks: list[WorkOrder], payloads: list[ray.ObjectRef], lrs: list[float]) -> list[TaskHandle]:
+        """The payload refs go in a list, unresolved: the host fetches each once, and only once a participant's
+        memory guard has let work on it start."""
+        call = self._pool.actor_for(tasks[0].participant).run.remote(tasks, payloads, lrs)
+        self._generation[call] = self._pool.generations[self._pool.host_of[tasks[0].participant]]
+        return [TaskHandle(call, index) for index in range(len(tasks))]
 
-    def wait(self, handles: list[ray.ObjectRef], timeout_s: float) -> list[ray.ObjectRef]:
-        """Taking all finished tasks in one call keeps a round linear in its tasks; waiting for one ref at a time
-        over every pending task was quadratic (0.2 s a round with 1000 tasks in flight)."""
-        ready, _ = ray.wait(handles, num_returns=len(handles), timeout=0)
+    def wait(self, handles: list[TaskHandle], timeout_s: float) -> list[TaskHandle]:
+        """Every task of every finished call. Taking all finished calls in one `ray.wait` keeps a round linear in
+        its tasks; waiting for one ref at a time over every pending one was quadratic (0.2 s a round with 1000
+        tasks in flight)."""
+        calls = list(dict.fromkeys(handle.call for handle in handles))
+        ready, _ = ray.wait(calls, num_returns=len(calls), timeout=0)
         if not ready:
-            ready, _ = ray.wait(handles, num_returns=1, timeout=max(0.0, timeout_s))
-        return ready
+            ready, _ = ray.wait(calls, num_returns=1, timeout=max(0.0, timeout_s))
+        finished = set(ready)
+        return [handle for handle in handles if handle.call in finished]
 
-    def get(self, handle: ray.ObjectRef, timeout_s: float) -> Result:
-        result = ray.get(handle, timeout=timeout_s)
-        self._generation.pop(handle, None)  # kept where it failed: `replace` reads it
+    def get(self, handle: TaskHandle, timeout_s: float) -> Result:
+        """The task's result; its call's results are fetched once and each let go once taken."""
+        results = self._results.get(handle.call)
+        if results is None:
+            results = self._results[handle.call] = dict(enumerate(ray.get(handle.call, timeout=timeout_s)))
+            self._generation.pop(handle.call, None)  # kept where it failed: `replace` reads it
+        result = results.pop(handle.index)
+        if not results:
+            del self._results[handle.call]
         return result
 
     def host_died(self, err: Exception) -> bool:
         return isinstance(err, (RayActorError, OutOfMemoryError))  # the memory monitor stops the process too
 
-    def replace(self, host: int, handle: ray.ObjectRef, cause: str, detail: str,
+    def replace(self, host: int, handle: TaskHandle, cause: str, detail: str,
                 state_from: Callable[[int], int]) -> None:
-        if self._generation.pop(handle, self._pool.generations[host]) != self._pool.generations[host]:
+        if self._generation.pop(handle.call, self._pool.generations[host]) != self._pool.generations[host]:
             return  # sent to an actor that was replaced since (a checkpoint found it dead first)
         self._pool.replace(host, cause, {pid: state_from(pid) for pid in self._pool.members(host)}, detail)
 
@@ -148,22 +174,38 @@ class PayloadStore:
         return self._fractions[key]
 
 
-class Dispatcher:
-    """Tasks sent to their hosts a few at a time, in the order they were added per host: each host keeps `depth`
-    tasks queued (it never waits for the driver), and the driver never has more than depth x hosts tasks in
-    flight. Ray keeps every in-flight task's spec and arguments in the driver, so sending a 1000-participant
-    round at once made the driver's memory grow with the round."""
+@dataclass(eq=False)
+class _Call:
+    """Tasks sent to a host in one actor call: how many, and the handles of those not yet taken back."""
 
-    def __init__(self, host_of: Mapping[int, int], submit: Callable[[WorkOrder], ray.ObjectRef],
-                 depth: int = DISPATCH_DEPTH, clock: Callable[[], float] = time.monotonic):
+    size: int
+    pending: dict[Any, None]  # in the order they were sent
+
+
+class Dispatcher:
+    """Tasks sent to their hosts a few calls at a time, in the order they were added per host: each host keeps
+    `depth` calls queued (it never waits for the driver), each of at most `call_tasks` tasks whose payloads weigh
+    at most `call_bytes` (`weigh`; a heavier task goes alone), so the driver never has more than that in flight.
+    Ray keeps every in-flight call's spec and arguments in the driver, so sending a 1000-participant round at once
+    made the driver's memory grow with the round. A host's queue is spread over the calls it has room for, so a
+    short queue still comes back in parts while the host works on the rest."""
+
+    def __init__(self, host_of: Mapping[int, int], submit: Callable[[list[WorkOrder]], list[Any]],
+                 depth: int = DISPATCH_DEPTH, clock: Callable[[], float] = time.monotonic,
+                 weigh: Callable[[WorkOrder], int] = lambda task: 0, call_tasks: int = CALL_TASKS,
+                 call_bytes: int = CALL_BYTES):
         self._host_of = host_of
         self._submit = submit
         self._depth = depth
         self._clock = clock
+        self._weigh = weigh
+        self._call_tasks = call_tasks
+        self._call_bytes = call_bytes
         self._queues: dict[int, deque[WorkOrder]] = {}
-        self._sent: dict[int, deque[ray.ObjectRef]] = {}  # per host, in the order it will run them
-        self._busy_since: dict[int, float] = {}  # when each host began the task at the head of its queue
-        self.in_flight: dict[ray.ObjectRef, WorkOrder] = {}
+        self._sent: dict[int, deque[_Call]] = {}  # per host, in the order it will run them
+        self._call_of: dict[Any, _Call] = {}  # per handle in flight
+        self._busy_since: dict[int, float] = {}  # when each host began the call at the head of its queue
+        self.in_flight: dict[Any, WorkOrder] = {}
 
     def add(self, tasks: Iterable[WorkOrder]) -> None:
         hosts = []
@@ -172,51 +214,80 @@ class Dispatcher:
             self._queues.setdefault(host, deque()).append(task)
             hosts.append(host)
         for host in dict.fromkeys(hosts):
-            while len(self._sent.get(host, ())) < self._depth and self._queues[host]:
-                self._send(host)
+            self.refill(host)
 
     def _send(self, host: int) -> None:
-        task = self._queues[host].popleft()
-        ref = self._submit(task)
+        queue = self._queues[host]
+        free = self._depth - len(self._sent.get(host, ()))
+        most = min(self._call_tasks, -(-len(queue) // free))
+        batch = [queue.popleft()]
+        weight = self._weigh(batch[0])
+        while queue and len(batch) < most and weight + self._weigh(queue[0]) <= self._call_bytes:
+            weight += self._weigh(queue[0])
+            batch.append(queue.popleft())
+        handles = self._submit(batch)
+        call = _Call(len(handles), dict.fromkeys(handles))
         sent = self._sent.setdefault(host, deque())
         if not sent:
             self._busy_since[host] = self._clock()
-        sent.append(ref)
-        self.in_flight[ref] = task
+        sent.append(call)
+        for handle, task in zip(handles, batch):
+            self._call_of[handle] = call
+            self.in_flight[handle] = task
 
-    def complete(self, ref: ray.ObjectRef) -> WorkOrder:
-        """The task behind a finished ref; its host gets its next task."""
-        task = self.in_flight.pop(ref)
+    def complete(self, handle: Any) -> WorkOrder:
+        """The task behind a finished handle; once its call is all taken, the host gets its next call."""
+        task = self.in_flight.pop(handle)
         host = self._host_of[task.participant]
-        self._sent[host].remove(ref)
-        self._busy_since[host] = self._clock()
-        if self._queues.get(host):
-            self._send(host)
+        call = self._call_of.pop(handle)
+        call.pending.pop(handle, None)
+        if not call.pending:
+            self._sent[host].remove(call)
+            self._busy_since[host] = self._clock()
+            self.refill(host)
         return task
 
-    def hung_hosts(self, limit_s: float) -> list[int]:
-        """Hosts that have been on their current task for more than `limit_s`."""
+    def hung_hosts(self, task_limit_s: float, grace_s: float) -> list[int]:
+        """Hosts that have been on their current call for longer than its tasks may take (`task_limit_s` each)
+        and `grace_s`."""
         now = self._clock()
-        return [host for host, sent in self._sent.items() if sent and now - self._busy_since[host] > limit_s]
+        return [host for host, sent in self._sent.items()
+                if sent and now - self._busy_since[host] > sent[0].size * task_limit_s + grace_s]
 
-    def drop_host(self, host: int) -> list[tuple[ray.ObjectRef, WorkOrder]]:
-        """Take out of flight the tasks sent to a host whose process died; those queued for it stay queued."""
+    def _take_sent(self, host: int) -> list[Any]:
+        """The handles of every call sent to a host, taken out of flight's bookkeeping (not `in_flight`)."""
         self._busy_since.pop(host, None)
-        return [(ref, self.in_flight.pop(ref)) for ref in self._sent.pop(host, ())]
+        handles = [handle for call in self._sent.pop(host, ()) for handle in call.pending]
+        for handle in handles:
+            del self._call_of[handle]
+        return handles
+
+    def drop_host(self, host: int) -> list[tuple[Any, WorkOrder]]:
+        """Take out of flight the tasks sent to a host whose process died; those queued for it stay queued."""
+        return [(handle, self.in_flight.pop(handle)) for handle in self._take_sent(host)]
 
     def refill(self, host: int) -> None:
-        """Send a (replaced) host the tasks queued for it, `depth` at a time as usual."""
+        """Send a host the tasks queued for it, up to `depth` calls in flight."""
         while len(self._sent.get(host, ())) < self._depth and self._queues.get(host):
             self._send(host)
 
     def abandon_host(self, host: int) -> list[WorkOrder]:
         """Give up on a host that stopped answering: its in-flight tasks and those queued for it."""
-        tasks = [self.in_flight.pop(ref) for ref in self._sent.pop(host, ())]
+        tasks = [self.in_flight.pop(handle) for handle in self._take_sent(host)]
         tasks.extend(self._queues.pop(host, ()))
         return tasks
 
     def host_of(self, task: WorkOrder) -> int:
         return self._host_of[task.participant]
+
+
+def unanswering_hosts(dispatch: Dispatcher, task_timeout_s: float, clock: str) -> dict[int, str]:
+    """Hosts to give up on, each with the message its lost tasks are recorded with. Under the real clock a host
+    sleeps as long as its tasks' virtual time: never given up."""
+    task_limit_s = math.inf if clock == "real" else task_timeout_s
+    message = (f"gave no answer for runtime.task_timeout_s={task_timeout_s:g} s per task it was sent plus "
+               f"{HUNG_HOST_GRACE_S:g} s")
+    return {host: f"host {host} {message}" for host in dispatch.hung_hosts(task_limit_s, HUNG_HOST_GRACE_S)}
 
 
 def take_result(executor: Executor, handle: Any, dispatch: Dispatcher, state_from: Callable[[int], int],

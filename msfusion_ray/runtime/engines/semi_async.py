@@ -39,7 +39,7 @@ from msfusion_ray.models.weights import Weights
 from msfusion_ray.records import ParticipantRoundRow
 from msfusion_ray.runtime.checkpoint import join_arrays, split_arrays
 from msfusion_ray.runtime.engines.base import Engine, EngineContext, Step, drop_at, lost_row, register_engine, wall_clock
-from msfusion_ray.runtime.engines.dispatch import HUNG_HOST_GRACE_S, Dispatcher, PayloadStore, Result, take_result
+from msfusion_ray.runtime.engines.dispatch import Dispatcher, PayloadStore, Result, take_result, unanswering_hosts
 from msfusion_ray.runtime.participant import PlannerCache
 from msfusion_ray.strategies.base import ObjectiveSpec, ProcedureSpec, Update, WorkOrder
 from msfusion_ray.training.local import batch_sizes
@@ -115,7 +115,8 @@ class SemiAsyncEngine(Engine):
     def steps(self, start: int) -> Iterator[Step]:
         context = self.context
         self._wall_anchor = (wall_clock(), self.now)
-        self._dispatch = Dispatcher(context.executor.host_of, self._submit)
+        self._dispatch = Dispatcher(context.executor.host_of, self._submit,
+                                    weigh=lambda order: self._payloads.nbytes(order, self.history[order.base_version]))
         resumed = [replace(flight.order, wall_anchor=self._wall_anchor) for flight in self.in_flight.values()]
         self._payloads.expect(resumed)
         self._dispatch.add(resumed)  # a resumed run's work in flight
@@ -179,9 +180,7 @@ class SemiAsyncEngine(Engine):
         for ref in self.context.executor.wait(wanted or list(self._refs), POLL_S):
             if ref in self._refs:  # not lost with a host that died
                 self._take(ref)
-        hung_after = math.inf if runtime.clock == "real" else runtime.task_timeout_s + HUNG_HOST_GRACE_S
-        for host in self._dispatch.hung_hosts(hung_after):
-            message = f"host {host} gave no answer for {hung_after:g} s"
+        for host, message in unanswering_hosts(self._dispatch, runtime.task_timeout_s, runtime.clock).items():
             for order in self._dispatch.abandon_host(host):
                 self._refs = {r: t for r, t in self._refs.items() if t != order.task}
                 self._payloads.done(order)
@@ -317,11 +316,12 @@ class SemiAsyncEngine(Engine):
         spent = device_time(participant.device, flops, payload + selection_bytes(order.selection), payload)
         return spent.total_s
 
-    def _submit(self, order: WorkOrder) -> Any:
-        lr = self.context.lr(order.base_version + 1)
-        ref = self.context.executor.submit(order, self._payloads.ref(order, self.history[order.base_version]), lr)
-        self._refs[ref] = order.task
-        return ref
+    def _submit(self, orders: list[WorkOrder]) -> list[Any]:
+        payloads = [self._payloads.ref(order, self.history[order.base_version]) for order in orders]
+        handles = self.context.executor.submit(orders, payloads,
+                                               [self.context.lr(order.base_version + 1) for order in orders])
+        self._refs.update((handle, order.task) for handle, order in zip(handles, orders))
+        return handles
 
     # checkpoints --------------------------------------------------------------------------------------------
 

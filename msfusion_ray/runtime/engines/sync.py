@@ -24,7 +24,7 @@ from msfusion_ray.models.weights import Weights
 from msfusion_ray.records import ParticipantRoundRow
 from msfusion_ray.runtime.engines.base import (Engine, EngineContext, Step, absent_row, drop_at, lost_row,
                                                register_engine, wall_clock)
-from msfusion_ray.runtime.engines.dispatch import HUNG_HOST_GRACE_S, Dispatcher, PayloadStore, Result, take_result
+from msfusion_ray.runtime.engines.dispatch import Dispatcher, PayloadStore, Result, take_result, unanswering_hosts
 from msfusion_ray.strategies.base import Update, WorkOrder
 
 POLL_S = 5.0  # how often a waiting driver looks for hosts that stopped answering
@@ -103,11 +103,12 @@ class SyncEngine(Engine):
         payloads = PayloadStore(context.strategy, executor.put)
         payloads.expect(tasks)
         lr = context.lr(round_idx)
-        dispatch = Dispatcher(executor.host_of, lambda task: executor.submit(task, payloads.ref(task, self.weights), lr))
+        submit = lambda batch: executor.submit(batch, [payloads.ref(t, self.weights) for t in batch],  # noqa: E731
+                                               [lr] * len(batch))
+        dispatch = Dispatcher(executor.host_of, submit, weigh=lambda task: payloads.nbytes(task, self.weights))
         dispatch.add(tasks)
         position = {task.task: i for i, task in enumerate(tasks)}
         arrived: dict[int, tuple[WorkOrder, Result]] = {}
-        hung_after = math.inf if runtime.clock == "real" else runtime.task_timeout_s + HUNG_HOST_GRACE_S
         following = 0
         while following < len(tasks):
             while following in arrived:
@@ -124,9 +125,8 @@ class SyncEngine(Engine):
                     payloads.done(task)
                     result[0].param_fraction = payloads.param_fraction(task)
                     arrived[position[task.task]] = task, result
-            for host in [] if ready else dispatch.hung_hosts(hung_after):
-                message = (f"host {host} gave no answer for {hung_after:g} s (runtime.task_timeout_s="
-                           f"{runtime.task_timeout_s:g} plus {HUNG_HOST_GRACE_S:g})")
+            hung = {} if ready else unanswering_hosts(dispatch, runtime.task_timeout_s, runtime.clock)
+            for host, message in hung.items():
                 for task in dispatch.abandon_host(host):
                     payloads.done(task)
                     arrived[position[task.task]] = task, (lost_row(context, round_idx, task, "timeout", message),
