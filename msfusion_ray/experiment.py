@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from msfusion_ray.errors import UserInputError
 from msfusion_ray.models import ModelFamily, build_family
 from msfusion_ray.models.module import check_sub_model
 from msfusion_ray.paths import find
+from msfusion_ray.shards import Shards
 from msfusion_ray.strategies import make_strategy
 from msfusion_ray.strategies.base import ParticipantInfo, Strategy
 from msfusion_ray.strategies.width import WidthSplitting
@@ -40,7 +42,7 @@ class Prepared:
     config: ExperimentConfig
     data: DataBundle
     fleet: Fleet
-    partitions: list[np.ndarray]
+    partitions: Shards  # each participant's training indices
     family: ModelFamily  # the global model's family (after the strategy fixed it)
     strategy: Strategy
     capacity: CapacityOracle
@@ -50,7 +52,7 @@ class Prepared:
         return participant_infos(self.fleet, self.partitions, self.data)
 
 
-def participant_infos(fleet: Fleet, partitions: list[np.ndarray],
+def participant_infos(fleet: Fleet, partitions: Sequence[np.ndarray],
                       data: DataBundle | None = None) -> list[ParticipantInfo]:
     """What strategies may know of each participant: id, device class name, how many samples it holds, and (given
     the data) which labels its training targets hold (label-split masking, as HeteroFL's reference code keeps)."""

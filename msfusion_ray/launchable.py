@@ -28,6 +28,7 @@ from msfusion_ray.config import ExperimentConfig
 from msfusion_ray.devices.fleet import Fleet
 
 if TYPE_CHECKING:
+    from msfusion_ray.shards import Shards
     from msfusion_ray.experiment import Prepared
 
 
@@ -58,7 +59,7 @@ class Launchable:
     config: ExperimentConfig
     strategy_name: str
     fleet: Fleet
-    partitions: list[np.ndarray]
+    partitions: "Shards"
     artifacts: dict[str, str]  # the data set's files a run directory keeps (e.g. a tokenizer)
     data: Any  # the DataBundle, or Packed
     family: Any  # the model family (all a host needs besides the data and its participants), or Packed

@@ -12,6 +12,7 @@ from msfusion_ray.data.arrays import ArrayDataset, DataBundle, channel_stats, pa
 from msfusion_ray.data.partition import partition_dirichlet, partition_groups, partition_iid
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.models.base import DataShape
+from msfusion_ray.shards import Shards
 
 
 def _image_bundle(name: str, arrays: dict[str, np.ndarray], config: DataConfig, seed: int) -> DataBundle:
@@ -196,10 +197,14 @@ def check_enough_samples(bundle: DataBundle, config: DataConfig, n_parts: int) -
                                       f"{len(bundle.train)}")
 
 
-def partition(bundle: DataBundle, config: DataConfig, n_parts: int, seed: int) -> list[np.ndarray]:
+def partition(bundle: DataBundle, config: DataConfig, n_parts: int, seed: int) -> Shards:
     """Each participant's sample indices into the training split: IID, Dirichlet label skew (classification), or
     whole natural groups of the data set (e.g. shakespeare's plays or speakers)."""
     check_enough_samples(bundle, config, n_parts)
+    return Shards(_partition_lists(bundle, config, n_parts, seed))
+
+
+def _partition_lists(bundle: DataBundle, config: DataConfig, n_parts: int, seed: int) -> list[np.ndarray]:
     if config.partition == "iid":
         return partition_iid(len(bundle.train), n_parts, seed)
     known = ["iid", *(["dirichlet"] if bundle.shape.task == "classification" else []), *bundle.groups]

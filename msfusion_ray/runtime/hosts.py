@@ -159,7 +159,6 @@ class HostPool:
                     self.replace(host, describe_failure(err, f"host {host}"), tasks, str(err))
                 states.update(ray.get(self.actors[host].export_state.remote(tasks), timeout=timeout_s))
         return states
-        return states
 
     def import_states(self, states: dict[int, dict], timeout_s: float) -> None:
         by_host: dict[int, dict[int, dict]] = {}
