@@ -58,6 +58,9 @@ class ModelConfig:
     name: str = "cnn"
     width: float = checked(1.0, check=positive)  # width multiplier of the global model
     options: dict[str, Any] = field(default_factory=dict)  # family specific (e.g. a transformer's depth)
+    # how 4-d weights and activations are laid out (msfusion_ray.models.base): auto is the family's own choice,
+    # channels_last for the convolutional families (faster on CPU), contiguous as torch builds them
+    memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
 
 
 @dataclass(frozen=True)

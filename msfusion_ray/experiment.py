@@ -178,7 +178,8 @@ def prepare(config: ExperimentConfig, data: DataBundle | None = None) -> Prepare
     fleet = source.build(config)
     availability = resolve_availability(config, fleet)
     partitions = partition(data, config.data, len(fleet), config.seed)
-    family = build_family(config.model.name, data.shape, config.model.width, config.model.options, config.seed)
+    family = build_family(config.model.name, data.shape, config.model.width, config.model.options, config.seed,
+                          config.model.memory_format)
     check_fits_machine(family, config.training)
     strategy = make_strategy(config.strategy, family, config.seed)
     spec = strategy.objective()

@@ -61,11 +61,12 @@ class CNNFamily(ModelFamily):
     units = {"conv1": 32, "conv2": 64, "fc1": 128}  # at width 1
     kernel = 3
     batchnorm = True
+    prefers_channels_last = True
 
     def default_widths(self) -> dict[str, int]:
         return {group: scaled(units, self.width) for group, units in self.units.items()}
 
-    def layers(self, widths: Mapping[str, int] | None = None) -> list[Layer]:
+    def _layers(self, widths: Mapping[str, int] | None = None) -> list[Layer]:
         """Each conv block (conv, BatchNorm where the family has it, ReLU, max-pool), the hidden linear layer, the
         classifier."""
         widths = {**self.full_widths(), **(widths or {})}

@@ -173,7 +173,7 @@ class ModuleFamily(ModelFamily):
 
 
 def build_family(name: str, data: DataShape, width: float = 1.0, options: Mapping[str, Any] | None = None,
-                 seed: int = 0) -> ModelFamily:
+                 seed: int = 0, memory_format: str = "auto") -> ModelFamily:
     """The family `model.name` names (registered, or by import path): a function returning the full network,
     or a ModelFamily subclass. A family class found by import path is named by that path, so that caches keyed by
     the family's name never mix it with the built-in it may derive from."""
@@ -182,10 +182,12 @@ def build_family(name: str, data: DataShape, width: float = 1.0, options: Mappin
         family = entry(data, width, build(entry.Options, dict(options or {}), "model.options"))
         if is_code_ref(name):
             family.name = name
-        return family
-    if not callable(entry):
+    elif callable(entry):
+        family = ModuleFamily(name, data, width, options, seed, factory=entry)
+    else:
         raise UserInputError("model.name", f"'{name}' is neither a function nor a ModelFamily subclass")
-    return ModuleFamily(name, data, width, options, seed, factory=entry)
+    family.use_memory_format(memory_format)
+    return family
 
 
 def random_selection(spec: SplitSpec, rng: np.random.Generator) -> dict[str, np.ndarray]:

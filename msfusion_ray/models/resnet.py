@@ -106,6 +106,8 @@ class ResNet18(nn.Module):
 
 @register("resnet18")
 class ResNet18Family(ModelFamily):
+    prefers_channels_last = True
+
     def default_widths(self) -> dict[str, int]:
         widths = {}
         for s, (channels, blocks) in enumerate(zip(STAGE_CHANNELS, BLOCKS_PER_STAGE), start=1):
@@ -114,7 +116,7 @@ class ResNet18Family(ModelFamily):
                 widths[f"stage{s}.block{b}"] = scaled(channels, self.width)
         return widths
 
-    def layers(self, widths: Mapping[str, int] | None = None) -> list[Layer]:
+    def _layers(self, widths: Mapping[str, int] | None = None) -> list[Layer]:
         """The stem, each residual block, the average pool and the classifier (11 layers)."""
         widths = {**self.full_widths(), **(widths or {})}
         return [
@@ -188,6 +190,8 @@ class ResNet101(nn.Module):
 
 @register("resnet101")
 class ResNet101Family(ModelFamily):
+    prefers_channels_last = True
+
     def default_widths(self) -> dict[str, int]:
         widths = {"stem": scaled(64, self.width)}
         for s, (channels, blocks) in enumerate(zip(BOTTLENECK_CHANNELS, BOTTLENECK_BLOCKS), start=1):
@@ -196,7 +200,7 @@ class ResNet101Family(ModelFamily):
                 widths[f"stage{s}.block{b}.a"] = widths[f"stage{s}.block{b}.b"] = scaled(channels // 4, self.width)
         return widths
 
-    def layers(self, widths: Mapping[str, int] | None = None) -> list[Layer]:
+    def _layers(self, widths: Mapping[str, int] | None = None) -> list[Layer]:
         """The stem convolution, the stem's pool/BatchNorm/ReLU, each bottleneck block, the average pool and the
         classifier (37 layers, as MP-SL cuts it)."""
         widths = {**self.full_widths(), **(widths or {})}

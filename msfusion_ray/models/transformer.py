@@ -178,7 +178,7 @@ class TransformerFamily(ModelFamily):
     def default_widths(self) -> dict[str, int]:
         return block_widths(self.options, self.width)
 
-    def layers(self, widths: Mapping[str, int] | None = None) -> list[Layer]:
+    def _layers(self, widths: Mapping[str, int] | None = None) -> list[Layer]:
         """The embeddings, each block, and the final LayerNorm with the tied vocabulary head (n_layers + 2).
         The first and last layers both hold `tokens.weight`: `models.layers.tie_shared` makes them one tensor
         where one process holds both (a data owner in U-shaped split learning)."""

@@ -81,6 +81,7 @@ def _linear(in_units: int, in_group, units: int, group: str | None, dropout: flo
 @register("vgg")
 class VGGFamily(ModelFamily):
     Options = VGGOptions
+    prefers_channels_last = True
 
     def _conv_groups(self) -> list[str]:
         return [f"conv{i}" for i, c in enumerate((c for c in CONFIGS[self.options.depth] if c != POOL), start=1)]
@@ -91,7 +92,7 @@ class VGGFamily(ModelFamily):
         widths["fc1"] = widths["fc2"] = scaled(self.options.hidden, self.width)
         return widths
 
-    def layers(self, widths: Mapping[str, int] | None = None) -> list[Layer]:
+    def _layers(self, widths: Mapping[str, int] | None = None) -> list[Layer]:
         widths = {**self.full_widths(), **(widths or {})}
         options = self.options
         layers: list[Layer] = []
@@ -121,6 +122,6 @@ class VGGFamily(ModelFamily):
         return layers
 
     def _build(self, widths: Mapping[str, int]) -> nn.Module:
-        layers = self.layers(widths)
+        layers = self._layers(widths)
         n_features = next(i for i, layer in enumerate(layers) if layer.name == "avgpool")
         return VGG([layer.build() for layer in layers], n_features)

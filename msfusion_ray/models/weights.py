@@ -12,8 +12,9 @@ Weights = dict[str, np.ndarray]
 
 
 def to_weights(model: nn.Module) -> Weights:
-    """Every floating-point parameter and buffer, as float32 numpy copies (integer counters stay behind)."""
-    return {k: v.detach().cpu().numpy().astype(np.float32, copy=True)
+    """Every floating-point parameter and buffer, as float32 numpy copies in C order whatever the tensor's memory
+    format (integer counters stay behind)."""
+    return {k: v.detach().cpu().numpy().astype(np.float32, order="C", copy=True)
             for k, v in model.state_dict().items() if v.is_floating_point()}
 
 

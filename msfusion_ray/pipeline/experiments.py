@@ -48,7 +48,8 @@ def _profiles() -> dict[str, DeviceProfile]:
 
 
 def _family(config: ExperimentConfig) -> ModelFamily:
-    return build_family(config.model.name, planned_shape(config.data), config.model.width, config.model.options)
+    return build_family(config.model.name, planned_shape(config.data), config.model.width, config.model.options,
+                          memory_format=config.model.memory_format)
 
 
 def _planner(config: ExperimentConfig, owners: int, nodes: dict[str, int], params: PipelineParams,

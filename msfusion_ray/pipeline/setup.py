@@ -38,7 +38,8 @@ def planner_for(config: ExperimentConfig) -> PipelinePlanner:
         batches = [owner_batches(len(p), config.training) for p in parts]
         if params.batches_per_owner is not None:
             batches = [params.batches_per_owner * _epochs(config)] * len(fleet)
-    family = build_family(config.model.name, shape, config.model.width, config.model.options)
+    family = build_family(config.model.name, shape, config.model.width, config.model.options,
+                          memory_format=config.model.memory_format)
     return PipelinePlanner(family, fleet, config.training, params, batches)
 
 

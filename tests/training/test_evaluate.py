@@ -18,7 +18,8 @@ def test_batchnorm_recalibration_computes_the_statistics_of_the_calibration_data
     with torch.no_grad():
         conv = model.features[0](x)
     assert torch.allclose(first_bn.running_mean, conv.mean(dim=(0, 2, 3)), atol=1e-5)
-    assert torch.allclose(first_bn.running_var, conv.var(dim=(0, 2, 3), unbiased=True), rtol=1e-4)
+    # rtol 1e-3: channels-last BatchNorm on CPU sums in another order than conv.var
+    assert torch.allclose(first_bn.running_var, conv.var(dim=(0, 2, 3), unbiased=True), rtol=1e-3)
     assert first_bn.momentum == 0.1 and not model.training
     metrics = evaluate(model, data, data.test, batch_size=50)
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["loss"] > 0
