@@ -17,8 +17,8 @@ def test_batchnorm_recalibration_computes_the_statistics_of_the_calibration_data
     x, _ = data.to_batch(data.train.x, data.train.y)
     with torch.no_grad():
         conv = model.features[0](x)
-    assert torch.allclose(first_bn.running_mean, conv.mean(dim=(0, 2, 3)), atol=1e-5)
-    # rtol 1e-3: channels-last BatchNorm on CPU sums in another order than conv.var
+    # BatchNorm's own reductions over a channels-last batch sum in another order than Tensor.mean and .var
+    assert torch.allclose(first_bn.running_mean, conv.mean(dim=(0, 2, 3)), atol=1e-4)
     assert torch.allclose(first_bn.running_var, conv.var(dim=(0, 2, 3), unbiased=True), rtol=1e-3)
     assert first_bn.momentum == 0.1 and not model.training
     metrics = evaluate(model, data, data.test, batch_size=50)
