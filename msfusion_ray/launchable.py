@@ -28,8 +28,8 @@ from msfusion_ray.config import ExperimentConfig
 from msfusion_ray.devices.fleet import Fleet
 
 if TYPE_CHECKING:
-    from msfusion_ray.shards import Shards
     from msfusion_ray.experiment import Prepared
+    from msfusion_ray.shards import Shards
 
 
 @dataclass

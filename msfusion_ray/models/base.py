@@ -48,10 +48,10 @@ class ModelFamily(ABC):
 
     Convolutional families build their networks channels last (`prefers_channels_last`): on CPU oneDNN's
     convolutions and max-pooling then run without reordering every call. One thread, training step and
-    evaluation of batch 128 (2026-12-07): the FedAvg CNN 17 % and 2.1x faster, the small CNN 28-37 % and 2-2.9x,
-    ResNet-18 and -101 (width 0.25) 9-18 % and 1.15-1.3x, VGG 8 % and 1.3x; the ViT's patch embedding gains nothing. The same
-    arithmetic in another order: results agree to rounding, not bit for bit, with `model.memory_format:
-    contiguous`."""
+    evaluation of batch 128 (2026-12-07): the FedAvg CNN 17 % and 2.1x faster, the small CNN 28-37 % and
+    2-2.9x, ResNet-18 and -101 (width 0.25) 9-18 % and 1.15-1.3x, VGG 8 % and 1.3x; the ViT's patch embedding
+    gains nothing. The same arithmetic in another order: results agree to rounding, not bit for bit, with
+    `model.memory_format: contiguous`."""
 
     name: str
     Options: ClassVar[type] = NoOptions  # the family's own typed settings (config: model.options)
