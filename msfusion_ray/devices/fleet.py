@@ -31,7 +31,7 @@ class FleetSpec:
     aggregator: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per participant: 10 000 in a large fleet
 class Participant:
     """One member of the fleet: its id, device class and memory cap after scaling."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import ray
@@ -27,8 +27,9 @@ from msfusion_ray.training.evaluate_shards import Chunk, evaluate_chunks
 
 
 class Host:
-    def __init__(self, host_id: int, family: ModelFamily | Packed, data_box: list, participants: list[ParticipantSpec],
-                 settings: WorkerSettings, threads: int, fetch_timeout_s: float):
+    def __init__(self, host_id: int, family: ModelFamily | Packed, data_box: list,
+                 participants: Sequence[ParticipantSpec], settings: WorkerSettings, threads: int,
+                 fetch_timeout_s: float):
         """`family` and the data in `data_box` may come `Packed` (msfusion_ray.launchable)."""
         torch.set_num_threads(threads)
         self.gpu = host_gpu(settings.device, settings.device_required, settings.gpu_share, host_id)

@@ -19,7 +19,7 @@ from msfusion_ray.devices.gpu_share import gpu_share, resolve_device
 from msfusion_ray.launchable import Launchable
 from msfusion_ray.failures import describe_failure
 from msfusion_ray.runtime.actors import HostActor
-from msfusion_ray.runtime.settings import ParticipantSpec, WorkerSettings
+from msfusion_ray.runtime.settings import ParticipantSpecs, WorkerSettings
 
 if TYPE_CHECKING:
     from msfusion_ray.experiment import Prepared
@@ -71,8 +71,7 @@ class HostPool:
         self.actors = []
         self._starts: list[Callable[[], object]] = []  # per host: how to start (or start again) its actor
         for host_id, members in enumerate(assignments):
-            specs = [ParticipantSpec(pid, fleet.participants[pid].device, fleet.participants[pid].memory_cap_bytes,
-                                     prepared.partitions[pid]) for pid in members]
+            specs = ParticipantSpecs(members, fleet, prepared.partitions)
             options: dict = {"num_cpus": num_cpus}
             if self.gpu_share:
                 options["num_gpus"] = self.gpu_share

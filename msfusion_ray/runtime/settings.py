@@ -4,19 +4,50 @@ msfusion_ray.launchable) and sent to each host."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
 from msfusion_ray.config import TrainingConfig
 from msfusion_ray.devices.profile import DeviceProfile
+from msfusion_ray.shards import Shards
+
+if TYPE_CHECKING:
+    from msfusion_ray.devices.fleet import Fleet
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ParticipantSpec:
     id: int
     device: DeviceProfile
     memory_cap_bytes: int
     indices: np.ndarray  # its samples in the training split
+
+
+class ParticipantSpecs(Sequence[ParticipantSpec]):
+    """A host's participants as they travel: ids, memory caps and sample indices as arrays, each distinct device
+    profile once. The driver keeps every host's (to start a host again), so a list of one object and one index
+    array per participant cost it 11 MB more with 10 000 registered participants than with 1000."""
+
+    def __init__(self, members: Sequence[int], fleet: "Fleet", partitions: Sequence[np.ndarray]):
+        participants = [fleet.participants[pid] for pid in members]
+        by_name = {p.device.name: p.device for p in participants}
+        names = list(by_name)
+        self.profiles = tuple(by_name.values())
+        self.ids = np.asarray(members, dtype=np.int64)
+        self.profile_of = np.asarray([names.index(p.device.name) for p in participants], dtype=np.int32)
+        self.memory_caps = np.asarray([p.memory_cap_bytes for p in participants], dtype=np.int64)
+        self.indices = Shards(partitions[pid] for pid in members)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> ParticipantSpec:  # type: ignore[override]  (no slices)
+        return ParticipantSpec(int(self.ids[index]), self.profiles[self.profile_of[index]],
+                               int(self.memory_caps[index]), self.indices[index])
+
+    def __iter__(self) -> Iterator[ParticipantSpec]:
+        return (self[i] for i in range(len(self)))
 
 
 @dataclass(frozen=True)

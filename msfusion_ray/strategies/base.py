@@ -27,7 +27,7 @@ from msfusion_ray.splitting.index_map import IndexMap, Weights, extract, index_m
 from msfusion_ray.splitting.spec import SplitSpec
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per participant: 10 000 in a large fleet
 class ParticipantInfo:
     id: int
     device: str
