@@ -9,12 +9,14 @@ only some of the global model's keys: its index map names just those, and extrac
 from __future__ import annotations
 
 import math
-from typing import Collection, Mapping
+from typing import TYPE_CHECKING, Collection, Mapping
 
 import numpy as np
 
-from msfusion_ray.models.weights import Weights
 from msfusion_ray.splitting.spec import Axis, SplitSpec
+
+if TYPE_CHECKING:  # msfusion_ray.models imports this module: importing it here first was circular
+    from msfusion_ray.models.weights import Weights
 
 Selection = Mapping[str, np.ndarray]
 IndexMap = dict[str, tuple[np.ndarray | None, ...]]

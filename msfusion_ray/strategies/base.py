@@ -22,8 +22,9 @@ from typing import Any, ClassVar, Mapping, Protocol, Sequence
 import numpy as np
 
 from msfusion_ray.models.base import ModelFamily
+from msfusion_ray.models.weights import Weights
 from msfusion_ray.splitting.aggregate import ScatterAccumulator
-from msfusion_ray.splitting.index_map import IndexMap, Weights, extract, index_map, selection_fraction, widths_of
+from msfusion_ray.splitting.index_map import IndexMap, extract, index_map, selection_fraction, widths_of
 from msfusion_ray.splitting.spec import SplitSpec
 
 

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from msfusion_ray.models.base import ModelFamily
+from msfusion_ray.models.weights import Weights
 from msfusion_ray.registry import Registry
-from msfusion_ray.splitting.index_map import Weights
 from msfusion_ray.validation import build
 
 
