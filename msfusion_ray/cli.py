@@ -7,10 +7,10 @@ started or written.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
-import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 

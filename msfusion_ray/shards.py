@@ -14,7 +14,7 @@ import numpy as np
 class Shards(Sequence[np.ndarray]):
     """Each participant's sample indices, held as one flat array and the offsets between them: pickled (to the
     driver and the hosts) as two buffers, not one per participant: of the 60 MB the driver grew by from 1000 to
-    10 000 registered participants (scalability benchmark), about 20 MB. `shards[i]` is a view."""
+    10 000 registered participants (scalability benchmark), about 16 MB. `shards[i]` is a view."""
 
     def __init__(self, parts: Iterable[np.ndarray]):
         parts = [np.asarray(part, dtype=np.int64) for part in parts]

@@ -297,7 +297,7 @@ def with_cpu_share(prepared: Prepared, host_cpus: float) -> Prepared:
 def with_gpu_share(prepared: Prepared, gpus: float, cpus: float) -> Prepared:
     """The cell with its hosts' GPU fraction sized so that they share `gpus` (its part of the cluster's) evenly,
     unless its config sets one or trains on CPU (`cpus`: the cluster's, which size its default host count)."""
-    from msfusion_ray.devices.gpu import gpu_share
+    from msfusion_ray.devices.gpu_share import gpu_share
     from msfusion_ray.runtime.hosts import host_count
 
     runtime = prepared.config.runtime

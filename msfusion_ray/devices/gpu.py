@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from msfusion_ray.devices.gpu_share import RAY_RESOURCE_DIGITS, floor_digits, gpu_share, resolve_device  # noqa: F401
+from msfusion_ray.devices.gpu_share import resolve_device
 from msfusion_ray.errors import UserInputError
 
 # Memory a process's CUDA context and kernels take on its GPU outside the caching allocator (CUDA loads modules

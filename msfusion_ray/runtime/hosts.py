@@ -16,8 +16,8 @@ from ray.exceptions import OutOfMemoryError, RayActorError
 
 from msfusion_ray.config import RuntimeConfig
 from msfusion_ray.devices.gpu_share import gpu_share, resolve_device
-from msfusion_ray.launchable import Launchable
 from msfusion_ray.failures import describe_failure
+from msfusion_ray.launchable import Launchable
 from msfusion_ray.runtime.actors import HostActor
 from msfusion_ray.runtime.settings import ParticipantSpecs, WorkerSettings
 

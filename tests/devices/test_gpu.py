@@ -11,8 +11,8 @@ import torch
 
 from msfusion_ray.costs.memory import cuda_peak
 from msfusion_ray.devices import gpu
-from msfusion_ray.devices.gpu import (GpuSample, GpuSampler, NvmlMonitor, gpu_share, host_budget_bytes,
-                                      resolve_device)
+from msfusion_ray.devices.gpu import GpuSample, GpuSampler, NvmlMonitor, host_budget_bytes
+from msfusion_ray.devices.gpu_share import gpu_share, resolve_device
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.records import HostStepRow, ParticipantRoundRow, host_rows
 

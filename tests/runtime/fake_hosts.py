@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 
 import numpy as np
-import yaml
 
 from msfusion_ray.config import config_from_dict
 from msfusion_ray.devices.timeline import VirtualTimeline
