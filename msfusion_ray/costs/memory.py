@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import functools
 import os
-import weakref
 from pathlib import Path
 from contextlib import contextmanager
 from typing import Iterable, Iterator
 
 import psutil
 import torch
+from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -24,31 +24,52 @@ class TensorPeakTracker(TorchDispatchMode):
     Every tensor an op returns is followed by a weak reference to its storage until it is freed, so the figure is
     what torch allocated (activations, gradients, optimizer state, temporaries), independent of the allocator's
     caching and of how the planner estimates it. Tensors that exist beforehand are added with `track`.
+
+    The references are torch's own weak references to the C++ storage (`StorageWeakRef`, what torch's fake tensors
+    and AOT autograd keep), asked whether they expired when the figure is needed. An earlier tracker used Python
+    weak references with callbacks instead: those ran Python code inside the C++ destructor of every freed
+    storage, in the middle of autograd's backward and of the kernels that free tensors, and crashed or hung the
+    process depending on what ran before it (docs/emulation.md, "The live-tensor peak"). Nothing here runs when a
+    storage is freed, and the tracker holds no reference cycle.
+
+    Frees are looked for only where the peak could rise: the bytes counted since the last look bound the live
+    bytes from above, and while that bound stays under the peak, so does what is live. The peak is exactly the
+    most bytes alive when some op's outputs were added, as if every free were seen at once.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self.live_bytes = 0
         self.peak_bytes = 0
-        self._refs: dict[int, weakref.ref] = {}
+        self._counted = 0  # bytes of the storages in `_held`, some of which may have been freed since
+        self._held: dict[int, tuple[StorageWeakRef, int]] = {}  # storage address -> (weak reference, bytes)
+        self._held_after_look = 0  # entries left by the last look for frees
+
+    @property
+    def live_bytes(self) -> int:
+        self._forget_freed()
+        return self._counted
 
     def track(self, tensors: Iterable[torch.Tensor]) -> None:
         for tensor in tensors:
             self._add(tensor)
 
+    def _forget_freed(self) -> None:
+        expired = torch.UntypedStorage._expired
+        freed = [key for key, (ref, _) in self._held.items() if expired(ref.cdata)]
+        for key in freed:
+            self._counted -= self._held.pop(key)[1]
+        self._held_after_look = len(self._held)
+
     def _add(self, tensor: torch.Tensor) -> None:
         storage = tensor.untyped_storage()
         key, size = storage._cdata, storage.nbytes()
-        if size == 0 or key in self._refs:
+        if size == 0 or key in self._held:  # a held weak reference keeps the address from being reused
             return
-
-        def freed(_ref: weakref.ref, key: int = key, size: int = size) -> None:
-            if self._refs.pop(key, None) is not None:
-                self.live_bytes -= size
-
-        self._refs[key] = weakref.ref(storage, freed)
-        self.live_bytes += size
-        self.peak_bytes = max(self.peak_bytes, self.live_bytes)
+        self._held[key] = (StorageWeakRef(storage), size)
+        self._counted += size
+        if self._counted > self.peak_bytes or len(self._held) > 2 * self._held_after_look + 64:
+            self._forget_freed()
+            self.peak_bytes = max(self.peak_bytes, self._counted)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 (torch's signature)
         out = func(*args, **(kwargs or {}))
