@@ -30,8 +30,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from msfusion_ray.models.weights import Weights
-from msfusion_ray.splitting.index_map import IndexMap, outer_index
+from msfusion_ray.splitting.index_map import IndexMap, Weights, outer_index
 
 
 def l1_norm(weights: Mapping[str, np.ndarray]) -> float:

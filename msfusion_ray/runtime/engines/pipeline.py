@@ -34,11 +34,12 @@ from msfusion_ray.models.weights import Weights
 from msfusion_ray.pipeline.measured import MeasuredTimes
 from msfusion_ray.pipeline.plan import PipelinePlanner, owner_batches
 from msfusion_ray.pipeline.schedule import EpochSchedule, schedule_epoch
-from msfusion_ray.pipeline.time_model import PipelineTimes, edgesys_estimate
+from msfusion_ray.pipeline.time_model import OwnerTimes, PipelineTimes, edgesys_estimate
+from msfusion_ray.procedures.orders import WorkOrder
 from msfusion_ray.records import ParticipantRoundRow
 from msfusion_ray.runtime.engines.base import EngineContext, Step, absent_row, register_engine
 from msfusion_ray.runtime.engines.sync import SyncEngine
-from msfusion_ray.runtime.hosts import STARTUP_TIMEOUT_S
+from msfusion_ray.runtime.host_pool import STARTUP_TIMEOUT_S
 from msfusion_ray.runtime.pipeline_stage import StageActor, StageLink
 from msfusion_ray.strategies.base import Update
 
@@ -133,7 +134,7 @@ class PipelineEngine(SyncEngine):
     def _part(self, start: int, end: int) -> Weights:
         return {k: self.weights[k] for k in self.context.strategy.part_keys(start, end)}
 
-    def _order(self, participant: int, epoch: int):  # noqa: ANN202 (WorkOrder)
+    def _order(self, participant: int, epoch: int) -> WorkOrder:
         plan, strategy = self.plan, self.context.strategy
         order = strategy.owner_order(participant, plan.front, plan.back)
         link = StageLink(participant, self.stages[0], self.stages[-1], self.context.config.runtime.task_timeout_s)
@@ -274,7 +275,7 @@ class PipelineEngine(SyncEngine):
         self.node_clock = [float(v) for v in values["node_clock"]]
 
 
-def _owner_batch_s(times) -> float:  # noqa: ANN001 (time_model.OwnerTimes)
+def _owner_batch_s(times: OwnerTimes) -> float:
     """An owner's own device seconds per full batch, as planned: compute and transfers."""
     return (times.front_forward_s + times.back_s + times.front_backward_s + times.to_first_s + times.from_last_s
             + times.to_last_s + times.from_first_s)

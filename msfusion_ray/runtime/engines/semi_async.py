@@ -36,15 +36,16 @@ import numpy as np
 from msfusion_ray.costs.flops import TrainingStepFlops
 from msfusion_ray.devices.clock import device_time, refusal_device_s
 from msfusion_ray.models.weights import Weights
+from msfusion_ray.procedures.base import PlannedTask, make_procedure, refused_phase, selection_bytes
+from msfusion_ray.procedures.orders import ObjectiveSpec, ProcedureSpec, WorkOrder
 from msfusion_ray.records import ParticipantRoundRow
 from msfusion_ray.runtime.checkpoint import join_arrays, split_arrays
 from msfusion_ray.runtime.engines.base import Engine, EngineContext, Step, drop_at, lost_row, register_engine, wall_clock
 from msfusion_ray.runtime.engines.dispatch import Dispatcher, PayloadStore, Result, take_result, unanswering_hosts
 from msfusion_ray.runtime.participant import PlannerCache
-from msfusion_ray.strategies.base import ObjectiveSpec, ProcedureSpec, Update, WorkOrder
+from msfusion_ray.strategies.base import Update
 from msfusion_ray.training.local import batch_sizes
 from msfusion_ray.training.losses import loss_of
-from msfusion_ray.training.procedure import PlannedTask, make_procedure, refused_phase, selection_bytes
 
 POLL_S = 5.0
 COMPLETION, DEADLINE, DEVICE_ON = 0, 1, 2  # event kinds, in the order they are taken at equal times

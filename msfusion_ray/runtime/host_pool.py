@@ -9,20 +9,18 @@ all, then the run ends with `HostsKeepDying`.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import ray
+from ray.actor import ActorHandle
 from ray.exceptions import OutOfMemoryError, RayActorError
 
 from msfusion_ray.config import RuntimeConfig
 from msfusion_ray.devices.gpu_share import gpu_share, resolve_device
-from msfusion_ray.failures import describe_failure
-from msfusion_ray.launchable import Launchable
-from msfusion_ray.runtime.actors import HostActor
+from msfusion_ray.experiment.shipment import Shipment
+from msfusion_ray.runtime.actor_classes import ByReference, HostActor
+from msfusion_ray.runtime.failure_texts import describe_failure
 from msfusion_ray.runtime.settings import ParticipantSpecs, WorkerSettings
-
-if TYPE_CHECKING:
-    from msfusion_ray.experiment import Prepared
 
 STARTUP_TIMEOUT_S = 300.0
 log = logging.getLogger(__name__)
@@ -48,10 +46,9 @@ class HostPool:
     """The run's host actors. Creating the pool starts them and returns at once (they import torch and load
     their data while the driver starts); `wait_ready` waits until every one answers."""
 
-    def __init__(self, prepared: Prepared | Launchable, data_ref: ray.ObjectRef, run_id: str):
-        prepared = Launchable.of(prepared)
-        runtime = prepared.config.runtime
-        fleet = prepared.fleet
+    def __init__(self, shipment: Shipment, data_ref: ray.ObjectRef, run_id: str):
+        runtime = shipment.config.runtime
+        fleet = shipment.fleet
         ids = [p.id for p in fleet.participants]
         groups = {p.id: p.device.name for p in fleet.participants} if runtime.device_resources else None
         cpus = ray.cluster_resources().get("CPU", 1.0)
@@ -63,25 +60,24 @@ class HostPool:
         gpus = ray.cluster_resources().get("GPU", 0.0)
         self.device = resolve_device(runtime.device, gpus)
         self.gpu_share = gpu_share(gpus, len(assignments), runtime.gpus_per_host) if self.device == "cuda" else 0.0
-        settings = WorkerSettings(run_id=run_id, host=0, seed=prepared.config.seed,
-                                  training=prepared.config.training, clock=runtime.clock,
+        settings = WorkerSettings(run_id=run_id, host=0, seed=shipment.config.seed,
+                                  training=shipment.config.training, clock=runtime.clock,
                                   task_timeout_s=runtime.task_timeout_s, device=self.device,
                                   device_required=runtime.device == "cuda", gpu_share=self.gpu_share)
         self.host_of: dict[int, int] = {}
         self.actors = []
         self._starts: list[Callable[[], object]] = []  # per host: how to start (or start again) its actor
         for host_id, members in enumerate(assignments):
-            specs = ParticipantSpecs(members, fleet, prepared.partitions)
+            specs = ParticipantSpecs(members, fleet, shipment.partitions)
             options: dict = {"num_cpus": num_cpus}
             if self.gpu_share:
                 options["num_gpus"] = self.gpu_share
             if groups is not None:
                 options["resources"] = {f"device:{groups[members[0]]}": 0.001}
             host_settings = WorkerSettings(**{**settings.__dict__, "host": host_id})
-            self._starts.append(lambda options=options, args=(host_id, prepared.family, [data_ref], specs,
-                                                               host_settings, runtime.threads_per_host,
-                                                               runtime.task_timeout_s):
-                                HostActor.options(**options).remote(*args))
+            args = (host_id, shipment.family, ByReference(data_ref), specs, host_settings, runtime.threads_per_host,
+                    runtime.task_timeout_s)
+            self._starts.append(lambda options=options, args=args: HostActor.options(**options).remote(*args))
             self.actors.append(self._starts[host_id]())
             self.host_of.update({pid: host_id for pid in members})
         self.restarts = 0
@@ -107,7 +103,7 @@ class HostPool:
             self.descriptions = ray.get([a.describe.remote() for a in self.actors], timeout=STARTUP_TIMEOUT_S)
         self._ready = True
 
-    def actor_for(self, participant: int):  # noqa: ANN201 (a Ray actor handle)
+    def actor_for(self, participant: int) -> ActorHandle:
         return self.actors[self.host_of[participant]]
 
     def members(self, host: int) -> list[int]:

@@ -1,4 +1,4 @@
-"""The launcher's view of a prepared experiment: packed parts open as they were, their arrays out of band; the
+"""The launcher's view of a prepared experiment (msfusion_ray.experiment.shipment): packed parts open as they were, their arrays out of band; the
 command line prepares in a process of its own and never imports torch itself."""
 
 import subprocess
@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import yaml
 
+from msfusion_ray.app.apart import PreparationProcess
 from msfusion_ray.errors import UserInputError
-from msfusion_ray.launchable import Packed, PreparingApart, opened
+from msfusion_ray.experiment.shipment import Packed, opened
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -25,13 +26,13 @@ def test_a_packed_object_opens_equal_with_its_arrays_out_of_band():
     assert opened(value) is value  # anything else as it is
 
 
-def _notes_then_fails(note):
-    note(("config", 1))
+def notes_then_fails(value, note):
+    note(("config", value))
     raise UserInputError("training.lr", "must be > 0")
 
 
 def test_preparing_apart_passes_notes_and_raises_the_childs_bad_input_here():
-    with PreparingApart(_notes_then_fails) as preparing:
+    with PreparationProcess("tests.test_shipment:notes_then_fails", 1) as preparing:
         assert preparing.note() == ("config", 1)
         with pytest.raises(UserInputError, match="training.lr: must be > 0"):
             preparing.result()

@@ -1,23 +1,20 @@
-"""From a config to everything a run needs, checked before anything is started or written.
+"""From a checked config to everything a run needs (`Experiment`), refused before anything is started or written.
 
 `prepare` resolves every name (data set, model, strategy, device profiles, fleet), loads and partitions the data,
-asks the strategy to fix its global model against the fleet's capacity, and rejects impossible set-ups. It runs in
-the CLI before a run directory exists (so bad input leaves nothing behind) and again inside the driver actor.
+asks the strategy to fix its global model against the fleet's capacity, and rejects impossible set-ups. The
+launcher runs it once (msfusion_ray.app.lifecycle), before a run directory exists, so bad input leaves nothing
+behind; the driver and host actors are handed what it made.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from msfusion_ray.code_refs import is_code_ref
-from msfusion_ray.config import ExperimentConfig, TrainingConfig
-from msfusion_ray.costs.footprint import tensor_bytes
-from msfusion_ray.costs.memory import machine_memory_bytes
+from msfusion_ray.config import ExperimentConfig
 from msfusion_ray.data import check_enough_samples, load_data, partition
 from msfusion_ray.data.arrays import DataBundle
 from msfusion_ray.devices.availability import Availability, make_availability
@@ -26,19 +23,19 @@ from msfusion_ray.devices.fleet import Fleet, FleetSpec, device_counts, load_fle
 from msfusion_ray.devices.gpu import check_device
 from msfusion_ray.devices.profile import DeviceProfile, default_profiles_dir, load_profiles
 from msfusion_ray.errors import UserInputError
+from msfusion_ray.experiment.checks import check_fits_machine, check_module, check_object_store, check_tracking
 from msfusion_ray.models import ModelFamily, build_family
-from msfusion_ray.models.module import check_sub_model
 from msfusion_ray.paths import find
 from msfusion_ray.shards import Shards
 from msfusion_ray.strategies import make_strategy
 from msfusion_ray.strategies.base import ParticipantInfo, Strategy
-from msfusion_ray.strategies.width import WidthSplitting
-from msfusion_ray.tracking import check_tracking
 from msfusion_ray.training.objective import make_objective
 
 
 @dataclass
-class Prepared:
+class Experiment:
+    """A run's experiment, resolved and checked: what the driver and the hosts are handed."""
+
     config: ExperimentConfig
     data: DataBundle
     fleet: Fleet
@@ -47,9 +44,7 @@ class Prepared:
     strategy: Strategy
     capacity: CapacityOracle
     availability: Availability
-
-    def participant_infos(self) -> list[ParticipantInfo]:
-        return participant_infos(self.fleet, self.partitions, self.data)
+    infos: list[ParticipantInfo]  # what the strategy knows of each participant (`participant_infos`)
 
 
 def participant_infos(fleet: Fleet, partitions: Sequence[np.ndarray],
@@ -64,12 +59,6 @@ def participant_infos(fleet: Fleet, partitions: Sequence[np.ndarray],
 def held_labels(data: DataBundle, indices: np.ndarray) -> tuple[int, ...]:
     """The distinct labels of these training samples (every target token of a language model's windows)."""
     return tuple(int(label) for label in np.unique(data.train.y[indices]))
-
-
-def project_path(path: str) -> Path:
-    """A path as given (absolute, or relative to the current directory) if it is there, else among the files that
-    ship with the package (msfusion_ray.paths)."""
-    return find(path)
 
 
 @dataclass(frozen=True)
@@ -91,10 +80,10 @@ class FleetSource:
 
 def fleet_source(config: ExperimentConfig) -> FleetSource:
     fleet_config = config.fleet
-    profiles_dir = project_path(fleet_config.profiles_dir) if fleet_config.profiles_dir else default_profiles_dir()
+    profiles_dir = find(fleet_config.profiles_dir) if fleet_config.profiles_dir else default_profiles_dir()
     profiles = load_profiles(profiles_dir)
     if fleet_config.file is not None:
-        spec, where = load_fleet_spec(project_path(fleet_config.file)), str(fleet_config.file)
+        spec, where = load_fleet_spec(find(fleet_config.file)), str(fleet_config.file)
     else:
         spec, where = FleetSpec(name="inline", devices=dict(fleet_config.devices)), "fleet"
     if fleet_config.compute_nodes is not None:
@@ -108,65 +97,17 @@ def resolve_fleet(config: ExperimentConfig) -> Fleet:
     return fleet_source(config).build(config)
 
 
-def check_fits_machine(family: ModelFamily, training: TrainingConfig) -> None:
-    """Training the global model on one batch must fit this machine's memory: footprints are measured here by
-    running the model, so a width or batch size far beyond the machine is refused before it is allocated. The
-    weights, gradients and optimizer state are counted on torch's meta device (nothing allocated); the batch's
-    share is extrapolated from batches of two and four."""
-    machine = machine_memory_bytes()
-    try:
-        with torch.device("meta"):
-            model = family.build()
-    except (OverflowError, RuntimeError, TypeError, ValueError) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UserInputError("model.width", f"the model cannot be built at width {family.width} ({first})") from None
-    weights = tensor_bytes(model.parameters()) + tensor_bytes(model.buffers())
-    state = weights + tensor_bytes(p for p in model.parameters() if p.requires_grad) * (
-        1 + training.optimizer_state_copies())
-    if state > machine:
-        raise UserInputError("model.width", f"training the global model needs {state / 2**30:.1f} GiB for its weights, "
-                                            f"gradients and optimizer state alone, more than this machine's "
-                                            f"{machine / 2**30:.1f} GiB")
-    needed = make_planner(family, training).estimate(family.full_widths(), training.batch_size)
-    if needed > machine:
-        raise UserInputError("training.batch_size", f"training the global model on batches of {training.batch_size} "
-                                                    f"needs about {needed / 2**30:.1f} GiB, more than this machine's "
-                                                    f"{machine / 2**30:.1f} GiB")
-
-
-def check_object_store(config: ExperimentConfig) -> None:
-    """The embedded cluster's object store is memory of this machine: one larger than the machine is refused here,
-    not by Ray's start-up."""
-    machine = machine_memory_bytes()
-    if config.runtime.address is None and config.runtime.object_store_mib * 2**20 > machine:
-        raise UserInputError("runtime.object_store_mib", f"{config.runtime.object_store_mib} MiB is more than this "
-                                                         f"machine's {machine / 2**20:.0f} MiB")
-
-
-def check_module(family: ModelFamily, strategy: Strategy, needs_features: bool) -> None:
-    """What the user's model (a function's network or a family class) must offer its scheme: width tags for a
-    width-splitting scheme (checked by cutting a random sub-model), penultimate features for an objective that
-    uses them."""
-    if needs_features and not family.has_features:
-        raise UserInputError("model.name", f"{strategy.name} trains with a loss on the penultimate features: give "
-                                           f"the module of {family.name} a forward_features(x) returning "
-                                           "(features, logits)")
-    if family.spec.groups:
-        check_sub_model(family, seed=0)
-    elif isinstance(strategy, WidthSplitting):
-        raise UserInputError("model.name", f"{strategy.name} splits the model by width, but {family.name} has "
-                                           "no width tags (see width_axes in msfusion_ray.splitting.spec)")
-
-
 def resolve_availability(config: ExperimentConfig, fleet: Fleet) -> Availability:
     fleet_config = config.fleet
     if fleet_config.availability_trace is not None and fleet_config.availability != "trace":
         raise UserInputError("fleet.availability_trace", "a trace is read only with fleet.availability: trace")
-    trace = project_path(fleet_config.availability_trace) if fleet_config.availability_trace else None
+    trace = find(fleet_config.availability_trace) if fleet_config.availability_trace else None
     return make_availability(fleet_config.availability, fleet, config.seed, trace)
 
 
-def prepare(config: ExperimentConfig, data: DataBundle | None = None) -> Prepared:
+def prepare(config: ExperimentConfig, data: DataBundle | None = None) -> Experiment:
+    """The experiment of a whole-checked config (msfusion_ray.experiment.config_check); `data`: the data set,
+    where the caller loaded it already (a sweep's cells share one)."""
     check_tracking(config.runtime)
     check_device(config.runtime.device, config.runtime.address)
     check_object_store(config)
@@ -193,5 +134,6 @@ def prepare(config: ExperimentConfig, data: DataBundle | None = None) -> Prepare
         largest = max(p.memory_cap_bytes for p in fleet.participants)
         raise UserInputError("fleet", f"no participant can train even the narrowest sub-model (needs "
                                       f"{narrowest / 2**20:.1f} MiB, largest memory cap {largest / 2**20:.1f} MiB)")
-    global_family = strategy.configure(capacity, participant_infos(fleet, partitions, data))
-    return Prepared(config, data, fleet, partitions, global_family, strategy, capacity, availability)
+    infos = participant_infos(fleet, partitions, data)
+    global_family = strategy.configure(capacity, infos)
+    return Experiment(config, data, fleet, partitions, global_family, strategy, capacity, availability, infos)

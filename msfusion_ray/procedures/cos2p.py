@@ -36,15 +36,15 @@ from msfusion_ray.costs.payload import payload_bytes
 from msfusion_ray.models.base import ModelFamily
 from msfusion_ray.models.exits import exit_head_keys
 from msfusion_ray.models.weights import Weights, load_weights, to_weights
+from msfusion_ray.procedures.base import (LocalProcedure, MemoryContext, MemoryPhase, ProcedureContext,
+                                          ProcedureResult, register_procedure, selection_bytes)
+from msfusion_ray.procedures.orders import WorkOrder
 from msfusion_ray.pruning.masks import (MaskedNetwork, SparsityParams, SparsityPenalty, draw_selection,
                                         selection_kept_fraction)
 from msfusion_ray.splitting.index_map import Selection, extract, index_map, units_at_rate, widths_of
 from msfusion_ray.splitting.staleness import delta
-from msfusion_ray.strategies.base import WorkOrder
 from msfusion_ray.training.local import train_local
 from msfusion_ray.training.losses import exit_distillation_forward, exit_distillation_loss_of, loss_of
-from msfusion_ray.training.procedure import (LocalProcedure, MemoryContext, MemoryPhase, ProcedureContext,
-                                             ProcedureResult, register_procedure, selection_bytes)
 from msfusion_ray.validation import checked, non_negative, positive, probability
 
 MASK_SEED = 0x3A5  # the mask draws' stream, apart from training's

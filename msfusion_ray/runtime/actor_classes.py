@@ -1,16 +1,31 @@
-"""The host and driver actors as a launcher starts them: each builds its real object (`runtime.host.Host`,
+"""The host and driver actor classes as a launcher starts them: each builds its real object (`runtime.host.Host`,
 `runtime.driver.Driver`) in its own process and hands it every call, so that starting them imports nothing of
-torch in the launcher's process (the command line holds no torch: msfusion_ray.launchable)."""
+torch in the launcher's process (the command line holds no torch: msfusion_ray.experiment.shipment)."""
 
 from __future__ import annotations
 
 import importlib
 import os
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from msfusion_ray.experiment.shipment import opened
+
+FETCH_TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class ByReference:
+    """An object in the store, passed to an actor as its reference: Ray resolves a reference given as an argument
+    itself, but not one held inside another object, so the actor fetches it when (and as often as) it needs."""
+
+    ref: ray.ObjectRef
+
+    def fetch(self, timeout_s: float = FETCH_TIMEOUT_S) -> Any:
+        """The object, opened where it travelled `Packed`."""
+        return opened(ray.get(self.ref, timeout=timeout_s))
 
 
 def _built(target: str, args: tuple) -> Any:
@@ -57,8 +72,8 @@ class Driver:
     def run(self) -> dict[str, Any]:
         return self.driver.run()
 
-    def progress(self) -> dict[str, Any]:
-        return self.driver.progress()
+    def progress(self, known_round: int = -1) -> dict[str, Any]:
+        return self.driver.progress(known_round)
 
     def pid(self) -> int:
         """Its process (on the launcher's node): a launcher that kills the driver waits for it to be gone."""
@@ -67,13 +82,3 @@ class Driver:
 
 HostActor = ray.remote(max_restarts=0)(Host)
 DriverActor = ray.remote(num_cpus=0, max_concurrency=2)(Driver)
-
-
-def start_driver(rest: Any, data_ref: ray.ObjectRef, hosts: Any, run_dir: Path, run_id: str,
-                 resume: bool):  # noqa: ANN201
-    """The driver actor, on this node (where the run directory is), given the experiment without its data
-    (`Launchable.rest`), the data by reference (it travels once, shared with the hosts), and the `HostPool` the
-    launcher started beside it."""
-    here = ray.get_runtime_context().get_node_id()
-    return DriverActor.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote(
-        [ray.put(rest)], [data_ref], hosts, str(run_dir), run_id, resume)

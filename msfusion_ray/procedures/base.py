@@ -28,9 +28,9 @@ from msfusion_ray.data.arrays import DataBundle
 from msfusion_ray.models.base import ModelFamily
 from msfusion_ray.models.pool import ModulePool
 from msfusion_ray.models.weights import Weights, load_weights, to_weights
+from msfusion_ray.procedures.orders import NoParams, ProcedureSpec, WorkOrder
 from msfusion_ray.registry import Registry
 from msfusion_ray.splitting.index_map import widths_of
-from msfusion_ray.strategies.base import NoParams, ProcedureSpec, WorkOrder
 from msfusion_ray.training.local import train_local
 from msfusion_ray.training.objective import LocalObjective, ObjectiveContext, make_objective
 from msfusion_ray.validation import build
@@ -122,9 +122,9 @@ class LocalProcedure(ABC):
         return None
 
 
-# Procedures are declared in training/ and beside the strategies that use them; the registry finds them there.
+# Procedures are declared in msfusion_ray.procedures, one file each; the registry finds them there.
 PROCEDURES: Registry[type[LocalProcedure]] = Registry("local procedure", "procedure",
-                                                      ("msfusion_ray.training", "msfusion_ray.strategies"))
+                                                      ("msfusion_ray.procedures",))
 register_procedure = PROCEDURES.register
 
 

@@ -1,8 +1,8 @@
 """MP-SL's planning experiments, without training: memory per compute node, the cheapest nodes that fit, and the
 split optimiser against manual splits on the virtual timeline. Markdown tables on stdout.
 
-    python -m msfusion_ray.pipeline.experiments memory   # VGG-19, 100 owners: one hop against 2, 3, 4 nodes
-    python -m msfusion_ray.pipeline.experiments splits   # ResNet-101 and VGG-19, K = 100, 150, N = 3, 4, 5
+    python -m msfusion_ray.experiment.mpsl_planning memory   # VGG-19, 100 owners: one hop against 2, 3, 4 nodes
+    python -m msfusion_ray.experiment.mpsl_planning splits   # ResNet-101 and VGG-19, K = 100, 150, N = 3, 4, 5
 
 Both start from configs/mpsl/vgg19_paper.yaml (the paper's setting: batch 128, 16 batches per owner, 2 local
 epochs, Raspberry Pi 4 owners on 8 Mb/s, SGD with momentum) and profile each model's layers once.
@@ -19,16 +19,17 @@ from typing import Sequence
 
 from functools import lru_cache
 
-from msfusion_ray.config import ExperimentConfig, load_config
+from msfusion_ray.config import ExperimentConfig
 from msfusion_ray.costs.layers import LayerCost, part_memory
 from msfusion_ray.data import planned_shape
 from msfusion_ray.devices.fleet import FleetSpec, make_fleet
 from msfusion_ray.devices.profile import DeviceProfile, load_profiles
-from msfusion_ray.experiment import project_path
+from msfusion_ray.experiment.config_check import load_config
+from msfusion_ray.experiment.pipeline_planning import pipeline_params
 from msfusion_ray.models import ModelFamily, build_family
+from msfusion_ray.paths import find
+from msfusion_ray.pipeline.depth_split import Split, optimal_split
 from msfusion_ray.pipeline.plan import PipelineParams, PipelinePlanner
-from msfusion_ray.pipeline.setup import pipeline_params
-from msfusion_ray.splitting.depth_split import Split, optimal_split
 
 GB = 1e9
 GIB = 2**30
@@ -39,7 +40,7 @@ UNBOUNDED = 10**6  # memory_scale that makes no cap bind (the authors' released 
 
 
 def _config(overrides: Sequence[str]) -> ExperimentConfig:
-    return load_config(project_path(PAPER_CONFIG), list(overrides))
+    return load_config(find(PAPER_CONFIG), list(overrides))
 
 
 @lru_cache(maxsize=1)
@@ -184,7 +185,7 @@ def split_experiment() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m msfusion_ray.pipeline.experiments", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m msfusion_ray.experiment.mpsl_planning", description=__doc__)
     parser.add_argument("experiment", choices=["memory", "splits"])
     args = parser.parse_args(argv)
     {"memory": memory_experiment, "splits": split_experiment}[args.experiment]()

@@ -38,12 +38,17 @@ from typing import Any, Callable, Iterable, Literal
 
 import numpy as np
 
+from analysis.comparison import final_and_best
+from analysis.metrics import metric_of
+from analysis.runs import load_run
+from analysis.tuning import TUNING_FILE
+from msfusion_ray.app import sweep
+from msfusion_ray.app.sweep_plan import (CLUSTER_KEYS, SweepConfig, SweepPlan, check_directory, grid_points, plan_sweep,
+                                         resolve_base)
 from msfusion_ray.errors import UserInputError
+from msfusion_ray.files import write_text_atomic
 from msfusion_ray.inputs import load_yaml
-from msfusion_ray.sweep import CLUSTER_KEYS, SweepConfig, SweepPlan, grid_points, plan_sweep, resolve_base
 from msfusion_ray.validation import build, checked, positive
-
-TUNING_FILE = "tuning.json"
 
 
 @dataclass(frozen=True)
@@ -202,8 +207,7 @@ def record(plan: TuningPlan, best: dict[str, Trial], lower_is_better: bool,
     data = {"name": plan.config.name, "budget": plan.config.budget, "select": plan.config.select,
             "metric_direction": "lower" if lower_is_better else "higher", "tune_seed": plan.config.tune_seed,
             "seeds": list(plan.config.seeds), "schemes": schemes}
-    plan.directory.mkdir(parents=True, exist_ok=True)
-    (plan.directory / TUNING_FILE).write_text(json.dumps(data, indent=2))
+    write_text_atomic(plan.directory / TUNING_FILE, json.dumps(data, indent=2))
     return data
 
 
@@ -225,13 +229,10 @@ def run_protocol(plan: TuningPlan, run_stage: StageRunner) -> dict[str, Any]:
     run_stage(final, plan.config.select)
     return record(plan, best, lower, final)
 
+
 def validation_score(run_dir: Path, select: str) -> tuple[float | None, str]:
     """A run's validation metric (accuracy, or perplexity for a language model): its last or its best value, and
     the metric's name."""
-    from analysis.comparison import final_and_best
-    from analysis.metrics import metric_of
-    from analysis.runs import load_run
-
     if not (run_dir / "records" / "rounds").is_dir():
         return None, "accuracy"
     run = load_run(run_dir)
@@ -250,11 +251,9 @@ def sweep_stage_runner(max_parallel: int | None = None, address: str | None = No
     """Runs a stage with the sweep runner (continuing it if its directory holds it; `retry_failed` runs its failed
     cells again) and scores its cells. A failed cell stops the protocol (`StageFailed`): a run the machine
     killed says nothing about its setting, so it must be run again rather than ranked."""
-    from msfusion_ray import sweep as sweeps
-
     def run_stage(plan: SweepPlan, select: str) -> tuple[dict[str, float | None], str]:
-        sweeps.check_directory(plan)
-        status = sweeps.execute_sweep(plan, retry_failed, max_parallel, address, show_progress)
+        check_directory(plan)
+        status = sweep.execute_sweep(plan, retry_failed, max_parallel, address, show_progress)
         failed = [cell_id for cell_id, cell in status.cells.items() if cell["status"] != "complete"]
         if failed:
             raise StageFailed(f"{len(failed)} cells of {plan.directory} did not complete (first: {failed[0]}); run "

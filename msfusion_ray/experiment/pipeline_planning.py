@@ -10,19 +10,24 @@ from __future__ import annotations
 from msfusion_ray.config import ExperimentConfig
 from msfusion_ray.data import load_data, partition, planned_shape
 from msfusion_ray.errors import UserInputError
-from msfusion_ray.experiment import resolve_fleet
+from msfusion_ray.experiment.prepare import resolve_fleet
 from msfusion_ray.models import build_family
 from msfusion_ray.pipeline.plan import PipelineParams, PipelinePlanner, owner_batches
+from msfusion_ray.strategies import STRATEGIES
+from msfusion_ray.strategies.base import PipelineStrategy
 from msfusion_ray.validation import build
 
-PIPELINE_STRATEGIES = ("mpsl",)
+def pipeline_strategies() -> list[str]:
+    """The registered strategies that run on the pipeline engine."""
+    return [name for name, cls in STRATEGIES.items() if issubclass(cls, PipelineStrategy)]
 
 
 def pipeline_params(config: ExperimentConfig) -> PipelineParams:
-    if config.strategy.name not in PIPELINE_STRATEGIES:
+    cls = STRATEGIES.get(config.strategy.name)
+    if not issubclass(cls, PipelineStrategy):
         raise UserInputError("strategy.name", f"'{config.strategy.name}' is not pipeline split learning "
-                                              f"(plan one of: {', '.join(PIPELINE_STRATEGIES)})")
-    return build(PipelineParams, config.strategy.params, "strategy.params")
+                                              f"(plan one of: {', '.join(pipeline_strategies())})")
+    return build(cls.Params, config.strategy.params, "strategy.params")
 
 
 def planner_for(config: ExperimentConfig) -> PipelinePlanner:

@@ -2,7 +2,7 @@
 
 import math
 
-from msfusion_ray.launch import round_postfix
+from msfusion_ray.app.progress import round_postfix
 
 
 def test_progress_line_shows_perplexity_for_a_language_model_and_accuracy_otherwise():

@@ -1,6 +1,7 @@
 """Optional experiment tracking: each round's row and the config, sent to MLflow or written as TensorBoard events.
 
-Off by default (`runtime.tracking: mlflow` or `tensorboard` turns it on). The process that launched the run
+Off by default (`runtime.tracking: mlflow` or `tensorboard` turns it on; msfusion_ray.experiment.checks says
+whether the tracker is installed). The process that launched the run
 follows the round records the driver writes (records/rounds/round-*.parquet, beside it on the same node) and
 hands every new round to the tracker, so tracking needs nothing from the driver or the hosts and a run that stops
 has tracked exactly the rounds it recorded. What was tracked is noted in the run directory (tracking.json), so a
@@ -15,7 +16,6 @@ resumed run continues the same MLflow run and does not send a round twice.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from abc import ABC, abstractmethod
@@ -24,19 +24,11 @@ from typing import Any
 
 import pandas as pd
 
-from msfusion_ray.config import ExperimentConfig, RuntimeConfig
-from msfusion_ray.errors import UserInputError
+from msfusion_ray.config import ExperimentConfig
+from msfusion_ray.files import write_text_atomic
 
 STATE_FILE = "tracking.json"
 DEFAULT_MLFLOW_URI = "sqlite:///mlflow.db"
-PACKAGES = {"mlflow": "mlflow", "tensorboard": "tensorboard"}
-
-
-def check_tracking(runtime: RuntimeConfig) -> None:
-    """The tracker the config asks for can be used here (before anything is started)."""
-    if runtime.tracking is not None and importlib.util.find_spec(PACKAGES[runtime.tracking]) is None:
-        raise UserInputError("runtime.tracking", f"{runtime.tracking} is not installed (pip install "
-                                                 f"'msfusion_ray[{runtime.tracking}]')")
 
 
 def flat_config(data: Any, prefix: str = "") -> dict[str, str]:
@@ -148,7 +140,7 @@ class RoundFollower:
         self.tracker.finish(status)
 
     def _save(self) -> None:
-        self.state_path.write_text(json.dumps(self.state))
+        write_text_atomic(self.state_path, json.dumps(self.state))
 
 
 def follow_rounds(config: ExperimentConfig, run_dir: Path, run_id: str) -> RoundFollower | None:

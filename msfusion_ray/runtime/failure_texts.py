@@ -2,16 +2,12 @@
 
 Ray's own texts run to many lines (an actor's id, its class, a list of "potential root causes", a remote
 traceback); the user gets one line from `describe_failure`, and the full text goes to the run's log
-(runs/<id>/run.log).
+(runs/<id>/run.log: msfusion_ray.runtime.run_log).
 """
 
 from __future__ import annotations
 
-import logging
 import re
-from pathlib import Path
-
-RUN_LOG = "run.log"
 
 _PID = re.compile(r"\bpid: (\d+)")
 _MODULE_PATH = re.compile(r"^(?:\w+\.)+(?=\w+:)")
@@ -71,12 +67,3 @@ def describe_failure(err: BaseException, subject: str) -> str:
     if isinstance(err, ObjectLostError):
         return f"data of {subject} was lost from the object store ({first_line(err)})"
     return f"{subject}: {type(err).__name__}: {first_line(err) or '(no message)'}"
-
-
-def open_run_log(run_dir: Path) -> logging.Handler:
-    """A handler appending to the run's log (runs/<id>/run.log): its warnings and errors, in full. The CLI process
-    and the driver actor (on the same node) both append to it."""
-    handler = logging.FileHandler(Path(run_dir) / RUN_LOG, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.setLevel(logging.INFO)
-    return handler

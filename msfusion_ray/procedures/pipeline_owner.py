@@ -15,7 +15,7 @@ places every message on the virtual timeline.
 from __future__ import annotations
 
 import time
-from typing import Protocol
+from typing import Callable, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -25,10 +25,12 @@ from msfusion_ray.costs.flops import count_flops
 from msfusion_ray.costs.memory import TensorPeakTracker
 from msfusion_ray.costs.payload import payload_bytes
 from msfusion_ray.models.layers import build_part, load_part_weights, part_weights, tie_shared
+from msfusion_ray.procedures.base import (LocalProcedure, MemoryContext, MemoryPhase, ProcedureContext,
+                                          ProcedureResult, register_procedure)
 from msfusion_ray.training.local import batch_indices, make_optimizer
 from msfusion_ray.training.losses import task_loss
-from msfusion_ray.training.procedure import (LocalProcedure, MemoryContext, MemoryPhase, ProcedureContext,
-                                             ProcedureResult, register_procedure)
+
+T = TypeVar("T")
 
 
 class PipelineLink(Protocol):
@@ -95,7 +97,7 @@ class PipelineOwner(LocalProcedure):
                task: str, tracker: TensorPeakTracker, measure: bool, flops_of: dict) -> tuple[dict, float]:
         """One batch through the pipeline; FLOPs are counted on the first batch of each size (shapes fix them)."""
 
-        def counted(name: str, work):  # noqa: ANN001, ANN202
+        def counted(name: str, work: Callable[[], T]) -> T:
             if not measure:
                 return work()
             with tracker:

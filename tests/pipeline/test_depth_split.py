@@ -5,8 +5,8 @@ import pytest
 
 from msfusion_ray.costs.layers import LayerCost, profile_layers
 from msfusion_ray.models import DataShape, build_family
-from msfusion_ray.splitting.depth_split import (SplitProblem, balanced_split, brute_force_split, equal_split,
-                                                optimal_split)
+from msfusion_ray.pipeline.depth_split import (SplitProblem, balanced_split, brute_force_split, equal_split,
+                                               optimal_split)
 
 
 def _random_costs(rng, n_layers):
