@@ -41,8 +41,8 @@ from msfusion_ray.procedures.base import (LocalProcedure, MemoryContext, MemoryP
 from msfusion_ray.procedures.orders import WorkOrder
 from msfusion_ray.pruning.masks import (MaskedNetwork, SparsityParams, SparsityPenalty, draw_selection,
                                         selection_kept_fraction)
+from msfusion_ray.splitting.cos2p_aggregation import delta
 from msfusion_ray.splitting.index_map import Selection, extract, index_map, units_at_rate, widths_of
-from msfusion_ray.splitting.staleness import delta
 from msfusion_ray.training.local import train_local
 from msfusion_ray.training.losses import exit_distillation_forward, exit_distillation_loss_of, loss_of
 from msfusion_ray.validation import checked, non_negative, positive, probability

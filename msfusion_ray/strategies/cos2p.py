@@ -11,7 +11,7 @@ semi-asynchronous training of depth-cut, data-aware structurally pruned sub-mode
   configured one cut after the deepest exit any participant holds (blocks no one holds would never train).
 - Local training: every exit the participant holds, with the cross-block distillation toward the deepest from
   global version `kd_start_round` on.
-- Aggregation (splitting/staleness.py): each delta weighted by importance ||Delta||_1 / r over drift
+- Aggregation (splitting/cos2p_aggregation.py): each delta weighted by importance ||Delta||_1 / r over drift
   ||w^(t) - w^(tau)||_1 + 1, normalised; w <- w + sum gamma_i Delta_i; updates staler than `max_staleness`
   versions are not aggregated. `normalisation: entries` normalises per entry instead (a departure: blocks only
   stale participants hold barely move under the code's rule). The engine aggregates when `buffer_fraction` of
@@ -32,8 +32,8 @@ from msfusion_ray.models.base import ModelFamily
 from msfusion_ray.models.exits import deepest_exit_at_or_below
 from msfusion_ray.models.weights import Weights
 from msfusion_ray.procedures.cos2p import mask_footprint, rate_widths, training_footprint
+from msfusion_ray.splitting.cos2p_aggregation import WeightedDeltaSum, drift, importance, raw_weight
 from msfusion_ray.splitting.index_map import IndexMap, Selection, index_map, selection_fraction
-from msfusion_ray.splitting.staleness import WeightedDeltaSum, drift, importance, raw_weight
 from msfusion_ray.strategies import register
 from msfusion_ray.strategies.base import (AsyncSchedule, AsyncStrategy, Capacity, ModelHistory, ParticipantInfo,
                                           ProcedureSpec, Update, WorkOrder)

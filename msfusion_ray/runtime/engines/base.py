@@ -47,7 +47,7 @@ class Step:
 class EngineContext:
     """What the Runner hands every engine."""
 
-    prepared: Experiment
+    experiment: Experiment
     executor: Executor  # the host actors (RayHosts)
     run_id: str
     timeline: VirtualTimeline
@@ -56,14 +56,14 @@ class EngineContext:
 
     @property
     def config(self) -> ExperimentConfig:
-        return self.prepared.config
+        return self.experiment.config
 
     @property
     def strategy(self) -> Strategy:
-        return self.prepared.strategy
+        return self.experiment.strategy
 
     def device_of(self, participant: int) -> str:
-        return self.prepared.fleet.participants[participant].device.name
+        return self.experiment.fleet.participants[participant].device.name
 
     def lr(self, step: int) -> float:
         """The learning rate of step t: lr * lr_decay^(t-1)."""

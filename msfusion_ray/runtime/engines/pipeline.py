@@ -55,9 +55,9 @@ class PipelineEngine(SyncEngine):
 
     def __init__(self, context: EngineContext, weights: Weights):
         super().__init__(context, weights)
-        prepared, training = context.prepared, context.config.training
-        batches = [owner_batches(len(p), training) for p in prepared.partitions]
-        self.planner = PipelinePlanner(prepared.family, prepared.fleet, training, context.strategy.params, batches)
+        experiment, training = context.experiment, context.config.training
+        batches = [owner_batches(len(p), training) for p in experiment.partitions]
+        self.planner = PipelinePlanner(experiment.family, experiment.fleet, training, context.strategy.params, batches)
         split = context.strategy.choose_split(self.planner)
         self.fits_nowhere = split is None
         self.plan = self.planner.plan(split if split is not None else self.planner.split("equal"))
@@ -82,7 +82,7 @@ class PipelineEngine(SyncEngine):
         context, plan = self.context, self.plan
         runtime = context.config.runtime
         self.stages = [StageActor.options(num_cpus=0).remote(
-            position, context.prepared.family, layer_range, context.config.training, context.config.seed,
+            position, context.experiment.family, layer_range, context.config.training, context.config.seed,
             node.memory_cap_bytes, node.device.native, runtime.threads_per_host)
             for position, (node, layer_range) in enumerate(zip(plan.nodes, plan.split.ranges))]
         ray.get([stage.ping.remote() for stage in self.stages], timeout=STARTUP_TIMEOUT_S)
@@ -97,7 +97,7 @@ class PipelineEngine(SyncEngine):
             self._start_stages()
         context, strategy, plan = self.context, self.context.strategy, self.plan
         timeout = context.config.runtime.task_timeout_s
-        owners = [p.id for p in context.prepared.fleet.participants]
+        owners = [p.id for p in context.experiment.fleet.participants]
         reachable = self.reachable(epoch, owners)
         rows = [absent_row(context, epoch, pid, self.now) for pid in owners if not reachable[pid]]
         present = [pid for pid in owners if reachable[pid]]
@@ -143,7 +143,7 @@ class PipelineEngine(SyncEngine):
                        state_from=self.state_from(participant), vt_start=self.now, extras=extras)
 
     def _measured(self, results: dict, reports: list[dict]) -> MeasuredTimes:
-        fleet, plan = self.context.prepared.fleet, self.plan
+        fleet, plan = self.context.experiment.fleet, self.plan
         logs = {pid: trained["pipeline_batches"] for pid, (row, _, trained) in results.items()
                 if row.status == "ok"}
         parts = {pid: self.planner.owner_part_bytes() for pid in logs}

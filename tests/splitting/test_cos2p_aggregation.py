@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from msfusion_ray.splitting.staleness import WeightedDeltaSum, delta, drift, importance, staleness_weights
+from msfusion_ray.splitting.cos2p_aggregation import WeightedDeltaSum, delta, drift, importance, staleness_weights
 
 
 def _global(value):
