@@ -26,7 +26,7 @@ thousandth of a fresh one's, and under the code's rule the blocks only slow devi
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 
@@ -59,13 +59,6 @@ def drift(current: Mapping[str, np.ndarray], past: Mapping[str, np.ndarray]) -> 
 def raw_weight(importance_value: float, drift_value: float) -> float:
     """importance / (drift + 1), before normalisation."""
     return importance_value / (drift_value + 1.0)
-
-
-def staleness_weights(importances: Sequence[float], drifts: Sequence[float]) -> np.ndarray:
-    """gamma_i = importance_i / (drift_i + 1), normalised to sum to one (equal shares if every update is zero)."""
-    raw = np.array([raw_weight(i, d) for i, d in zip(importances, drifts, strict=True)], dtype=np.float64)
-    total = raw.sum()
-    return raw / total if total > 0 else np.full(len(raw), 1.0 / max(len(raw), 1))
 
 
 class WeightedDeltaSum:
