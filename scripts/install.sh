@@ -18,8 +18,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
-# requirements.lock: every dependency (the tests' too) at the version tested, torch the CPU build (scripts/lock.sh
+# requirements.txt: every dependency (the tests' too) at the version tested, torch the CPU build (scripts/lock.sh
 # makes it). The project itself on top, its dependencies being those.
-pip_quietly install -q -r requirements.lock
+pip_quietly install -q -r requirements.txt
 pip_quietly install -q --no-deps -e .
 .venv/bin/python -c "import torch, ray, msfusion_ray, analysis; print('installed: torch', torch.__version__, '/ ray', ray.__version__)"

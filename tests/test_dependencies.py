@@ -1,5 +1,5 @@
 """Every package the code imports is declared in pyproject.toml (a clean `pip install .` can run every command),
-and requirements.lock pins each of them, with torch at the CPU build's version."""
+and requirements.txt pins each of them, with torch at the CPU build's version."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def test_every_imported_package_is_declared():
 
 
 def test_the_lock_pins_every_declared_package_and_the_cpu_torch():
-    lines = [line.split("#")[0].strip() for line in (ROOT / "requirements.lock").read_text().splitlines()]
+    lines = [line.split("#")[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()]
     pins = dict(line.lower().split("==", 1) for line in lines if "==" in line)
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     declared = [_name(r) for r in project["dependencies"] + project["optional-dependencies"]["test"]]

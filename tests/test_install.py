@@ -1,5 +1,5 @@
 """An installed package works outside the checkout, as a new user would install it: `pip install .` with the lock
-(`-c requirements.lock`) into a truly clean virtual environment (its own pip, no shared site-packages: every
+(`-c requirements.txt`) into a truly clean virtual environment (its own pip, no shared site-packages: every
 dependency comes from the package index, so a dependency the code imports but pyproject.toml does not declare
 fails here) gives a `msfusion-ray` that lists the bundled profiles and runs the ready quick start and a one-round
 MP-SL run from an empty directory; the wheel carries the configs and device profiles as package data.
@@ -32,7 +32,7 @@ def installed(tmp_path_factory):
     _run([sys.executable, "-m", "venv", str(venv)], cwd=venv)
     assert "include-system-site-packages = false" in (venv / "pyvenv.cfg").read_text()
     _run([venv / "bin/python", "-m", "pip", "install", "-q", "--no-warn-script-location", "-c",
-          str(ROOT / "requirements.lock"), str(ROOT)], cwd=venv, timeout=1800)
+          str(ROOT / "requirements.txt"), str(ROOT)], cwd=venv, timeout=1800)
     return venv
 
 
@@ -59,7 +59,7 @@ def test_a_fresh_install_runs_the_quick_start_from_an_empty_directory(installed,
     assert sorted(p.name for p in (run_dir / "records" / "rounds").iterdir()) == ["round-000001.parquet"]
     assert [p.name for p in empty.iterdir()] == ["runs"]
     environment = json.loads((run_dir / "summary.json").read_text())["environment"]
-    locked = dict(line.split("==") for line in (ROOT / "requirements.lock").read_text().splitlines()
+    locked = dict(line.split("==") for line in (ROOT / "requirements.txt").read_text().splitlines()
                   if "==" in line and not line.startswith("#"))
     assert environment["packages"]["ray"] == locked["ray"] and environment["packages"]["torch"].startswith("2.13.0")
     assert environment["git_commit"] is None and environment["cpu_cores"] >= 1  # installed: no checkout
