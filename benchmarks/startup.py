@@ -36,8 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import load, machine, markdown_table, median, write_results  # noqa: E402
 
-DAEMONS = ("gcs_server", "raylet", "dashboard.py", "agent.py", "runtime_env/agent/main.py", "log_monitor.py",
-           "monitor.py")
+DAEMONS = ("dashboard.py", "agent.py", "runtime_env/agent/main.py", "log_monitor.py", "monitor.py")
 SAMPLE_S = 0.1
 
 
@@ -50,12 +49,15 @@ def kind_of(command: str) -> str:
         return {"ray::IDLE": "idle worker"}.get(title, title.split(".")[0])
     if "default_worker.py" in command:
         return "idle worker"
+    program = command.split()[0].rsplit("/", 1)[-1] if command else "?"
+    if program in ("gcs_server", "raylet"):
+        return f"ray {program}"
     for daemon in DAEMONS:
         if daemon in command:
             return f"ray {daemon.rsplit('/', 1)[-1].removesuffix('.py')}"
     if "-m msfusion_ray" in command:
         return "command line"
-    return command.split()[0].rsplit("/", 1)[-1] if command else "?"
+    return program
 
 
 class TreeTrace:
@@ -95,6 +97,12 @@ class TreeTrace:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+
+    def count_by_kind(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for entry in self.processes.values():
+            counts[self.kind(entry)] = counts.get(self.kind(entry), 0) + 1
+        return counts
 
     def cpu_by_kind(self, until: float) -> dict[str, float]:
         spent: dict[str, float] = {}
@@ -159,6 +167,7 @@ def launch_once(config: Path, scratch: Path, rep: int, tree: Path) -> dict[str, 
     first = timing["run_started"]
     cpu = trace.cpu_by_kind(first)
     return {"launch_to_first_training_s": first, "timeline_s": timeline(trace, timing), "cpu_s_by_process": cpu,
+            "processes": trace.count_by_kind(),
             "cpu_s_total": sum(cpu.values()), "load_before": load_before, "load_after": load()}
 
 
@@ -236,8 +245,9 @@ def main() -> None:
             {"landmark": k, "s": median([r["timeline_s"][k] for r in repetitions if k in r["timeline_s"]])}
             for k in landmarks],
         "CPU seconds by process up to the first training (median)": [
-            {"process": k, "CPU s": median([r["cpu_s_by_process"].get(k, 0.0) for r in repetitions])}
-            for k in kinds] + [{"process": "all", "CPU s": median([r["cpu_s_total"] for r in repetitions])}],
+            {"process": k, "CPU s": median([r["cpu_s_by_process"].get(k, 0.0) for r in repetitions]),
+             "processes": max(r["processes"].get(k, 0) for r in repetitions)} for k in kinds]
+        + [{"process": "all", "CPU s": median([r["cpu_s_total"] for r in repetitions]), "processes": ""}],
         "the launcher's preparing by part, CPU seconds (one run)": [
             {"part": k, "CPU s": v} for k, v in phases.items()],
     }
