@@ -116,6 +116,7 @@ def main(argv: Sequence[str] | None = None, exiting: bool = False) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from msfusion_ray.devices.spread import spread_lines
     from msfusion_ray.experiment import check_module, prepare
     from msfusion_ray.models import ModuleFamily
     from msfusion_ray.models.module import check_sub_model
@@ -131,12 +132,19 @@ def _validate(args: argparse.Namespace) -> int:
             widths = check_sub_model(prepared.family)
             print(f"sub-models ok: {len(widths)} width groups; a random selection ({sum(widths.values())} of "
                   f"{sum(prepared.family.spec.groups.values())} units) is cut, loaded and run forward")
+    print("\n".join(spread_lines(prepared.fleet)) + "\n")
+    shown = prepared.fleet.participants[:VALIDATE_LISTED]
     print(f"{'participant':>11}  {'device':<22} {'samples':>7}  {'cap MiB':>9}  {'max rate':>8}")
-    for p in prepared.fleet.participants:
+    for p in shown:
         rate = prepared.strategy.largest_trainable_rate(p.id, prepared.capacity)
-        print(f"{p.id:>11}  {p.device.name:<22} {len(prepared.partitions[p.id]):>7}  "
+        print(f"{p.id:>11}  {prepared.fleet.label(p.id)[:22]:<22} {len(prepared.partitions[p.id]):>7}  "
               f"{p.memory_cap_bytes / 2**20:>9.1f}  {'none' if rate is None else f'{rate:.3f}':>8}")
+    if len(shown) < len(prepared.fleet):
+        print(f"({len(prepared.fleet) - len(shown)} more participants; records/fleet.parquet of a run lists all)")
     return 0
+
+
+VALIDATE_LISTED = 200  # participants listed one by one; the spread table covers every one
 
 
 def _split(args: argparse.Namespace) -> int:
@@ -151,14 +159,10 @@ def _split(args: argparse.Namespace) -> int:
 
 def _profiles(args: argparse.Namespace) -> int:
     from msfusion_ray.devices.profile import default_profiles_dir, load_profiles
+    from msfusion_ray.devices.spread import profile_lines
 
     directory = find(args.dir) if args.dir else default_profiles_dir()
-    print(f"{'profile':<22} {'memory MiB':>10} {'GFLOP/s':>8} {'up Mb/s':>8} {'down Mb/s':>9} {'RTT ms':>7} "
-          f"{'avail':>5}")
-    for profile in load_profiles(directory).values():
-        print(f"{profile.name:<22} {profile.memory_mib:>10.0f} {profile.train_gflops:>8.1f} "
-              f"{profile.uplink_mbps:>8.1f} {profile.downlink_mbps:>9.1f} {profile.latency_ms:>7.0f} "
-              f"{profile.availability:>5.2f}")
+    print("\n".join(profile_lines(load_profiles(directory))))
     fleets = sorted((directory / "fleets").glob("*.yaml"))
     if fleets:
         print("\nfleets: " + ", ".join(f.stem for f in fleets))

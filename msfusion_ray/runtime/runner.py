@@ -29,6 +29,8 @@ import ray
 import torch
 from ray.exceptions import OutOfMemoryError, RayActorError
 
+from msfusion_ray.devices.energy import stamp_energy
+from msfusion_ray.devices.spread import fleet_table
 from msfusion_ray.devices.timeline import VirtualTimeline
 from msfusion_ray.experiment import Prepared
 from msfusion_ray.failures import describe_failure
@@ -178,6 +180,8 @@ class Records(RunCallback):
 
     def after_step(self, runner: "Runner", report: StepReport) -> bool:
         step = report.step
+        fleet = runner.prepared.fleet
+        stamp_energy(step.rows, lambda row: fleet.device_for(row.role, row.participant))
         values = {column: report.evaluation.get(column.split("_")[0], {}).get(column.split("_")[1], math.nan)
                   for column in METRIC_COLUMNS}
         others = {f"{split}_{key}": value for split, figures in report.evaluation.items()
@@ -190,7 +194,7 @@ class Records(RunCallback):
         self.writer.write_round(step.rows, report.round_row)
         entry = {"round": step.index, "vt": step.vt_end, "accuracy": report.round_row.test_accuracy,
                  "loss": report.round_row.test_loss, "perplexity": report.round_row.test_perplexity,
-                 "val_perplexity": report.round_row.val_perplexity}
+                 "val_perplexity": report.round_row.val_perplexity, "energy_j": report.round_row.energy_j_total}
         if self.history and self.history[-1]["round"] == step.index:
             self.history[-1] = entry
         else:
@@ -273,6 +277,7 @@ class Runner:
                                      infos)
         self.engine = make_engine(prepared.strategy.engine, self.context, initial_weights(prepared))
         self.records = Records(self.run_dir, run_id, prepared.strategy.name)
+        self.records.writer.write_fleet(fleet_table(prepared.fleet))
         self.callbacks: list[RunCallback] = [Evaluation(prepared, self.hosts), self.records, Checkpointing(),
                                              Progress()]
         if self.hosts.descriptions:
@@ -380,6 +385,7 @@ class Runner:
             "virtual_time_s": history[-1]["vt"] if history else 0.0,
             "final_accuracy": finite[-1] if finite else None, "best_accuracy": max(finite) if finite else None,
             "participants": len(self.prepared.fleet), "hosts": len(self.hosts.actors),
+            "energy_j": sum(h.get("energy_j", math.nan) for h in history),
             "wall_s": time.time() - self.started, "history": history, "timing": self.timing,
         }
 
