@@ -157,8 +157,9 @@ class ParticipantWorker:
             return self._out_of_memory(task, planned, started, ran_out)
 
         bytes_up = payload_bytes(result.payload)
-        speed = task_speed(self.spec.device, self.settings.seed, self.spec.id, task.task)
-        spent = device_time(self.spec.device, result.flops, result.bytes_down, bytes_up, speed)
+        device = self.spec.profile()
+        speed = task_speed(device, self.settings.seed, self.spec.id, task.task)
+        spent = device_time(device, result.flops, result.bytes_down, bytes_up, speed)
         compute_s = result.wall_train_s if self.spec.device.native else spent.compute_s  # native: what it measured
         total_s = compute_s + spent.communication_s
         message = ""
@@ -186,7 +187,7 @@ class ParticipantWorker:
     def _out_of_memory(self, task: WorkOrder, planned: int, started: float,
                        message: str) -> tuple[ParticipantRoundRow, None, dict]:
         """Work that does not fit: the device only answered (its latency), nothing trained, no state kept."""
-        latency_s = refusal_device_s(self.spec.device)
+        latency_s = refusal_device_s(self.spec.profile())
         return self._row(task, "oom", mem_planned_bytes=planned, device_comm_s=latency_s,
                          device_time_s=latency_s, vt_end=task.vt_start + latency_s, message=message,
                          wall_total_s=self.clock() - started), None, {}

@@ -10,7 +10,7 @@ import numpy as np
 
 from msfusion_ray.config import TrainingConfig
 from msfusion_ray.devices.profile import DeviceProfile
-from msfusion_ray.devices.variation import resolve
+from msfusion_ray.devices.variation import ParticipantValues, resolve
 from msfusion_ray.shards import Shards
 
 if TYPE_CHECKING:
@@ -20,9 +20,15 @@ if TYPE_CHECKING:
 @dataclass(frozen=True, slots=True)
 class ParticipantSpec:
     id: int
-    device: DeviceProfile
+    device: DeviceProfile  # its class's profile
     memory_cap_bytes: int
     indices: np.ndarray  # its samples in the training split
+    values: ParticipantValues | None = None  # its host's participants' own figures (None: as its class)
+    row: int = 0  # its entry in them
+
+    def profile(self) -> DeviceProfile:
+        """Its own device: its class's profile with its drawn or listed figures (made per task, not kept)."""
+        return resolve(self.device, self.values, self.row)
 
 
 class ParticipantSpecs(Sequence[ParticipantSpec]):
@@ -46,8 +52,8 @@ class ParticipantSpecs(Sequence[ParticipantSpec]):
         return len(self.ids)
 
     def __getitem__(self, index: int) -> ParticipantSpec:  # type: ignore[override]  (no slices)
-        device = resolve(self.profiles[self.profile_of[index]], self.values, index)
-        return ParticipantSpec(int(self.ids[index]), device, int(self.memory_caps[index]), self.indices[index])
+        return ParticipantSpec(int(self.ids[index]), self.profiles[self.profile_of[index]],
+                               int(self.memory_caps[index]), self.indices[index], self.values, index)
 
     def __iter__(self) -> Iterator[ParticipantSpec]:
         return (self[i] for i in range(len(self)))

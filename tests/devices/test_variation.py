@@ -69,7 +69,7 @@ def test_every_host_sees_the_participants_drawn_devices_whatever_the_host_count(
     shards = Shards([np.arange(k, k + 2) for k in range(0, 14, 2)])
     for members in np.array_split(np.arange(7), hosts):
         for spec in ParticipantSpecs(list(members), fleet, shards):
-            assert spec.device == fleet.device_of(spec.id)
+            assert spec.profile() == fleet.device_of(spec.id) and spec.device == fleet.participants[spec.id].device
 
 
 def test_a_jittered_task_takes_the_time_its_formula_says():
