@@ -124,19 +124,22 @@ def markdown(table: pd.DataFrame) -> str:
         cells += [f"{row.flops_per_participant / 1e9:,.0f}", f"{row.bytes_per_participant / 1e6:,.1f}",
                   f"{row.p2p_bytes_per_participant / 1e6:,.1f}" if row.p2p_bytes_per_participant else "-",
                   _joules(row.energy_per_participant), f"{row.peak_over_cap:.2f}", str(row.oom),
-                  f"{row.device_s:,.0f}", f"{row.idle_share:.0%}"]
+                  _figure(row.device_s), f"{row.idle_share:.0%}"]
         if target is not None:
-            cells += [f"{row.device_s_to_target:,.0f} ({row.reached}/{row.seeds})" if row.reached
+            cells += [f"{_figure(row.device_s_to_target)} ({row.reached}/{row.seeds})" if row.reached
                       else f"not reached (0/{row.seeds})", _joules(row.energy_to_target) if row.reached else "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def _figure(value: float) -> str:
+    """Whole numbers from 100 up, three significant digits below (a virtual second of a miniature task counts)."""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
 def _joules(value: float) -> str:
-    """Joules in as many digits as they need ('-' where the devices have no power figures)."""
-    if math.isnan(value):
-        return "-"
-    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+    """Joules as `_figure` gives them ('-' where the devices have no power figures)."""
+    return "-" if math.isnan(value) else _figure(value)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
