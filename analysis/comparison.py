@@ -79,7 +79,7 @@ def run_row(run: RunRecords, metric: str, target: float | None, split: str = "te
 def comparison_table(runs: Sequence[RunRecords], target: float | None = None, split: str = "test") -> pd.DataFrame:
     """Per group, means over its seeds (final metric also with min and max; `val_` columns: the same on the
     validation split); `reached` counts the seeds whose metric on `split` hit the target, and the virtual time and
-    the joules per participant to it average over those."""
+    the joules per participant to it average over those (with their min and max)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)} (got {split!r})")
     metric = metric_of(runs)
@@ -95,7 +95,9 @@ def comparison_table(runs: Sequence[RunRecords], target: float | None = None, sp
         oom=("oom", "sum"), device_s=("device_s", "mean"), idle_share=("idle_share", "mean"),
         energy_per_participant=("energy_per_participant", "mean"),
         reached=("device_s_to_target", lambda s: int(s.notna().sum())),
-        device_s_to_target=("device_s_to_target", "mean"), energy_to_target=("energy_to_target", "mean"))
+        device_s_to_target=("device_s_to_target", "mean"), device_s_to_target_min=("device_s_to_target", "min"),
+        device_s_to_target_max=("device_s_to_target", "max"), energy_to_target=("energy_to_target", "mean"),
+        energy_to_target_min=("energy_to_target", "min"), energy_to_target_max=("energy_to_target", "max"))
     table.attrs.update(metric=metric, target=target, split=split)
     return table.reset_index()
 
@@ -126,8 +128,10 @@ def markdown(table: pd.DataFrame) -> str:
                   _joules(row.energy_per_participant), f"{row.peak_over_cap:.2f}", str(row.oom),
                   _figure(row.device_s), f"{row.idle_share:.0%}"]
         if target is not None:
-            cells += [f"{_figure(row.device_s_to_target)} ({row.reached}/{row.seeds})" if row.reached
-                      else f"not reached (0/{row.seeds})", _joules(row.energy_to_target) if row.reached else "-"]
+            cells += [f"{_spread(row.device_s_to_target, row.device_s_to_target_min, row.device_s_to_target_max)} "
+                      f"({row.reached}/{row.seeds})" if row.reached else f"not reached (0/{row.seeds})",
+                      _spread(row.energy_to_target, row.energy_to_target_min, row.energy_to_target_max)
+                      if row.reached and not math.isnan(row.energy_to_target) else "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -135,6 +139,11 @@ def markdown(table: pd.DataFrame) -> str:
 def _figure(value: float) -> str:
     """Whole numbers from 100 up, three significant digits below (a virtual second of a miniature task counts)."""
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def _spread(mean: float, low: float, high: float) -> str:
+    """The mean over the seeds that reached the target, with their range where there are several."""
+    return _figure(mean) if low == high else f"{_figure(mean)} [{_figure(low)}-{_figure(high)}]"
 
 
 def _joules(value: float) -> str:

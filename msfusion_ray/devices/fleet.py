@@ -113,7 +113,7 @@ def _check_classes(classes: dict[str, int], profiles: dict[str, DeviceProfile], 
 
 
 def compute_nodes_of(spec: FleetSpec, profiles: dict[str, DeviceProfile], scale: float,
-                   where: str) -> tuple[tuple[ComputeNode, ...], ComputeNode | None]:
+                     where: str) -> tuple[tuple[ComputeNode, ...], ComputeNode | None]:
     _check_classes(spec.compute_nodes, profiles, f"{where}.compute_nodes")
     nodes: list[ComputeNode] = []
     for name, count in spec.compute_nodes.items():
