@@ -6,7 +6,7 @@ round, one round; the sampled one draws each phone's memory, FLOP/s and network 
 (sigma 0.3), the other is `phone-midrange` throughout. Measured, alternating the two fleets in one sitting:
 - validate: `python -m msfusion_ray validate` in-process (config check, data, fleet, partitions, capacities, the
   spread table and the participant listing; its output discarded);
-- start: from `execute` to the run's first step (host actors started with their participants' specs and ready);
+- start: from `run_prepared` to the run's first step (host actors started with their participants' specs and ready);
 - run: the whole one-round run (first round and evaluation included).
 
     .venv/bin/python benchmarks/sampled_fleet.py                      # 10 000 participants, 3 repeats
@@ -28,9 +28,10 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import load, machine, markdown_table, median, ray_session, write_results  # noqa: E402
+from msfusion_ray.app.launching import run_prepared  # noqa: E402
 from msfusion_ray.cli import main as cli  # noqa: E402
-from msfusion_ray.config import config_from_dict  # noqa: E402
-from msfusion_ray.launch import execute, new_run_dir  # noqa: E402
+from msfusion_ray.experiment.config_check import config_from_dict  # noqa: E402
+from msfusion_ray.experiment.prepare import prepare  # noqa: E402
 
 FLEETS = {
     "one profile": {"devices": {"phone-midrange": 1}},
@@ -57,8 +58,6 @@ def config_dict(fleet: str, size: int, output_dir: str) -> dict:
 
 
 def measure(fleet: str, size: int, scratch: Path) -> dict:
-    from msfusion_ray.experiment import prepare
-
     data = config_dict(fleet, size, str(scratch))
     path = scratch / f"{data['name']}.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -68,10 +67,8 @@ def measure(fleet: str, size: int, scratch: Path) -> dict:
         assert cli(["validate", str(path)]) == 0
     validate_s = time.perf_counter() - started
     prepared = prepare(config_from_dict(data))
-    run_dir, run_id = new_run_dir(prepared)
     launched = time.time()
-    summary = execute(prepared, run_dir, run_id, show_progress=False)
-    timing = summary["timing"]
+    timing = run_prepared(prepared, show_progress=False).summary["timing"]
     return {"fleet": fleet, "participants": size, "validate_s": validate_s,
             "start_s": timing["steps"][0] - launched if timing["steps"] else float("nan"),
             "run_s": timing["finished"] - launched, "validate_lines": shown.getvalue().count("\n"),

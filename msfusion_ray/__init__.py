@@ -8,14 +8,10 @@ package does not import all of it.
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Run", "Sweep", "load", "run", "sweep"]
+__all__ = ["Run", "RunFailed", "RunInterrupted", "Sweep", "UserInputError", "load", "run", "sweep"]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "sweep":  # the module msfusion_ray.sweep, which calls msfusion_ray.api.sweep when called
-        import importlib
-
-        return importlib.import_module("msfusion_ray.sweep")
     if name in __all__:
         from msfusion_ray import api
 

@@ -10,10 +10,11 @@ every figure is measured or computed while the round runs. Where hosts train on 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
+
+from msfusion_ray.files import write_atomic
 
 if TYPE_CHECKING:
     import pandas as pd  # imported where frames are made: host actors make rows, never frames
@@ -216,6 +217,14 @@ class HostStepRow:
         )
 
 
+def history_entry(row: Any) -> dict[str, float]:
+    """A step's figures as the run's history (summary.json) keeps them, from its round row or one read back from
+    the records (the same names; records written before energy have none)."""
+    return {"round": int(row.round), "vt": float(row.vt_end), "accuracy": float(row.test_accuracy),
+            "loss": float(row.test_loss), "perplexity": float(row.test_perplexity),
+            "val_perplexity": float(row.val_perplexity), "energy_j": float(getattr(row, "energy_j_total", math.nan))}
+
+
 def host_rows(run_id: str, round_idx: int, hosts: list[dict[str, Any]],
               rows: list[ParticipantRoundRow]) -> list[HostStepRow]:
     """A step's row for every host, with how many of the run's hosts share its GPU."""
@@ -226,10 +235,7 @@ def host_rows(run_id: str, round_idx: int, hosts: list[dict[str, Any]],
 
 
 def _write_atomic(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    write_atomic(path, lambda temporary: frame.to_parquet(temporary, index=False))
 
 
 class RecordWriter:

@@ -45,10 +45,10 @@ def task_energy(profile: DeviceProfile, row: ParticipantRoundRow) -> tuple[float
     return compute, communication, idle
 
 
-def stamp_energy(rows: Iterable[ParticipantRoundRow],
-                 device_of: Callable[[ParticipantRoundRow], DeviceProfile]) -> None:
-    """Fill in every row's energy columns (`device_of`: the device that did the row's task)."""
+def stamp_energy(rows: Iterable[ParticipantRoundRow], device_for: Callable[[str, int], DeviceProfile]) -> None:
+    """Fill in every row's energy columns (`device_for(role, index)`: the device that did the row's task, as
+    `Fleet.device_for` gives it)."""
     for row in rows:
-        compute, communication, idle = task_energy(device_of(row), row)
+        compute, communication, idle = task_energy(device_for(row.role, row.participant), row)
         row.energy_compute_j, row.energy_comm_j, row.energy_idle_j = compute, communication, idle
         row.energy_j = compute + communication + idle

@@ -46,7 +46,7 @@ def test_missing_figures_leave_their_part_unknown_and_an_absent_device_spent_not
 
 def test_rows_are_stamped_and_rounds_total_them():
     rows = [_row(), replace(_row(), participant=1, device_wait_s=0.0), _row("unavailable")]
-    stamp_energy(rows, lambda row: PHONE)
+    stamp_energy(rows, lambda role, index: PHONE)
     assert rows[0].energy_j == pytest.approx(rows[0].energy_compute_j + rows[0].energy_comm_j + 1.5)
     assert rows[1].energy_idle_j == 0.0 and rows[2].energy_j == 0.0
     total = RoundRow.summarise("r", 1, "fedavg", rows)

@@ -6,12 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from msfusion_ray.config import config_from_dict
 from msfusion_ray.devices.profile import MIB, default_profiles_dir
 from msfusion_ray.devices.sources import listed_fleet, load_source, sampled_fleet
 from msfusion_ray.devices.spread import fleet_table, spread_lines
 from msfusion_ray.errors import UserInputError
-from msfusion_ray.experiment import fleet_source
+from msfusion_ray.experiment.config_check import config_from_dict
+from msfusion_ray.experiment.prepare import fleet_source
 
 SOURCES = default_profiles_dir() / "sources"
 

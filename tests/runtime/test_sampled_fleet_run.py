@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pandas as pd
 
-from msfusion_ray.config import config_from_dict
-from msfusion_ray.experiment import prepare
-from msfusion_ray.launch import execute, new_run_dir
+from msfusion_ray.app.launching import run_prepared
+from msfusion_ray.experiment.config_check import config_from_dict
+from msfusion_ray.experiment.prepare import prepare
 from msfusion_ray.records import read_fleet, read_participant_rows, read_round_rows
 from tests.conftest import SMALL_CONFIG
 
@@ -21,10 +21,9 @@ def run(tmp_path, hosts):
                                                                           "params": {"buffer_size": 3}})
     data["fleet"] = {"sample": {"source": "phones", "size": 8, "seed": 2}, "jitter": 0.3, "memory_scale": 0.01}
     data["runtime"]["hosts"] = hosts
-    prepared = prepare(config_from_dict(data))
-    run_dir, run_id = new_run_dir(prepared)
-    summary = execute(prepared, run_dir, run_id, show_progress=False)
-    return summary, read_participant_rows(run_dir), read_round_rows(run_dir), read_fleet(run_dir)
+    finished = run_prepared(prepare(config_from_dict(data)), show_progress=False)
+    run_dir = finished.run_dir
+    return finished.summary, read_participant_rows(run_dir), read_round_rows(run_dir), read_fleet(run_dir)
 
 
 def expected_energy(row: pd.Series, device: pd.Series) -> float:
