@@ -37,6 +37,10 @@ def readable(frame: pd.DataFrame) -> pd.DataFrame:
             name = name.replace("flops", "GFLOP")
         elif column.endswith("_s"):
             name = f"{name[:-2]} (s)"
+        elif column.endswith("_j"):
+            name = f"{name[:-2]} (J)"
+        elif "energy" in column:
+            name = f"{name} (J)"
         names[column] = re.sub(r"_+", " ", name).strip()
     return out.rename(columns=names)
 
@@ -68,6 +72,7 @@ def report_tables(runs: Sequence[RunRecords]) -> list[tuple[str, pd.DataFrame]]:
         ("Runs", metrics.run_table(runs)),
         ("Scalability (per run)", metrics.scalability(runs)),
         ("Memory by device class", metrics.memory_by_device(runs)),
+        ("Energy per participant by device class (J, mean over seeds)", metrics.energy_by_device(runs)),
         ("Outcomes and stragglers (participant-rounds)", metrics.outcomes(runs)),
     ]
     tokens = metrics.tokens_per_second(runs)

@@ -115,6 +115,7 @@ def main(argv: Sequence[str] | None = None, exiting: bool = False) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     from msfusion_ray.app.preparation import validate
+    from msfusion_ray.devices.spread import spread_lines
 
     checked = validate(RunRequest.from_file(args.config, _overrides(args)))
     experiment, config = checked.experiment, checked.experiment.config
@@ -125,12 +126,19 @@ def _validate(args: argparse.Namespace) -> int:
         widths = checked.sub_model_widths
         print(f"sub-models ok: {len(widths)} width groups; a random selection ({sum(widths.values())} of "
               f"{sum(experiment.family.spec.groups.values())} units) is cut, loaded and run forward")
+    print("\n".join(spread_lines(experiment.fleet)) + "\n")
+    shown = experiment.fleet.participants[:VALIDATE_LISTED]
     print(f"{'participant':>11}  {'device':<22} {'samples':>7}  {'cap MiB':>9}  {'max rate':>8}")
-    for p in experiment.fleet.participants:
+    for p in shown:
         rate = experiment.strategy.largest_trainable_rate(p.id, experiment.capacity)
-        print(f"{p.id:>11}  {p.device.name:<22} {len(experiment.partitions[p.id]):>7}  "
+        print(f"{p.id:>11}  {experiment.fleet.label(p.id)[:22]:<22} {len(experiment.partitions[p.id]):>7}  "
               f"{p.memory_cap_bytes / 2**20:>9.1f}  {'none' if rate is None else f'{rate:.3f}':>8}")
+    if len(shown) < len(experiment.fleet):
+        print(f"({len(experiment.fleet) - len(shown)} more participants; records/fleet.parquet of a run lists all)")
     return 0
+
+
+VALIDATE_LISTED = 200  # participants listed one by one; the spread table covers every one
 
 
 def _split(args: argparse.Namespace) -> int:
@@ -146,14 +154,10 @@ def _split(args: argparse.Namespace) -> int:
 
 def _profiles(args: argparse.Namespace) -> int:
     from msfusion_ray.devices.profile import default_profiles_dir, load_profiles
+    from msfusion_ray.devices.spread import profile_lines
 
     directory = find(args.dir) if args.dir else default_profiles_dir()
-    print(f"{'profile':<22} {'memory MiB':>10} {'GFLOP/s':>8} {'up Mb/s':>8} {'down Mb/s':>9} {'RTT ms':>7} "
-          f"{'avail':>5}")
-    for profile in load_profiles(directory).values():
-        print(f"{profile.name:<22} {profile.memory_mib:>10.0f} {profile.train_gflops:>8.1f} "
-              f"{profile.uplink_mbps:>8.1f} {profile.downlink_mbps:>9.1f} {profile.latency_ms:>7.0f} "
-              f"{profile.availability:>5.2f}")
+    print("\n".join(profile_lines(load_profiles(directory))))
     fleets = sorted((directory / "fleets").glob("*.yaml"))
     if fleets:
         print("\nfleets: " + ", ".join(f.stem for f in fleets))
