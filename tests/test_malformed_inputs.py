@@ -253,7 +253,8 @@ sys.exit(code)
 
 
 @pytest.mark.parametrize("content, expect", [
-    ("name: x\nrounds: .nan\nfleet:\n  devices: {raspberry-pi-4: 2}\n", "exp.yaml: rounds: must be an integer (got nan)"),
+    ("name: x\nrounds: .nan\nfleet:\n  devices: {raspberry-pi-4: 2}\n",
+     "exp.yaml: rounds: must be an integer (got nan)"),
     ("name: x\nrounds: 2\ndata: fashion_mnist\nfleet:\n  devices: {raspberry-pi-4: 2}\n",
      "exp.yaml: data: must be a mapping (got str)"),
     ("name: x\nrounds: 2\nrounds: 3\n", "exp.yaml:3: duplicate key 'rounds'"),
