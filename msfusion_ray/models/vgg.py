@@ -81,7 +81,6 @@ def _linear(in_units: int, in_group: AxisTag, units: int, group: str | None, dro
 @register("vgg")
 class VGGFamily(ModelFamily):
     Options = VGGOptions
-    prefers_channels_last = True
 
     def _conv_groups(self) -> list[str]:
         return [f"conv{i}" for i, c in enumerate((c for c in CONFIGS[self.options.depth] if c != POOL), start=1)]

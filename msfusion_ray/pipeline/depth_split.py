@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import numpy as np
-from scipy.optimize import Bounds, LinearConstraint, milp
 
 from msfusion_ray.costs.layers import LayerCost, part_flops, part_memory
 
@@ -137,9 +136,15 @@ def brute_force_split(problem: SplitProblem, objective: Objective = "time") -> S
 def optimal_split(problem: SplitProblem, objective: Objective = "time", time_limit_s: float = 60.0) -> Split | None:
     """Solve the integer program; None when no assignment fits the nodes' memory. The objective is the paper's
     (`time`: max forward + max backward stage time) or the largest node's memory (`memory`)."""
+    # scipy.optimize here, not at the top: importing it costs 0.3 CPU seconds, which every process that imports the
+    # package's registries (each host and driver) paid, though only MP-SL's plan solves anything
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
     program = _Program(problem, objective)
-    result = milp(program.objective, constraints=program.constraints, integrality=program.integrality,
-                  bounds=program.bounds, options={"mip_rel_gap": 0.0, "time_limit": time_limit_s})
+    constraints = LinearConstraint(program.matrix, program.lower, program.upper)
+    result = milp(program.objective, constraints=constraints, integrality=program.integrality,
+                  bounds=Bounds(np.zeros(program.size), program.upper_bounds),
+                  options={"mip_rel_gap": 0.0, "time_limit": time_limit_s})
     if result.x is None:
         return None
     return program.split(np.round(result.x).astype(int))
@@ -160,16 +165,15 @@ class _Program:
         self._contiguity_rows(rows)
         self._memory_rows(rows)
         self._time_rows(rows)
-        matrix = np.array([r[0] for r in rows])
-        self.constraints = LinearConstraint(matrix, [r[1] for r in rows], [r[2] for r in rows])
+        self.matrix = np.array([r[0] for r in rows])
+        self.lower, self.upper = [r[1] for r in rows], [r[2] for r in rows]
         self.objective = np.zeros(self.size)
         if objective == "time":
             self.objective[[self.lf, self.lb]] = 1.0
         else:
             self.objective[self.m] = 1.0
         self.integrality = np.r_[np.ones(3 * n * s), np.zeros(n + 3)]
-        upper = np.r_[np.ones(3 * n * s), np.full(n + 3, np.inf)]
-        self.bounds = Bounds(np.zeros(self.size), upper)
+        self.upper_bounds = np.r_[np.ones(3 * n * s), np.full(n + 3, np.inf)]
 
     def x(self, node: int, layer: int) -> int:
         return node * self.problem.layers + layer
