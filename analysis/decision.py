@@ -349,10 +349,10 @@ def context_lines(record: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_decision(directory: str | Path, target: float | None = None) -> Path:
-    """COMPARE_DIR/decision.md, from the records."""
+def write_decision(directory: str | Path, target: float | None = None, decision: Decision | None = None) -> Path:
+    """COMPARE_DIR/decision.md, from the records (or the `decision` already made of them)."""
     record = read_compare_record(directory)
-    decision = load_decision(directory, target)
+    decision = decision if decision is not None else load_decision(directory, target)
     path = Path(directory) / DECISION_FILE
     path.write_text(decision_markdown(decision, f"Which scheme for this fleet: {record['name']}",
                                       context_lines(record)))

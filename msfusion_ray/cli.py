@@ -72,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--max-parallel", type=int, metavar="N", help="runs side by side (default: from the cluster)")
     compare.add_argument("--retry-failed", action="store_true", help="run failed runs again")
     compare.add_argument("--output-dir", default="sweeps", help="where the comparison's directory goes (sweeps)")
+    compare.add_argument("--no-report", action="store_true", help="skip the HTML report (decision.md is written)")
     _add_config_options(compare)
     compare.add_argument("--address", help="an existing Ray cluster (default: start an embedded local one)")
 
@@ -370,8 +371,9 @@ def _compare(args: argparse.Namespace) -> int:
     print(decision.recommendation)
     for line in decision.lines:
         print(f"- {line}")
-    print(f"decision: {write_decision(plan.directory)}")
-    print(f"report: {write_report(plan.directory, plan.directory / 'report')}")
+    print(f"decision: {write_decision(plan.directory, decision=decision)}")
+    if not args.no_report:
+        print(f"report: {write_report(plan.directory, plan.directory / 'report')}")
     failed = [c for s in record["schemes"].values() for c in s["final_cells"] if c.get("status") != "complete"]
     if failed:
         print(f"{len(failed)} final runs did not complete (first: {failed[0]['cell']}); run the same command with "
