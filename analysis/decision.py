@@ -191,6 +191,22 @@ def _cell(row: pd.Series | None, unit: str) -> str:
 UNIT_HEADERS = {"s": "s", "J": "J", "MB": "MB", "GFLOP": "GFLOP", "share": "% of cap"}
 
 
+def pairwise_markdown(decision: Decision) -> str:
+    """The final metric pair by pair (ranked schemes, the better of each pair first)."""
+    quality = decision.verdicts[0]
+    table = ds.pairwise(decision.statistics, quality.objective, quality.ranked)
+    if not len(table):
+        return "(fewer than two schemes ranked)"
+    unit = quality.objective.unit
+    lines = ["| better | worse | lead (mean) | paired 95 % interval | ahead on seeds | separable |",
+             "|---|---|---|---|---|---|"]
+    for row in table.itertuples():
+        interval_text = "" if math.isnan(row.low) else f"{number(row.low, unit)} to {number(row.high, unit)}"
+        lines.append(f"| {row.better} | {row.worse} | {number(row.lead, unit)} | {interval_text} | "
+                     f"{row.ahead_on} of {row.seeds} | {'yes' if row.separable else 'no'} |")
+    return "\n".join(lines)
+
+
 def statistics_table(decision: Decision) -> str:
     """Per scheme, each objective's mean, 95 % interval and per-seed values, as Markdown."""
     objectives = [v.objective for v in decision.verdicts]
@@ -266,7 +282,8 @@ def decision_markdown(decision: Decision, title: str, context: Sequence[str] = (
     if fronts:
         parts += ["", f"## Pareto fronts: {lower_first(decision.verdicts[0].objective.title)} against each cost "
                       f"(means; cheapest first)", "", *fronts]
-    parts += ["", "## Per scheme: mean [95 % interval] (per seed, in seed order)", "", statistics_table(decision),
+    parts += ["", f"## {decision.verdicts[0].objective.title}, pair by pair", "", pairwise_markdown(decision),
+              "", "## Per scheme: mean [95 % interval] (per seed, in seed order)", "", statistics_table(decision),
               "", "## What one device of each class paid (mean over seeds)", "", class_markdown(decision),
               "", "## How this was decided", "", f"- {ds.SEPARABILITY_RULE}", f"- {RECOMMENDATION_RULE}",
               *[f"- {line}" for line in context]]

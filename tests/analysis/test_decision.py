@@ -171,3 +171,22 @@ def test_decision_markdown_puts_the_recommendation_first_and_states_the_rules():
     assert "Target: test accuracy 0.72 (not given: 90 % of the best final accuracy, rounded down to 0.01)." in text
     assert "95 % t-interval of its paired lead" in text and "- Tuning: none." in text
     assert "| HeteroFL | 2 | 0.810 [0.683, 0.937] (0.800, 0.820) |" in text
+
+
+def test_the_final_metric_pair_by_pair():
+    from analysis.decision_stats import pairwise
+
+    decision = decide(outcomes({
+        "HeteroFL": [[0.6, 0.80], [0.6, 0.82], [0.6, 0.81]],
+        "MSfusion": [[0.6, 0.60], [0.6, 0.77], [0.6, 0.77]],
+        "FedRolex": [[0.5, 0.70], [0.5, 0.71], [0.5, 0.69]],
+    }), target=0.75)
+    table = pairwise(decision.statistics, decision.verdicts[0].objective, decision.verdicts[0].ranked)
+    rows = {(r.better, r.worse): r for r in table.itertuples()}
+    assert set(rows) == {("HeteroFL", "MSfusion"), ("HeteroFL", "FedRolex"), ("MSfusion", "FedRolex")}
+    ahead = rows[("HeteroFL", "MSfusion")]
+    assert ahead.ahead_on == 3 and not ahead.separable  # ahead on every seed, but by 0.20, 0.05, 0.04
+    assert rows[("HeteroFL", "FedRolex")].separable
+    assert rows[("MSfusion", "FedRolex")].ahead_on == 2 and rows[("MSfusion", "FedRolex")].lead == pytest.approx(
+        (0.60 + 0.77 + 0.77 - 0.70 - 0.71 - 0.69) / 3)
+    assert "| HeteroFL | MSfusion | 0.097 | -0.126 to 0.319 | 3 of 3 | no |" in decision_markdown(decision, "x")
