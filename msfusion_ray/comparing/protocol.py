@@ -67,6 +67,7 @@ class Comparison:
         self.run_stage = run_stage
         self.lower = plan.metric == "perplexity"
         self.record = self._plan_record()
+        self.started = False  # nothing is written before the first stage's cells are checked (`start`)
 
     def run(self) -> dict[str, Any]:
         trials = self.plan.tuning.trials
@@ -158,7 +159,13 @@ class Comparison:
             "schemes": schemes, "excluded": plan.excluded, "facts": dataclasses.asdict(plan.facts),
         }
 
+    def start(self) -> None:
+        self.started = True
+        self.save()
+
     def save(self) -> None:
+        if not self.started:
+            return
         self.plan.directory.mkdir(parents=True, exist_ok=True)
         write_atomic(self.plan.directory / COMPARE_FILE, json.dumps(self.record, indent=2, default=str))
 
@@ -202,7 +209,7 @@ def execute_comparison(plan: ComparePlan, retry_failed: bool = False, address: s
     runtime = dataclasses.replace(plan.config.runtime, address=address) if address else plan.config.runtime
     with ExitStack() as stack:
         def first() -> None:
-            comparison.save()
+            comparison.start()
             stack.enter_context(ray_cluster(runtime, job_runtime_env(code_named(plan.config))))
             stack.enter_context(stop_signals())
 

@@ -152,7 +152,7 @@ def test_tuning_stops_hopeless_runs_at_the_rung_and_a_second_sitting_runs_nothin
 
 def test_a_failed_final_run_is_recorded_and_the_decision_names_it(tmp_path, fake, capsys):
     fake.doomed = lambda cell: cell.config.seed == 2 and cell.config.strategy.name == "small_fedavg"
-    assert _compare(tmp_path, "--budget", "1", "--no-report") == 1  # the decision is written; the exit code says a run failed
+    assert _compare(tmp_path, "--budget", "1", "--no-report") == 1  # decision.md is written; exit 1: a run failed
     directory = tmp_path / "out" / "test-compare"
     assert not (directory / "tune").exists()  # one setting per scheme: no tuning runs
     text = (directory / "decision.md").read_text()
@@ -173,3 +173,16 @@ def test_early_stopping_can_be_turned_off(tmp_path, fake):
                for d in (directory / "tune" / "cells").iterdir())
     record = json.loads((directory / "compare.json").read_text())
     assert record["early_stop"]["on"] is False and "Off with --no-early-stop" in record["early_stop"]["rule"]
+
+
+def test_a_cell_that_fails_its_checks_stops_the_comparison_before_anything_is_written(tmp_path, fake, monkeypatch,
+                                                                                     capsys):
+    from msfusion_ray.errors import UserInputError
+
+    def refuse(plan, todo, cache):
+        raise UserInputError(f"{plan.source}: cell {todo[0]}: fleet", "20 participants need at least 160 samples")
+
+    monkeypatch.setattr(protocol, "prepare_cells", refuse)
+    assert _compare(tmp_path, "--budget", "1", "--no-report") == 2
+    assert "need at least 160 samples" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and fake.ran == []
