@@ -33,7 +33,7 @@ class Objective:
     lower_is_better: bool
     unit: str  # accuracy, perplexity, s, J, MB, GFLOP, share
     verb: str  # what the winner does ("takes the least device time")
-    tie_verb: str  # what two schemes within each other's spread do ("take")
+    tie_verb: str  # what two schemes within each other's spread do ("are")
 
 
 @dataclass
@@ -63,14 +63,14 @@ def target_objectives(metric: str, target: float, energy: bool) -> list[Objectiv
 
 
 def cost_objectives(energy: bool) -> list[Objective]:
-    found = [Objective("device_s", "Total device time", True, "s", "takes the least device time", "take")]
+    found = [Objective("device_s", "Total device time", True, "s", "takes the least device time", "are")]
     if energy:
-        found.append(Objective("energy", "Energy per participant", True, "J", "uses the least energy", "use"))
+        found.append(Objective("energy", "Energy per participant", True, "J", "uses the least energy", "are"))
     return found + [
-        Objective("bytes", "Bytes per participant", True, "MB", "sends the fewest bytes", "send"),
-        Objective("flops", "FLOPs per participant", True, "GFLOP", "computes the least", "compute"),
+        Objective("bytes", "Bytes per participant", True, "MB", "sends the fewest bytes", "are"),
+        Objective("flops", "FLOPs per participant", True, "GFLOP", "computes the least", "are"),
         Objective("memory_share", "Largest share of a device's memory", True, "share",
-                  "needs the least of a device's memory", "need"),
+                  "needs the least of a device's memory", "are"),
     ]
 
 

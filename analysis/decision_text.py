@@ -169,6 +169,10 @@ def recommendation(quality: Verdict, contenders: list[str], by: Verdict | None) 
                 f"here.")
     pick = by.ranked[0]
     what = lower_first(by.objective.title)
+    if len(by.ranked) == 1 and by.objective.key.endswith("to_target"):
+        return (f"Recommendation: {pick}. Of the schemes that end most accurate within each other's spread "
+                f"({among}), it is the only one that reached the target on every seed "
+                f"({what}: {figure(by.means[pick], by.objective.unit)}).")
     text = (f"Recommendation: {pick}. Of the schemes that end most accurate within each other's spread ({among}), "
             f"it has the least {what} ({figure(by.means[pick], by.objective.unit)})")
     if len(by.ranked) > 1 and not by.separable:

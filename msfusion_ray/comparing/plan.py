@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from msfusion_ray.comparing.applicability import Facts, applicable, facts_of
-from msfusion_ray.comparing.schemes import LR_FACTORS, SCHEMES, label
+from msfusion_ray.comparing.schemes import LR_FACTORS, SCHEMES
 from msfusion_ray.config import ExperimentConfig, config_from_dict
 from msfusion_ray.data import planned_shape
 from msfusion_ray.errors import UserInputError
-from msfusion_ray.inputs import set_dotted
 from msfusion_ray.strategies import strategy_class
 from msfusion_ray.tuning import SchemeSpace, TuneConfig, TuningPlan, draw_trials
 from msfusion_ray.validation import build
@@ -108,10 +107,6 @@ class ComparePlan:
     def directory(self) -> Path:
         return self.tuning.directory
 
-    @property
-    def labels(self) -> dict[str, str]:
-        return {label(s): s for s in self.strategies}
-
     def sync_tasks(self) -> int:
         """Participant tasks one synchronous round asks for: the budget in tasks is rounds times this."""
         return max(1, round(self.facts.participants * self.config.fleet.sample_fraction))
@@ -166,11 +161,3 @@ def budget_keys(plan: ComparePlan, case: dict[str, Any]) -> dict[str, Any]:
     rounds = max(1, round(plan.config.rounds * scale))
     every = max(1, round(plan.config.runtime.eval_every * scale))
     return {**case, "rounds": rounds, "runtime.eval_every": every}
-
-
-def with_setting(data: dict[str, Any], keys: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a config mapping with dotted keys set."""
-    data = copy.deepcopy(data)
-    for key, value in keys.items():
-        set_dotted(data, key, copy.deepcopy(value))
-    return data

@@ -58,6 +58,3 @@ SCHEMES: dict[str, Scheme] = {s.strategy: s for s in (
     Scheme("mpsl", "MP-SL", "pipeline"),
 )}
 
-
-def label(strategy: str) -> str:
-    return SCHEMES[strategy].label if strategy in SCHEMES else strategy

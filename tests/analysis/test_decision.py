@@ -87,6 +87,10 @@ def test_a_scheme_that_never_reaches_the_target_is_named_not_ranked():
     assert lines(decision)["time_to_target"] == (
         "Device time to test accuracy 0.75: HeteroFL, 13.3 s, the only scheme ranked. Never reached: FedRolex. "
         "Reached on some seeds only: MSfusion (1 of 3 seeds).")
+    assert decision.recommendation == (
+        "Recommendation: HeteroFL. Of the schemes that end most accurate within each other's spread (HeteroFL and "
+        "MSfusion), it is the only one that reached the target on every seed (device time to test accuracy 0.75: "
+        "13.3 s).")
     stats = decision.statistics.set_index(["scheme", "objective"])
     assert stats.loc[("FedRolex", "time_to_target"), "with_value"] == 0
     assert decision.pareto["time_to_target"] == ["HeteroFL"]
