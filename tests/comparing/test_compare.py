@@ -189,3 +189,24 @@ def test_a_cell_that_fails_its_checks_stops_the_comparison_before_anything_is_wr
     assert _compare(tmp_path, "--budget", "1", "--no-report") == 2
     assert "need at least 160 samples" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() and fake.ran == []
+
+
+def test_every_scheme_is_handed_the_same_participant_tasks_and_quick_sizes_the_runs_down(tmp_path):
+    from msfusion_ray.comparing.plan import CompareOptions, budget_keys, plan_compare
+    from msfusion_ray.config import load_config
+
+    config = load_config(_config(tmp_path, rounds=10, **{"runtime.eval_every": 2}))
+    plan = plan_compare(config, CompareOptions(schemes=["heterofl", "fedbuff", "fedasync"]), "exp.yaml")
+    assert plan.sync_tasks() == 3 and plan.tuning.config.space == {"training.lr": [0.01, 0.025, 0.05]}
+    cases = {s.name: s.set for s in plan.tuning.config.schemes}
+    assert budget_keys(plan, cases["HeteroFL"]) == cases["HeteroFL"]  # 10 rounds of 3 tasks
+    assert cases["FedBuff"]["strategy.params"] == {"width": "fit"}  # prefix slices: the model has width tags
+    fedbuff = budget_keys(plan, {**cases["FedBuff"], "strategy.params.buffer_size": 4})
+    assert (fedbuff["rounds"], fedbuff["runtime.eval_every"]) == (8, 2)  # round(30 / 4) aggregations of 4
+    fedasync = budget_keys(plan, cases["FedAsync"])
+    assert (fedasync["rounds"], fedasync["runtime.eval_every"]) == (30, 6)  # one update each
+    quick = plan_compare(config, CompareOptions(quick=True), "exp.yaml")
+    assert (quick.config.rounds, quick.config.data.train_samples, quick.config.data.validation_samples) == (4, 600, 100)
+    assert quick.tuning.config.budget == 1 and quick.tuning.config.seeds == [1, 2, 3]
+    assert {len([t for t in quick.tuning.trials if t.scheme == s.name]) for s in quick.tuning.config.schemes} == {1}
+    assert quick.directory.name == "test-compare-quick"
