@@ -30,7 +30,7 @@ from analysis import decision_stats as ds
 from analysis.decision_text import figure, lower_first, number, recommendation, seed_notes, verdict_line
 from analysis.runs import load_run
 
-COMPARE_FILE = "compare.json"  # what a comparison records (msfusion_ray.comparing writes it)
+COMPARE_FILE = "compare.json"  # what a comparison records (msfusion_ray.app.compare writes it)
 
 RECOMMENDATION_RULE = (
     "The recommendation: of the schemes that end most accurate within each other's spread (the winner on the final "

@@ -76,11 +76,12 @@ def workload_config(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
 def write_workload(args: argparse.Namespace, scratch: Path) -> Path:
     """The experiment's config for msfusion_ray, and for the other two its settings, initial weights and shards
     (indices into the full training split), all from one `prepare`."""
-    from msfusion_ray.config import RuntimeConfig, TrainingConfig, config_from_dict
-    from msfusion_ray.data import subset_indices
+    from msfusion_ray.config import RuntimeConfig, TrainingConfig
     from msfusion_ray.data.fashion_mnist import DEFAULT_DIR
+    from msfusion_ray.data.subsets import subset_indices
     from msfusion_ray.devices.profile import default_profiles_dir
-    from msfusion_ray.experiment import prepare
+    from msfusion_ray.experiment.config_check import config_from_dict
+    from msfusion_ray.experiment.prepare import prepare
     from msfusion_ray.runtime.runner import initial_weights
 
     shutil.copytree(default_profiles_dir(), scratch / "profiles")

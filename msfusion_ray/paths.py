@@ -13,7 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import msfusion_ray
 from msfusion_ray.code_refs import is_code_ref, split_ref
 
 # The config fields that name files or directories, and those that may name code in a file (`path.py:function`).
@@ -24,7 +23,7 @@ CODE_FIELDS = (("model", "name"), ("data", "dataset"))
 def bundled_root() -> Path:
     """The directory holding the bundled device_profiles/ and configs/: the installed package's data, or the
     project checkout the package is imported from."""
-    package = Path(msfusion_ray.__file__).resolve().parent
+    package = Path(__file__).resolve().parent
     installed = package / "bundled"
     return installed if installed.is_dir() else package.parent
 

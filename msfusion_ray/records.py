@@ -10,10 +10,11 @@ every figure is measured or computed while the round runs. Where hosts train on 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
+
+from msfusion_ray.files import write_atomic
 
 if TYPE_CHECKING:
     import pandas as pd  # imported where frames are made: host actors make rows, never frames
@@ -211,10 +212,7 @@ def host_rows(run_id: str, round_idx: int, hosts: list[dict[str, Any]],
 
 
 def _write_atomic(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    write_atomic(path, lambda temporary: frame.to_parquet(temporary, index=False))
 
 
 class RecordWriter:

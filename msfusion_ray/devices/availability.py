@@ -19,7 +19,7 @@ import bisect
 import csv
 import math
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Callable, Iterable, Protocol
 
 import numpy as np
 
@@ -57,7 +57,8 @@ class AlwaysOn:
 class Windows:
     """Sorted, disjoint on-windows [start, end) of one device, extended on demand by `more` (None: no more)."""
 
-    def __init__(self, windows: Iterable[tuple[float, float]] = (), more=None):  # noqa: ANN001 (Callable | None)
+    def __init__(self, windows: Iterable[tuple[float, float]] = (),
+                 more: Callable[[], tuple[float, float] | None] | None = None):
         self.starts: list[float] = []
         self.ends: list[float] = []
         for start, end in sorted(windows):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -18,6 +17,7 @@ import ray
 
 from msfusion_ray.config import RuntimeConfig
 from msfusion_ray.errors import ClusterStartError
+from msfusion_ray.runtime.ray_private import fate_sharing_supported, head_node_shares_fate, keep_cluster_on_loopback
 
 _DEAD_PROXY = "http://127.0.0.1:9"
 OFFLINE_LOOPBACK_ENV = {
@@ -32,10 +32,7 @@ OFFLINE_LOOPBACK_ENV = {
 def apply_offline_env() -> None:
     """Set the loopback-only, no-telemetry environment for this process and the Ray processes it starts."""
     os.environ.update(OFFLINE_LOOPBACK_ENV)
-    # Ray reads the loopback switch once, when it is first imported: if that has happened, set what it read.
-    constants = sys.modules.get("ray._private.ray_constants")
-    if constants is not None:
-        constants.ENABLE_RAY_CLUSTER = False
+    keep_cluster_on_loopback()
 
 
 STARTUP_ATTEMPTS = 3
@@ -68,8 +65,8 @@ def start_local_ray(**init_args: Any) -> None:
 
 def start_cluster(runtime: RuntimeConfig, runtime_env: dict[str, Any] | None = None) -> None:
     """Join `runtime.address`, or start the embedded cluster the runtime config describes, with the job's
-    `runtime_env`. Ray's informational start-up lines are left out (the command line may start the cluster before
-    the run's log is open; its warnings still go where `launch.logging_to` sends them)."""
+    `runtime_env`. Ray's informational start-up lines are left out; its warnings go where the launcher sends them
+    (msfusion_ray.app.ray_session.RayLines: the run's log)."""
     if runtime.address:
         ray.init(address=runtime.address, log_to_driver=False, logging_level=logging.WARNING, runtime_env=runtime_env)
     else:
@@ -97,28 +94,17 @@ def ray_cluster(runtime: RuntimeConfig, runtime_env: dict[str, Any] | None = Non
     try:
         yield
     finally:
-        if not (exiting and ends_with_this_process()):
-            ray.shutdown()
+        end_cluster(exiting)
 
 
-def fate_sharing_supported() -> bool:
-    """Whether processes Ray starts here can be bound to die with their parent (Linux)."""
-    try:
-        from ray._private.utils import detect_fate_sharing_support
-
-        return bool(detect_fate_sharing_support())
-    except (ImportError, AttributeError):
-        return False
+def end_cluster(exiting: bool = False) -> None:
+    """Shut down the cluster this process started or joined, unless the process ends right after (`exiting`) and
+    the kernel ends the cluster's processes with it."""
+    if not (exiting and ends_with_this_process()):
+        ray.shutdown()
 
 
 def ends_with_this_process() -> bool:
     """Whether the embedded cluster's processes die with this one (Linux: Ray starts them with a parent-death
     signal, its "kernel fate sharing"); False where that is not known, and for a joined cluster."""
-    try:
-        from ray._private import worker
-
-        node = worker._global_node
-        return node is not None and node.is_head() and bool(getattr(node, "kernel_fate_share", False)) and \
-            fate_sharing_supported()
-    except (ImportError, AttributeError):
-        return False
+    return head_node_shares_fate() and fate_sharing_supported()

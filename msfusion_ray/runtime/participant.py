@@ -33,10 +33,11 @@ from msfusion_ray.devices.gpu import GpuWindow, HostGpu, release_cuda_memory
 from msfusion_ray.models.base import ModelFamily
 from msfusion_ray.models.pool import ModulePool
 from msfusion_ray.models.weights import Weights
+from msfusion_ray.procedures.base import ProcedureContext, TaskTimeout, make_procedure, refused_phase
+from msfusion_ray.procedures.orders import WorkOrder
 from msfusion_ray.records import ParticipantRoundRow
 from msfusion_ray.runtime.settings import ParticipantSpec, WorkerSettings
-from msfusion_ray.strategies.base import WorkOrder
-from msfusion_ray.training.procedure import ProcedureContext, TaskTimeout, make_procedure, refused_phase
+from msfusion_ray.training.objective import LocalObjective
 
 
 Result = tuple[ParticipantRoundRow, Weights | None, dict]  # a task's record, its update, what it chose to train
@@ -53,7 +54,7 @@ class PlannerCache:
         self._training = training
         self._planners: dict[str | None, FootprintPlanner] = {}
 
-    def planner(self, objective) -> FootprintPlanner:  # noqa: ANN001 (LocalObjective | None)
+    def planner(self, objective: LocalObjective | None) -> FootprintPlanner:
         key = objective.name if objective is not None else None
         if key not in self._planners:
             self._planners[key] = make_planner(self._family, self._training, objective)
@@ -190,7 +191,7 @@ class ParticipantWorker:
                          device_time_s=latency_s, vt_end=task.vt_start + latency_s, message=message,
                          wall_total_s=self.clock() - started), None, {}
 
-    def _gpu_window(self):  # noqa: ANN202 (a context manager of GpuWindow)
+    def _gpu_window(self) -> contextlib.AbstractContextManager[GpuWindow]:
         return self.gpu.window() if self.gpu is not None else contextlib.nullcontext(GpuWindow())
 
     def export_state(self, task: int) -> dict:

@@ -1,5 +1,5 @@
 """A host's participants and how they work: plain data, made by the launcher (whose process holds no torch: see
-msfusion_ray.launchable) and sent to each host."""
+msfusion_ray.experiment.shipment) and sent to each host."""
 
 from __future__ import annotations
 

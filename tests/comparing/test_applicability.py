@@ -4,9 +4,9 @@ import dataclasses
 
 import pytest
 
-from msfusion_ray.comparing.applicability import Facts, applicable, facts_of
-from msfusion_ray.comparing.schemes import SCHEMES
-from msfusion_ray.config import load_config
+from msfusion_ray.app.applicability import Facts, applicable, facts_of
+from msfusion_ray.app.compare_schemes import SCHEMES
+from msfusion_ray.experiment.config_check import load_config
 from msfusion_ray.paths import find_config
 
 MIB = 2**20

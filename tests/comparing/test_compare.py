@@ -6,12 +6,13 @@ test_compare_ray.py runs a real one."""
 import contextlib
 import copy
 import json
+import types
 
 import pytest
 import yaml
 
 from msfusion_ray.cli import main
-from msfusion_ray.comparing import protocol
+from msfusion_ray.app import compare as protocol
 from msfusion_ray.records import ParticipantRoundRow, RecordWriter, RoundRow
 from tests.conftest import SMALL_CONFIG
 
@@ -111,8 +112,20 @@ def fake(monkeypatch):
     sweeps = FakeSweeps()
     monkeypatch.setattr(protocol, "run_sweep", sweeps.run_sweep)
     monkeypatch.setattr(protocol, "prepare_cells", lambda plan, todo, cache: {cell: None for cell in todo})
-    monkeypatch.setattr(protocol, "ray_cluster", lambda *args, **kwargs: contextlib.nullcontext())
+    monkeypatch.setattr(protocol, "Launcher", FakeLauncher)
     return sweeps
+
+
+class FakeLauncher(contextlib.AbstractContextManager):
+    """No cluster: the faked sweeps run nothing on one."""
+
+    lines = types.SimpleNamespace(to=lambda handler: None)
+
+    def __exit__(self, *exc):
+        return None
+
+    def start_cluster(self, runtime, configs):
+        pass
 
 
 def _compare(tmp_path, *argv):
@@ -192,8 +205,8 @@ def test_a_cell_that_fails_its_checks_stops_the_comparison_before_anything_is_wr
 
 
 def test_every_scheme_is_handed_the_same_participant_tasks_and_quick_sizes_the_runs_down(tmp_path):
-    from msfusion_ray.comparing.plan import CompareOptions, budget_keys, plan_compare
-    from msfusion_ray.config import load_config
+    from msfusion_ray.app.compare_plan import CompareOptions, budget_keys, plan_compare
+    from msfusion_ray.experiment.config_check import load_config
 
     config = load_config(_config(tmp_path, rounds=10, **{"runtime.eval_every": 2}))
     plan = plan_compare(config, CompareOptions(schemes=["heterofl", "fedbuff", "fedasync"]), "exp.yaml")

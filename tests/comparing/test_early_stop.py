@@ -1,6 +1,6 @@
 """The early-stopping rule: the rung, and who stops there."""
 
-from msfusion_ray.comparing.early_stop import hopeless, rung_steps
+from msfusion_ray.app.early_stop import hopeless, rung_steps
 
 
 def test_the_rung_is_half_the_steps_at_an_evaluated_step():
