@@ -101,6 +101,8 @@ def verdict_line(verdict: Verdict) -> str:
         seeds = "one seed" if verdict.paired_seeds == 1 else "no common seed"
         return _with_missing(f"{head} {lead}, on {seeds}: not separable without more seeds.", verdict)
     lead_interval = bounds(low, high, unit)  # the winner's lead seed by seed: positive where it is better
+    if verdict.separable and math.isclose(low, high, rel_tol=1e-9, abs_tol=1e-12):
+        return _with_missing(f"{head} {lead}; separable: the same lead on each of the {verdict.paired_seeds} seeds.", verdict)
     if verdict.separable:
         return _with_missing(f"{head} {lead}; separable over {verdict.paired_seeds} seeds (paired 95 % interval of "
                              f"its lead {lead_interval}).", verdict)

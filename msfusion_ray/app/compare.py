@@ -97,6 +97,8 @@ class Comparison:
     def _tune(self, trials: list[Trial]) -> None:
         cases = [trial_case(self.plan, t) for t in trials]
         rungs = [rung_case(self.plan, c) for c in cases] if self.plan.options.early_stop else [None] * len(cases)
+        judged = early_stop.judged_schemes([t.scheme for t, r in zip(trials, rungs) if r is not None])
+        rungs = [r if t.scheme in judged else None for t, r in zip(trials, rungs)]  # the others run straight on
         if all(r is None for r in rungs):
             self._score(stage(self.plan, "tune", cases, [self.plan.tuning.config.tune_seed]), trials)
             return

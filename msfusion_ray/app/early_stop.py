@@ -1,10 +1,6 @@
-"""Hopeless tuning runs stop early, by a rule that is stated, recorded, and the same whichever run finished first.
-
-Every tuning run first runs to its rung: half its steps, rounded down to a step it evaluates at. There, within each
-scheme that has at least MIN_RUNS tuning runs with a validation value, a run whose value is worse than the median of
-its scheme's values stops; the others continue from their checkpoint to the end. A stopped run ranks after every run
-of its scheme that went on (its value at the rung is recorded). The rule compares a scheme's runs with each other
-only, so every scheme's budget is spent alike.
+"""Hopeless tuning runs stop early, by a rule that is stated (RULE, recorded in compare.json) and the same whichever
+run finished first: it reads recorded validation values only. It compares a scheme's runs with each other only, so
+every scheme's budget is spent alike; the runs that go on continue from their checkpoint at the rung.
 """
 
 from __future__ import annotations
@@ -17,7 +13,8 @@ MIN_RUNS = 3
 RULE = ("Hopeless tuning runs stop early: every tuning run first runs half its steps (rounded down to a step it "
         "evaluates at); there, within each scheme with at least 3 tuning runs, a run whose validation metric is worse "
         "than the median of its scheme's runs stops, the others continue to the end, and a stopped run ranks after "
-        "every run of its scheme that went on. Off with --no-early-stop.")
+        "every run of its scheme that went on (a scheme with fewer tuning runs has no rung). Off with "
+        "--no-early-stop.")
 
 
 def rung_steps(rounds: int, eval_every: int) -> int | None:
@@ -25,6 +22,12 @@ def rung_steps(rounds: int, eval_every: int) -> int | None:
     step before the end)."""
     rung = int(rounds * RUNG_FRACTION) // eval_every * eval_every
     return rung if 0 < rung < rounds else None
+
+
+def judged_schemes(schemes: list[str]) -> set[str]:
+    """The schemes whose runs can stop at the rung (`schemes`: one entry per run that has a rung): those with
+    MIN_RUNS or more; the others' runs go straight to the end (a rung would only split them in two)."""
+    return {s for s in set(schemes) if schemes.count(s) >= MIN_RUNS}
 
 
 def hopeless(scores: Mapping[str, float | None], scheme_of: Mapping[str, str], lower_is_better: bool) -> list[str]:

@@ -118,8 +118,7 @@ def test_a_failed_seed_is_left_out_and_named():
     assert decision.notes == ["FedRolex: seed 2 failed (RunFailed: the driver actor died); its figures are over seeds "
                               "1 and 3."]
     assert lines(decision)["final"] == ("Final test accuracy: HeteroFL ends most accurate, 0.810 against FedRolex's "
-                                        "0.705 (0.105 higher); separable over 2 seeds (paired 95 % interval of its "
-                                        "lead 0.100 to 0.100).")
+                                        "0.705 (0.105 higher); separable: the same lead on each of the 2 seeds.")
     assert decision.statistics.set_index(["scheme", "objective"]).loc[("FedRolex", "final"), "values"] == {
         1: 0.70, 3: 0.71}
 
@@ -133,8 +132,7 @@ def test_costs_ties_and_the_weakest_devices():
     }), target=0.7)
     said = lines(decision)
     assert said["flops"] == ("FLOPs per participant: small-model FedAvg computes the least, 0.10 GFLOP against "
-                             "HeteroFL's 1.00 GFLOP (90 % less); separable over 3 seeds (paired 95 % interval of its "
-                             "lead 0.90 to 0.90 GFLOP).")
+                             "HeteroFL's 1.00 GFLOP (90 % less); separable: the same lead on each of the 3 seeds.")
     assert said["memory_share"] == ("Largest share of a device's memory: small-model FedAvg, HeteroFL and FedRolex "
                                     "tie, 50 % of its cap on every seed.")
     assert decision.weakest == "phone"

@@ -16,3 +16,9 @@ def test_runs_worse_than_their_schemes_median_stop():
     assert hopeless(scores, scheme_of, lower_is_better=False) == ["a1", "c4"]
     perplexities = {"a1": 9.0, "a2": 7.0, "a3": 8.0}
     assert hopeless(perplexities, {k: "A" for k in perplexities}, lower_is_better=True) == ["a1"]
+
+
+def test_only_schemes_with_enough_runs_are_judged_at_the_rung():
+    from msfusion_ray.app.early_stop import judged_schemes
+
+    assert judged_schemes(["A", "A", "A", "B", "B", "C"]) == {"A"}
