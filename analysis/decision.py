@@ -340,6 +340,13 @@ def _setting(values: dict[str, Any]) -> str:
     return ", ".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in values.items()) or "defaults"
 
 
+def _fixed(values: dict[str, Any]) -> dict[str, Any]:
+    """What made a run its scheme, besides its name: the strategy's parameters set for it (e.g. width=fit)."""
+    params = values.get("strategy.params") or {}
+    return {**{f"strategy.params.{k}": v for k, v in params.items()},
+            **{k: v for k, v in values.items() if k not in ("strategy.name", "strategy.params")}}
+
+
 def context_lines(record: dict[str, Any]) -> list[str]:
     """How the runs behind the decision were made: tuning, budget, early stopping, the winners' settings."""
     seeds = ", ".join(map(str, record["seeds"]))
@@ -360,7 +367,7 @@ def context_lines(record: dict[str, Any]) -> list[str]:
     else:
         lines.append(f"No tuning runs: each scheme ran with its defaults and the config's learning rate, on seeds "
                      f"{seeds}, reported on the test split.")
-    winners = [f"{name}: {_setting(s.get('winner') or {})}"
+    winners = [f"{name}: {_setting({**_fixed(s.get('set', {})), **(s.get('winner') or {})})}"
                + (f" (validation {s['winner_score']:.4g})" if s.get("winner_score") is not None else "")
                for name, s in schemes.items()]
     lines.append("Settings that ran on the final seeds: " + "; ".join(winners) + ".")
