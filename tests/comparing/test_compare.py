@@ -175,6 +175,11 @@ def test_a_failed_final_run_is_recorded_and_the_decision_names_it(tmp_path, fake
     assert ("- small-model FedAvg: seed 2 failed (RunFailed: the driver actor died); its figures are over seed 1."
             in text)
     assert "--retry-failed" in capsys.readouterr().err
+    assert main(["report", str(directory)]) == 0  # `report DIR` draws the decision from the records
+    first_screen = (directory / "report" / "report.html").read_text().split("<figure", 1)[0]
+    assert "small-model FedAvg: seed 2 failed (RunFailed: the driver actor died)" in first_screen
+    assert {p.name for p in (directory / "report").glob("decision_*.png")} == {
+        "decision_pareto.png", "decision_time_to_target.png", "decision_device_classes.png"}
     fake.doomed = lambda cell: False
     fake.ran.clear()
     assert _compare(tmp_path, "--budget", "1", "--retry-failed", "--no-report") == 0
