@@ -41,7 +41,7 @@ def same(a: tuple, b: tuple) -> None:
 def test_the_command_line_the_api_and_a_sweep_leave_the_same_records(ray_session, tmp_path, small_config_dict):
     config = {**copy.deepcopy(small_config_dict), "strategy": {"name": "heterofl"}}
     path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump({**config, "output_dir": str(tmp_path / "cli")}))
+    path.write_text(yaml.safe_dump({**config, "output_dir": str(tmp_path / "cli")}, sort_keys=False))  # fleet order
     done = subprocess.run([sys.executable, "-m", "msfusion_ray", "run", str(path), "--no-plots"], cwd=PROJECT,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -18,6 +18,7 @@ A sweep (msfusion_ray.app.sweep) takes the same steps for each of its cells, on 
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 from msfusion_ray.app.apart import PreparationProcess
@@ -38,17 +39,17 @@ def run(request: RunRequest, *, apart: bool = False, exiting: bool = False,
     experiment is prepared."""
     if apart:  # the config's own errors here, in a fraction of a second, before any process starts
         check_request(request)
-    child = PreparationProcess(PREPARE_JOB, request) if apart else None
-    from msfusion_ray.app.launching import FinishedRun, Launcher, open_run_dir  # Ray (a second or more)
+    with PreparationProcess(PREPARE_JOB, request) if apart else contextlib.nullcontext() as child:
+        from msfusion_ray.app.launching import FinishedRun, Launcher, open_run_dir  # Ray: beside the child's work
 
-    with Launcher(exiting) as launcher:
-        if child is not None:
-            checked, shipment = prepared_apart(child, launcher, overlap=exiting)
-        else:
-            checked, shipment = prepare_here(request)
-        run_dir = open_run_dir(checked, shipment, request.overrides)
-        summary = launcher.launch(shipment, run_dir, checked.resumed is not None, show_progress)
-        return FinishedRun(run_dir.path, shipment.config, summary)
+        with Launcher(exiting) as launcher:
+            if child is not None:
+                checked, shipment = prepared_apart(child, launcher, overlap=exiting)
+            else:
+                checked, shipment = prepare_here(request)
+            run_dir = open_run_dir(checked, shipment, request.overrides)
+            summary = launcher.launch(shipment, run_dir, checked.resumed is not None, show_progress)
+            return FinishedRun(run_dir.path, shipment.config, summary)
 
 
 PREPARE_JOB = "msfusion_ray.app.preparation:check_then_prepare"
@@ -70,14 +71,13 @@ def prepared_apart(child: PreparationProcess, launcher: Launcher, overlap: bool)
     it. Where the kernel would not (no fate sharing), or the run joins a cluster, the cluster starts once the
     experiment is prepared. Bad input comes first (exit code 2), whatever the cluster did."""
     failed: ClusterStartError | None = None
-    with child:
-        checked: CheckedRun = child.note()
-        if overlap and not checked.config.runtime.address and fate_sharing_supported():
-            try:
-                launcher.start_cluster(checked.config.runtime, [checked.config])
-            except ClusterStartError as err:
-                failed = err
-        shipment = child.result()
+    checked: CheckedRun = child.note()
+    if overlap and not checked.config.runtime.address and fate_sharing_supported():
+        try:
+            launcher.start_cluster(checked.config.runtime, [checked.config])
+        except ClusterStartError as err:
+            failed = err
+    shipment = child.result()
     if failed is not None:
         raise failed
     return checked, shipment

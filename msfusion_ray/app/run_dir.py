@@ -88,6 +88,7 @@ class RunDirectory:
         return self.path / RUN_LOG
 
     def base_summary(self, config: ExperimentConfig, strategy: str, status: str) -> dict[str, Any]:
+        """The summary's header, and what it says before the driver reports a round."""
         return {"run_id": self.run_id, "name": config.name, "strategy": strategy, "rounds": config.rounds,
                 "status": status, "rounds_completed": 0, "history": []}
 

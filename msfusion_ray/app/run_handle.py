@@ -74,7 +74,7 @@ class RunHandle:
     def _take(self, progress: dict[str, Any]) -> None:
         summary = progress.pop("summary", None)
         if summary is not None and not self._ended:
-            self.run_dir.write_summary(summary)
+            self.run_dir.write_summary({**self.base_summary, **summary})
             self._summarised = progress["round"]
         self.progress = progress
 
@@ -112,6 +112,7 @@ class RunHandle:
                 raise DriverDied(reason) from None
             self.fail(reason, err)
             raise RunFailed(reason) from None
+        summary = {**self.base_summary, **summary}
         self.run_dir.write_summary(summary)
         self._ended = True
         self.log.info("complete: %s rounds", summary.get("rounds_completed"))

@@ -365,13 +365,13 @@ class Runner:
         self.save_checkpoint(self.snapshot(step))
 
     def summary(self, status: str) -> dict[str, Any]:
-        """The run so far, as summary.json holds it (its launcher writes the file: msfusion_ray.app.run_dir).
-        Copies: `progress` asks for it from a thread of its own while the run goes on."""
+        """The run so far as summary.json holds it below its header (the run's id, name, strategy and rounds:
+        its launcher writes the file, msfusion_ray.app.run_dir). Copies: `progress` asks for it from a thread of
+        its own while the run goes on."""
         history = list(self.history)
         finite = [h["accuracy"] for h in history if not math.isnan(h["accuracy"])]
         return {
-            "run_id": self.run_id, "name": self.config.name, "strategy": self.experiment.strategy.name,
-            "engine": self.engine.name, "status": status, "rounds": self.config.rounds,
+            "status": status, "engine": self.engine.name,
             "rounds_completed": history[-1]["round"] if history else 0,
             "virtual_time_s": history[-1]["vt"] if history else 0.0,
             "final_accuracy": finite[-1] if finite else None, "best_accuracy": max(finite) if finite else None,

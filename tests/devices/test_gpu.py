@@ -237,9 +237,12 @@ def test_a_sweeps_cells_share_the_gpus_unless_they_say_otherwise():
     from tests.conftest import SMALL_CONFIG
 
     @dataclasses.dataclass
-    class Cell:  # what with_gpu_share reads of a prepared cell
+    class Cell:  # what with_gpu_share reads of a prepared cell (a Shipment)
         config: object
         fleet: list
+
+        def with_config(self, config: object) -> "Cell":
+            return dataclasses.replace(self, config=config)
 
     def cell(**runtime):
         data = {**SMALL_CONFIG, "runtime": {**SMALL_CONFIG["runtime"], "hosts": 4, **runtime}}
