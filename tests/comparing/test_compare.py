@@ -228,3 +228,13 @@ def test_every_scheme_is_handed_the_same_participant_tasks_and_quick_sizes_the_r
     assert quick.tuning.config.budget == 1 and quick.tuning.config.seeds == [1, 2, 3]
     assert {len([t for t in quick.tuning.trials if t.scheme == s.name]) for s in quick.tuning.config.schemes} == {1}
     assert quick.directory.name == "test-compare-quick"
+
+
+def test_a_perplexity_target_is_at_least_one():
+    from msfusion_ray.app.compare_plan import check_target
+    from msfusion_ray.errors import UserInputError
+
+    check_target(8.0, "perplexity")
+    check_target(1.0, "accuracy")
+    with pytest.raises(UserInputError, match="a perplexity is at least 1"):
+        check_target(0.5, "perplexity")
