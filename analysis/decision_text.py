@@ -106,9 +106,10 @@ def verdict_line(verdict: Verdict) -> str:
     if verdict.separable:
         return _with_missing(f"{head} {lead}; separable over {verdict.paired_seeds} seeds (paired 95 % interval of "
                              f"its lead {lead_interval}).", verdict)
-    return _with_missing(f"{head} {winner} and {runner} {objective.tie_verb} within each other's spread "
-                         f"({figure(value, unit)} and {figure(other, unit)}; paired 95 % interval of the lead "
-                         f"{lead_interval} over {verdict.paired_seeds} seeds): no separable winner.", verdict)
+    return _with_missing(f"{head} {winner} leads, {figure(value, unit)} against {runner}'s {figure(other, unit)}, "
+                         f"but {winner} and {runner} {objective.tie_verb} within each other's spread (paired 95 % "
+                         f"interval of the lead {lead_interval} over {verdict.paired_seeds} seeds): no separable "
+                         f"winner.", verdict)
 
 
 def _with_missing(line: str, verdict: Verdict) -> str:
