@@ -1,4 +1,4 @@
-"""Command line: run, sweep, tune, validate, split, profiles, plot, report, schema.
+"""Command line: run, sweep, tune, compare, validate, split, profiles, plot, report, schema.
 
 Argument parsing and printing: every command calls the lifecycle (msfusion_ray.app) and prints what it returns.
 Bad input of any kind ends with one line on stderr naming the field or file, and exit code 2, before anything is
@@ -58,6 +58,22 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_options(tune)
     tune.add_argument("--address", help="an existing Ray cluster (default: start an embedded local one)")
 
+    compare = commands.add_parser("compare", help="which scheme for this fleet: every scheme that applies, tuned "
+                                                 "alike, on several seeds, and the decision (resumable)")
+    compare.add_argument("config", help="experiment YAML (model, data, fleet, training budget), or a ready one")
+    compare.add_argument("--schemes", help="comma-separated strategy names (default: every scheme that applies)")
+    compare.add_argument("--seeds", type=int, help="final runs per scheme, on seeds 1..N (default 3)")
+    compare.add_argument("--budget", type=int, help="tuning runs per scheme (default 3; 1: no tuning)")
+    compare.add_argument("--target", type=float, help="the test accuracy (perplexity for a language model) to reach")
+    compare.add_argument("--quick", action="store_true", help="sized for a laptop: smaller runs, no tuning runs")
+    compare.add_argument("--no-early-stop", action="store_true", help="run every tuning run to the end")
+    compare.add_argument("--max-parallel", type=int, metavar="N", help="runs side by side (default: from the cluster)")
+    compare.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    compare.add_argument("--output-dir", default="sweeps", help="where the comparison's directory goes (sweeps)")
+    compare.add_argument("--no-report", action="store_true", help="skip the HTML report (decision.md is written)")
+    _add_config_options(compare)
+    compare.add_argument("--address", help="an existing Ray cluster (default: start an embedded local one)")
+
     validate = commands.add_parser("validate", help="check a config, its fleet and data without running")
     validate.add_argument("config")
     _add_config_options(validate)
@@ -77,9 +93,10 @@ def _parser() -> argparse.ArgumentParser:
     schema.add_argument("--kind", choices=("any", "experiment", "sweep", "tuning"), default="any",
                         help="an experiment config, a sweep file, a tuning file, or any of them (default)")
 
-    report = commands.add_parser("report", help="an HTML report (plots, tables, config) of a run or a sweep")
-    report.add_argument("path", metavar="RUN_OR_SWEEP_DIR")
-    report.add_argument("--out", help="output directory (default: RUN_OR_SWEEP_DIR/report)")
+    report = commands.add_parser("report", help="an HTML report (plots, tables, config) of a run, a sweep or a "
+                                                "comparison")
+    report.add_argument("path", metavar="DIR", help="a run, sweep or comparison directory")
+    report.add_argument("--out", help="output directory (default: DIR/report)")
     return parser
 
 
@@ -261,11 +278,12 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from analysis.decision import is_compare_dir
     from analysis.report import write_report
     from analysis.runs import is_sweep_dir
 
     path = Path(args.path)
-    if not is_sweep_dir(path):
+    if not is_sweep_dir(path) and not is_compare_dir(path):
         check_run_dir(path)
     print(write_report(path, Path(args.out) if args.out else path / "report"))
     return 0
@@ -308,5 +326,33 @@ def _schema(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "sweep": _sweep, "tune": _tune, "validate": _validate, "split": _split,
-            "profiles": _profiles, "plot": _plot, "report": _report, "schema": _schema}
+def _compare(args: argparse.Namespace) -> int:
+    """Plan (every check first), run what is left, print the decision; exit 1 where a final run did not complete
+    (the decision leaves it out and says so)."""
+    from msfusion_ray.app.compare import run_comparison
+    from msfusion_ray.app.compare_plan import CompareOptions, plan_compare
+    from msfusion_ray.experiment.config_check import load_config
+
+    options = CompareOptions(schemes=args.schemes.split(",") if args.schemes is not None else None,
+                             seeds=args.seeds, budget=args.budget, target=args.target, quick=args.quick,
+                             early_stop=not args.no_early_stop, max_parallel=args.max_parallel,
+                             output_dir=args.output_dir)
+    path = find_config(args.config)
+    plan = plan_compare(load_config(path, _overrides(args)), options, str(path))
+    for name, reason in plan.excluded.items():
+        print(f"{name}: {reason}")
+    done = run_comparison(plan, args.retry_failed, args.address, report=not args.no_report)
+    print(done.decision.recommendation)
+    for line in done.decision.lines:
+        print(f"- {line}")
+    print(f"decision: {done.directory / 'decision.md'}")
+    if done.report is not None:
+        print(f"report: {done.report}")
+    if done.failed:
+        print(f"{len(done.failed)} final runs did not complete (first: {done.failed[0]['cell']}); run the same "
+              f"command with --retry-failed", file=sys.stderr)
+    return 1 if done.failed else 0
+
+
+COMMANDS = {"run": _run, "sweep": _sweep, "tune": _tune, "compare": _compare, "validate": _validate,
+            "split": _split, "profiles": _profiles, "plot": _plot, "report": _report, "schema": _schema}
