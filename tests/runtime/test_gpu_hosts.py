@@ -81,7 +81,6 @@ import ray
 from msfusion_ray.app.launching import run_prepared
 from msfusion_ray.experiment.config_check import config_from_dict
 from msfusion_ray.experiment.prepare import prepare
-from msfusion_ray.experiment.shipment import Shipment
 from msfusion_ray.records import read_host_rows, read_participant_rows
 from msfusion_ray.experiment.shipment import Shipment
 from msfusion_ray.runtime.cluster import start_local_ray
