@@ -3,6 +3,8 @@
     import msfusion_ray
     run = msfusion_ray.run("quickstart", rounds=3, strategy={"name": "heterofl"})
     run.summary["final_accuracy"], run.rounds[["round", "test_accuracy"]], run.participants
+    choice = msfusion_ray.compare("quickstart", quick=True)
+    choice.recommendation, choice.decision  # one row per objective: winner, runner-up, lead, separable, the line
 
 The same lifecycle as `msfusion-ray run` / `sweep` (msfusion_ray.app): the same checks, records and run directory
 (bad input raises the one-line `UserInputError`; a run that fails raises `RunFailed`, its records so far kept).
@@ -173,3 +175,55 @@ def sweep(sweep_or_path: Any, *, address: str | None = None, max_parallel: int |
         if summary is not None:
             runs[cell.id] = Run(run_dir.path, cell.config, summary)
     return Sweep(plan.directory, status.cells, runs)
+
+
+@dataclass
+class Comparison:
+    """A finished comparison: its directory, its record (compare.json) and the decision made of its records."""
+
+    directory: Path
+    record: dict[str, Any]
+    result: Any  # analysis.decision.Decision
+
+    @property
+    def decision(self) -> pd.DataFrame:
+        """One row per objective: the winner, the runner-up, their means, the 95 % interval of the winner's paired
+        lead over the seeds, whether it separates them, and the line that says so."""
+        return self.result.frame()
+
+    @property
+    def recommendation(self) -> str:
+        return self.result.recommendation
+
+    @property
+    def statistics(self) -> pd.DataFrame:
+        """Per scheme and objective: per-seed values, mean and 95 % interval."""
+        return self.result.statistics
+
+    @property
+    def per_class(self) -> pd.DataFrame:
+        """Per scheme and device class: what one device of the class paid (device time, energy, bytes, FLOPs)."""
+        return self.result.per_class
+
+    def __repr__(self) -> str:
+        return f"Comparison({str(self.directory)!r}, {self.recommendation!r})"
+
+
+def compare(config_or_path: Any, *, schemes: list[str] | None = None, seeds: int | None = None,
+            budget: int | None = None, target: float | None = None, quick: bool = False, early_stop: bool = True,
+            max_parallel: int | None = None, retry_failed: bool = False, address: str | None = None,
+            progress: bool = True, report: bool = True, output_dir: str = "sweeps",
+            **overrides: Any) -> Comparison:
+    """Which scheme for this fleet: every scheme that applies to the config's model and fleet, tuned alike on the
+    validation split, its winner run on `seeds` seeds (default 3), and the decision (what `compare` writes as
+    decision.md), resumable like a sweep. The arguments are the command's options (`schemes`: strategy names);
+    `overrides` change the config as in `run`."""
+    from msfusion_ray.app.compare import run_comparison
+    from msfusion_ray.app.compare_plan import CompareOptions, plan_compare
+
+    options = CompareOptions(schemes=schemes, seeds=seeds, budget=budget, target=target, quick=quick,
+                             early_stop=early_stop, max_parallel=max_parallel, output_dir=output_dir)
+    request = RunRequest.of(config_or_path, _overrides(overrides))
+    plan = plan_compare(checked_config(request, config_from_dict), options, request.where or "config")
+    done = run_comparison(plan, retry_failed, address, progress, report)
+    return Comparison(done.directory, done.record, done.decision)

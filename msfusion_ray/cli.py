@@ -1,4 +1,4 @@
-"""Command line: run, sweep, tune, validate, split, profiles, plot, report, schema.
+"""Command line: run, sweep, tune, compare, validate, split, profiles, plot, report, schema.
 
 Argument parsing and printing: every command calls the lifecycle (msfusion_ray.app) and prints what it returns.
 Bad input of any kind ends with one line on stderr naming the field or file, and exit code 2, before anything is
@@ -58,6 +58,22 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_options(tune)
     tune.add_argument("--address", help="an existing Ray cluster (default: start an embedded local one)")
 
+    compare = commands.add_parser("compare", help="which scheme for this fleet: every scheme that applies, tuned "
+                                                 "alike, on several seeds, and the decision (resumable)")
+    compare.add_argument("config", help="experiment YAML (model, data, fleet, training budget), or a ready one")
+    compare.add_argument("--schemes", help="comma-separated strategy names (default: every scheme that applies)")
+    compare.add_argument("--seeds", type=int, help="final runs per scheme, on seeds 1..N (default 3)")
+    compare.add_argument("--budget", type=int, help="tuning runs per scheme (default 3; 1: no tuning)")
+    compare.add_argument("--target", type=float, help="the test accuracy (perplexity for a language model) to reach")
+    compare.add_argument("--quick", action="store_true", help="sized for a laptop: smaller runs, no tuning runs")
+    compare.add_argument("--no-early-stop", action="store_true", help="run every tuning run to the end")
+    compare.add_argument("--max-parallel", type=int, metavar="N", help="runs side by side (default: from the cluster)")
+    compare.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    compare.add_argument("--output-dir", default="sweeps", help="where the comparison's directory goes (sweeps)")
+    compare.add_argument("--no-report", action="store_true", help="skip the HTML report (decision.md is written)")
+    _add_config_options(compare)
+    compare.add_argument("--address", help="an existing Ray cluster (default: start an embedded local one)")
+
     validate = commands.add_parser("validate", help="check a config, its fleet and data without running")
     validate.add_argument("config")
     _add_config_options(validate)
@@ -77,9 +93,10 @@ def _parser() -> argparse.ArgumentParser:
     schema.add_argument("--kind", choices=("any", "experiment", "sweep", "tuning"), default="any",
                         help="an experiment config, a sweep file, a tuning file, or any of them (default)")
 
-    report = commands.add_parser("report", help="an HTML report (plots, tables, config) of a run or a sweep")
-    report.add_argument("path", metavar="RUN_OR_SWEEP_DIR")
-    report.add_argument("--out", help="output directory (default: RUN_OR_SWEEP_DIR/report)")
+    report = commands.add_parser("report", help="an HTML report (plots, tables, config) of a run, a sweep or a "
+                                                "comparison")
+    report.add_argument("path", metavar="DIR", help="a run, sweep or comparison directory")
+    report.add_argument("--out", help="output directory (default: DIR/report)")
     return parser
 
 
@@ -115,6 +132,7 @@ def main(argv: Sequence[str] | None = None, exiting: bool = False) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     from msfusion_ray.app.preparation import validate
+    from msfusion_ray.devices.spread import spread_lines
 
     checked = validate(RunRequest.from_file(args.config, _overrides(args)))
     experiment, config = checked.experiment, checked.experiment.config
@@ -125,12 +143,19 @@ def _validate(args: argparse.Namespace) -> int:
         widths = checked.sub_model_widths
         print(f"sub-models ok: {len(widths)} width groups; a random selection ({sum(widths.values())} of "
               f"{sum(experiment.family.spec.groups.values())} units) is cut, loaded and run forward")
+    print("\n".join(spread_lines(experiment.fleet)) + "\n")
+    shown = experiment.fleet.participants[:VALIDATE_LISTED]
     print(f"{'participant':>11}  {'device':<22} {'samples':>7}  {'cap MiB':>9}  {'max rate':>8}")
-    for p in experiment.fleet.participants:
+    for p in shown:
         rate = experiment.strategy.largest_trainable_rate(p.id, experiment.capacity)
-        print(f"{p.id:>11}  {p.device.name:<22} {len(experiment.partitions[p.id]):>7}  "
+        print(f"{p.id:>11}  {experiment.fleet.label(p.id)[:22]:<22} {len(experiment.partitions[p.id]):>7}  "
               f"{p.memory_cap_bytes / 2**20:>9.1f}  {'none' if rate is None else f'{rate:.3f}':>8}")
+    if len(shown) < len(experiment.fleet):
+        print(f"({len(experiment.fleet) - len(shown)} more participants; records/fleet.parquet of a run lists all)")
     return 0
+
+
+VALIDATE_LISTED = 200  # participants listed one by one; the spread table covers every one
 
 
 def _split(args: argparse.Namespace) -> int:
@@ -146,14 +171,10 @@ def _split(args: argparse.Namespace) -> int:
 
 def _profiles(args: argparse.Namespace) -> int:
     from msfusion_ray.devices.profile import default_profiles_dir, load_profiles
+    from msfusion_ray.devices.spread import profile_lines
 
     directory = find(args.dir) if args.dir else default_profiles_dir()
-    print(f"{'profile':<22} {'memory MiB':>10} {'GFLOP/s':>8} {'up Mb/s':>8} {'down Mb/s':>9} {'RTT ms':>7} "
-          f"{'avail':>5}")
-    for profile in load_profiles(directory).values():
-        print(f"{profile.name:<22} {profile.memory_mib:>10.0f} {profile.train_gflops:>8.1f} "
-              f"{profile.uplink_mbps:>8.1f} {profile.downlink_mbps:>9.1f} {profile.latency_ms:>7.0f} "
-              f"{profile.availability:>5.2f}")
+    print("\n".join(profile_lines(load_profiles(directory))))
     fleets = sorted((directory / "fleets").glob("*.yaml"))
     if fleets:
         print("\nfleets: " + ", ".join(f.stem for f in fleets))
@@ -257,11 +278,12 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from analysis.decision import is_compare_dir
     from analysis.report import write_report
     from analysis.runs import is_sweep_dir
 
     path = Path(args.path)
-    if not is_sweep_dir(path):
+    if not is_sweep_dir(path) and not is_compare_dir(path):
         check_run_dir(path)
     print(write_report(path, Path(args.out) if args.out else path / "report"))
     return 0
@@ -304,5 +326,33 @@ def _schema(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "sweep": _sweep, "tune": _tune, "validate": _validate, "split": _split,
-            "profiles": _profiles, "plot": _plot, "report": _report, "schema": _schema}
+def _compare(args: argparse.Namespace) -> int:
+    """Plan (every check first), run what is left, print the decision; exit 1 where a final run did not complete
+    (the decision leaves it out and says so)."""
+    from msfusion_ray.app.compare import run_comparison
+    from msfusion_ray.app.compare_plan import CompareOptions, plan_compare
+    from msfusion_ray.experiment.config_check import load_config
+
+    options = CompareOptions(schemes=args.schemes.split(",") if args.schemes is not None else None,
+                             seeds=args.seeds, budget=args.budget, target=args.target, quick=args.quick,
+                             early_stop=not args.no_early_stop, max_parallel=args.max_parallel,
+                             output_dir=args.output_dir)
+    path = find_config(args.config)
+    plan = plan_compare(load_config(path, _overrides(args)), options, str(path))
+    for name, reason in plan.excluded.items():
+        print(f"{name}: {reason}")
+    done = run_comparison(plan, args.retry_failed, args.address, report=not args.no_report)
+    print(done.decision.recommendation)
+    for line in done.decision.lines:
+        print(f"- {line}")
+    print(f"decision: {done.directory / 'decision.md'}")
+    if done.report is not None:
+        print(f"report: {done.report}")
+    if done.failed:
+        print(f"{len(done.failed)} final runs did not complete (first: {done.failed[0]['cell']}); run the same "
+              f"command with --retry-failed", file=sys.stderr)
+    return 1 if done.failed else 0
+
+
+COMMANDS = {"run": _run, "sweep": _sweep, "tune": _tune, "compare": _compare, "validate": _validate,
+            "split": _split, "profiles": _profiles, "plot": _plot, "report": _report, "schema": _schema}

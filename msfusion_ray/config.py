@@ -66,9 +66,22 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class SampleConfig:
+    """A fleet drawn from a device list (msfusion_ray.devices.sources): a shipped source (phones) or a CSV."""
+
+    source: str
+    size: int = checked(check=positive)
+    seed: int | None = checked(None, check=seed_range)  # which devices are drawn (default: the run's seed)
+    replace: bool = True  # draw with replacement (a list may be smaller than the fleet)
+
+
+@dataclass(frozen=True)
 class FleetConfig:
     file: str | None = None  # a fleet scenario under device_profiles/fleets/
     devices: dict[str, int] | None = None  # or inline: profile name -> count
+    device_list: str | None = None  # or a CSV of devices, one participant per row (msfusion_ray.devices.device_list)
+    sample: SampleConfig | None = None  # or devices drawn from a list
+    jitter: float | None = checked(None, check=non_negative)  # per-task speed and bandwidth sigma, every participant
     size: int | None = checked(None, check=positive)  # rescale the mix to this many participants
     memory_scale: float | None = checked(None, check=positive)  # overrides the fleet file's
     profiles_dir: str | None = None  # default: the project's device_profiles/
@@ -76,8 +89,8 @@ class FleetConfig:
     compute_nodes: dict[str, int] | None = None  # pipeline split learning: overrides the fleet file's compute nodes
     aggregator: str | None = None  # pipeline split learning: overrides the fleet file's aggregator
     # when devices are reachable (msfusion_ray.devices.availability): a draw per round, on/off windows from the
-    # profiles' on_mean_s/off_mean_s, or windows read from a CSV trace
-    availability: Literal["per_round", "windows", "trace"] = "per_round"
+    # profiles' on_mean_s/off_mean_s, windows read from a CSV trace, or the profiles' daily (diurnal) windows
+    availability: Literal["per_round", "windows", "trace", "diurnal"] = "per_round"
     availability_trace: str | None = None
 
 
@@ -196,9 +209,14 @@ def checked_structure(data: dict[str, Any], overrides: Sequence[str] = (), where
 
 def finished(config: ExperimentConfig, where: str) -> ExperimentConfig:
     """The checks across fields, after every field checked alone."""
-    if config.fleet.file is None and config.fleet.devices is None:
-        raise UserInputError(f"{where}.fleet" if where else "fleet", "give either 'file' or 'devices'")
+    given = [key for key in FLEET_SOURCES if getattr(config.fleet, key) is not None]
+    if not given or (len(given) > 1 and {"device_list", "sample"} & set(given)):
+        raise UserInputError(f"{where}.fleet" if where else "fleet",
+                             f"give one of {', '.join(FLEET_SOURCES)} (got {', '.join(given) or 'none'})")
     return config
+
+
+FLEET_SOURCES = ("file", "devices", "device_list", "sample")
 
 
 def read_config_file(path: str | Path, overrides: Sequence[str], check: Callable[..., ExperimentConfig]

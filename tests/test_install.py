@@ -22,6 +22,8 @@ pytestmark = pytest.mark.install
 
 
 def _run(argv, cwd, timeout=600, env=None):
+    """`argv` in `cwd`; the installed package is found by the environment itself, never on a PYTHONPATH."""
+    env = {k: v for k, v in (os.environ if env is None else env).items() if k != "PYTHONPATH"}
     done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     assert done.returncode == 0, f"{' '.join(map(str, argv))}:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
     return done.stdout

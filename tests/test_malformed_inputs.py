@@ -171,6 +171,29 @@ CASES = [
          "10000000 participants need at least"),
     Case("sweep status.json malformed", lambda t: ["sweep", "--resume", str(_sweep_dir_with_status(t))],
          "status.json:1: malformed JSON"),
+    Case("distribution with a negative median", lambda t: ["run", _config_file(t, **{"fleet.profiles_dir": str(
+        _profiles(t, "raspberry-pi-4", _pi_profile("3000").replace(
+            "train_gflops: 5", "train_gflops: {lognormal: {median: -5, sigma: 0.3}}")))})],
+         "raspberry-pi-4.yaml.train_gflops.lognormal.median: must be > 0"),
+    Case("distribution with a negative sigma", lambda t: ["run", _config_file(t, **{"fleet.profiles_dir": str(
+        _profiles(t, "raspberry-pi-4", _pi_profile("3000").replace(
+            "uplink_mbps: 20", "uplink_mbps: {lognormal: {median: 20, sigma: -1}}")))})],
+         "raspberry-pi-4.yaml.uplink_mbps.lognormal.sigma: must be >= 0"),
+    Case("unknown distribution", lambda t: ["run", _config_file(t, **{"fleet.profiles_dir": str(
+        _profiles(t, "raspberry-pi-4", _pi_profile("3000").replace(
+            "train_gflops: 5", "train_gflops: {pareto: {alpha: 2}}")))})],
+         "raspberry-pi-4.yaml.train_gflops.pareto: unknown distribution"),
+    Case("device list without a column", lambda t: ["run", _config_file(t, **{"fleet.devices": None,
+        "fleet.device_list": str(_write(t / "devices.csv", "name,memory_mib,train_gflops,uplink_mbps,downlink_mbps\n"
+                                                           "a,500,5,10,50\n"))})],
+         "devices.csv: a device list needs the column(s) latency_ms"),
+    Case("device list with a value that is not a number", lambda t: ["run", _config_file(t, **{"fleet.devices": None,
+        "fleet.device_list": str(_write(t / "devices.csv", "name,memory_mib,train_gflops,uplink_mbps,downlink_mbps,"
+                                                           "latency_ms\na,500,5,10,50,40\nb,500,five,10,50,40\n"))})],
+         "devices.csv:3.train_gflops: must be a number (got 'five')"),
+    Case("sample larger than its list without replacement", lambda t: ["run", _config_file(t, **{
+        "fleet.devices": None, "fleet.sample": {"source": "phones", "size": 400, "replace": False}})],
+         "fleet.sample.size: 400 devices drawn without replacement from a list of 333"),
 ]
 
 
@@ -230,7 +253,8 @@ sys.exit(code)
 
 
 @pytest.mark.parametrize("content, expect", [
-    ("name: x\nrounds: .nan\nfleet:\n  devices: {raspberry-pi-4: 2}\n", "exp.yaml: rounds: must be an integer (got nan)"),
+    ("name: x\nrounds: .nan\nfleet:\n  devices: {raspberry-pi-4: 2}\n",
+     "exp.yaml: rounds: must be an integer (got nan)"),
     ("name: x\nrounds: 2\ndata: fashion_mnist\nfleet:\n  devices: {raspberry-pi-4: 2}\n",
      "exp.yaml: data: must be a mapping (got str)"),
     ("name: x\nrounds: 2\nrounds: 3\n", "exp.yaml:3: duplicate key 'rounds'"),

@@ -1,5 +1,5 @@
-"""The launcher's view of a prepared experiment (msfusion_ray.experiment.shipment): packed parts open as they were, their arrays out of band; the
-command line prepares in a process of its own and never imports torch itself."""
+"""The launcher's view of a prepared experiment (msfusion_ray.experiment.shipment): packed parts open as they were,
+their arrays out of band; the command line prepares in a process of its own and never imports torch itself."""
 
 import subprocess
 import sys

@@ -22,6 +22,7 @@ from msfusion_ray.devices.capacity import CapacityOracle, make_planner
 from msfusion_ray.devices.fleet import Fleet, FleetSpec, device_counts, load_fleet_spec, make_fleet
 from msfusion_ray.devices.gpu import check_device
 from msfusion_ray.devices.profile import DeviceProfile, default_profiles_dir, load_profiles
+from msfusion_ray.devices.sources import ListedFleetSource
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.experiment.checks import check_fits_machine, check_module, check_object_store, check_tracking
 from msfusion_ray.models import ModelFamily, build_family
@@ -75,13 +76,15 @@ class FleetSource:
 
     def build(self, config: ExperimentConfig) -> Fleet:
         return make_fleet(self.spec, self.profiles, size=config.fleet.size, memory_scale=config.fleet.memory_scale,
-                          seed=config.seed, where=self.where)
+                          seed=config.seed, where=self.where, jitter=config.fleet.jitter)
 
 
-def fleet_source(config: ExperimentConfig) -> FleetSource:
+def fleet_source(config: ExperimentConfig) -> FleetSource | ListedFleetSource:
     fleet_config = config.fleet
     profiles_dir = find(fleet_config.profiles_dir) if fleet_config.profiles_dir else default_profiles_dir()
     profiles = load_profiles(profiles_dir)
+    if fleet_config.sample is not None or fleet_config.device_list is not None:
+        return ListedFleetSource(fleet_config, profiles)
     if fleet_config.file is not None:
         spec, where = load_fleet_spec(find(fleet_config.file)), str(fleet_config.file)
     else:

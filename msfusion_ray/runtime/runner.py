@@ -28,11 +28,13 @@ import ray
 import torch
 from ray.exceptions import OutOfMemoryError, RayActorError
 
+from msfusion_ray.devices.energy import stamp_energy
+from msfusion_ray.devices.spread import fleet_table
 from msfusion_ray.devices.timeline import VirtualTimeline
 from msfusion_ray.experiment.prepare import Experiment
 from msfusion_ray.experiment.shipment import Shipment
 from msfusion_ray.models.weights import Weights, to_weights
-from msfusion_ray.records import RecordWriter, RoundRow, host_rows, read_round_rows
+from msfusion_ray.records import RecordWriter, RoundRow, history_entry, host_rows, read_round_rows
 from msfusion_ray.runtime.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from msfusion_ray.runtime.engines import EngineContext, Step, make_engine
 from msfusion_ray.runtime.engines.dispatch import RayHosts
@@ -178,6 +180,7 @@ class Records(RunCallback):
 
     def after_step(self, runner: "Runner", report: StepReport) -> bool:
         step = report.step
+        stamp_energy(step.rows, runner.experiment.fleet.device_for)
         values = {column: report.evaluation.get(column.split("_")[0], {}).get(column.split("_")[1], math.nan)
                   for column in METRIC_COLUMNS}
         others = {f"{split}_{key}": value for split, figures in report.evaluation.items()
@@ -188,9 +191,7 @@ class Records(RunCallback):
                                               device_utilisation=step.utilisation,
                                               strategy_metrics=step.metrics, eval_metrics=others, **values)
         self.writer.write_round(step.rows, report.round_row)
-        entry = {"round": step.index, "vt": step.vt_end, "accuracy": report.round_row.test_accuracy,
-                 "loss": report.round_row.test_loss, "perplexity": report.round_row.test_perplexity,
-                 "val_perplexity": report.round_row.val_perplexity}
+        entry = history_entry(report.round_row)
         if self.history and self.history[-1]["round"] == step.index:
             self.history[-1] = entry
         else:
@@ -272,6 +273,7 @@ class Runner:
                                      experiment.availability, infos)
         self.engine = make_engine(experiment.strategy.engine, self.context, initial_weights(experiment))
         self.records = Records(self.run_dir, run_id, experiment.strategy.name)
+        self.records.writer.write_fleet(fleet_table(experiment.fleet))
         self.callbacks: list[RunCallback] = [Evaluation(experiment, self.hosts), self.records, Checkpointing(),
                                              Progress()]
         if self.hosts.descriptions:
@@ -376,6 +378,7 @@ class Runner:
             "virtual_time_s": history[-1]["vt"] if history else 0.0,
             "final_accuracy": finite[-1] if finite else None, "best_accuracy": max(finite) if finite else None,
             "participants": len(self.experiment.fleet), "hosts": len(self.hosts.actors),
+            "energy_j": sum(h.get("energy_j", math.nan) for h in history),
             "wall_s": time.time() - self.started, "history": history,
             "timing": {**self.timing, "steps": list(self.timing["steps"])},
         }
@@ -386,10 +389,8 @@ def recorded_history(run_dir: Path) -> list[dict[str, float]]:
     it: read back from the round records, which hold the same figures."""
     if not (run_dir / "records" / "rounds").is_dir():
         return []
-    rows = read_round_rows(run_dir)
-    return [{"round": int(row.round), "vt": float(row.vt_end), "accuracy": float(row.test_accuracy),
-             "loss": float(row.test_loss), "perplexity": float(row.test_perplexity),
-             "val_perplexity": float(row.val_perplexity)} for row in rows.itertuples()]
+    return [history_entry(row) for row in read_round_rows(run_dir).itertuples()]
+
 
 
 def _last_tasks(consumed: dict[int, int], experiment: Experiment) -> dict[int, int]:

@@ -82,6 +82,7 @@ from msfusion_ray.app.launching import run_prepared
 from msfusion_ray.experiment.config_check import config_from_dict
 from msfusion_ray.experiment.prepare import prepare
 from msfusion_ray.records import read_host_rows, read_participant_rows
+from msfusion_ray.experiment.shipment import Shipment
 from msfusion_ray.runtime.cluster import start_local_ray
 from msfusion_ray.runtime.host_pool import HostPool
 
@@ -91,7 +92,7 @@ out = {"cluster_gpus": ray.cluster_resources().get("GPU")}
 prepared = prepare(config_from_dict(base))
 finished = run_prepared(prepared, show_progress=False)
 run_dir = finished.run_dir
-out[\"summary\"] = finished.summary["final_accuracy"]
+out["summary"] = finished.summary["final_accuracy"]
 out["hosts"] = read_host_rows(run_dir).to_dict("records")
 out["statuses"] = read_participant_rows(run_dir)["status"].tolist()
 

@@ -10,10 +10,11 @@ everything needed to continue exactly (docs/engines.md).
 
 from __future__ import annotations
 
+import math
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 import numpy as np
 
@@ -140,6 +141,17 @@ def drop_at(row: ParticipantRoundRow, end_s: float) -> None:
     row.device_compute_s, row.device_upload_s = compute, upload
     row.device_comm_s, row.device_time_s = download + upload, spent
     row.bytes_up = int(row.bytes_up * upload / row.device_upload_s) if upload > 0 else 0
+
+
+def hold_until(rows: list[ParticipantRoundRow], release_s: float,
+               held: Callable[[ParticipantRoundRow], bool] | None = None) -> None:
+    """Devices that worked in a step and then waited for it to end (a round's barrier, the buffer's aggregation at
+    `release_s`): their idle seconds. `held(row)` picks them (default: every task that was not lost to the device
+    going off)."""
+    for row in rows:
+        waits = held(row) if held is not None else row.task >= 0 and row.status not in ("unavailable", "dropped")
+        if waits and not math.isnan(row.vt_end):
+            row.device_wait_s = max(0.0, release_s - row.vt_end)
 
 
 def wall_clock() -> float:

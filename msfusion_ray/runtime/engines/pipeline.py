@@ -147,7 +147,7 @@ class PipelineEngine(SyncEngine):
         logs = {pid: trained["pipeline_batches"] for pid, (row, _, trained) in results.items()
                 if row.status == "ok"}
         parts = {pid: self.planner.owner_part_bytes() for pid in logs}
-        return MeasuredTimes([p.device for p in fleet.participants], [n.device for n in plan.nodes],
+        return MeasuredTimes([fleet.device_of(p.id) for p in fleet.participants], [n.device for n in plan.nodes],
                              self.planner.aggregator.device, logs, [r["log"] for r in reports], parts)
 
     def _owner_rows(self, results: dict, measured: MeasuredTimes, schedule: EpochSchedule) -> list:

@@ -34,13 +34,14 @@ from typing import Any, Iterator
 import numpy as np
 
 from msfusion_ray.costs.flops import TrainingStepFlops
-from msfusion_ray.devices.clock import device_time, refusal_device_s
+from msfusion_ray.devices.clock import device_time, refusal_device_s, task_speed
 from msfusion_ray.models.weights import Weights
 from msfusion_ray.procedures.base import PlannedTask, make_procedure, refused_phase, selection_bytes
 from msfusion_ray.procedures.orders import ObjectiveSpec, ProcedureSpec, WorkOrder
 from msfusion_ray.records import ParticipantRoundRow
 from msfusion_ray.runtime.checkpoint import join_arrays, split_arrays
-from msfusion_ray.runtime.engines.base import Engine, EngineContext, Step, drop_at, lost_row, register_engine, wall_clock
+from msfusion_ray.runtime.engines.base import (Engine, EngineContext, Step, drop_at, hold_until, lost_row,
+                                               register_engine, wall_clock)
 from msfusion_ray.runtime.engines.dispatch import Dispatcher, PayloadStore, Result, take_result, unanswering_hosts
 from msfusion_ray.runtime.participant import PlannerCache
 from msfusion_ray.strategies.base import Update
@@ -241,6 +242,8 @@ class SemiAsyncEngine(Engine):
         self.version += 1
         self.history.models[self.version] = self.weights
         rows = sorted(self.rows, key=lambda r: (r.vt_end, r.participant))
+        barrier = self.schedule.buffer_size is None  # rounds: everyone waits for the aggregation
+        hold_until(rows, self.now, None if barrier else lambda r: r.status in ("oom", "error", "timeout"))
         step = Step(self.version, rows, self.weights, dict(metrics), self.last_aggregation, self.now,
                     time.perf_counter() - self._step_wall, utilisation=self._utilisation(rows))
         self.rows, self.buffered, self.parked = [], 0, set()
@@ -302,20 +305,22 @@ class SemiAsyncEngine(Engine):
     def _predict(self, order: WorkOrder) -> float | None:
         """Device time known before the task runs: a refusal's round trip where the participant's memory guard
         will refuse it, else counted FLOPs of its shapes and bytes of its payload."""
-        participant = self.context.experiment.fleet.participants[order.participant]
-        if participant.device.native:
+        fleet = self.context.experiment.fleet
+        participant, device = fleet.participants[order.participant], fleet.device_of(order.participant)
+        if device.native:
             return None
         procedure = make_procedure(order.procedure)
         planned = PlannedTask(order, self.context.experiment.family, self.context.config.training,
                               self._planners.planner)
         if refused_phase(procedure.memory_phases(planned), participant.memory_cap_bytes) is not None:
-            return refusal_device_s(participant.device)
+            return refusal_device_s(device)
         sizes = batch_sizes(self.context.infos[order.participant].samples, self.context.config.training)
         flops = procedure.predict_flops(self.context.experiment.family, order, sizes, self._step_flops)
         if flops is None:
             return None
         payload = self._payloads.nbytes(order, self.history[order.base_version])
-        spent = device_time(participant.device, flops, payload + selection_bytes(order.selection), payload)
+        speed = task_speed(device, self.context.config.seed, order.participant, order.task)
+        spent = device_time(device, flops, payload + selection_bytes(order.selection), payload, speed)
         return spent.total_s
 
     def _submit(self, orders: list[WorkOrder]) -> list[Any]:

@@ -22,8 +22,8 @@ import numpy as np
 
 from msfusion_ray.models.weights import Weights
 from msfusion_ray.records import ParticipantRoundRow
-from msfusion_ray.runtime.engines.base import (Engine, EngineContext, Step, absent_row, drop_at, lost_row,
-                                               register_engine, wall_clock)
+from msfusion_ray.runtime.engines.base import (Engine, EngineContext, Step, absent_row, drop_at, hold_until,
+                                               lost_row, register_engine, wall_clock)
 from msfusion_ray.runtime.engines.dispatch import Dispatcher, PayloadStore, Result, take_result, unanswering_hosts
 from msfusion_ray.strategies.base import Update, WorkOrder
 
@@ -84,6 +84,7 @@ class SyncEngine(Engine):
         self.weights, metrics = strategy.combine(round_idx, self.weights, accumulator)
         vt_start = self.now
         self.now = max([self.now] + [r.vt_end for r in rows if not math.isnan(r.vt_end)])
+        hold_until(rows, self.now)
         length = (self.now - vt_start) * len(context.experiment.fleet)
         utilisation = sum(r.device_time_s for r in rows) / length if length > 0 else math.nan
         return Step(round_idx, sorted(rows, key=lambda r: r.participant), self.weights, metrics, vt_start, self.now,
