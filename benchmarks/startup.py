@@ -42,6 +42,9 @@ SAMPLE_S = 0.1
 
 def kind_of(command: str) -> str:
     """What a process of the run is, from its command line (Ray retitles its workers `ray::Class.method`)."""
+    program = command.split()[0].rsplit("/", 1)[-1] if command else "?"
+    if program in ("gcs_server", "raylet"):  # before the workers: the raylet's arguments name default_worker.py
+        return f"ray {program}"
     if "app.apart import _child" in command:
         return "preparing"
     if command.startswith("ray::"):
@@ -49,9 +52,6 @@ def kind_of(command: str) -> str:
         return {"ray::IDLE": "idle worker"}.get(title, title.split(".")[0])
     if "default_worker.py" in command:
         return "idle worker"
-    program = command.split()[0].rsplit("/", 1)[-1] if command else "?"
-    if program in ("gcs_server", "raylet"):
-        return f"ray {program}"
     for daemon in DAEMONS:
         if daemon in command:
             return f"ray {daemon.rsplit('/', 1)[-1].removesuffix('.py')}"
@@ -186,8 +186,6 @@ def timed(module, name, label):
         finally:
             spent[label] = spent.get(label, 0.0) + clock() - began
     setattr(module, name, wrapper)
-from msfusion_ray.experiment.shipment import Shipment
-mark("import Ray (the child's pickler)")
 import torch
 mark("import torch")
 from msfusion_ray.app import preparation
@@ -202,6 +200,8 @@ checked = preparation.check_whole(RunRequest.from_file(sys.argv[1]))
 mark("the config checked whole")
 experiment = preparation.prepare_checked(checked)
 mark("prepare")
+from msfusion_ray.experiment.shipment import Shipment
+mark("import Ray (the child's pickler)")
 Shipment.packed(experiment)
 mark("packing for the launcher")
 phases = {name: at - before for (_, before), (name, at) in zip(marks, marks[1:])}

@@ -38,6 +38,14 @@ def test_preparing_apart_passes_notes_and_raises_the_childs_bad_input_here():
             preparing.result()
 
 
+def test_the_child_checks_and_notes_before_it_imports_ray():
+    """The launcher starts the cluster on the child's note: what the child imports before it (its own module and
+    the job's) holds no Ray, 0.6 CPU s that would come before the cluster's start."""
+    code = "import sys, msfusion_ray.app.apart, msfusion_ray.app.preparation; print('ray' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "False", done.stderr[-2000:]
+
+
 BLOCK_TORCH = """
 import sys
 class NoTorch:

@@ -8,8 +8,10 @@ Checked against: ray 2.60.0.
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 CHECKED_RAY_VERSIONS = ("2.60.0",)
 
@@ -79,3 +81,61 @@ def route_worker_lines(to: Callable[[dict[str, Any]], None]) -> Callable[[], Non
         ray_worker.print_to_stdstream = saved
 
     return restore
+
+
+_UNNEEDED_ON_ONE_MACHINE = ("start_monitor", "start_log_monitor")
+
+
+@contextmanager
+def lean_head_node(dashboard: bool) -> Iterator[None]:
+    """While open, a head node this process starts (`ray.init(address="local")`) leaves out the processes an
+    embedded cluster has no use for: the autoscaler's monitor (one machine, nothing to scale), the log monitor (it
+    only feeds the workers' output to drivers started with `log_to_driver=True`; workers' failure texts come from
+    the GCS) and, without the dashboard, the dashboard's head process (started anyway, with its usage-statistics
+    module alone, which is off here, and waited for before the raylet starts). `ray start` has flags for the first
+    two (--no-monitor, --include-log-monitor); `ray.init` has none, so the `ray._private.node.Node` methods that
+    start them do nothing while this is open (the dashboard's url stays "", as Ray sets it without a dashboard)."""
+    try:
+        from ray._private.node import Node
+    except ImportError:
+        yield
+        return
+    skipped = [name for name in _UNNEEDED_ON_ONE_MACHINE if hasattr(Node, name)]
+    if not dashboard and hasattr(Node, "start_api_server"):
+        skipped.append("start_api_server")
+    saved = {name: getattr(Node, name) for name in skipped}
+
+    def no_dashboard(node: Any, **_: Any) -> None:
+        node._webui_url = ""
+
+    try:
+        for name in skipped:
+            setattr(Node, name, no_dashboard if name == "start_api_server" else lambda node: None)
+        yield
+    finally:
+        for name in skipped:
+            setattr(Node, name, saved[name])
+
+
+@contextmanager
+def worker_setup_hook(hook: str) -> Iterator[None]:
+    """While open, the worker processes of a cluster this process starts call `hook` ('module.function') as each
+    starts, before it takes any work: the variable through which Ray hands a job's `worker_process_setup_hook` to
+    its workers (`ray._private.ray_constants.WORKER_PROCESS_SETUP_HOOK_ENV_VAR`), set in this process's
+    environment, which the raylet and so its workers inherit. The public `runtime_env` field would make Ray start
+    each worker fresh through its runtime-env agent instead of taking the ones it prestarted. Nothing where Ray no
+    longer has the name."""
+    try:
+        from ray._private.ray_constants import WORKER_PROCESS_SETUP_HOOK_ENV_VAR as name
+    except ImportError:
+        yield
+        return
+    saved = os.environ.get(name)
+    os.environ[name] = hook
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved

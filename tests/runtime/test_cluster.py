@@ -1,15 +1,29 @@
 """The embedded cluster stays on loopback even when Ray was imported before the environment was set (as the CLI
 does): Ray reads its loopback switch at import time. And it is a cluster of its own: not one that RAY_ADDRESS
-names or that another program started on this machine."""
+names or that another program started on this machine. It starts lean (no autoscaler monitor, log monitor or
+dashboard process), and its workers have imported the actors' modules before they take work."""
 
+import json
+import os
 import subprocess
 import sys
 
 SCRIPT = """
+import json, os, sys
+import psutil
 import ray  # imported first, before the offline environment exists
 from msfusion_ray.config import RuntimeConfig
 from msfusion_ray.runtime.cluster import node_addresses, ray_cluster
+
+@ray.remote(num_cpus=0)
+def loaded():
+    return [m for m in ("torch", "msfusion_ray.runtime.host", "msfusion_ray.runtime.driver") if m in sys.modules]
+
 with ray_cluster(RuntimeConfig(num_cpus=1, object_store_mib=128)):
+    scripts = sorted({os.path.basename(arg) for p in psutil.Process().children(recursive=True)  # Ray's titles
+                      for arg in p.cmdline()[:4] if arg.endswith(".py") or arg.startswith("ray::")})
+    print(json.dumps({"scripts": scripts, "worker_loaded": ray.get(loaded.remote(), timeout=120),
+                      "hook_left_set": any("SETUP_HOOK" in key for key in os.environ)}))
     print(sorted(node_addresses()))
 """
 
@@ -22,6 +36,34 @@ def test_embedded_cluster_is_its_own_and_binds_to_loopback_whatever_the_import_o
                           env=env_without_switch)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "['127.0.0.1']"
+    seen = json.loads(done.stdout.strip().splitlines()[-2])
+    assert "ray::DashboardAgent" in seen["scripts"]  # the raylet's agents, which it needs, still run
+    assert not {"monitor.py", "log_monitor.py", "dashboard.py"} & set(seen["scripts"]), seen["scripts"]
+    assert seen["worker_loaded"] == ["torch", "msfusion_ray.runtime.host", "msfusion_ray.runtime.driver"]
+    assert not seen["hook_left_set"]  # set for the cluster's start only
+
+
+def test_the_lean_head_and_the_setup_hook_leave_ray_as_they_found_it():
+    from ray._private.node import Node
+
+    from msfusion_ray.runtime.ray_private import lean_head_node, worker_setup_hook
+
+    methods = {name: getattr(Node, name) for name in ("start_monitor", "start_log_monitor", "start_api_server")}
+    with lean_head_node(dashboard=True):
+        assert Node.start_api_server is methods["start_api_server"]  # the dashboard, where asked for, starts
+        assert Node.start_monitor is not methods["start_monitor"]
+    with lean_head_node(dashboard=False), worker_setup_hook("a.hook"):
+        assert Node.start_api_server is not methods["start_api_server"]
+        assert "a.hook" in os.environ.values()
+    assert {name: getattr(Node, name) for name in methods} == methods
+    assert "a.hook" not in os.environ.values()
+
+
+def test_a_preload_that_fails_does_not_raise(monkeypatch):
+    from msfusion_ray.runtime import preload
+
+    monkeypatch.setattr(preload, "ACTOR_MODULES", ("msfusion_ray.no_such_module",))
+    preload.preload()  # a raising hook would end the worker; the actor's own import reports the failure
 
 
 def test_a_cluster_that_times_out_at_start_is_tried_again_then_reported_in_one_line(monkeypatch):
