@@ -18,8 +18,9 @@ import ray
 from msfusion_ray.config import RuntimeConfig
 from msfusion_ray.errors import ClusterStartError
 from msfusion_ray.runtime.preload import HOOK as PRELOAD_HOOK
+from msfusion_ray.runtime.preload import worker_pythonpath
 from msfusion_ray.runtime.ray_private import (fate_sharing_supported, head_node_shares_fate, keep_cluster_on_loopback,
-                                              lean_head_node, worker_setup_hook)
+                                              lean_head_node, worker_setup_hook_variable)
 
 _DEAD_PROXY = "http://127.0.0.1:9"
 OFFLINE_LOOPBACK_ENV = {
@@ -54,7 +55,7 @@ def start_local_ray(**init_args: Any) -> None:
     apply_offline_env()
     for attempt in range(1, STARTUP_ATTEMPTS + 1):
         try:
-            with lean_head_node(init_args.get("include_dashboard") is not False), worker_setup_hook(PRELOAD_HOOK):
+            with lean_head_node(init_args.get("include_dashboard") is not False), preloading_workers():
                 ray.init(address="local", log_to_driver=False, **init_args)
             break
         except Exception as err:  # noqa: BLE001  (Ray raises a bare Exception for this)
@@ -69,6 +70,26 @@ def start_local_ray(**init_args: Any) -> None:
     if node_addresses() != {"127.0.0.1"}:
         ray.shutdown()
         raise ClusterStartError(f"the embedded Ray cluster did not bind to loopback ({node_addresses()})")
+
+
+@contextmanager
+def preloading_workers() -> Iterator[None]:
+    """While open, the workers of a cluster this process starts import the actors' modules as they start
+    (msfusion_ray.runtime.preload): the raylet, and so its workers, inherit this process's environment, here with
+    Ray's setup-hook variable set and this package's directory first on PYTHONPATH."""
+    name = worker_setup_hook_variable()
+    values = {} if name is None else {name: PRELOAD_HOOK,
+                                      "PYTHONPATH": worker_pythonpath(os.environ.get("PYTHONPATH"))}
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def start_cluster(runtime: RuntimeConfig, runtime_env: dict[str, Any] | None = None) -> None:

@@ -6,6 +6,9 @@ time the actors are placed on them, rather than one after the other once they ar
 from __future__ import annotations
 
 import importlib
+import os
+import site
+from pathlib import Path
 
 ACTOR_MODULES = ("msfusion_ray.runtime.host", "msfusion_ray.runtime.driver")
 HOOK = f"{__name__}.preload"  # as Ray names it: module.function
@@ -19,3 +22,14 @@ def preload() -> None:
             importlib.import_module(name)
         except Exception:  # noqa: BLE001, S112
             continue
+
+
+def worker_pythonpath(current: str | None) -> str:
+    """PYTHONPATH for the cluster's workers: the directory this package is imported from first, unless it is a
+    site directory. The hook runs before a worker takes the driver's sys.path with its first task, so without it a
+    worker would find another copy of the package (an installed one, another checkout's) or none, and a hook
+    that cannot be imported ends the worker."""
+    root = str(Path(__file__).resolve().parents[2])
+    if root in {str(Path(p).resolve()) for p in [*site.getsitepackages(), site.getusersitepackages()]}:
+        return current or ""
+    return os.pathsep.join([root, *([current] if current else [])])

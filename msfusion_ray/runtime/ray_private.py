@@ -8,7 +8,6 @@ Checked against: ray 2.60.0.
 
 from __future__ import annotations
 
-import os
 import sys
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
@@ -117,25 +116,14 @@ def lean_head_node(dashboard: bool) -> Iterator[None]:
             setattr(Node, name, saved[name])
 
 
-@contextmanager
-def worker_setup_hook(hook: str) -> Iterator[None]:
-    """While open, the worker processes of a cluster this process starts call `hook` ('module.function') as each
-    starts, before it takes any work: the variable through which Ray hands a job's `worker_process_setup_hook` to
-    its workers (`ray._private.ray_constants.WORKER_PROCESS_SETUP_HOOK_ENV_VAR`), set in this process's
-    environment, which the raylet and so its workers inherit. The public `runtime_env` field would make Ray start
-    each worker fresh through its runtime-env agent instead of taking the ones it prestarted. Nothing where Ray no
-    longer has the name."""
+def worker_setup_hook_variable() -> str | None:
+    """The environment variable through which Ray hands a job's `worker_process_setup_hook` to its workers
+    (`ray._private.ray_constants.WORKER_PROCESS_SETUP_HOOK_ENV_VAR`: 'module.function', called by each worker as it
+    starts, before it takes any work), which a worker also reads when it inherits it from the raylet. The public
+    `runtime_env` field would make Ray start each worker fresh through its runtime-env agent instead of taking the
+    ones it prestarted. None where Ray no longer has the name."""
     try:
-        from ray._private.ray_constants import WORKER_PROCESS_SETUP_HOOK_ENV_VAR as name
+        from ray._private.ray_constants import WORKER_PROCESS_SETUP_HOOK_ENV_VAR
     except ImportError:
-        yield
-        return
-    saved = os.environ.get(name)
-    os.environ[name] = hook
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = saved
+        return None
+    return WORKER_PROCESS_SETUP_HOOK_ENV_VAR

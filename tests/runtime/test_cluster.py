@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 SCRIPT = """
 import json, os, sys
@@ -17,13 +18,15 @@ from msfusion_ray.runtime.cluster import node_addresses, ray_cluster
 
 @ray.remote(num_cpus=0)
 def loaded():
-    return [m for m in ("torch", "msfusion_ray.runtime.host", "msfusion_ray.runtime.driver") if m in sys.modules]
+    preloaded = [m for m in ("torch", "msfusion_ray.runtime.host", "msfusion_ray.runtime.driver") if m in sys.modules]
+    return preloaded, sys.modules["msfusion_ray"].__file__
 
 with ray_cluster(RuntimeConfig(num_cpus=1, object_store_mib=128)):
     scripts = sorted({os.path.basename(arg) for p in psutil.Process().children(recursive=True)  # Ray's titles
                       for arg in p.cmdline()[:4] if arg.endswith(".py") or arg.startswith("ray::")})
-    print(json.dumps({"scripts": scripts, "worker_loaded": ray.get(loaded.remote(), timeout=120),
-                      "hook_left_set": any("SETUP_HOOK" in key for key in os.environ)}))
+    preloaded, package = ray.get(loaded.remote(), timeout=120)
+    print(json.dumps({"scripts": scripts, "worker_loaded": preloaded, "same_package": package == __import__(
+        "msfusion_ray").__file__, "hook_left_set": any("SETUP_HOOK" in key for key in os.environ)}))
     print(sorted(node_addresses()))
 """
 
@@ -32,31 +35,37 @@ def test_embedded_cluster_is_its_own_and_binds_to_loopback_whatever_the_import_o
     env_without_switch = {k: v for k, v in __import__("os").environ.items()
                           if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
     env_without_switch["RAY_ADDRESS"] = "127.0.0.1:9"  # nothing listens there: joining it would fail
+    env_without_switch.pop("PYTHONPATH", None)  # the package found from the current directory, as `python -m` does
     done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=180,
-                          env=env_without_switch)
+                          env=env_without_switch, cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "['127.0.0.1']"
     seen = json.loads(done.stdout.strip().splitlines()[-2])
     assert "ray::DashboardAgent" in seen["scripts"]  # the raylet's agents, which it needs, still run
     assert not {"monitor.py", "log_monitor.py", "dashboard.py"} & set(seen["scripts"]), seen["scripts"]
     assert seen["worker_loaded"] == ["torch", "msfusion_ray.runtime.host", "msfusion_ray.runtime.driver"]
+    assert seen["same_package"]  # the hook ran before the driver's sys.path reached the worker: the same copy
     assert not seen["hook_left_set"]  # set for the cluster's start only
 
 
 def test_the_lean_head_and_the_setup_hook_leave_ray_as_they_found_it():
     from ray._private.node import Node
 
-    from msfusion_ray.runtime.ray_private import lean_head_node, worker_setup_hook
+    from msfusion_ray.runtime.cluster import preloading_workers
+    from msfusion_ray.runtime.preload import HOOK
+    from msfusion_ray.runtime.ray_private import lean_head_node
 
     methods = {name: getattr(Node, name) for name in ("start_monitor", "start_log_monitor", "start_api_server")}
     with lean_head_node(dashboard=True):
         assert Node.start_api_server is methods["start_api_server"]  # the dashboard, where asked for, starts
         assert Node.start_monitor is not methods["start_monitor"]
-    with lean_head_node(dashboard=False), worker_setup_hook("a.hook"):
+    environment = dict(os.environ)
+    with lean_head_node(dashboard=False), preloading_workers():
         assert Node.start_api_server is not methods["start_api_server"]
-        assert "a.hook" in os.environ.values()
+        assert HOOK in os.environ.values()
+        assert os.environ["PYTHONPATH"].split(os.pathsep)[0] == str(Path(__file__).resolve().parents[2])
     assert {name: getattr(Node, name) for name in methods} == methods
-    assert "a.hook" not in os.environ.values()
+    assert dict(os.environ) == environment
 
 
 def test_a_preload_that_fails_does_not_raise(monkeypatch):
