@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from msfusion_ray.config import ExperimentConfig, RuntimeConfig, load_config, runtime_ahead
-from msfusion_ray.errors import ClusterStartError, UserInputError
+from msfusion_ray.errors import ClusterStartError, UserInputError, WriteFailed
 from msfusion_ray.failures import RUN_LOG
 from msfusion_ray.inputs import load_yaml
 from msfusion_ray.launch import RunFailed, execute, interruption, open_run, open_run_dir
@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None, exiting: bool = False) -> int:
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except ClusterStartError as err:
+    except (ClusterStartError, WriteFailed) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as err:
@@ -250,7 +250,7 @@ def prepare_beside_cluster(path: Path | None, resume: str | None, overrides: lis
     from msfusion_ray.code_refs import job_runtime_env
     from msfusion_ray.launch import code_named
     from msfusion_ray.launchable import PreparingApart
-    from msfusion_ray.runtime.cluster import ends_with_this_process, fate_sharing_supported, start_cluster
+    from msfusion_ray.runtime.cluster import ends_with_this_process, fate_sharing_supported, join_cluster, start_cluster
 
     started: tuple[RuntimeConfig, list] | None = None  # what the running cluster was started for
     failed: ClusterStartError | None = None
@@ -280,6 +280,8 @@ def prepare_beside_cluster(path: Path | None, resume: str | None, overrides: lis
         raise failed
     if ray.is_initialized() and not ends_with_this_process():  # not what the check promised: leave nothing
         ray.shutdown()
+    if config.runtime.address:  # joined before anything is written: no cluster there, or none for a device class
+        join_cluster(config.runtime, job_runtime_env(code_named(config)), prepared.fleet.class_names())
     return prepared, resumed
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from msfusion_ray.code_refs import job_runtime_env
 from msfusion_ray.config import ExperimentConfig, config_from_dict
-from msfusion_ray.errors import UserInputError
+from msfusion_ray.errors import UserInputError, WriteFailed, writing
 from msfusion_ray.failures import describe_failure, open_run_log
 from msfusion_ray.inputs import load_yaml
 from msfusion_ray.launchable import Launchable
@@ -73,8 +73,9 @@ def check_output_dir(path: str | Path, where: str) -> None:
 def write_atomic(path: Path, text: str) -> None:
     """Replace a file's text whole (a crash leaves the old text or the new, never half of one)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    with writing(path, partial=(tmp,)):  # a full disk: `WriteFailed` naming the file, no temporary file left
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
 
 
 def write_summary_status(run_dir: Path, status: str, reason: str, base: dict[str, Any] | None = None) -> None:
@@ -194,9 +195,10 @@ def write_run_dir(prepared: Prepared | Launchable, run_dir: Path) -> None:
     """Make `run_dir` (a new directory) hold the resolved config and the data set's artifacts."""
     launchable = Launchable.of(prepared)
     run_dir.mkdir(parents=True)
-    write_atomic(run_dir / "config.yaml", launchable.config.to_yaml())
-    for name, text in launchable.artifacts.items():
-        (run_dir / name).write_text(text)
+    with writing(run_dir, partial=(run_dir,)):  # a full disk leaves no half-made run directory
+        (run_dir / "config.yaml").write_text(launchable.config.to_yaml())
+        for name, text in launchable.artifacts.items():
+            (run_dir / name).write_text(text)
 
 
 class ProgressDisplay:
@@ -324,8 +326,12 @@ class RunHandle:
             if isinstance(cause, UserInputError):
                 self.fail(f"{cause.where}: {cause.message}", err)
                 raise UserInputError(cause.where, cause.message) from None
+            if isinstance(cause, WriteFailed):  # a full disk: the run stops, its last complete checkpoint kept
+                self.fail(str(cause), err)
+                raise RunFailed(f"{cause} (its last complete checkpoint is kept: free space, then resume)") from None
             reason = describe_failure(err, "the driver actor")
-            if isinstance(err, OutOfMemoryError) or isinstance(err, RayActorError) and not err.actor_init_failed:
+            died = isinstance(err, RayActorError) and not err.actor_init_failed and not isinstance(err, RayTaskError)
+            if isinstance(err, OutOfMemoryError) or died:  # not a failure the driver raised (a host's, say)
                 self.log.error("driver died: %s\n%s", reason, err)
                 raise DriverDied(reason) from None
             self.fail(reason, err)
@@ -334,9 +340,11 @@ class RunHandle:
         return summary
 
     def fail(self, reason: str, err: BaseException | None = None) -> None:
-        """Record a failure: one line in the summary, the full text in the run's log."""
+        """Record a failure: one line in the summary (where the disk lets it be written), the full text in the
+        run's log."""
         self.log.error("run failed: %s%s", reason, f"\n{err}" if err is not None else "")
-        write_summary_status(self.run_dir, "failed", reason, self.base_summary)
+        with contextlib.suppress(WriteFailed):
+            write_summary_status(self.run_dir, "failed", reason, self.base_summary)
 
     def interrupt(self, reason: str) -> None:
         """Stop the driver, waiting until it is gone (so that it writes nothing more), and record why."""

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
+from msfusion_ray.errors import writing
+
 if TYPE_CHECKING:
     import pandas as pd  # imported where frames are made: host actors make rows, never frames
 
@@ -211,10 +213,13 @@ def host_rows(run_id: str, round_idx: int, hosts: list[dict[str, Any]],
 
 
 def _write_atomic(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """The frame written whole or not at all: a write that fails (a full disk) leaves no partial file and raises
+    `WriteFailed` naming the file."""
     tmp = path.with_suffix(".tmp")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    with writing(path, partial=(tmp,)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
 
 
 class RecordWriter:

@@ -15,6 +15,7 @@ disk are the same either way, in the same order.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -27,11 +28,11 @@ from typing import Any
 import numpy as np
 import ray
 import torch
-from ray.exceptions import OutOfMemoryError, RayActorError
+from ray.exceptions import ObjectLostError, OutOfMemoryError, RayActorError
 
 from msfusion_ray.devices.timeline import VirtualTimeline
+from msfusion_ray.errors import WriteFailed, writing
 from msfusion_ray.experiment import Prepared
-from msfusion_ray.failures import describe_failure
 from msfusion_ray.models.weights import Weights, to_weights
 from msfusion_ray.records import RecordWriter, RoundRow, host_rows
 from msfusion_ray.runtime.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -140,11 +141,11 @@ class Evaluation(RunCallback):
                                                                      started.weights, started.shares[k])
             try:
                 return ray.get(ref, timeout=timeout_s)
-            except (RayActorError, OutOfMemoryError) as err:
+            except (RayActorError, OutOfMemoryError, ObjectLostError) as err:  # lost: with its node
                 if attempt == hosts:
                     raise
                 log.warning("evaluation: %s; its share is sent to another host",
-                            describe_failure(err, f"host {(started.hosts[k] + attempt) % hosts}"))
+                            self.hosts.describe(err, (started.hosts[k] + attempt) % hosts))
         raise AssertionError("unreachable")
 
     def evaluate(self, weights: Weights) -> tuple[dict[str, dict[str, float]], float]:
@@ -251,7 +252,7 @@ class CheckpointSnapshot:
     weights: Weights
     strategy: tuple[dict[str, Any], dict[str, np.ndarray]]
     engine: tuple[dict[str, Any], dict[str, np.ndarray]]
-    tasks: dict[int, int]  # participant -> the task whose state it keeps
+    tasks: dict[int, int]  # participant -> the task whose state it keeps (those with any: the others' is empty)
     participant_states: list[tuple[int, ray.ObjectRef]]  # per host: (its generation, its answer)
 
 
@@ -268,9 +269,8 @@ class Runner:
         self.hosts.saved_states = self._saved_participant_states  # what a replaced host's participants restore
         self.hosts.wait_ready()
         self.timing: dict[str, Any] = {"runner_started": self.started, "hosts_ready": time.time(), "steps": []}
-        infos = {info.id: info for info in prepared.participant_infos()}
-        self.context = EngineContext(prepared, RayHosts(self.hosts), run_id, VirtualTimeline(), prepared.availability,
-                                     infos)
+        self.context = EngineContext(prepared, RayHosts(self.hosts), run_id, VirtualTimeline(len(prepared.fleet)),
+                                     prepared.availability, prepared.participant_infos())
         self.engine = make_engine(prepared.strategy.engine, self.context, initial_weights(prepared))
         self.records = Records(self.run_dir, run_id, prepared.strategy.name)
         self.callbacks: list[RunCallback] = [Evaluation(prepared, self.hosts), self.records, Checkpointing(),
@@ -301,9 +301,9 @@ class Runner:
             history = json.loads(summary.read_text()).get("history", [])[: checkpoint.round]
             self.records.history = [_none_to_nan(entry) for entry in history]
 
-    def _saved_participant_states(self) -> dict[int, dict]:
+    def _saved_participant_states(self) -> dict[int, dict] | None:
         checkpoint = load_checkpoint(self.run_dir)
-        return checkpoint.participants if checkpoint is not None else {}
+        return checkpoint.participants if checkpoint is not None else None
 
     def run(self) -> dict[str, Any]:
         self.timing["run_started"] = time.time()
@@ -332,7 +332,8 @@ class Runner:
         except BaseException as err:
             if waiting is not None and isinstance(err, Exception):
                 self._finish_quietly(waiting)  # the step before the failure keeps its records and checkpoint
-            self.write_summary("failed")
+            with contextlib.suppress(WriteFailed):  # a full disk: the failure to report is the one that stopped it
+                self.write_summary("failed")
             raise
         finally:
             self.hosts.shutdown()
@@ -356,7 +357,7 @@ class Runner:
 
     def snapshot(self, step: Step) -> CheckpointSnapshot:
         """The checkpoint of `step`, taken at its boundary (copies: the engine and the strategy go on)."""
-        tasks = _last_tasks(self.engine.consumed, self.prepared)
+        tasks = self.engine.consumed_tasks()
         return CheckpointSnapshot(step.index, step.weights, copy.deepcopy(self.prepared.strategy.state_dict()),
                                   copy.deepcopy(self.engine.state_dict()), tasks, self.hosts.request_states(tasks))
 
@@ -386,13 +387,9 @@ class Runner:
     def write_summary(self, status: str) -> None:
         path = self.run_dir / "summary.json"
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(_nan_to_none(self.summary(status)), indent=2, allow_nan=False))
-        tmp.replace(path)
-
-
-def _last_tasks(consumed: dict[int, int], prepared: Prepared) -> dict[int, int]:
-    """Every participant's last aggregated task (-1: none yet), whose resulting state a checkpoint keeps."""
-    return {p.id: consumed.get(p.id, -1) for p in prepared.fleet.participants}
+        with writing(path, partial=(tmp,)):
+            tmp.write_text(json.dumps(_nan_to_none(self.summary(status)), indent=2, allow_nan=False))
+            tmp.replace(path)
 
 
 def _none_to_nan(entry: dict[str, Any]) -> dict[str, Any]:

@@ -42,7 +42,7 @@ class FakeFleet:
     """Memory caps only (what the oracle reads)."""
 
     def __init__(self, caps):
-        self.participants = [type("P", (), {"id": i, "memory_cap_bytes": c}) for i, c in enumerate(caps)]
+        self.memory_caps = np.asarray(caps, dtype=np.int64)
 
 
 def _oracle(family, caps):

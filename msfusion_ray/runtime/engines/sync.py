@@ -121,7 +121,7 @@ class SyncEngine(Engine):
                 if ref not in dispatch.in_flight:
                     continue  # lost with its host, which died
                 lost = lambda task, message: lost_row(context, round_idx, task, "error", message)  # noqa: E731
-                for task, result in take_result(executor, ref, dispatch, self.state_from, lost, runtime.task_timeout_s):
+                for task, result in take_result(executor, ref, dispatch, lost, runtime.task_timeout_s):
                     payloads.done(task)
                     result[0].param_fraction = payloads.param_fraction(task)
                     arrived[position[task.task]] = task, result
