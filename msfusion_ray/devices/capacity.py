@@ -74,6 +74,10 @@ class CapacityOracle:
     def max_rate(self, participant: int) -> float | None:
         return self._rate_of_cap(int(self._caps[participant]))
 
+    def alike(self, participant: int) -> int:
+        """Its memory cap: participants with the same cap get the same answers."""
+        return int(self._caps[participant])
+
     def any_fits(self) -> bool:
         """Whether any participant can train any sub-model (each distinct memory cap searched once)."""
         return any(self._rate_of_cap(int(cap)) is not None for cap in np.unique(self._caps))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping, Protocol, Sequence
+from typing import Any, ClassVar, Hashable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -104,6 +104,10 @@ class Capacity(Protocol):
 
     def fits(self, participant: int, widths: Mapping[str, int]) -> bool:
         """Whether a model with these units per width group fits the participant."""
+
+    def alike(self, participant: int) -> Hashable:
+        """The same for participants whose answers are the same (a strategy that works out something per
+        participant from the capacity works it out once per kind)."""
 
 
 @dataclass(frozen=True)

@@ -124,7 +124,7 @@ class Engine(ABC):
 
 def absent_row(context: EngineContext, step: int, participant: int, vt: float) -> ParticipantRoundRow:
     return ParticipantRoundRow(run_id=context.run_id, round=step, participant=participant,
-                               device=context.device_of(participant), host=context.executor.host_of[participant],
+                               device=context.device_of(participant), host=int(context.executor.host_of[participant]),
                                status="unavailable", vt_start=vt, vt_end=vt)
 
 
@@ -132,7 +132,7 @@ def lost_row(context: EngineContext, step: int, order, status: str, message: str
     """A task that never came back (its host failed or stopped answering)."""
     return ParticipantRoundRow(run_id=context.run_id, round=step, participant=order.participant,
                                device=context.device_of(order.participant),
-                               host=context.executor.host_of[order.participant], status=status, rate=order.rate,
+                               host=int(context.executor.host_of[order.participant]), status=status, rate=order.rate,
                                task=order.task, base_version=order.base_version, vt_start=order.vt_start,
                                vt_end=order.vt_start, message=message[:500])
 

@@ -215,7 +215,7 @@ class Dispatcher:
     def add(self, tasks: Iterable[WorkOrder]) -> None:
         hosts = []
         for task in tasks:
-            host = self._host_of[task.participant]
+            host = int(self._host_of[task.participant])
             self._queues.setdefault(host, deque()).append(task)
             hosts.append(host)
         for host in dict.fromkeys(hosts):
@@ -243,7 +243,7 @@ class Dispatcher:
     def complete(self, handle: Any) -> WorkOrder:
         """The task behind a finished handle; once its call is all taken, the host gets its next call."""
         task = self.in_flight.pop(handle)
-        host = self._host_of[task.participant]
+        host = int(self._host_of[task.participant])
         call = self._call_of.pop(handle)
         call.pending.pop(handle, None)
         if not call.pending:
@@ -283,7 +283,7 @@ class Dispatcher:
         return tasks
 
     def host_of(self, task: WorkOrder) -> int:
-        return self._host_of[task.participant]
+        return int(self._host_of[task.participant])
 
 
 def unanswering_hosts(dispatch: Dispatcher, task_timeout_s: float, clock: str) -> dict[int, str]:
