@@ -134,7 +134,7 @@ def _validate(args: argparse.Namespace) -> int:
     print(f"{'participant':>11}  {'device':<22} {'samples':>7}  {'cap MiB':>9}  {'max rate':>8}")
     for p in prepared.fleet.participants:
         rate = prepared.strategy.largest_trainable_rate(p.id, prepared.capacity)
-        print(f"{p.id:>11}  {p.device.name:<22} {len(prepared.partitions[p.id]):>7}  "
+        print(f"{p.id:>11}  {p.device.name:<22} {prepared.partitions.size_of(p.id):>7}  "
               f"{p.memory_cap_bytes / 2**20:>9.1f}  {'none' if rate is None else f'{rate:.3f}':>8}")
     return 0
 

@@ -49,7 +49,8 @@ class Prepared:
     availability: Availability
 
     def participant_infos(self) -> "ParticipantTable":
-        return ParticipantTable(self.fleet, self.partitions, self.data)
+        """What the strategy may know of each participant (labels only where it reads them)."""
+        return ParticipantTable(self.fleet, self.partitions, self.data if self.strategy.reads_labels() else None)
 
 
 class ParticipantTable(Sequence[ParticipantInfo]):

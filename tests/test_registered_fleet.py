@@ -34,6 +34,8 @@ def test_a_million_participants_are_a_few_arrays_and_read_back_as_records():
     drawn = fleet.available(7)
     assert drawn.shape == (MILLION,) and drawn.dtype == bool
     assert np.array_equal(drawn, fleet.available(7))  # seeded by the round
+    some = np.array([999_999, 3, 500_000])
+    assert np.array_equal(fleet.available(7, among=some), drawn[some])  # the same draws, for a cohort alone
 
 
 def test_a_fleet_built_from_records_is_the_fleet_built_from_arrays():

@@ -96,12 +96,14 @@ class Fleet:
         present, first = np.unique(self.profile_of, return_index=True)
         return [self.profiles[k].name for k in present[np.argsort(first)]]
 
-    def available(self, round_idx: int) -> np.ndarray:
+    def available(self, round_idx: int, among: np.ndarray | None = None) -> np.ndarray:
         """Boolean mask of who is reachable this round: each participant independently with its device's
-        availability, seeded by (seed, round) so that resumed runs see the same fleet."""
+        availability, seeded by (seed, round) so that resumed runs see the same fleet; of the participants
+        `among` only, where given (the same draws, compared for those alone)."""
         rng = np.random.default_rng([self.seed, round_idx, 0xA5A1])
         draws = rng.random(len(self))
-        return draws < np.array([p.availability for p in self.profiles])[self.profile_of]
+        ids = np.arange(len(self)) if among is None else np.asarray(among, dtype=np.int64)
+        return draws[ids] < np.array([p.availability for p in self.profiles])[self.profile_of[ids]]
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "participants"}

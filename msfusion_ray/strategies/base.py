@@ -146,6 +146,11 @@ class Strategy(ABC):
         """The local objective participants train with (its memory counts in every footprint)."""
         return None
 
+    def reads_labels(self) -> bool:
+        """Whether it reads `ParticipantInfo.labels` (finding them reads each participant's samples: a run whose
+        strategy does not leaves them None)."""
+        return False
+
     def index_map(self, task: WorkOrder) -> IndexMap | None:
         return None if task.selection is None else index_map(self.spec, task.selection)
 

@@ -55,8 +55,8 @@ class SyncEngine(Engine):
         availability = self.context.availability
         if availability.windowed:
             return {pid: availability.is_on(pid, self.now) for pid in cohort}
-        drawn = self.context.prepared.fleet.available(round_idx)
-        return {pid: bool(drawn[pid]) for pid in cohort}
+        drawn = self.context.prepared.fleet.available(round_idx, among=cohort)
+        return {pid: bool(on) for pid, on in zip(cohort, drawn)}
 
     def round(self, round_idx: int) -> Step:
         started = time.perf_counter()
