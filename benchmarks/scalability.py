@@ -32,7 +32,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine, markdown_table, measured_run, median, ray_session, write_results  # noqa: E402
-from msfusion_ray.config import ExperimentConfig, config_from_dict  # noqa: E402
+from msfusion_ray.config import ExperimentConfig  # noqa: E402
+from msfusion_ray.experiment.config_check import config_from_dict  # noqa: E402
 from msfusion_ray.records import (ParticipantRoundRow, RecordWriter, RoundRow, read_participant_rows,  # noqa: E402
                                   read_round_rows)
 from msfusion_ray.runtime.checkpoint import WEIGHTS  # noqa: E402
@@ -91,7 +92,7 @@ def checkpoint_bytes(run_dir: Path) -> tuple[int, int]:
 
 def measure(size: int, rounds: int, hosts: int | None, scratch: Path, per_round: int | None = None) -> dict:
     """One run of `size` participants; round times from its records, memory from its actors."""
-    from msfusion_ray.experiment import prepare
+    from msfusion_ray.experiment.prepare import prepare
 
     started = time.time()
     prepared = prepare(config_for(size, rounds, hosts, str(scratch), per_round))

@@ -21,7 +21,7 @@ class UserInputError(Exception):
         self.message = message
         super().__init__(f"{where}: {message}")
 
-    def __reduce__(self):  # noqa: ANN204  (rebuilt from both parts when it crosses processes, e.g. from an actor)
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # rebuilt from both parts in another process (an actor)
         return type(self), (self.where, self.message)
 
 
@@ -48,13 +48,15 @@ def writing(path: str | Path, partial: tuple[str | Path, ...] = ()) -> Iterator[
     the failed write leaves half-written), so that a full disk leaves nothing half-written behind."""
     try:
         yield
-    except OSError as err:
+    except (OSError, WriteFailed) as err:
         for leftover in map(Path, partial):
             if leftover.is_dir():
                 shutil.rmtree(leftover, ignore_errors=True)
             elif leftover.exists():
                 with suppress(OSError):  # a read-only disk: whatever it holds stays as it was
                     leftover.unlink()
+        if isinstance(err, WriteFailed):  # a file within `path` failed: it names that one
+            raise
         raise WriteFailed(str(path), _reason(err)) from None
 
 

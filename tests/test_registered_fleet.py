@@ -13,9 +13,9 @@ from msfusion_ray.devices.fleet import Fleet, FleetSpec, Participant, make_fleet
 from msfusion_ray.devices.profile import load_profiles
 from msfusion_ray.devices.timeline import VirtualTimeline
 from msfusion_ray.errors import UserInputError
-from msfusion_ray.experiment import ParticipantTable
+from msfusion_ray.experiment.prepare import ParticipantTable
 from msfusion_ray.records import ParticipantRoundRow
-from msfusion_ray.runtime.hosts import assign_hosts
+from msfusion_ray.runtime.host_pool import assign_hosts
 from msfusion_ray.shards import SampledShards, Shards
 
 MILLION = 1_000_000

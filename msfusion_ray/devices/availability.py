@@ -9,6 +9,10 @@ Three models (`fleet.availability`):
   on / (on + off).
 - `trace`: the on-windows are read from a CSV file: columns `start_s`, `end_s` and either `participant` (an id)
   or `device` (a profile name: every participant of that class). Outside its windows a device is off.
+- `diurnal`: each device is on once a day, for its profile's `diurnal.hours` from `diurnal.start_h` (virtual time
+  0 is midnight), its start shifted once per participant by a seeded offset within +- `diurnal.spread_h`; each
+  day's window happens with the participant's `availability` (seeded per participant and day). A profile without
+  a diurnal pattern is always on.
 
 A device that goes off while it trains loses that work (`dropped`).
 """
@@ -24,6 +28,7 @@ from typing import Callable, Iterable, Protocol
 import numpy as np
 
 from msfusion_ray.devices.fleet import Fleet
+from msfusion_ray.devices.profile import DiurnalPattern
 from msfusion_ray.errors import UserInputError
 
 INF = math.inf
@@ -57,7 +62,8 @@ class AlwaysOn:
 class Windows:
     """Sorted, disjoint on-windows [start, end) of one device, extended on demand by `more` (None: no more)."""
 
-    def __init__(self, windows: Iterable[tuple[float, float]] = (), more=None):  # noqa: ANN001 (Callable | None)
+    def __init__(self, windows: Iterable[tuple[float, float]] = (),
+                 more: Callable[[], tuple[float, float] | None] | None = None):
         self.starts: list[float] = []
         self.ends: list[float] = []
         for start, end in sorted(windows):
@@ -144,10 +150,43 @@ def on_off_process(on_mean_s: float, off_mean_s: float, seed: list[int]) -> Wind
 
 def process_availability(fleet: Fleet, seed: int) -> WindowedAvailability:
     def windows(participant: int) -> Windows:
-        device = fleet.device(participant)
+        device = fleet.device_of(participant)
         if device.on_mean_s is None or device.off_mean_s is None:
             return Windows([(0.0, INF)])
         return on_off_process(device.on_mean_s, device.off_mean_s, [seed, participant, 0x0FF])
+
+    return WindowedAvailability(windows)
+
+
+DAY_S = 86_400.0
+
+
+def daily_windows(pattern: DiurnalPattern, availability: float, seed: list[int]) -> Windows:
+    """The daily on-windows of one participant (module docstring), generated day by day as the run needs them."""
+    if availability <= 0:
+        return Windows()
+    offset_h = float(np.random.default_rng([*seed, 0x0FF5E7]).uniform(-pattern.spread_h, pattern.spread_h))
+    start_s, length_s = (pattern.start_h + offset_h) * 3600.0, pattern.hours * 3600.0
+    day = -1  # yesterday's window may reach into the first day
+
+    def more() -> tuple[float, float]:
+        nonlocal day
+        while True:
+            begin = day * DAY_S + start_s
+            drawn = np.random.default_rng([*seed, day + 1]).random()  # day + 1 >= 0: seeds are non-negative
+            day += 1
+            if drawn < availability and begin + length_s > 0:
+                return max(0.0, begin), begin + length_s
+
+    return Windows(more=more)
+
+
+def diurnal_availability(fleet: Fleet, seed: int) -> WindowedAvailability:
+    def windows(participant: int) -> Windows:
+        device = fleet.device_of(participant)
+        if device.diurnal is None:
+            return Windows([(0.0, INF)])
+        return daily_windows(device.diurnal, device.availability, [seed, participant, 0xD1A])
 
     return WindowedAvailability(windows)
 
@@ -200,6 +239,8 @@ def _trace_target(row: dict, classes: dict[str, int], size: int, where: str) -> 
 def make_availability(mode: str, fleet: Fleet, seed: int, trace: str | Path | None = None) -> Availability:
     if mode == "windows":
         return process_availability(fleet, seed)
+    if mode == "diurnal":
+        return diurnal_availability(fleet, seed)
     if mode == "trace":
         if trace is None:
             raise UserInputError("fleet.availability_trace", "availability 'trace' needs a trace file")

@@ -7,9 +7,9 @@ import copy
 
 import numpy as np
 
-from msfusion_ray.config import config_from_dict
 from msfusion_ray.devices.timeline import VirtualTimeline
-from msfusion_ray.experiment import prepare
+from msfusion_ray.experiment.config_check import config_from_dict
+from msfusion_ray.experiment.prepare import prepare
 from msfusion_ray.records import ParticipantRoundRow
 from msfusion_ray.runtime.engines import EngineContext, make_engine
 from msfusion_ray.runtime.runner import initial_weights

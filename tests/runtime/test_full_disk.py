@@ -20,7 +20,7 @@ import yaml
 
 from msfusion_ray.cli import main
 from msfusion_ray.errors import WriteFailed
-from msfusion_ray.launch import ProgressDisplay
+from msfusion_ray.app.progress import ProgressDisplay
 from msfusion_ray.records import ParticipantRoundRow, RecordWriter, RoundRow
 from msfusion_ray.runtime.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 
