@@ -15,6 +15,7 @@ around each run. Hosts: the runtime's default (one per core) unless `--hosts` ca
     .venv/bin/python benchmarks/scalability.py                    # 10, 100, 1000 participants, 3 repeats
     .venv/bin/python benchmarks/scalability.py --sizes 1000 10000 --per-round 1000   # 1000 a round of 10 000
     .venv/bin/python benchmarks/scalability.py --sizes 10000 100000 1000000 --per-round 1000   # up to a million
+    .venv/bin/python benchmarks/scalability.py --sizes 10000 1000000 --per-round 1000 --fleets phones  # sampled
     .venv/bin/python benchmarks/scalability.py --sizes 10 100 --repeats 1 --rounds 2
 """
 
@@ -42,10 +43,14 @@ from msfusion_ray.runtime.checkpoint import WEIGHTS  # noqa: E402
 TRAINING_IMAGES, MIN_SAMPLES, DRAWN_SAMPLES = 60_000, 4, 6
 
 
+FLEETS = {"quickstart": lambda size: {"file": "device_profiles/fleets/quickstart.yaml", "size": size},  # 4 classes
+          "phones": lambda size: {"sample": {"source": "phones", "size": size}}}  # drawn from the shipped list
+
+
 def config_for(size: int, rounds: int, hosts: int | None, output_dir: str,
-               per_round: int | None = None) -> ExperimentConfig:
-    """`size` participants (IID shares of the 60 000 images: 6 each at 10 000; 6 drawn at random each beyond
-    15 000), `per_round` of them asked each round (None: all)."""
+               per_round: int | None = None, fleet: str = "quickstart") -> ExperimentConfig:
+    """`size` participants of `fleet` (IID shares of the 60 000 images: 6 each at 10 000; 6 drawn at random each
+    beyond 15 000), `per_round` of them asked each round (None: all)."""
     shares = ({"partition": "iid"} if size * MIN_SAMPLES <= TRAINING_IMAGES
               else {"partition": "sampled", "samples_per_participant": DRAWN_SAMPLES})
     return config_from_dict({
@@ -53,7 +58,7 @@ def config_for(size: int, rounds: int, hosts: int | None, output_dir: str,
         "data": {"dataset": "fashion_mnist", **shares, "eval_samples": 1000,
                  "min_samples_per_participant": MIN_SAMPLES},
         "model": {"name": "cnn", "width": 0.25},
-        "fleet": {"file": "device_profiles/fleets/quickstart.yaml", "size": size,
+        "fleet": {**FLEETS[fleet](size),
                   "sample_fraction": 1.0 if per_round is None else min(1.0, per_round / size)},
         "strategy": {"name": "fedavg"},
         "training": {"local_steps": 1, "batch_size": 16, "lr": 0.05},
@@ -90,12 +95,13 @@ def checkpoint_bytes(run_dir: Path) -> tuple[int, int]:
     return sum(p.stat().st_size for p in files) - weights, weights
 
 
-def measure(size: int, rounds: int, hosts: int | None, scratch: Path, per_round: int | None = None) -> dict:
+def measure(size: int, rounds: int, hosts: int | None, scratch: Path, per_round: int | None = None,
+            fleet: str = "quickstart") -> dict:
     """One run of `size` participants; round times from its records, memory from its actors."""
     from msfusion_ray.experiment.prepare import prepare
 
     started = time.time()
-    prepared = prepare(config_for(size, rounds, hosts, str(scratch), per_round))
+    prepared = prepare(config_for(size, rounds, hosts, str(scratch), per_round, fleet))
     prepare_s = time.time() - started
     run = measured_run(prepared)
     rounds_frame, participants = read_round_rows(run["run_dir"]), read_participant_rows(run["run_dir"])
@@ -103,7 +109,7 @@ def measure(size: int, rounds: int, hosts: int | None, scratch: Path, per_round:
     later = rounds_frame[rounds_frame["round"] >= 2]  # round 1 also warms up each host (first FLOP count)
     walls = (rounds_frame["wall_round_s"] + rounds_frame["wall_eval_s"]).sum()
     return {
-        "participants": size, "hosts": run["summary"]["hosts"], "rounds": run["summary"]["rounds_completed"],
+        "fleet": fleet, "participants": size, "hosts": run["summary"]["hosts"], "rounds": run["summary"]["rounds_completed"],
         "prepare_s": prepare_s, "startup_s": run["summary"]["timing"]["run_started"] - started,
         "checkpoint_mb_besides_weights": besides_weights / 1e6, "weights_mb": weights / 1e6,
         "round_wall_s": median(later["wall_round_s"].tolist()),
@@ -121,16 +127,17 @@ def measure(size: int, rounds: int, hosts: int | None, scratch: Path, per_round:
 def summarise(runs: list[dict]) -> list[dict]:
     """Medians over the repeats of each size."""
     table = []
-    for size in dict.fromkeys(r["participants"] for r in runs):
-        mine = [r for r in runs if r["participants"] == size]
-        row = {"participants": size, "hosts": mine[0]["hosts"], "repeats": len(mine)}
+    for fleet, size in dict.fromkeys((r["fleet"], r["participants"]) for r in runs):
+        mine = [r for r in runs if (r["fleet"], r["participants"]) == (fleet, size)]
+        row = {"fleet": fleet, "participants": size, "hosts": mine[0]["hosts"], "repeats": len(mine)}
         for key in ("trained_per_round", "prepare_s", "startup_s", "round_wall_s", "tasks_per_s", "first_round_wall_s",
                     "run_wall_s", "driver_peak_mb", "host_peak_mb", "hosts_total_mb", "checkpoint_mb_besides_weights",
                     "writer_rows_per_s", "rows_per_s_of_rounds"):
             row[key] = median([r[key] for r in mine])
         row["tasks_per_s (min-max)"] = f"{min(r['tasks_per_s'] for r in mine):.0f}-" \
                                         f"{max(r['tasks_per_s'] for r in mine):.0f}"
-        row["driver_peak_x_first"] = row["driver_peak_mb"] / table[0]["driver_peak_mb"] if table else 1.0
+        first = next((r for r in table if r["fleet"] == fleet), row)  # the fleet's smallest size
+        row["driver_peak_x_first"] = row["driver_peak_mb"] / first["driver_peak_mb"]
         loads = [r["load_before"] for r in mine] + [r["load_after"] for r in mine]
         row["load (min-max)"] = f"{min(loads):.1f}-{max(loads):.1f}"
         table.append(row)
@@ -144,13 +151,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--per-round", type=int, default=None, help="participants asked each round (default: all)")
     parser.add_argument("--hosts", type=int, default=None, help="runtime.max_hosts (default: the runtime's own)")
+    parser.add_argument("--fleets", nargs="+", choices=sorted(FLEETS), default=["quickstart"],
+                        help="quickstart: its four device classes rescaled; phones: drawn from the shipped list")
     args = parser.parse_args()
     runs = []
     with tempfile.TemporaryDirectory() as scratch, ray_session():
         for repeat in range(args.repeats):
-            for size in args.sizes:
-                runs.append(measure(size, args.rounds, args.hosts, Path(scratch), args.per_round))
-                print(f"repeat {repeat + 1}: {runs[-1]}", file=sys.stderr, flush=True)
+            for fleet in args.fleets:
+                for size in args.sizes:
+                    runs.append(measure(size, args.rounds, args.hosts, Path(scratch), args.per_round, fleet))
+                    print(f"repeat {repeat + 1}: {runs[-1]}", file=sys.stderr, flush=True)
     table = summarise(runs)
     path = write_results("scalability", {"command": " ".join(sys.argv), "machine": machine(), "args": vars(args),
                                          "runs": runs, "medians": table})

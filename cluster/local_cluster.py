@@ -174,6 +174,20 @@ class LocalCluster:
         if self.temp_dir and not keep_logs:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
 
+    def leftovers(self) -> list[psutil.Process]:
+        """Processes of this cluster still alive: in a node's session, or naming its temporary directory (Ray's
+        session directory lives there) on their command line. Empty once `stop` has ended them all."""
+        starters = {node.pid for node in self.nodes if node.pid}
+        found = []
+        for process in psutil.process_iter():
+            try:
+                if os.getsid(process.pid) in starters or (self.temp_dir and any(self.temp_dir in part
+                                                                                  for part in process.cmdline())):
+                    found.append(process)
+            except (OSError, psutil.Error):
+                continue
+        return found
+
     def save(self, path: Path) -> None:
         path.write_text(json.dumps({"nodes": [asdict(n) for n in self.nodes], "address": self.address,
                                     "temp_dir": self.temp_dir}, indent=1))

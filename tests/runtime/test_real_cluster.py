@@ -35,11 +35,25 @@ def _profile(name: str) -> str:
 
 @pytest.fixture(scope="module")
 def cluster():
-    """Worker nodes offering slow-a, slow-a and slow-b, slow-b: every class on two nodes."""
+    """Worker nodes offering slow-a, slow-a and slow-b, slow-b: every class on two nodes. Stopped by the process
+    ids it started, and checked: none of its processes is left."""
     local = LocalCluster.plan([["slow-a"], ["slow-a", "slow-b"], ["slow-b"]], cpus=2)
     local.start(object_store_mib=150)
     yield local
     local.stop()
+    assert not local.leftovers()
+
+
+@pytest.fixture
+def runs():
+    """The runs a test starts (`python -m msfusion_ray run ... --address`), each killed by its pid at the end if
+    it is still going (a failed test)."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for run in started:
+        if run.poll() is None:
+            run.kill()
+            run.communicate(timeout=60)
 
 
 def _config(tmp_path: Path, small_config_dict: dict, devices: dict[str, int], **runtime) -> Path:
@@ -56,11 +70,11 @@ def _config(tmp_path: Path, small_config_dict: dict, devices: dict[str, int], **
     return path
 
 
-def _run(config: Path, address: str, **popen) -> subprocess.Popen:
+def _run(runs: list[subprocess.Popen], config: Path, address: str) -> subprocess.Popen:
     env = {**os.environ, "RAY_AUTH_MODE": "token", "PYTHONPATH": str(PROJECT)}  # the nodes' token authentication
-    return subprocess.Popen([sys.executable, "-m", "msfusion_ray", "run", str(config), "--address", address,
-                             "--no-plots"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            **popen)
+    runs.append(subprocess.Popen([sys.executable, "-m", "msfusion_ray", "run", str(config), "--address", address,
+                                  "--no-plots"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return runs[-1]
 
 
 def _lose_a_host_node_after_round_one(cluster: LocalCluster, runs: Path, run: subprocess.Popen):
@@ -75,10 +89,10 @@ def _lose_a_host_node_after_round_one(cluster: LocalCluster, runs: Path, run: su
     return node
 
 
-def test_a_node_lost_mid_run_costs_its_tasks_and_its_participants_go_on_elsewhere(cluster, tmp_path,
+def test_a_node_lost_mid_run_costs_its_tasks_and_its_participants_go_on_elsewhere(cluster, runs, tmp_path,
                                                                                  small_config_dict):
     config = _config(tmp_path, small_config_dict, {"slow-a": 2, "slow-b": 2}, node_wait_s=30)
-    run = _run(config, cluster.address)
+    run = _run(runs, config, cluster.address)
     lost = _lose_a_host_node_after_round_one(cluster, tmp_path / "runs", run)
     out, err = run.communicate(timeout=300)
     assert run.returncode == 0, err
@@ -97,10 +111,11 @@ def test_a_node_lost_mid_run_costs_its_tasks_and_its_participants_go_on_elsewher
     assert read_round_rows(run_dir)["round"].tolist() == [1, 2, 3, 4]
 
 
-def test_a_class_left_without_a_node_waits_then_ends_the_run_naming_it(cluster, tmp_path, small_config_dict):
+def test_a_class_left_without_a_node_waits_then_ends_the_run_naming_it(cluster, runs, tmp_path,
+                                                                        small_config_dict):
     """After the first test one node of slow-a is left: losing it leaves the class without any."""
     config = _config(tmp_path, small_config_dict, {"slow-a": 2}, node_wait_s=5)
-    run = _run(config, cluster.address)
+    run = _run(runs, config, cluster.address)
     _lose_a_host_node_after_round_one(cluster, tmp_path / "runs", run)
     _, err = run.communicate(timeout=300)
     assert run.returncode == 1, err
@@ -109,9 +124,9 @@ def test_a_class_left_without_a_node_waits_then_ends_the_run_naming_it(cluster, 
     assert "waited runtime.node_wait_s=5 s" in lines[0] and lines[1].startswith("continue with: ")
 
 
-def test_a_class_no_node_offers_at_the_start_is_bad_input(cluster, tmp_path, small_config_dict):
+def test_a_class_no_node_offers_at_the_start_is_bad_input(cluster, runs, tmp_path, small_config_dict):
     config = _config(tmp_path, small_config_dict, {"slow-b": 1, "slow-c": 2}, node_wait_s=2)
-    run = _run(config, cluster.address)
+    run = _run(runs, config, cluster.address)
     _, err = run.communicate(timeout=300)
     assert run.returncode == 2, err
     assert err.count("\n") == 1 and err.startswith("error: runtime.device_resources: no node of the cluster at ")
