@@ -6,15 +6,18 @@ from __future__ import annotations
 import pickle
 
 import numpy as np
+import pandas as pd
 
 from msfusion_ray.config import DataConfig
 from msfusion_ray.data import check_enough_samples
 from msfusion_ray.devices.fleet import Fleet, FleetSpec, Participant, make_fleet
 from msfusion_ray.devices.profile import load_profiles
+from msfusion_ray.devices.sources import sampled_fleet
+from msfusion_ray.devices.spread import fleet_parts, fleet_table
 from msfusion_ray.devices.timeline import VirtualTimeline
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.experiment.prepare import ParticipantTable
-from msfusion_ray.records import ParticipantRoundRow
+from msfusion_ray.records import ParticipantRoundRow, RecordWriter, read_fleet
 from msfusion_ray.runtime.host_pool import assign_hosts
 from msfusion_ray.shards import SampledShards, Shards
 
@@ -99,3 +102,14 @@ def test_the_engines_timeline_keeps_only_who_worked_in_a_checkpoint():
     again = VirtualTimeline(MILLION)
     again.load_arrays(saved)
     assert again.busy_s[999_999] == 3.5 and again.busy_s.sum() == 3.5
+
+
+def test_a_sampled_fleet_of_a_million_is_arrays_and_its_table_is_written_a_part_at_a_time(tmp_path):
+    fleet = sampled_fleet("phones", MILLION, seed=3, run_seed=0)
+    assert len(fleet) == MILLION and len(fleet.profiles) == 1 and fleet.values.name_of.shape == (MILLION,)
+    assert fleet.device_of(MILLION - 1).train_gflops == fleet.values.fields["train_gflops"][MILLION - 1]
+    assert fleet.label(MILLION - 1) == fleet.values.names[fleet.values.name_of[MILLION - 1]]
+    small = sampled_fleet("phones", 10, seed=3, run_seed=0)
+    RecordWriter(tmp_path).write_fleet(fleet_parts(small, rows_per_part=3))  # four row groups
+    pd.testing.assert_frame_equal(read_fleet(tmp_path), pd.DataFrame(fleet_table(small)))
+    assert read_fleet(tmp_path)["name"].tolist() == [small.label(i) for i in range(10)]

@@ -29,7 +29,7 @@ import torch
 from ray.exceptions import ObjectLostError, OutOfMemoryError, RayActorError
 
 from msfusion_ray.devices.energy import stamp_energy
-from msfusion_ray.devices.spread import fleet_table
+from msfusion_ray.devices.spread import fleet_parts
 from msfusion_ray.devices.timeline import VirtualTimeline
 from msfusion_ray.experiment.prepare import Experiment
 from msfusion_ray.experiment.shipment import Shipment
@@ -271,7 +271,7 @@ class Runner:
                                      experiment.availability, experiment.participant_infos())
         self.engine = make_engine(experiment.strategy.engine, self.context, initial_weights(experiment))
         self.records = Records(self.run_dir, run_id, experiment.strategy.name)
-        self.records.writer.write_fleet(fleet_table(experiment.fleet))
+        self.records.writer.write_fleet(fleet_parts(experiment.fleet))
         self.callbacks: list[RunCallback] = [Evaluation(experiment, self.hosts), self.records, Checkpointing(),
                                              Progress()]
         if self.hosts.descriptions:
