@@ -5,7 +5,8 @@ round 2 trains: completely (the round's records cannot be written), or all but 5
 checkpoint, 1.7 MB of weights, does not).
 
 Rounds are paced to wall time (`clock: real`, 3 s of latency a task) so that the disk fills while round 2 trains,
-never before round 1 is written: three runs of three rounds and two resumes, about a minute in all."""
+never before round 1 is written: three runs of three rounds and two resumes, 215 s in all on the project's
+2-core machine under load about 30 (2026-12-07)."""
 
 from __future__ import annotations
 
