@@ -1,4 +1,4 @@
-"""Command line: run, sweep, tune, validate, split, profiles, plot, report, schema.
+"""Command line: run, sweep, tune, validate, split, profiles, calibrate, plot, report, schema.
 
 Bad input of any kind ends with one line on stderr naming the field or file, and exit code 2, before anything is
 started or written.
@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from msfusion_ray import calibrate
 from msfusion_ray.config import ExperimentConfig, RuntimeConfig, load_config, runtime_ahead
 from msfusion_ray.errors import ClusterStartError, UserInputError
 from msfusion_ray.failures import RUN_LOG
@@ -70,6 +71,8 @@ def _parser() -> argparse.ArgumentParser:
 
     profiles = commands.add_parser("profiles", help="list the device profiles and fleets")
     profiles.add_argument("--dir", help="profile directory (default: the bundled device_profiles/)")
+
+    calibrate.add_arguments(commands.add_parser("calibrate", help="measure this node and write its device profile"))
 
     plot = commands.add_parser("plot", help="plot one or more finished runs")
     plot.add_argument("run_dirs", nargs="+")
@@ -383,4 +386,5 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": _run, "sweep": _sweep, "tune": _tune, "validate": _validate, "split": _split,
-            "profiles": _profiles, "plot": _plot, "report": _report, "schema": _schema}
+            "profiles": _profiles, "plot": _plot, "report": _report, "schema": _schema,
+            "calibrate": calibrate.command}

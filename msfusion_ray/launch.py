@@ -280,6 +280,8 @@ class RunHandle:
         # The host actors and the driver actor start side by side (each imports torch and fetches the data); the
         # driver waits for the hosts only when its runner needs them.
         self.hosts = HostPool(prepared, data_ref, run_id)
+        if self.hosts.enforced is not None:  # which hosts ran at once, under what quotas and limits
+            write_atomic(self.run_dir / "enforcement.json", json.dumps(self.hosts.enforced.describe(), indent=2))
         self.driver = start_driver(prepared.rest, data_ref, self.hosts, run_dir, run_id, resume)
         self.finished = self.driver.run.remote()
         self._pid = self.driver.pid.remote()

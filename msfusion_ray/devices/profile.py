@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from msfusion_ray.devices.time_model import ComputeTiming
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.inputs import load_yaml
 from msfusion_ray.paths import default_profiles_dir as bundled_profiles_dir
@@ -41,6 +42,7 @@ class DeviceProfile:
     off_mean_s: float | None = checked(None, check=positive)  # (fleet.availability: windows)
     native: bool = False  # on a real cluster: the node is the device (no memory refusal, measured compute time)
     hourly_cost_usd: float | None = checked(None, check=positive)  # renting one (compute nodes), where known
+    timing: ComputeTiming | None = None  # per kind of operation, as `calibrate` measured (devices/time_model.py)
 
     @property
     def memory_bytes(self) -> int:

@@ -16,6 +16,7 @@ import ray
 import torch
 
 from msfusion_ray.costs.flops import StepCostCache
+from msfusion_ray.devices.enforcement import HostLimits
 from msfusion_ray.devices.gpu import host_gpu, release_cuda_memory
 from msfusion_ray.launchable import Packed, opened
 from msfusion_ray.models.base import ModelFamily
@@ -30,7 +31,10 @@ class Host:
     def __init__(self, host_id: int, family: ModelFamily | Packed, data_box: list,
                  participants: Sequence[ParticipantSpec], settings: WorkerSettings, threads: int,
                  fetch_timeout_s: float):
-        """`family` and the data in `data_box` may come `Packed` (msfusion_ray.launchable)."""
+        """`family` and the data in `data_box` may come `Packed` (msfusion_ray.launchable). An enforced host joins
+        its control group first, so that what it allocates from then on is charged there."""
+        plan = settings.enforcement
+        self.limits = HostLimits(plan, host_id, settings.generation) if plan is not None else None
         torch.set_num_threads(threads)
         self.gpu = host_gpu(settings.device, settings.device_required, settings.gpu_share, host_id)
         self.host_id = host_id
@@ -39,9 +43,10 @@ class Host:
         self.data = data = opened(ray.get(data_box[0], timeout=fetch_timeout_s))
         costs = StepCostCache()  # shared by the host's participants: same shapes cost the same
         planners = PlannerCache(family, settings.training)  # and need the same memory
-        modules = ModulePool()  # and train in the same modules
+        # and train in the same modules (not an enforced host: modules kept between tasks would hold its memory)
+        modules = ModulePool() if self.limits is None else None
         self.workers = {p.id: ParticipantWorker(p, family, data, settings, costs, planners, gpu=self.gpu,
-                                                modules=modules)
+                                                modules=modules, limits=self.limits)
                         for p in participants}
 
     def ping(self) -> int:

@@ -9,12 +9,14 @@ all, then the run ends with `HostsKeepDying`.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING, Callable
 
 import ray
 from ray.exceptions import OutOfMemoryError, RayActorError
 
 from msfusion_ray.config import RuntimeConfig
+from msfusion_ray.devices.enforcement import RunGroups
 from msfusion_ray.devices.gpu_share import gpu_share, resolve_device
 from msfusion_ray.failures import describe_failure
 from msfusion_ray.launchable import Launchable
@@ -55,21 +57,30 @@ class HostPool:
         ids = [p.id for p in fleet.participants]
         groups = {p.id: p.device.name for p in fleet.participants} if runtime.device_resources else None
         cpus = ray.cluster_resources().get("CPU", 1.0)
-        assignments = assign_hosts(ids, host_count(runtime, len(ids), cpus), groups)
         # Hosts share the run's CPU budget logically (several runs of a sweep share the cluster); each caps its real
         # threads with torch.set_num_threads.
         budget = runtime.host_cpus if runtime.host_cpus is not None else 0.9 * cpus
+        self.enforced = None
+        if runtime.enforce == "cgroups":
+            self.enforced = RunGroups.create(runtime, [p.device for p in fleet.participants], run_id, budget)
+            assignments, self.enforced.note = enforced_hosts(fleet, self.enforced.plan,
+                                                             host_count(runtime, len(ids), cpus), budget, groups)
+            log.info("enforced devices: %s", self.enforced.note)
+        else:
+            assignments = assign_hosts(ids, host_count(runtime, len(ids), cpus), groups)
         num_cpus = round(min(float(runtime.threads_per_host), budget / len(assignments)), 4)
         gpus = ray.cluster_resources().get("GPU", 0.0)
-        self.device = resolve_device(runtime.device, gpus)
+        self.device = resolve_device(runtime.device, gpus) if self.enforced is None else "cpu"
         self.gpu_share = gpu_share(gpus, len(assignments), runtime.gpus_per_host) if self.device == "cuda" else 0.0
         settings = WorkerSettings(run_id=run_id, host=0, seed=prepared.config.seed,
                                   training=prepared.config.training, clock=runtime.clock,
                                   task_timeout_s=runtime.task_timeout_s, device=self.device,
-                                  device_required=runtime.device == "cuda", gpu_share=self.gpu_share)
+                                  device_required=runtime.device == "cuda", gpu_share=self.gpu_share,
+                                  time_model=runtime.time_model,
+                                  enforcement=self.enforced.plan if self.enforced is not None else None)
         self.host_of: dict[int, int] = {}
         self.actors = []
-        self._starts: list[Callable[[], object]] = []  # per host: how to start (or start again) its actor
+        self._starts: list[Callable[[int], object]] = []  # per host: how to start (or start again) its actor
         for host_id, members in enumerate(assignments):
             specs = ParticipantSpecs(members, fleet, prepared.partitions)
             options: dict = {"num_cpus": num_cpus}
@@ -77,12 +88,12 @@ class HostPool:
                 options["num_gpus"] = self.gpu_share
             if groups is not None:
                 options["resources"] = {f"device:{groups[members[0]]}": 0.001}
-            host_settings = WorkerSettings(**{**settings.__dict__, "host": host_id})
-            self._starts.append(lambda options=options, args=(host_id, prepared.family, [data_ref], specs,
-                                                               host_settings, runtime.threads_per_host,
-                                                               runtime.task_timeout_s):
-                                HostActor.options(**options).remote(*args))
-            self.actors.append(self._starts[host_id]())
+            self._starts.append(lambda generation, options=options, host_id=host_id, specs=specs:
+                                HostActor.options(**options).remote(
+                                    host_id, prepared.family, [data_ref], specs,
+                                    replace(settings, host=host_id, generation=generation),
+                                    runtime.threads_per_host, runtime.task_timeout_s))
+            self.actors.append(self._starts[host_id](0))
             self.host_of.update({pid: host_id for pid in members})
         self.restarts = 0
         self.generations = [0] * len(self.actors)  # per host: how many times it was replaced
@@ -117,13 +128,15 @@ class HostPool:
         """Start a new actor for `host`, whose process died (`cause`, one line; `detail`, Ray's full text, goes to
         the run's log), with its participants' memory as the last checkpoint saved it, known as of their task in
         `tasks` (participant -> the task its next work starts from). Ends the run once more hosts died than
-        runtime.max_host_restarts allows."""
-        if self.restarts >= self.max_restarts:
+        runtime.max_host_restarts allows; hosts the kernel killed at an enforced device's memory limit do not
+        count (the device ran out of memory: its task's outcome)."""
+        at_limit = self.memory_killed(host)  # a device that ran out of memory: an outcome, not a failure
+        if self.restarts >= self.max_restarts and not at_limit:
             raise HostsKeepDying(f"{cause}; {self.restarts + 1} host deaths in this run, more than "
                                  f"runtime.max_host_restarts={self.max_restarts}")
-        self.restarts += 1
+        self.restarts += 0 if at_limit else 1
         ray.kill(self.actors[host], no_restart=True)
-        actor = self._starts[host]()
+        actor = self._starts[host](self.generations[host] + 1)
         saved = self.saved_states()
         states = {pid: {"task": tasks.get(pid, -1), "state": saved.get(pid, {}).get("state", {})}
                   for pid in self.members(host)}
@@ -165,9 +178,37 @@ class HostPool:
             by_host.setdefault(self.host_of[pid], {})[pid] = state
         ray.get([self.actors[h].import_state.remote(s) for h, s in by_host.items()], timeout=timeout_s)
 
+    def memory_killed(self, host: int) -> bool:
+        """Whether the kernel killed the host's process at its memory limit (enforced devices)."""
+        return self.enforced is not None and self.enforced.oom_kills(host, self.generations[host]) > 0
+
     def shutdown(self) -> None:
+        """End the hosts; an enforced run's control groups go with them (their processes killed, if still there)."""
         for actor in self.actors:
             ray.kill(actor)
+        if self.enforced is not None:
+            self.enforced.remove()
+
+
+def enforced_hosts(fleet, plan, most: int, budget: float,  # noqa: ANN001 (Fleet, EnforcementPlan)
+                   groups: dict[int, str] | None = None) -> tuple[list[list[int]], str]:
+    """Hosts of an enforced run, and a line that says how many and why: at most `most`, grouped by device class
+    where there are hosts enough for every class (so that a host's quota rarely changes between tasks), and no
+    more than the node's cores hold at once: the quotas the hosts may hold together (each its participants' largest)
+    stay within `budget` cores, since hosts that contend for cores would measure the contention, not the devices."""
+    ids = [p.id for p in fleet.participants]
+    quota = {p.id: plan.quota(p.device) for p in fleet.participants}
+    classes = groups or {p.id: p.device.name for p in fleet.participants}
+    for count in range(most, 0, -1):
+        assignment = assign_hosts(ids, count, classes if count >= len(set(classes.values())) else groups)
+        held = sum(max(quota[pid] for pid in members) for members in assignment)
+        if held <= budget + 1e-9:
+            fewer = f", fewer than the {most} the CPUs allow: their quotas must fit" if len(assignment) < most else ""
+            return assignment, (f"{len(assignment)} hosts at once{fewer} ({held:.2f} of {budget:g} cores in quotas; "
+                                f"slowdown {plan.slowdown:g}, cgroup v{plan.version})")
+    largest = max(quota.values())
+    raise RuntimeError(f"runtime.enforce: one host's quota ({largest:.2f} cores) is more than the {budget:g} cores "
+                       "the run's hosts may use (runtime.host_cpus)")
 
 
 def assign_hosts(participant_ids: list[int], n_hosts: int, groups: dict[int, str] | None = None) -> list[list[int]]:

@@ -34,7 +34,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from msfusion_ray.costs.flops import TrainingStepFlops
-from msfusion_ray.devices.clock import device_time, refusal_device_s
+from msfusion_ray.devices.clock import earliest_device_time, refusal_device_s
 from msfusion_ray.models.weights import Weights
 from msfusion_ray.records import ParticipantRoundRow
 from msfusion_ray.runtime.checkpoint import join_arrays, split_arrays
@@ -115,7 +115,7 @@ class SemiAsyncEngine(Engine):
     def steps(self, start: int) -> Iterator[Step]:
         context = self.context
         self._wall_anchor = (wall_clock(), self.now)
-        self._dispatch = Dispatcher(context.executor.host_of, self._submit,
+        self._dispatch = Dispatcher(context.executor.host_of, self._submit, call_tasks=context.executor.call_tasks,
                                     weigh=lambda order: self._payloads.nbytes(order, self.history[order.base_version]))
         resumed = [replace(flight.order, wall_anchor=self._wall_anchor) for flight in self.in_flight.values()]
         self._payloads.expect(resumed)
@@ -192,10 +192,11 @@ class SemiAsyncEngine(Engine):
                                lambda order, message: lost_row(self.context, 0, order, "error", message),
                                self.context.config.runtime.task_timeout_s)
         for order, result in outcomes:
-            self._refs = {r: t for r, t in self._refs.items() if t != order.task}
             self._payloads.done(order)
             result[0].param_fraction = self._payloads.param_fraction(order)
             self.in_flight[order.task].result = result
+        # handles taken, or lost with a host that died (a task it never started was sent again under a new one)
+        self._refs = {r: t for r, t in self._refs.items() if r in self._dispatch.in_flight}
 
     # what happens at an event -------------------------------------------------------------------------------
 
@@ -299,9 +300,12 @@ class SemiAsyncEngine(Engine):
 
     def _predict(self, order: WorkOrder) -> float | None:
         """Device time known before the task runs: a refusal's round trip where the participant's memory guard
-        will refuse it, else counted FLOPs of its shapes and bytes of its payload."""
+        will refuse it, else from counted FLOPs of its shapes and bytes of its payload (exact under the FLOP/s
+        time model, the earliest it can end under the roofline). None where it is measured (native and enforced
+        devices), or where it depends on what the task will draw."""
         participant = self.context.prepared.fleet.participants[order.participant]
-        if participant.device.native:
+        runtime = self.context.config.runtime
+        if participant.device.native or runtime.enforce != "virtual":
             return None
         procedure = make_procedure(order.procedure)
         planned = PlannedTask(order, self.context.prepared.family, self.context.config.training,
@@ -313,7 +317,8 @@ class SemiAsyncEngine(Engine):
         if flops is None:
             return None
         payload = self._payloads.nbytes(order, self.history[order.base_version])
-        spent = device_time(participant.device, flops, payload + selection_bytes(order.selection), payload)
+        spent = earliest_device_time(participant.device, flops, payload + selection_bytes(order.selection), payload,
+                                     runtime.time_model)
         return spent.total_s
 
     def _submit(self, orders: list[WorkOrder]) -> list[Any]:
