@@ -62,3 +62,21 @@ def test_a_profile_with_a_timing_block_loads(tmp_path):
     profile = load_profile(path)
     assert profile.timing == ComputeTiming(**{**TIMING.__dict__, "throttle": {0.25: 1.3}})
     assert math.isclose(profile.timing.peak_flops_per_s, 40e9)
+
+
+def test_a_linear_layer_is_timed_as_computed_by_hand(one_thread):
+    import torch
+
+    from msfusion_ray.costs.census import OpCensus
+
+    layer, x = torch.nn.Linear(3, 5), torch.randn(4, 3)
+    census = OpCensus()
+    with torch.no_grad(), census:
+        layer(x)
+    measured = census.census()
+    # the weight's transpose (a view) and one addmm: 2 * 4 * 3 * 5 FLOPs; bias 5, input 12, weight 15, output 20
+    assert sorted((g.kind, g.flops, g.bytes, g.count) for g in measured.groups) == [
+        ("matmul", 120, (5 + 12 + 15 + 20) * 4, 1), ("view", 0, 0, 1)]
+    by_hand = max(120 / 40e9, 208 / 4e9) + 5e-6 + 1e-6  # bandwidth-bound: 52 ns, then the two fixed costs
+    assert step_seconds(TIMING, measured) == pytest.approx(by_hand, rel=1e-12)
+    assert compute_seconds(5, TIMING, 120, [(measured, 1)]) == pytest.approx(2 * by_hand, rel=1e-12)  # half speed
