@@ -43,7 +43,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import OUT_DIR, load, machine, markdown_table, write_results  # noqa: E402
-from msfusion_ray.calibrate import measure_node, profile_text, write_profile  # noqa: E402
+from msfusion_ray.app.calibrate import measure_node, profile_text  # noqa: E402
 from msfusion_ray.config import RuntimeConfig, TrainingConfig  # noqa: E402
 from msfusion_ray.costs.flops import StepCostCache  # noqa: E402
 from msfusion_ray.devices import calibration, cgroups  # noqa: E402
@@ -52,6 +52,7 @@ from msfusion_ray.devices.capacity import make_planner  # noqa: E402
 from msfusion_ray.devices.enforcement import HostLimits, hierarchy_base, plan_enforcement  # noqa: E402
 from msfusion_ray.devices.profile import DeviceProfile, load_profile  # noqa: E402
 from msfusion_ray.devices.time_model import step_seconds  # noqa: E402
+from msfusion_ray.files import write_text_atomic  # noqa: E402
 from msfusion_ray.models.module import build_family  # noqa: E402
 from msfusion_ray.models.weights import load_weights, to_weights  # noqa: E402
 from msfusion_ray.splitting.index_map import prefix_selection, widths_of  # noqa: E402
@@ -75,7 +76,7 @@ def node_profile(args: argparse.Namespace, out: Path) -> Path:
         return Path(args.profile)
     node = measure_node(args.quick, 1, args.calibrate_seconds, throttle=True)
     path = out / "fidelity-node.yaml"
-    write_profile(path, profile_text(node, path.stem))
+    write_text_atomic(path, profile_text(node, path.stem))
     return path
 
 
@@ -246,8 +247,8 @@ def memory_verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def overhead_part(args: argparse.Namespace, node_path: Path) -> list[dict[str, Any]]:
     from benchmarks.common import measured_run, ray_session
-    from msfusion_ray.config import config_from_dict
-    from msfusion_ray.experiment import prepare
+    from msfusion_ray.experiment.config_check import config_from_dict
+    from msfusion_ray.experiment.prepare import prepare
 
     node = load_profile(node_path)
     folder = Path(tempfile.mkdtemp(prefix="fidelity-"))

@@ -28,16 +28,19 @@ from msfusion_ray.costs.memory import cuda_peak, rss_peak
 from msfusion_ray.costs.payload import payload_bytes
 from msfusion_ray.data.arrays import DataBundle
 from msfusion_ray.devices.capacity import make_planner
-from msfusion_ray.devices.clock import pace_until, refusal_device_s, task_compute_s, with_compute
+from msfusion_ray.devices.clock import (TaskSpeed, pace_until, refusal_device_s, task_compute_s, task_speed,
+                                       with_compute)
 from msfusion_ray.devices.enforcement import HostLimits, TaskLimits
 from msfusion_ray.devices.gpu import GpuWindow, HostGpu, release_cuda_memory
+from msfusion_ray.devices.profile import DeviceProfile
 from msfusion_ray.models.base import ModelFamily
 from msfusion_ray.models.pool import ModulePool
 from msfusion_ray.models.weights import Weights
+from msfusion_ray.procedures.base import ProcedureContext, TaskTimeout, make_procedure, refused_phase
+from msfusion_ray.procedures.orders import WorkOrder
 from msfusion_ray.records import ParticipantRoundRow
 from msfusion_ray.runtime.settings import ParticipantSpec, WorkerSettings
-from msfusion_ray.strategies.base import WorkOrder
-from msfusion_ray.training.procedure import ProcedureContext, TaskTimeout, make_procedure, refused_phase
+from msfusion_ray.training.objective import LocalObjective
 
 
 Result = tuple[ParticipantRoundRow, Weights | None, dict]  # a task's record, its update, what it chose to train
@@ -54,7 +57,7 @@ class PlannerCache:
         self._training = training
         self._planners: dict[str | None, FootprintPlanner] = {}
 
-    def planner(self, objective) -> FootprintPlanner:  # noqa: ANN001 (LocalObjective | None)
+    def planner(self, objective: LocalObjective | None) -> FootprintPlanner:
         key = objective.name if objective is not None else None
         if key not in self._planners:
             self._planners[key] = make_planner(self._family, self._training, objective)
@@ -161,9 +164,11 @@ class ParticipantWorker:
             return self._out_of_memory(task, planned, started, ran_out, source="allocator")
 
         bytes_up = payload_bytes(result.payload)
-        predicted_s = self._predicted_compute_s(result.flops)
+        device = self.spec.profile()
+        speed = task_speed(device, self.settings.seed, self.spec.id, task.task)
+        predicted_s = self._predicted_compute_s(device, result.flops, speed)
         compute_s = self._measured_compute_s(result) if self._measures() else predicted_s
-        spent = with_compute(self.spec.device, compute_s, result.bytes_down, bytes_up)
+        spent = with_compute(device, compute_s, result.bytes_down, bytes_up, speed)
         total_s = spent.total_s
         message = ""
         if self.settings.clock == "real" and task.wall_anchor is not None:
@@ -204,27 +209,27 @@ class ParticipantWorker:
         seconds = max(0.0, result.wall_train_s - result.wall_measuring_s)
         return seconds / self.limits.plan.slowdown if self.limits is not None else seconds
 
-    def _predicted_compute_s(self, flops: int) -> float:
+    def _predicted_compute_s(self, device: DeviceProfile, flops: int, speed: TaskSpeed) -> float:
         """The run's time model on what the task computed (its steps as the census saw them); an enforced device
         without a calibration of its own is timed as the node's roofline at its speed, which is what it runs as."""
-        device = self.limits.plan.timed_like_node(self.spec.device) if self.limits is not None else self.spec.device
-        return task_compute_s(device, flops, self.step_costs.tally(), self.settings.time_model)
+        device = self.limits.plan.timed_like_node(device) if self.limits is not None else device
+        return task_compute_s(device, flops, self.step_costs.tally(), self.settings.time_model, speed)
 
     def _limits(self):  # noqa: ANN202 (a context manager of TaskLimits)
         if self.limits is None:
             return contextlib.nullcontext(TaskLimits())
-        return self.limits.task(self.spec.device, self.spec.memory_cap_bytes)
+        return self.limits.task(self.spec.profile(), self.spec.memory_cap_bytes)
 
     def _out_of_memory(self, task: WorkOrder, planned: int, started: float, message: str,
                        source: str = "planner") -> tuple[ParticipantRoundRow, None, dict]:
         """Work that does not fit: the device only answered (its latency), nothing trained, no state kept.
         `source`: who said so (the planner, or torch's allocator that ran out)."""
-        latency_s = refusal_device_s(self.spec.device)
+        latency_s = refusal_device_s(self.spec.profile())
         return self._row(task, "oom", oom_source=source, mem_planned_bytes=planned, device_comm_s=latency_s,
                          device_time_s=latency_s, vt_end=task.vt_start + latency_s, message=message,
                          wall_total_s=self.clock() - started), None, {}
 
-    def _gpu_window(self):  # noqa: ANN202 (a context manager of GpuWindow)
+    def _gpu_window(self) -> contextlib.AbstractContextManager[GpuWindow]:
         return self.gpu.window() if self.gpu is not None else contextlib.nullcontext(GpuWindow())
 
     def export_state(self, task: int) -> dict:

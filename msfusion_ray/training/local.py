@@ -15,7 +15,7 @@ from msfusion_ray.config import TrainingConfig
 from msfusion_ray.costs.flops import StepCostCache
 from msfusion_ray.data.arrays import DataBundle
 from msfusion_ray.models.weights import model_device
-from msfusion_ray.training.losses import features_and_logits, task_loss
+from msfusion_ray.training.losses import ForwardLoss, features_and_logits, task_loss
 from msfusion_ray.training.objective import LocalObjective
 from msfusion_ray.training.optimizers import SGD, Adam, Optimizer
 
@@ -40,11 +40,6 @@ def measuring_cost(measured: list[tuple[float, int]], plain: list[tuple[float, i
         return 0.0
     per_sample = sum(s for s, _ in plain) / samples
     return max(0.0, sum(s - per_sample * n for s, n in measured))
-
-
-# (model, x, y) -> (features, logits, task loss, extra term or None)
-ForwardLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor],
-                       tuple[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"]]
 
 
 def make_optimizer(model: nn.Module, training: TrainingConfig, lr: float) -> Optimizer:

@@ -47,10 +47,10 @@ def test_the_lower_bound_never_exceeds_the_roofline():
 def test_device_time_reads_the_census_under_the_roofline():
     profile = DeviceProfile(name="d", description="", memory_mib=100, train_gflops=10, uplink_mbps=8,
                             downlink_mbps=8, latency_ms=0, timing=TIMING)
-    spent = device_time(profile, CENSUS.flops, 0, 0, [(CENSUS, 1)])
+    spent = device_time(profile, CENSUS.flops, 0, 0, steps=[(CENSUS, 1)])
     assert spent.compute_s == pytest.approx(step_seconds(TIMING, CENSUS))
     assert earliest_device_time(profile, CENSUS.flops, 0, 0).compute_s <= spent.compute_s
-    flat = device_time(profile, CENSUS.flops, 0, 0, [(CENSUS, 1)], model="flops")
+    flat = device_time(profile, CENSUS.flops, 0, 0, steps=[(CENSUS, 1)], model="flops")
     assert flat.compute_s == pytest.approx(CENSUS.flops / 10e9)
 
 
