@@ -10,7 +10,7 @@
    each quota below 1 without the throttling compensation: what throttling costs.
 3. Memory (`--part memory`): for each (model, rate) the planner's footprint F, and caps on both sides of it
    (F x 0.8 and 1.25), under each `runtime.enforce_memory` (process: glibc as it is; tensors: freed tensors go back
-   to the kernel): a fresh process per cap trains the sub-model (the planner's pass first, then three steps, the
+   to the kernel): a child forked per cap trains the sub-model (the planner's pass first, then three steps, the
    first measured as hosts measure it) under the limit an enforced host sets (what it holds, plus the cap); the
    kernel's verdict (killed or not) against the planner's (F <= cap), and, with no limit, the group's peak over
    what it held before (the real need).
@@ -20,21 +20,24 @@
     sudo .venv/bin/python benchmarks/emulation_fidelity.py                    # all parts, ~15 minutes on 2 cores
     sudo .venv/bin/python benchmarks/emulation_fidelity.py --quick --seconds 0.5   # a smoke test, ~3 minutes
     sudo .venv/bin/python benchmarks/emulation_fidelity.py --profile node.yaml --part time --quotas 1 0.5 0.25
+    .venv/bin/python benchmarks/emulation_fidelity.py --tables benchmarks/out/emulation_fidelity-*.json  # docs' tables
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -134,8 +137,9 @@ def time_part(args: argparse.Namespace, node_path: Path) -> list[dict[str, Any]]
     return rows
 
 
-def memory_child(spec: dict[str, Any]) -> None:
-    """One cap of the memory grid, in a process of its own (see the module's docstring)."""
+def memory_child(spec: dict[str, Any]) -> int:
+    """One cap of the memory grid, in a process of its own (see the module's docstring): the group's peak over
+    what it held before training, in bytes."""
     torch.set_num_threads(1)
     workload = Workload(**spec["workload"])
     runtime = runtime_for(Path(spec["node"]), enforce_memory=spec["mode"])
@@ -170,8 +174,38 @@ def memory_child(spec: dict[str, Any]) -> None:
         for _ in range(3):
             costs.run("step", step, [*model.parameters(), *model.buffers()])
         to_weights(model)
-        need = limits.group.peak_bytes() - before
-    print(json.dumps({"need": need}), flush=True)
+        return limits.group.peak_bytes() - before
+
+
+def forked(job: Callable[[], int], timeout_s: int = 300) -> tuple[int | None, str]:
+    """`job()` in a child forked from this process (torch already imported: a fresh interpreter per cap cost 2.3 s
+    of imports alone, 130 times), its process killed by SIGALRM after `timeout_s`; (its answer, or None, and what
+    ended it: "" when it answered, else the signal or the error). The parent's objects are frozen first, so that
+    the child's garbage collections do not copy (and charge to its group) every page they would touch."""
+    read, write = os.pipe()
+    gc.collect()
+    gc.freeze()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        os.close(read)
+        signal.alarm(timeout_s)
+        code = 1
+        try:
+            answer = {"value": job()}
+            code = 0
+        except BaseException as err:  # noqa: BLE001 (told to the parent, which reports it)
+            answer = {"error": f"{type(err).__name__}: {str(err)[:200]}"}
+        os.write(write, json.dumps(answer).encode())
+        os._exit(code)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        text = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    gc.unfreeze()
+    if os.WIFSIGNALED(status):
+        return None, f"signal {os.WTERMSIG(status)}"
+    answer = json.loads(text) if text else {"error": "no answer"}
+    return answer.get("value"), answer.get("error", "")
 
 
 def _memory_run(run: cgroups.Group, version: int, node_path: Path, workload: Workload, rate: float, cap: int,
@@ -179,14 +213,13 @@ def _memory_run(run: cgroups.Group, version: int, node_path: Path, workload: Wor
     """One child under one limit: the kernel's verdict (killed, ran) and the real need (MB, when it ran)."""
     spec = {"workload": dataclasses.asdict(workload), "rate": rate, "cap": cap, "index": index, "mode": mode,
             "node": str(node_path), "run_dirs": [str(d) for d in run.dirs], "version": version}
-    child = subprocess.run([sys.executable, __file__, "--memory-child", json.dumps(spec)], capture_output=True,
-                           text=True, timeout=600)
+    need, ended = forked(lambda: memory_child(spec))
     group = cgroups.Group(version, tuple(d / f"host-{index}.0" for d in run.dirs))
     if group.oom_kills():
         return "killed", float("nan")
-    if child.returncode != 0:
-        return f"failed {child.returncode}: {child.stderr.strip().splitlines()[-1:]}", float("nan")
-    return "ran", json.loads(child.stdout.strip().splitlines()[-1])["need"] / 1e6
+    if need is None:
+        return f"failed: {ended}", float("nan")
+    return "ran", need / 1e6
 
 
 def memory_part(args: argparse.Namespace, node_path: Path) -> list[dict[str, Any]]:
@@ -299,6 +332,45 @@ def _full(rows: list[dict[str, Any]], case: str) -> float:
     return next((r["measured_ms"] for r in rows if r["case"] == case and r["quota"] == 1.0), float("nan"))
 
 
+def tables(results: dict[str, Any]) -> str:
+    """The docs' tables (docs/emulation.md, docs/benchmarks.md) from a results file."""
+    parts = []
+    if results.get("time"):
+        per_case = [{"case": r["case"], "quota": r["quota"], "measured ms": r["measured_ms"], "FLOP/s model ms":
+                     r["old_ms"], "error": f"{r['old_err']:+.0%}", "roofline ms": r["new_ms"],
+                     "error ": f"{r['new_err']:+.0%}"} for r in results["time"] if r["compensated"]]
+        compensated = [r for r in results["time"] if r["compensated"]]
+        everything = {"quota": "all", "compensated": True, "cases": len(compensated),
+                      "old median": statistics.median(abs(r["old_err"]) for r in compensated),
+                      "old worst": max(abs(r["old_err"]) for r in compensated),
+                      "new median": statistics.median(abs(r["new_err"]) for r in compensated),
+                      "new worst": max(abs(r["new_err"]) for r in compensated)}
+        summaries = [{k: v for k, v in row.items() if k in everything} for row in results["time_summary"]]
+        parts += ["time, per case (compensated quotas)", markdown_table(per_case),
+                  "time, |relative error|", markdown_table([*summaries, everything])]
+        raw = [row for row in results["time_summary"] if not row["compensated"] or row["quota"] < 1]
+        if raw:
+            parts += ["throttling: measured / (time at 1.0 / quota)", markdown_table(
+                [{"quota": r["quota"], "compensated": r["compensated"], "ratio": r["measured / (q=1 time / q)"]}
+                 for r in raw])]
+    if results.get("memory"):
+        needs: dict[tuple[str, float], dict[str, Any]] = {}
+        for r in results["memory"]:
+            row = needs.setdefault((r["case"], r["rate"]), {"case": r["case"], "rate": r["rate"],
+                                                            "planned MB": r["footprint_mb"]})
+            row[f"{r['mode']} MB"] = r["need_mb"]
+            row[f"{r['mode']} / planned"] = r["need_mb"] / r["footprint_mb"]
+        parts += ["memory: the group's peak (no limit) against the planner's footprint", markdown_table(
+            list(needs.values())), "memory verdicts", markdown_table(results["memory_summary"])]
+    if results.get("overhead"):
+        parts += ["overhead at quota 1.0", markdown_table(results["overhead"]),
+                  f"median ratio {results['overhead_median_ratio']:.3f}"]
+    throttle = (results.get("node", {}).get("timing") or {}).get("throttle")
+    if throttle:
+        parts.append(f"node throttle table: {throttle}")
+    return "\n\n".join(parts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", help="the node's calibration (default: calibrate now)")
@@ -309,16 +381,19 @@ def main() -> None:
     parser.add_argument("--calibrate-seconds", type=float, default=1.5)
     parser.add_argument("--repeats", type=int, default=3, help="overhead: alternating pairs of runs")
     parser.add_argument("--quick", action="store_true", help="a few small cases: a smoke test")
-    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    parser.add_argument("--tables", help="print the docs' tables of a results file, and nothing else")
     args = parser.parse_args()
-    if args.memory_child:
-        memory_child(json.loads(args.memory_child))
+    if args.tables:
+        print(tables(json.loads(Path(args.tables).read_text())))
         return
     torch.set_num_threads(1)
     OUT_DIR.mkdir(exist_ok=True)
     started, load_before = time.time(), load()
     node_path = node_profile(args, OUT_DIR)
-    results: dict[str, Any] = {"machine": machine(), "load_before": load_before, "node_profile": str(node_path),
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()
+    results: dict[str, Any] = {"machine": machine(), "commit": commit, "load_before": load_before,
+                               "node_profile": str(node_path),
                                "node": yaml.safe_load(node_path.read_text()), "args": vars(args)}
     if args.part in ("all", "time"):
         results["time"] = time_part(args, node_path)
