@@ -10,7 +10,7 @@
    each quota below 1 without the throttling compensation: what throttling costs.
 3. Memory (`--part memory`): for each (model, rate) the planner's footprint F, and caps on both sides of it
    (F x 0.8 and 1.25), under each `runtime.enforce_memory` (process: glibc as it is; tensors: freed tensors go back
-   to the kernel): a child forked per cap trains the sub-model (the planner's pass first, then three steps, the
+   to the kernel): a fresh process per cap trains the sub-model (the planner's pass first, then three steps, the
    first measured as hosts measure it) under the limit an enforced host sets (what it holds, plus the cap); the
    kernel's verdict (killed or not) against the planner's (F <= cap), and, with no limit, the group's peak over
    what it held before (the real need).
@@ -27,17 +27,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,11 +62,11 @@ from msfusion_ray.training.optimizers import SGD  # noqa: E402
 
 TIME_CASES = calibration.suite((16, 64), (4, 16), (0.25, 0.5))
 QUICK_TIME = [Workload("mlp", 16), Workload("cnn", 16, 0.5), Workload("transformer", 4, 1.0, "text64", calibration.GPT)]
-MEMORY_MODELS = [Workload("mlp", 4, 0.1), Workload("mlp", 8, 0.25), Workload("mlp", 32), Workload("mlp", 128),
-                 Workload("cnn", 8, 0.5), Workload("cnn", 32),
+MEMORY_MODELS = [Workload("mlp", 4, 0.1), Workload("mlp", 32), Workload("cnn", 8, 0.5), Workload("cnn", 32),
                  Workload("fedavg_cnn", 32), Workload("resnet18", 32, 0.25, "image32"),
                  Workload("vgg", 32, 0.25, "image32"), Workload("vit", 32, 1.0, "image32", calibration.VIT),
                  Workload("transformer", 8, 1.0, "text64", calibration.GPT)]
+QUICK_MEMORY = [Workload("mlp", 4, 0.1), Workload("mlp", 32), Workload("cnn", 32)]
 MEMORY_RATES = (1.0, 0.5)
 CAP_FACTORS = (0.8, 1.25)  # the planner's margin: its verdicts are taken 20 % either side of its footprint
 BIG_CAP = 16 * 2**30
@@ -137,89 +135,67 @@ def time_part(args: argparse.Namespace, node_path: Path) -> list[dict[str, Any]]
     return rows
 
 
-def memory_child(spec: dict[str, Any]) -> int:
-    """One cap of the memory grid, in a process of its own (see the module's docstring): the group's peak over
-    what it held before training, in bytes."""
+def _train(family: Any, widths: Any, workload: Workload, payload: Any, steps: int) -> None:  # noqa: ANN401
+    """`steps` training steps of the sub-model as a participant runs them (the first measured: FLOPs, census,
+    live tensors), on a model built from `payload`."""
+    batch = family.example_batch(workload.batch_size)
+    if calibration.SHAPES[workload.shape].input_dtype != "int":
+        batch = (torch.randn(batch[0].shape), batch[1])
+    loss = loss_of(calibration.SHAPES[workload.shape].task)
+    model = family.build(widths).train()
+    load_weights(model, payload)
+    optimizer = SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+    costs = StepCostCache()
+
+    def step() -> float:
+        optimizer.zero_grad(set_to_none=True)
+        value = loss(model, batch)
+        value.backward()
+        optimizer.step()
+        return float(value.detach())
+
+    for _ in range(steps):
+        costs.run("step", step, [*model.parameters(), *model.buffers()])
+    to_weights(model)
+
+
+def memory_child(spec: dict[str, Any]) -> dict[str, int]:
+    """One cap of the memory grid, in a fresh interpreter of its own as a host is (see the module's docstring):
+    the planner's footprint and the group's peak over what it held before training (need), in bytes. A child
+    forked from the benchmark instead (no 2.3 s of imports) needed 1 to 8 MB more (smoke test, 2026-12-07): it
+    inherits its parent's allocator state, and the kernel charges its group for every shared page it writes."""
     torch.set_num_threads(1)
     workload = Workload(**spec["workload"])
     runtime = runtime_for(Path(spec["node"]), enforce_memory=spec["mode"])
     node = load_profile(spec["node"])
     plan = plan_enforcement(runtime, [node], tuple(spec["run_dirs"]), spec["version"])
-    limits = HostLimits(plan, spec["index"], 0)
+    limits = HostLimits(plan, spec["index"], 0)  # joins its group after the imports, as a host does
     family = build_family(workload.family, calibration.SHAPES[workload.shape], workload.width, workload.options)
     widths = widths_of(family.spec, prefix_selection(family.spec, spec["rate"]))
     # as a participant does: the planner's pass (a forward and backward) before the limit is set
-    make_planner(family, TrainingConfig(batch_size=workload.batch_size, momentum=0.9)).footprint(
-        widths, workload.batch_size)
+    footprint = make_planner(family, TrainingConfig(batch_size=workload.batch_size, momentum=0.9)).footprint(
+        widths, workload.batch_size).total
     payload = to_weights(family.build(widths))
-    batch = family.example_batch(workload.batch_size)
-    if calibration.SHAPES[workload.shape].input_dtype != "int":
-        batch = (torch.randn(batch[0].shape), batch[1])
-    loss = loss_of(calibration.SHAPES[workload.shape].task)
     with limits.task(node, int(spec["cap"])):
         before = limits.group.memory_bytes()
         limits.group.reset_peak()
-        model = family.build(widths).train()
-        load_weights(model, payload)
-        optimizer = SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
-        costs = StepCostCache()
-
-        def step() -> float:
-            optimizer.zero_grad(set_to_none=True)
-            value = loss(model, batch)
-            value.backward()
-            optimizer.step()
-            return float(value.detach())
-
-        for _ in range(3):
-            costs.run("step", step, [*model.parameters(), *model.buffers()])
-        to_weights(model)
-        return limits.group.peak_bytes() - before
-
-
-def forked(job: Callable[[], int], timeout_s: int = 300) -> tuple[int | None, str]:
-    """`job()` in a child forked from this process (torch already imported: a fresh interpreter per cap cost 2.3 s
-    of imports alone, 130 times), its process killed by SIGALRM after `timeout_s`; (its answer, or None, and what
-    ended it: "" when it answered, else the signal or the error). The parent's objects are frozen first, so that
-    the child's garbage collections do not copy (and charge to its group) every page they would touch."""
-    read, write = os.pipe()
-    gc.collect()
-    gc.freeze()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns
-        os.close(read)
-        signal.alarm(timeout_s)
-        code = 1
-        try:
-            answer = {"value": job()}
-            code = 0
-        except BaseException as err:  # noqa: BLE001 (told to the parent, which reports it)
-            answer = {"error": f"{type(err).__name__}: {str(err)[:200]}"}
-        os.write(write, json.dumps(answer).encode())
-        os._exit(code)
-    os.close(write)
-    with os.fdopen(read) as pipe:
-        text = pipe.read()
-    _, status = os.waitpid(pid, 0)
-    gc.unfreeze()
-    if os.WIFSIGNALED(status):
-        return None, f"signal {os.WTERMSIG(status)}"
-    answer = json.loads(text) if text else {"error": "no answer"}
-    return answer.get("value"), answer.get("error", "")
+        _train(family, widths, workload, payload, steps=3)
+        return {"footprint": footprint, "need": limits.group.peak_bytes() - before}
 
 
 def _memory_run(run: cgroups.Group, version: int, node_path: Path, workload: Workload, rate: float, cap: int,
-                mode: str, index: int) -> tuple[str, float]:
-    """One child under one limit: the kernel's verdict (killed, ran) and the real need (MB, when it ran)."""
+                mode: str, index: int) -> tuple[str, dict[str, int] | None]:
+    """One child under one limit: the kernel's verdict (killed, ran) and, when it ran, the footprint and need."""
     spec = {"workload": dataclasses.asdict(workload), "rate": rate, "cap": cap, "index": index, "mode": mode,
             "node": str(node_path), "run_dirs": [str(d) for d in run.dirs], "version": version}
-    need, ended = forked(lambda: memory_child(spec))
+    child = subprocess.run([sys.executable, __file__, "--memory-child", json.dumps(spec)], capture_output=True,
+                           text=True, timeout=600)
     group = cgroups.Group(version, tuple(d / f"host-{index}.0" for d in run.dirs))
     if group.oom_kills():
-        return "killed", float("nan")
-    if need is None:
-        return f"failed: {ended}", float("nan")
-    return "ran", need / 1e6
+        return "killed", None
+    if child.returncode != 0:
+        return f"failed {child.returncode}: {child.stderr.strip().splitlines()[-1:]}", None
+    return "ran", json.loads(child.stdout.strip().splitlines()[-1])
 
 
 def memory_part(args: argparse.Namespace, node_path: Path) -> list[dict[str, Any]]:
@@ -228,16 +204,16 @@ def memory_part(args: argparse.Namespace, node_path: Path) -> list[dict[str, Any
     run = cgroups.run_group(hierarchy_base(), "fidelity-memory").make()
     rows, index = [], 0
     try:
-        for workload in MEMORY_MODELS[:3] if args.quick else MEMORY_MODELS:
-            family = build_family(workload.family, calibration.SHAPES[workload.shape], workload.width,
-                                  workload.options)
-            planner = make_planner(family, TrainingConfig(batch_size=workload.batch_size, momentum=0.9))
+        for workload in QUICK_MEMORY if args.quick else MEMORY_MODELS:
             for rate in MEMORY_RATES:
-                widths = widths_of(family.spec, prefix_selection(family.spec, rate))
-                footprint = planner.footprint(widths, workload.batch_size).total
                 for mode in ("process", "tensors"):
-                    _, need = _memory_run(run, hierarchy.version, node_path, workload, rate, BIG_CAP, mode, index)
+                    ended, free = _memory_run(run, hierarchy.version, node_path, workload, rate, BIG_CAP, mode,
+                                              index)
                     index += 1
+                    if free is None:
+                        print(f"{workload.label} rate {rate} {mode}: no limit, and it {ended}", flush=True)
+                        continue
+                    footprint, need = free["footprint"], free["need"] / 1e6
                     for factor in CAP_FACTORS:
                         cap = int(footprint * factor)
                         kernel, _ = _memory_run(run, hierarchy.version, node_path, workload, rate, cap, mode, index)
@@ -382,7 +358,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="overhead: alternating pairs of runs")
     parser.add_argument("--quick", action="store_true", help="a few small cases: a smoke test")
     parser.add_argument("--tables", help="print the docs' tables of a results file, and nothing else")
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_child:
+        print(json.dumps(memory_child(json.loads(args.memory_child))), flush=True)
+        return
     if args.tables:
         print(tables(json.loads(Path(args.tables).read_text())))
         return
@@ -395,14 +375,14 @@ def main() -> None:
     results: dict[str, Any] = {"machine": machine(), "commit": commit, "load_before": load_before,
                                "node_profile": str(node_path),
                                "node": yaml.safe_load(node_path.read_text()), "args": vars(args)}
-    if args.part in ("all", "time"):
-        results["time"] = time_part(args, node_path)
-        results["time_summary"] = summary(results["time"])
-        print(markdown_table(results["time_summary"]))
     if args.part in ("all", "memory"):
         results["memory"] = memory_part(args, node_path)
         results["memory_summary"] = memory_verdicts(results["memory"])
         print(markdown_table(results["memory_summary"]))
+    if args.part in ("all", "time"):
+        results["time"] = time_part(args, node_path)
+        results["time_summary"] = summary(results["time"])
+        print(markdown_table(results["time_summary"]))
     if args.part in ("all", "overhead"):
         results["overhead"] = overhead_part(args, node_path)
         ratios = [r["ratio"] for r in results["overhead"]]
