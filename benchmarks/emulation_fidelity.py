@@ -265,7 +265,7 @@ def overhead_part(args: argparse.Namespace, node_path: Path) -> list[dict[str, A
     device = {"name": "node-speed", "description": "the node's speed (quota 1.0)", "memory_mib": 4000,
               "train_gflops": node.train_gflops, "uplink_mbps": 1000, "downlink_mbps": 1000, "latency_ms": 1}
     (folder / "profiles" / "node-speed.yaml").write_text(yaml.safe_dump(device))
-    base = {"name": "overhead", "rounds": 3, "seed": 0,
+    base = {"name": "overhead", "rounds": args.rounds, "seed": 0,
             "data": {"dataset": "fashion_mnist", "train_samples": 2000, "eval_samples": 500},
             "model": {"name": "cnn", "width": 0.5}, "strategy": {"name": "fedavg"},
             "fleet": {"devices": {"node-speed": 4}, "profiles_dir": str(folder / "profiles")},
@@ -356,6 +356,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="timing window per case and quota")
     parser.add_argument("--calibrate-seconds", type=float, default=1.5)
     parser.add_argument("--repeats", type=int, default=3, help="overhead: alternating pairs of runs")
+    parser.add_argument("--rounds", type=int, default=3, help="overhead: rounds of each run")
     parser.add_argument("--quick", action="store_true", help="a few small cases: a smoke test")
     parser.add_argument("--tables", help="print the docs' tables of a results file, and nothing else")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
