@@ -28,5 +28,5 @@ data = bundled_packages()
 setup(
     packages=find_packages(include=["msfusion_ray", "msfusion_ray.*", "analysis", "analysis.*"]) + list(data),
     package_dir=data,
-    package_data={name: ["*.yaml"] for name in data},
+    package_data={name: ["*.yaml", "*.csv", "*.md"] for name in data},  # sources: device lists and licences
 )

@@ -69,8 +69,8 @@ def exit_metrics(run: RunRecords) -> dict[str, float]:
 
 def evaluated_exits(run: RunRecords) -> dict[str, float]:
     """Every exit of the run's final checkpoint evaluated on the test split."""
-    from msfusion_ray.config import config_from_dict
-    from msfusion_ray.experiment import prepare
+    from msfusion_ray.experiment.config_check import config_from_dict
+    from msfusion_ray.experiment.prepare import prepare
     from msfusion_ray.models.weights import load_weights
     from msfusion_ray.runtime.checkpoint import load_checkpoint
     from msfusion_ray.training.evaluate import evaluate

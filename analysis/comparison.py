@@ -1,6 +1,7 @@
 """The comparison table of a set of runs: one row per experiment (runs that differ only by seed), with the metric
 at the end and at its best (on the test split, and on the validation split where the data has one), what one
-participant spent on average, the tightest memory margin, and the virtual time it took to reach a target.
+participant spent on average (FLOPs, bytes, joules), the tightest memory margin, and the virtual time and the
+energy per participant it took to reach a target.
 
     python -m analysis.comparison sweeps/fmnist-compare [more dirs] --target 0.75
     python -m analysis.comparison sweeps/lm-compare --target 8 --target-split val
@@ -66,15 +67,19 @@ def run_row(run: RunRecords, metric: str, target: float | None, split: str = "te
         "oom": int((run.participants["status"] == "oom").sum()),
         "device_s": float(cost_curves(run)["cum_device_s"].iloc[-1]) if len(rounds) else math.nan,
         "idle_share": idle_share(run),
+        "energy_per_participant": float(cost_curves(run)["cum_energy_per_participant"].iloc[-1]) if len(rounds)
+        else math.nan,
         "device_s_to_target": cost_to_target(run, column(metric, split), target) if target is not None
         else math.nan,
+        "energy_to_target": cost_to_target(run, column(metric, split), target, "cum_energy_per_participant")
+        if target is not None else math.nan,
     }
 
 
 def comparison_table(runs: Sequence[RunRecords], target: float | None = None, split: str = "test") -> pd.DataFrame:
     """Per group, means over its seeds (final metric also with min and max; `val_` columns: the same on the
-    validation split); `reached` counts the seeds whose metric on `split` hit the target, and the virtual time to
-    it averages over those."""
+    validation split); `reached` counts the seeds whose metric on `split` hit the target, and the virtual time and
+    the joules per participant to it average over those (with their min and max)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)} (got {split!r})")
     metric = metric_of(runs)
@@ -88,8 +93,11 @@ def comparison_table(runs: Sequence[RunRecords], target: float | None = None, sp
         bytes_per_participant=("bytes_per_participant", "mean"),
         p2p_bytes_per_participant=("p2p_bytes_per_participant", "mean"), peak_over_cap=("peak_over_cap", "max"),
         oom=("oom", "sum"), device_s=("device_s", "mean"), idle_share=("idle_share", "mean"),
+        energy_per_participant=("energy_per_participant", "mean"),
         reached=("device_s_to_target", lambda s: int(s.notna().sum())),
-        device_s_to_target=("device_s_to_target", "mean"))
+        device_s_to_target=("device_s_to_target", "mean"), device_s_to_target_min=("device_s_to_target", "min"),
+        device_s_to_target_max=("device_s_to_target", "max"), energy_to_target=("energy_to_target", "mean"),
+        energy_to_target_min=("energy_to_target", "min"), energy_to_target_max=("energy_to_target", "max"))
     table.attrs.update(metric=metric, target=target, split=split)
     return table.reset_index()
 
@@ -103,10 +111,11 @@ def markdown(table: pd.DataFrame) -> str:
     header = ["scheme", "seeds", f"final {test}{metric} (min-max)", f"best {test}{metric}"]
     if has_val:
         header += [f"final val {metric} (min-max)", f"best val {metric} (min-max)"]
-    header += ["GFLOP / participant", "MB / participant", "P2P MB / participant", "peak / cap", "OOM", "virtual s",
-               "idle"]
+    header += ["GFLOP / participant", "MB / participant", "P2P MB / participant", "J / participant", "peak / cap",
+               "OOM", "virtual s", "idle"]
     if target is not None:
-        header.append(f"virtual s to {'' if split == 'test' else f'{split} '}{metric} {target:g} (seeds)")
+        goal = f"{'' if split == 'test' else f'{split} '}{metric} {target:g}"
+        header += [f"virtual s to {goal} (seeds)", f"J / participant to {goal}"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table.itertuples():
         cells = [row.group, str(row.seeds), f"{row.final:.3f} ({row.final_min:.3f}-{row.final_max:.3f})",
@@ -116,18 +125,37 @@ def markdown(table: pd.DataFrame) -> str:
                       f"{row.val_best:.3f} ({row.val_best_min:.3f}-{row.val_best_max:.3f})"]
         cells += [f"{row.flops_per_participant / 1e9:,.0f}", f"{row.bytes_per_participant / 1e6:,.1f}",
                   f"{row.p2p_bytes_per_participant / 1e6:,.1f}" if row.p2p_bytes_per_participant else "-",
-                  f"{row.peak_over_cap:.2f}", str(row.oom), f"{row.device_s:,.0f}", f"{row.idle_share:.0%}"]
+                  _joules(row.energy_per_participant), f"{row.peak_over_cap:.2f}", str(row.oom),
+                  _figure(row.device_s), f"{row.idle_share:.0%}"]
         if target is not None:
-            cells.append(f"{row.device_s_to_target:,.0f} ({row.reached}/{row.seeds})" if row.reached
-                         else f"not reached (0/{row.seeds})")
+            cells += [f"{_spread(row.device_s_to_target, row.device_s_to_target_min, row.device_s_to_target_max)} "
+                      f"({row.reached}/{row.seeds})" if row.reached else f"not reached (0/{row.seeds})",
+                      _spread(row.energy_to_target, row.energy_to_target_min, row.energy_to_target_max)
+                      if row.reached and not math.isnan(row.energy_to_target) else "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _figure(value: float) -> str:
+    """Whole numbers from 100 up, three significant digits below (a virtual second of a miniature task counts)."""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def _spread(mean: float, low: float, high: float) -> str:
+    """The mean over the seeds that reached the target, with their range where there are several."""
+    return _figure(mean) if low == high else f"{_figure(mean)} [{_figure(low)}-{_figure(high)}]"
+
+
+def _joules(value: float) -> str:
+    """Joules as `_figure` gives them ('-' where the devices have no power figures)."""
+    return "-" if math.isnan(value) else _figure(value)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", help="run or sweep directories")
-    parser.add_argument("--target", type=float, help="accuracy (or perplexity) whose virtual time to report")
+    parser.add_argument("--target", type=float, help="accuracy (or perplexity) whose virtual time and energy per "
+                                                     "participant to report")
     parser.add_argument("--target-split", choices=SPLITS, default="test",
                         help="the split the target is judged on (val: the validation split, where there is one)")
     parser.add_argument("--csv", help="also write the table as CSV")

@@ -163,6 +163,33 @@ def memory_by_device(runs: Sequence[RunRecords]) -> pd.DataFrame:
     return table.reset_index()
 
 
+ENERGY_PARTS = ("energy_compute_j", "energy_comm_j", "energy_idle_j", "energy_j")
+
+
+def _sum_or_nan(values: pd.Series) -> float:
+    return float(values.sum(skipna=False))
+
+
+def energy_by_device(runs: Sequence[RunRecords]) -> pd.DataFrame:
+    """Per group and device class: joules per participant of the class over the whole run (computing,
+    communicating, waiting, in all), averaged over the group's runs: what a scheme costs a phone, not only the
+    fleet on average. Participants are those with a row (asked at least once)."""
+    frames = []
+    for run in runs:
+        rows = run.participants
+        if not len(rows) or "energy_j" not in rows:
+            continue
+        per_class = rows.groupby("device", sort=False).agg(participants=("participant", "nunique"),
+                                                           **{part: (part, _sum_or_nan) for part in ENERGY_PARTS})
+        for part in ENERGY_PARTS:
+            per_class[part] = per_class[part] / per_class["participants"]
+        frames.append(per_class.reset_index().assign(group=run.label))
+    if not frames:
+        return pd.DataFrame(columns=["group", "device", "participants", *ENERGY_PARTS])
+    table = pd.concat(frames, ignore_index=True).groupby(["group", "device"], sort=False).mean(numeric_only=True)
+    return table.reset_index()[["group", "device", "participants", *ENERGY_PARTS]]
+
+
 def stragglers(run: RunRecords, factor: float = 2.0) -> pd.DataFrame:
     """Trained participant-rounds whose device time exceeds `factor` times the median of their round's trained
     participants: the ones a synchronous round waits for."""

@@ -27,6 +27,7 @@ COST_AXES = (
     ("cum_bytes_per_participant", "cumulative MB per participant (down + up)", 1 / MB),
     ("cum_device_s", "virtual time (s)", 1.0),
     ("cum_wall_s", "cumulative wall time (s)", 1.0),
+    ("cum_energy_per_participant", "cumulative energy per participant (J)", 1.0),
 )
 OUTCOME_COLOURS = {"ok": "tab:green", "oom": "tab:red", "timeout": "tab:orange", "error": "tab:purple",
                    "unavailable": "tab:gray"}
@@ -239,7 +240,7 @@ def standard_figures(runs: Sequence[RunRecords]) -> list[tuple[str, str, Figure]
     metric = metrics.metric_of(runs)
     figures = [
         (f"{metric}_per_round", f"{METRIC_LABELS[metric].capitalize()} per round.", figure_metric_per_round(runs)),
-        (f"{metric}_vs_cost", f"{METRIC_LABELS[metric].capitalize()} against cumulative FLOPs and bytes per "
+        (f"{metric}_vs_cost", f"{METRIC_LABELS[metric].capitalize()} against cumulative FLOPs, bytes and energy per "
                               "participant (fleet totals over the fleet size), virtual time and wall time.",
          figure_metric_vs_cost(runs)),
         ("scalability", "Per-participant cost, peak memory and round times against the number of participants.",

@@ -14,6 +14,8 @@ import yaml
 
 from analysis import metrics
 from analysis.comparison import comparison_table
+from analysis.decision import is_compare_dir
+from analysis.decision_report import compare_config_text, decision_sections
 from analysis.plots import save_figure, standard_figures
 from analysis.runs import RunRecords, is_sweep_dir, load_runs, load_sweep
 
@@ -37,6 +39,10 @@ def readable(frame: pd.DataFrame) -> pd.DataFrame:
             name = name.replace("flops", "GFLOP")
         elif column.endswith("_s"):
             name = f"{name[:-2]} (s)"
+        elif column.endswith("_j"):
+            name = f"{name[:-2]} (J)"
+        elif "energy" in column:
+            name = f"{name} (J)"
         names[column] = re.sub(r"_+", " ", name).strip()
     return out.rename(columns=names)
 
@@ -68,6 +74,7 @@ def report_tables(runs: Sequence[RunRecords]) -> list[tuple[str, pd.DataFrame]]:
         ("Runs", metrics.run_table(runs)),
         ("Scalability (per run)", metrics.scalability(runs)),
         ("Memory by device class", metrics.memory_by_device(runs)),
+        ("Energy per participant by device class (J, mean over seeds)", metrics.energy_by_device(runs)),
         ("Outcomes and stragglers (participant-rounds)", metrics.outcomes(runs)),
     ]
     tokens = metrics.tokens_per_second(runs)
@@ -81,7 +88,11 @@ def write_report(path: str | Path, out_dir: str | Path) -> Path:
     path, out_dir = Path(path), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sections = []
-    if is_sweep_dir(path):
+    if is_compare_dir(path):
+        sections, runs = decision_sections(path, out_dir, lambda stem, caption, fig: _figure_html(
+            stem, caption, save_figure(fig, out_dir / f"{stem}.png")))
+        title, config_text = f"Which scheme for this fleet: {path.name}", compare_config_text(path)
+    elif is_sweep_dir(path):
         sweep = load_sweep(path)
         runs, title = sweep.runs, f"Sweep {sweep.config.get('name', path.name)}"
         config_text = yaml.safe_dump(sweep.config, sort_keys=False)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 
 from msfusion_ray.inputs import load_json, load_yaml
@@ -144,8 +145,9 @@ def cost_curves(run: RunRecords) -> pd.DataFrame:
     """Per round: the metric on the test split (and on the validation split, `val_` columns, NaN without one), and
     cumulative cost per fleet member (FLOPs, bytes both ways, wall seconds of the round and its evaluation), and the
     virtual time of the round's aggregation (`cum_device_s`: the run's virtual clock; for records written before
-    the timeline, the sum of the rounds' slowest device times). Per-member costs are totals divided by the fleet
-    size."""
+    the timeline, the sum of the rounds' slowest device times), and the joules every task spent
+    (`cum_energy_per_participant`, NaN for records written before energy was). Per-member costs are totals divided
+    by the fleet size."""
     rounds = run.rounds.sort_values("round")
     size = run.fleet_size
     curves = pd.DataFrame({
@@ -160,5 +162,7 @@ def cost_curves(run: RunRecords) -> pd.DataFrame:
         "cum_device_s": (rounds["vt_end"] if "vt_end" in rounds else rounds["device_time_s"].cumsum()
                          ).to_numpy(dtype=float),
         "cum_wall_s": (rounds["wall_round_s"] + rounds["wall_eval_s"]).cumsum().to_numpy(dtype=float),
+        "cum_energy_per_participant": (rounds["energy_j_total"].cumsum(skipna=False) / size).to_numpy(dtype=float)
+        if "energy_j_total" in rounds else np.full(len(rounds), np.nan),
     })
     return curves

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from analysis.comparison import SPLITS, comparison_table, markdown
 from analysis.runs import RunRecords, load_sweep
 
-from msfusion_ray.tuning import TUNING_FILE
+TUNING_FILE = "tuning.json"  # what the protocol records (msfusion_ray.app.tuning writes it)
 
 
 def read_tuning_record(directory: str | Path) -> dict[str, Any]:

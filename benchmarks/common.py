@@ -195,14 +195,13 @@ def ray_session() -> Iterator[None]:
 def measured_run(prepared: Any) -> dict[str, Any]:
     """Run a prepared experiment on the open cluster while watching its actors' memory; its run directory and
     summary, the whole run's wall time (host start-up included), peak memory (MB) and the load around it."""
-    from msfusion_ray.launch import execute, new_run_dir
+    from msfusion_ray.app.launching import run_prepared
 
-    run_dir, run_id = new_run_dir(prepared)
     load_before = load()
     started = time.perf_counter()
     with ActorMemory() as memory:
-        summary = execute(prepared, run_dir, run_id, show_progress=False)
-    return {"run_dir": run_dir, "summary": summary, "run_wall_s": time.perf_counter() - started,
+        finished = run_prepared(prepared, show_progress=False)
+    return {"run_dir": finished.run_dir, "summary": finished.summary, "run_wall_s": time.perf_counter() - started,
             "driver_peak_mb": memory.peak("Driver") / 1e6, "host_peak_mb": memory.peak("Host") / 1e6,
             "hosts_total_mb": memory.total("Host") / 1e6, "load_before": load_before, "load_after": load()}
 

@@ -4,7 +4,11 @@ The workload (issue 12): the FedAvg paper's CNN (1.66 M parameters), 10 particip
 training images (IID), one local epoch at batch 32 (SGD, msfusion_ray's default learning rate and momentum),
 5 rounds, the global model evaluated on the 10 000 test images after every round, inputs scaled as pixels / 255
 on every side (msfusion_ray: `data.normalize: false`). The three start from the same initial weights, train on
-the same shards and draw the same batches.
+the same shards and draw the same batches. `--model PATH.py:FUNC` (issue 29) gives every side the network a
+user's function builds, by import path: msfusion_ray's `model.name`, the bare loop's and Flower's clients'
+network (benchmarks/fedavg_net.py is the FedAvg CNN written so); by default msfusion_ray runs its built-in
+`fedavg_cnn` and the others that network written out. `--lr`, `--momentum` change the recipe on every side;
+`--seeds` runs one repetition per seed (data subset, initial weights, batches), for accuracy over seeds.
 
 Each side runs as a program of its own, as a user would start it, and each repetition runs the three one after
 another (the order rotating between repetitions), so that they see the same machine load; ratios are taken
@@ -18,16 +22,20 @@ within a repetition, then their median reported:
   round's model (not of the initial one, which Flower's `evaluate_fn` would also do);
 - bare: `benchmarks/flower_workload.py`, one process on torch's default threads.
 
-Figures per side: end to end (launch to exit), start-up (launch to the first training), steady round (rounds 2
-to the last: start of a round to the start of the next; the last to the end of its evaluation), evaluation
-(median wall seconds of one), training GFLOP/s (a round's counted training FLOPs over the steady round less its
-evaluation), peak memory of all the program's processes (summed resident sets sampled every 0.2 s, summed
-proportional sets every 1 s: reading them costs the programs CPU), the CPU seconds they used (less sensitive than wall time to other work on the machine),
-final test accuracy. Flower's telemetry is off (FLWR_TELEMETRY_ENABLED=0) and every
-program runs with the embedded cluster's loopback-only environment.
+Figures per side: end to end (launch to exit), start-up (launch to the first training), launch to round 1 (to
+the start of round 1: for Flower before its Ray start, which it does in round 1; start-up less this is that
+Ray start), steady round (rounds 2 to the last: start of a round to the start of the next; the last to the end
+of its evaluation), evaluation (median wall seconds of one), training GFLOP/s (a round's counted training FLOPs
+over the steady round less its evaluation), peak memory of all the program's processes (summed resident sets
+sampled every 0.2 s, summed proportional sets every 1 s: reading them costs the programs CPU), the CPU seconds
+they used (less sensitive than wall time to other work on the machine), final test accuracy (and its mean and
+spread over the repetitions). Flower's telemetry is off (FLWR_TELEMETRY_ENABLED=0) and every program runs with
+the embedded cluster's loopback-only environment.
 
     .venv/bin/python benchmarks/flower.py                  # 3 repetitions
     .venv/bin/python benchmarks/flower.py --repeats 1 --sides msfusion_ray bare
+    .venv/bin/python benchmarks/flower.py --model benchmarks/fedavg_net.py:make_net --momentum 0
+    .venv/bin/python benchmarks/flower.py --sides msfusion_ray bare --seeds 0 1 2 3 4 --model ... --momentum 0
 """
 
 from __future__ import annotations
@@ -58,17 +66,26 @@ SIDES = ("msfusion_ray", "flower", "bare")
 RUN_TIMEOUT_S = 1800
 
 
+def model_source(model: str | None) -> str | None:
+    """`--model` with its file made absolute (every side loads it from its own working directory)."""
+    if model is None:
+        return None
+    target, _, name = model.rpartition(":")
+    return f"{Path(target).resolve()}:{name}" if target.endswith(".py") else model
+
+
 def workload_config(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     """The workload as an msfusion_ray experiment: only what defines the work; the runtime is left at its
     defaults."""
+    recipe = {key: value for key, value in (("lr", args.lr), ("momentum", args.momentum)) if value is not None}
     return {
-        "name": "flower-bench", "rounds": args.rounds, "seed": 0,
+        "name": "flower-bench", "rounds": args.rounds, "seed": args.seed,
         "data": {"dataset": "fashion_mnist", "partition": "iid", "train_samples": args.participants * args.samples,
                  "normalize": False},
-        "model": {"name": "fedavg_cnn"},
+        "model": {"name": model_source(args.model) or "fedavg_cnn"},
         "fleet": {"devices": {BENCH_DEVICE["name"]: args.participants}, "profiles_dir": str(scratch / "profiles")},
         "strategy": {"name": "fedavg"},
-        "training": {"local_epochs": 1, "batch_size": args.batch_size},
+        "training": {"local_epochs": 1, "batch_size": args.batch_size, **recipe},
         "output_dir": str(scratch / "runs"),
     }
 
@@ -76,11 +93,12 @@ def workload_config(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
 def write_workload(args: argparse.Namespace, scratch: Path) -> Path:
     """The experiment's config for msfusion_ray, and for the other two its settings, initial weights and shards
     (indices into the full training split), all from one `prepare`."""
-    from msfusion_ray.config import RuntimeConfig, TrainingConfig, config_from_dict
-    from msfusion_ray.data import subset_indices
+    from msfusion_ray.config import RuntimeConfig
     from msfusion_ray.data.fashion_mnist import DEFAULT_DIR
+    from msfusion_ray.data.subsets import subset_indices
     from msfusion_ray.devices.profile import default_profiles_dir
-    from msfusion_ray.experiment import prepare
+    from msfusion_ray.experiment.config_check import config_from_dict
+    from msfusion_ray.experiment.prepare import prepare
     from msfusion_ray.runtime.runner import initial_weights
 
     shutil.copytree(default_profiles_dir(), scratch / "profiles")
@@ -89,15 +107,16 @@ def write_workload(args: argparse.Namespace, scratch: Path) -> Path:
     (scratch / "workload.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     prepared = prepare(config_from_dict(config))
     train_total = 60000
-    chosen = subset_indices(train_total, config["data"]["train_samples"], 0, "train")
+    chosen = subset_indices(train_total, config["data"]["train_samples"], args.seed, "train")
     chosen = np.arange(train_total) if chosen is None else chosen
     arrays = {f"w:{k}": v for k, v in initial_weights(prepared).items()}
     arrays.update({f"shard:{p}": chosen[part] for p, part in enumerate(prepared.partitions)})
     np.savez(scratch / "workload.npz", **arrays)
-    training = TrainingConfig()
-    settings = {"participants": args.participants, "rounds": args.rounds, "seed": 0, "local_epochs": 1,
+    training = prepared.config.training
+    settings = {"participants": args.participants, "rounds": args.rounds, "seed": args.seed, "local_epochs": 1,
                 "batch_size": args.batch_size, "lr": training.lr, "momentum": training.momentum,
-                "eval_batch_size": RuntimeConfig().eval_batch_size, "data_dir": str(DEFAULT_DIR)}
+                "eval_batch_size": RuntimeConfig().eval_batch_size, "data_dir": str(DEFAULT_DIR),
+                "model": model_source(args.model)}
     (scratch / "workload.json").write_text(json.dumps(settings))
     return scratch
 
@@ -193,6 +212,7 @@ def bare_side(scratch: Path, env: dict[str, str], rep: int) -> dict[str, Any]:
 
 def figures(side: dict[str, Any], train_flops: float) -> dict[str, float]:
     return {"end_to_end_s": side["exited"] - side["launched"], "start_up_s": side["first_training"] - side["launched"],
+            "to_round_1_s": side["round_starts"][0] - side["launched"],
             "steady_round_s": side["steady_round_s"], "evaluation_s": side["evaluation_s"],
             "training_gflops": train_flops / 1e9 / max(side["steady_round_s"] - side["evaluation_s"], 1e-9),
             "after_last_round_s": side["exited"] - side["finished"],
@@ -207,16 +227,28 @@ def main() -> None:
     parser.add_argument("--participants", type=int, default=10)
     parser.add_argument("--samples", type=int, default=600, help="training images per participant")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--model", help="the network by import path on every side, PATH.py:FUNC or "
+                                        "package.module:FUNC (default: msfusion_ray's built-in fedavg_cnn, and the "
+                                        "same network written out for the bare loop and Flower)")
+    parser.add_argument("--lr", type=float, help="SGD's learning rate (default: msfusion_ray's)")
+    parser.add_argument("--momentum", type=float, help="SGD's momentum (default: msfusion_ray's)")
+    parser.add_argument("--seed", type=int, default=0, help="the run's seed: the data, the weights, the batches")
+    parser.add_argument("--seeds", type=int, nargs="+", help="one repetition per seed (instead of --repeats of "
+                                                              "--seed): final accuracy over seeds")
     parser.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
     parser.add_argument("--client-cpus", type=float, default=1.0, help="Flower: CPUs per client actor")
     parser.add_argument("--flower-venv", type=Path, default=DEFAULT_FLOWER_VENV)
     args = parser.parse_args()
     python = ensure_flower_venv(args.flower_venv) if "flower" in args.sides else None
     repetitions = []
+    seeds = args.seeds if args.seeds is not None else [args.seed] * args.repeats
     with tempfile.TemporaryDirectory() as tmp:
-        scratch = write_workload(args, Path(tmp))
-        env = environment(scratch)
-        for rep in range(args.repeats):
+        for rep, seed in enumerate(seeds):
+            if rep == 0 or seed != seeds[rep - 1]:
+                scratch = Path(tmp) / f"seed-{seed}-{rep}"
+                scratch.mkdir()
+                write_workload(argparse.Namespace(**{**vars(args), "seed": seed}), scratch)
+                env = environment(scratch)
             order = [args.sides[(rep + i) % len(args.sides)] for i in range(len(args.sides))]
             runs: dict[str, dict[str, Any]] = {}
             loads = {}
@@ -231,7 +263,8 @@ def main() -> None:
                 print(f"repetition {rep + 1} {side}: {json.dumps(runs[side])}", file=sys.stderr, flush=True)
             flops = next((r["train_flops_per_round"] for r in runs.values() if "train_flops_per_round" in r), None)
             flops = flops if flops is not None else training_flops(args)
-            repetitions.append({"repeat": rep + 1, "order": order, "load_before": loads, "load_after": load(),
+            repetitions.append({"repeat": rep + 1, "seed": seed, "order": order, "load_before": loads,
+                                "load_after": load(),
                                 "raw": runs, "figures": {side: figures(run, flops) for side, run in runs.items()}})
     tables = summarise(repetitions, args.sides)
     path = write_results("flower", {"command": " ".join(sys.argv), "machine": machine(), "args":
@@ -249,7 +282,7 @@ def training_flops(args: argparse.Namespace) -> float:
     from msfusion_ray.models import DataShape, build_family
     from msfusion_ray.training.losses import loss_of
 
-    family = build_family("fedavg_cnn", DataShape((1, 28, 28), 10))
+    family = build_family(model_source(args.model) or "fedavg_cnn", DataShape((1, 28, 28), 10), seed=args.seed)
     steps = TrainingStepFlops(family.build, family.example_batch, loss_of("classification"))
     full, rest = divmod(args.samples, args.batch_size)
     per_participant = full * steps.flops({}, args.batch_size) + (steps.flops({}, rest) if rest else 0)
@@ -277,7 +310,16 @@ def summarise(repetitions: list[dict[str, Any]], sides: list[str]) -> dict[str, 
                     row[k] = median([r["figures"]["msfusion_ray"][k] / r["figures"][other][k]
                                      for r in repetitions if r["figures"][other][k]])
             ratios.append(row)
-    return {"medians per side": per_side, "msfusion_ray as a ratio (within each repetition), median": ratios}
+    accuracy = [{"side": side, **spread([r["figures"][side]["final_accuracy"] for r in repetitions]),
+                 "per repetition (seed)": ", ".join(f"{r['figures'][side]['final_accuracy']:.4f} ({r['seed']})"
+                                                    for r in repetitions)} for side in sides]
+    return {"medians per side": per_side, "msfusion_ray as a ratio (within each repetition), median": ratios,
+            "final accuracy over the repetitions": accuracy}
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+            "min": min(values), "max": max(values)}
 
 
 if __name__ == "__main__":

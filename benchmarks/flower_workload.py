@@ -1,7 +1,8 @@
 """The FedAvg workload of benchmarks/flower.py as a user of plain PyTorch writes it, with no msfusion_ray import:
-the FedAvg paper's CNN, Fashion-MNIST read from its IDX files, local SGD, sample-weighted averaging, evaluation
-on the test split. Flower's client and server apps (flower_app.py) use it, and run as a script it is the bare
-loop (one process, torch's default threads):
+the FedAvg paper's CNN (benchmarks/fedavg_net.py, or the network `--model` names by import path), Fashion-MNIST
+read from its IDX files, local SGD, sample-weighted averaging, evaluation on the test split. Flower's client and
+server apps (flower_app.py) use it, and run as a script it is the bare loop (one process, torch's default
+threads):
 
     python benchmarks/flower_workload.py WORKLOAD_DIR OUT.json
 
@@ -15,10 +16,14 @@ three stacks' accuracies can be compared to the third decimal.
 from __future__ import annotations
 
 import gzip
+import importlib
+import importlib.util
 import json
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable
 
 STARTED = time.time()  # noqa: E402  (before the imports: they are part of the start-up)
 
@@ -26,23 +31,26 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from fedavg_net import Net  # noqa: E402  (benchmarks/ is on the path: the script's folder, or PYTHONPATH)
+
 FILES = {"train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
          "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte"}
 
 
-class Net(nn.Module):
-    """McMahan et al. (2017)'s CNN: 5x5 conv 32, pool, 5x5 conv 64, pool, 512 ReLU units, 10 outputs."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(64 * 7 * 7, 512), nn.ReLU(inplace=True))
-        self.classifier = nn.Linear(512, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+def network_factory(source: str | None) -> Callable[[], nn.Module]:
+    """The network: the FedAvg CNN, or what a `path/to/file.py:function` or `package.module:function` names,
+    called as msfusion_ray calls a `model.name` function (the data's shape, the options)."""
+    if source is None:
+        return Net
+    target, _, name = source.rpartition(":")
+    if target.endswith(".py"):
+        spec = importlib.util.spec_from_file_location(f"user_net_{Path(target).stem}", target)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(target)
+    shape = SimpleNamespace(input_shape=(1, 28, 28), num_outputs=10, task="classification", input_dtype="float")
+    return lambda: getattr(module, name)(shape, {})
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -76,9 +84,10 @@ class Workload:
         self.initial = {key[len("w:"):]: arrays[key] for key in arrays.files if key.startswith("w:")}
         self.shards = [arrays[f"shard:{p}"] for p in range(self.settings["participants"])]
         self.data = read_fashion_mnist(self.settings["data_dir"])
+        self.network = network_factory(self.settings.get("model"))
 
-    def model(self, weights: dict[str, np.ndarray] | None = None) -> Net:
-        model = Net()
+    def model(self, weights: dict[str, np.ndarray] | None = None) -> nn.Module:
+        model = self.network()
         state = weights if weights is not None else self.initial
         model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
         return model

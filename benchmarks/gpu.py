@@ -14,8 +14,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine, markdown_table, measured_run, ray_session, write_results  # noqa: E402
-from msfusion_ray.config import load_config  # noqa: E402
-from msfusion_ray.experiment import prepare  # noqa: E402
+from msfusion_ray.experiment.config_check import load_config  # noqa: E402
+from msfusion_ray.experiment.prepare import prepare  # noqa: E402
 from msfusion_ray.records import read_host_rows, read_participant_rows, read_round_rows  # noqa: E402
 
 MIB = 2**20

@@ -19,7 +19,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader \
 step "install"
 if [ -n "${PYTHON:-}" ]; then
   py=$PYTHON
-  grep -v '^torch' requirements.txt | "$py" -m pip install -q -r /dev/stdin  # keep the interpreter's own torch
+  grep -v '^torch==' requirements.txt | "$py" -m pip install -q -r /dev/stdin  # keep the interpreter's own torch
   "$py" -m pip install -q --no-deps -e .
 else
   scripts/install.sh

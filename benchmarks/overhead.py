@@ -30,9 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import (BENCH_DEVICE, load, machine, markdown_table, measured_run, median,  # noqa: E402
                                ray_session, write_results)
-from msfusion_ray.config import ExperimentConfig, config_from_dict  # noqa: E402
+from msfusion_ray.config import ExperimentConfig  # noqa: E402
 from msfusion_ray.devices.profile import default_profiles_dir  # noqa: E402
-from msfusion_ray.experiment import Prepared, prepare  # noqa: E402
+from msfusion_ray.experiment.config_check import config_from_dict  # noqa: E402
+from msfusion_ray.experiment.prepare import Experiment, prepare  # noqa: E402
 
 def config_for(args: argparse.Namespace, profiles_dir: Path, output_dir: Path) -> ExperimentConfig:
     return config_from_dict({
@@ -48,7 +49,7 @@ def config_for(args: argparse.Namespace, profiles_dir: Path, output_dir: Path) -
     })
 
 
-def bare_rounds(prepared: Prepared, steps: int, batch_size: int, threads: int) -> list[float]:
+def bare_rounds(prepared: Experiment, steps: int, batch_size: int, threads: int) -> list[float]:
     """FedAvg as one would write it without a framework, on `threads` torch threads; seconds per round (train
     every participant, average)."""
     from msfusion_ray.runtime.runner import initial_weights
@@ -85,7 +86,7 @@ def bare_rounds(prepared: Prepared, steps: int, batch_size: int, threads: int) -
     return times
 
 
-def framework_rounds(prepared: Prepared) -> tuple[list[float], float]:
+def framework_rounds(prepared: Experiment) -> tuple[list[float], float]:
     """The same rounds through msfusion_ray: the driver's wall time per round, and the whole run's."""
     from msfusion_ray.records import read_round_rows
 

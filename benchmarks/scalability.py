@@ -27,7 +27,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine, markdown_table, measured_run, median, ray_session, write_results  # noqa: E402
-from msfusion_ray.config import ExperimentConfig, config_from_dict  # noqa: E402
+from msfusion_ray.config import ExperimentConfig  # noqa: E402
+from msfusion_ray.experiment.config_check import config_from_dict  # noqa: E402
 from msfusion_ray.records import (ParticipantRoundRow, RecordWriter, RoundRow, read_participant_rows,  # noqa: E402
                                   read_round_rows)
 
@@ -73,7 +74,7 @@ def writer_rows_per_s(participants: pd.DataFrame, rounds: pd.DataFrame) -> float
 
 def measure(size: int, rounds: int, hosts: int | None, scratch: Path, per_round: int | None = None) -> dict:
     """One run of `size` participants; round times from its records, memory from its actors."""
-    from msfusion_ray.experiment import prepare
+    from msfusion_ray.experiment.prepare import prepare
 
     run = measured_run(prepare(config_for(size, rounds, hosts, str(scratch), per_round)))
     rounds_frame, participants = read_round_rows(run["run_dir"]), read_participant_rows(run["run_dir"])

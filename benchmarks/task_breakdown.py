@@ -85,7 +85,7 @@ class CpuWatch:
 
 
 def breakdown(participants: int, per_round: int, rounds: int) -> dict:
-    from msfusion_ray.experiment import prepare
+    from msfusion_ray.experiment.prepare import prepare
 
     with tempfile.TemporaryDirectory() as scratch, ray_session():
         prepared = prepare(config_for(participants, rounds, None, scratch, per_round))

@@ -19,10 +19,10 @@ apply_offline_env()
 
 from ray.cluster_utils import Cluster  # noqa: E402  (after the loopback environment is set)
 
-from msfusion_ray.config import load_config  # noqa: E402
+from msfusion_ray.app.launching import run_prepared  # noqa: E402
 from msfusion_ray.errors import UserInputError  # noqa: E402
-from msfusion_ray.experiment import prepare, resolve_fleet  # noqa: E402
-from msfusion_ray.launch import execute, new_run_dir  # noqa: E402
+from msfusion_ray.experiment.config_check import load_config  # noqa: E402
+from msfusion_ray.experiment.prepare import prepare, resolve_fleet  # noqa: E402
 
 NODE_OBJECT_STORE = 256 * 1024**2
 
@@ -50,9 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, args.set + [f"runtime.address={cluster.address}",
                                                       "runtime.device_resources=true"])
         prepared = prepare(config)
-        run_dir, run_id = new_run_dir(prepared)
-        summary = execute(prepared, run_dir, run_id)
-        print(f"run {run_id}: {summary['rounds_completed']} rounds, final accuracy {summary['final_accuracy']}")
+        finished = run_prepared(prepared)
+        run_dir, summary = finished.run_dir, finished.summary
+        print(f"run {run_dir.name}: {summary['rounds_completed']} rounds, final accuracy {summary['final_accuracy']}")
         print(f"records: {run_dir}")
         return 0
     finally:

@@ -3,10 +3,12 @@
     import msfusion_ray
     run = msfusion_ray.run("quickstart", rounds=3, strategy={"name": "heterofl"})
     run.summary["final_accuracy"], run.rounds[["round", "test_accuracy"]], run.participants
+    choice = msfusion_ray.compare("quickstart", quick=True)
+    choice.recommendation, choice.decision  # one row per objective: winner, runner-up, lead, separable, the line
 
-The same checks, records and run directory as `msfusion-ray run` / `sweep` (bad input raises the one-line
-`UserInputError`; a run that fails raises `RunFailed`, its records so far kept). Both start an embedded local
-cluster, use the Ray session already open in this process, or join `address=`.
+The same lifecycle as `msfusion-ray run` / `sweep` (msfusion_ray.app): the same checks, records and run directory
+(bad input raises the one-line `UserInputError`; a run that fails raises `RunFailed`, its records so far kept).
+Both start an embedded local cluster, use the Ray session already open in this process, or join `address=`.
 """
 
 from __future__ import annotations
@@ -21,11 +23,21 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from msfusion_ray.config import ExperimentConfig, config_from_dict
+from analysis.plots import plot_runs
+from msfusion_ray.app import lifecycle
+from msfusion_ray.app.request import RunRequest, checked_config
+from msfusion_ray.app.run_dir import RunDirectory
+from msfusion_ray.app.stops import RunFailed, RunInterrupted
+from msfusion_ray.app.sweep import execute_sweep
+from msfusion_ray.app.sweep_plan import SweepConfig, check_directory, plan_sweep, read_sweep, resolve_base
+from msfusion_ray.config import ExperimentConfig
 from msfusion_ray.errors import UserInputError
-from msfusion_ray.inputs import load_yaml, set_dotted
+from msfusion_ray.experiment.config_check import config_from_dict
 from msfusion_ray.paths import find_config
 from msfusion_ray.records import read_participant_rows, read_round_rows
+from msfusion_ray.validation import build
+
+__all__ = ["Run", "RunFailed", "RunInterrupted", "Sweep", "UserInputError", "load", "run", "sweep"]
 
 
 @dataclass
@@ -111,31 +123,9 @@ def _override_texts(values: Mapping[str, Any]) -> list[str]:
     return [f"{key}={json.dumps(value)}" for key, value in _overrides(values)]
 
 
-def _source(config_or_path: Any) -> tuple[dict[str, Any], Path | None, str]:
-    """(raw mapping, the directory relative files are found in, what errors name)."""
-    if isinstance(config_or_path, ExperimentConfig):
-        return config_or_path.to_dict(), None, ""
-    if isinstance(config_or_path, Mapping):
-        return copy.deepcopy(dict(config_or_path)), None, ""
-    if isinstance(config_or_path, (str, Path)):
-        path = find_config(str(config_or_path))
-        return load_yaml(path), path.parent, str(path)
-    raise UserInputError("config", f"expected a config mapping, an ExperimentConfig or a file path, not "
-                                   f"{type(config_or_path).__name__}")
-
-
 def load(config_or_path: Any, address: str | None = None, **overrides: Any) -> ExperimentConfig:
-    """The validated config a call to `run` would run (nothing is started)."""
-    data, config_dir, where = _source(config_or_path)
-    items = _overrides(overrides) + ([("runtime.address", address)] if address else [])
-    for key, value in items:
-        set_dotted(data, key, value)
-    try:
-        return config_from_dict(data, config_dir=config_dir)
-    except UserInputError as err:
-        if not where or err.where.startswith(where):
-            raise
-        raise UserInputError(f"{where}: {err.where}", err.message) from None
+    """The checked config a call to `run` would run (nothing is started)."""
+    return checked_config(RunRequest.of(config_or_path, _overrides(overrides), address), config_from_dict)
 
 
 def run(config_or_path: Any = None, *, resume: str | Path | None = None, address: str | None = None,
@@ -149,22 +139,18 @@ def run(config_or_path: Any = None, *, resume: str | Path | None = None, address
     process, else an embedded one). A driver whose process dies is started again from the last checkpoint
     (runtime.max_driver_restarts times); then the run raises `RunFailed`. Ctrl-C or SIGTERM raise
     `RunInterrupted` (a KeyboardInterrupt)."""
-    from msfusion_ray.launch import execute, open_run
-
     if resume is not None:
         if config_or_path is not None:
             raise UserInputError("run", "give a config or resume=RUN_DIR, not both")
-        prepared, run_dir, run_id = open_run(None, resume, _override_texts(overrides), address)
+        request = RunRequest.resuming(resume, _override_texts(overrides), address)
     elif config_or_path is None:
         raise UserInputError("run", "give a config or resume=RUN_DIR")
-    else:  # every check before anything is written
-        prepared, run_dir, run_id = open_run(load(config_or_path, address, **overrides))
-    summary = execute(prepared, run_dir, run_id, resume=resume is not None, show_progress=progress)
+    else:
+        request = RunRequest.of(config_or_path, _overrides(overrides), address)
+    finished = lifecycle.run(request, show_progress=progress)
     if plots:
-        from analysis.plots import plot_runs
-
-        plot_runs([run_dir], run_dir / "plots")
-    return Run(run_dir, prepared.config, summary)
+        plot_runs([finished.run_dir], finished.run_dir / "plots")
+    return Run(finished.run_dir, finished.config, finished.summary)
 
 
 def sweep(sweep_or_path: Any, *, address: str | None = None, max_parallel: int | None = None,
@@ -173,23 +159,71 @@ def sweep(sweep_or_path: Any, *, address: str | None = None, max_parallel: int |
 
     `sweep_or_path`: a sweep file, a ready one by name ("sweeps/fmnist_compare"), or a mapping (name, base,
     grid, cases). `overrides` apply to the base config, as in `run`."""
-    from msfusion_ray import sweep as sweeps
-    from msfusion_ray.validation import build
-
     if isinstance(sweep_or_path, Mapping):
-        where, config = "sweep", build(sweeps.SweepConfig, copy.deepcopy(dict(sweep_or_path)), "")
-        config = dataclasses.replace(config, base=sweeps.resolve_base(config.base, Path.cwd(),
-                                                                      _override_texts(overrides)))
+        where, config = "sweep", build(SweepConfig, copy.deepcopy(dict(sweep_or_path)), "")
+        config = dataclasses.replace(config, base=resolve_base(config.base, Path.cwd(), _override_texts(overrides)))
     else:
         path = find_config(str(sweep_or_path))
-        where, config = str(path), sweeps.read_sweep(path, _override_texts(overrides))
-    plan = sweeps.plan_sweep(config, Path(config.output_dir) / config.name, where)
-    sweeps.check_directory(plan)
-    status = sweeps.execute_sweep(plan, retry_failed, max_parallel, address, progress)
+        where, config = str(path), read_sweep(path, _override_texts(overrides))
+    plan = plan_sweep(config, Path(config.output_dir) / config.name, where)
+    check_directory(plan)
+    status = execute_sweep(plan, retry_failed, max_parallel, address, progress)
     runs = {}
     for cell in plan.cells:
-        run_dir = plan.directory / status.cells[cell.id].get("run_dir", f"cells/{cell.id}")
-        summary_path = run_dir / "summary.json"
-        if summary_path.is_file():
-            runs[cell.id] = Run(run_dir, cell.config, json.loads(summary_path.read_text()))
+        run_dir = RunDirectory.existing(plan.directory / status.cells[cell.id].get("run_dir", f"cells/{cell.id}"))
+        summary = run_dir.summary()
+        if summary is not None:
+            runs[cell.id] = Run(run_dir.path, cell.config, summary)
     return Sweep(plan.directory, status.cells, runs)
+
+
+@dataclass
+class Comparison:
+    """A finished comparison: its directory, its record (compare.json) and the decision made of its records."""
+
+    directory: Path
+    record: dict[str, Any]
+    result: Any  # analysis.decision.Decision
+
+    @property
+    def decision(self) -> pd.DataFrame:
+        """One row per objective: the winner, the runner-up, their means, the 95 % interval of the winner's paired
+        lead over the seeds, whether it separates them, and the line that says so."""
+        return self.result.frame()
+
+    @property
+    def recommendation(self) -> str:
+        return self.result.recommendation
+
+    @property
+    def statistics(self) -> pd.DataFrame:
+        """Per scheme and objective: per-seed values, mean and 95 % interval."""
+        return self.result.statistics
+
+    @property
+    def per_class(self) -> pd.DataFrame:
+        """Per scheme and device class: what one device of the class paid (device time, energy, bytes, FLOPs)."""
+        return self.result.per_class
+
+    def __repr__(self) -> str:
+        return f"Comparison({str(self.directory)!r}, {self.recommendation!r})"
+
+
+def compare(config_or_path: Any, *, schemes: list[str] | None = None, seeds: int | None = None,
+            budget: int | None = None, target: float | None = None, quick: bool = False, early_stop: bool = True,
+            max_parallel: int | None = None, retry_failed: bool = False, address: str | None = None,
+            progress: bool = True, report: bool = True, output_dir: str = "sweeps",
+            **overrides: Any) -> Comparison:
+    """Which scheme for this fleet: every scheme that applies to the config's model and fleet, tuned alike on the
+    validation split, its winner run on `seeds` seeds (default 3), and the decision (what `compare` writes as
+    decision.md), resumable like a sweep. The arguments are the command's options (`schemes`: strategy names);
+    `overrides` change the config as in `run`."""
+    from msfusion_ray.app.compare import run_comparison
+    from msfusion_ray.app.compare_plan import CompareOptions, plan_compare
+
+    options = CompareOptions(schemes=schemes, seeds=seeds, budget=budget, target=target, quick=quick,
+                             early_stop=early_stop, max_parallel=max_parallel, output_dir=output_dir)
+    request = RunRequest.of(config_or_path, _overrides(overrides))
+    plan = plan_compare(checked_config(request, config_from_dict), options, request.where or "config")
+    done = run_comparison(plan, retry_failed, address, progress, report)
+    return Comparison(done.directory, done.record, done.decision)

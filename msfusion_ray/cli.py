@@ -1,29 +1,27 @@
-"""Command line: run, sweep, tune, validate, split, profiles, plot, report, schema.
+"""Command line: run, sweep, tune, compare, validate, split, profiles, plot, report, schema.
 
+Argument parsing and printing: every command calls the lifecycle (msfusion_ray.app) and prints what it returns.
 Bad input of any kind ends with one line on stderr naming the field or file, and exit code 2, before anything is
-started or written.
+started or written. This module imports neither torch nor Ray: a run's experiment is prepared in a process of its
+own where the process ends after the command (msfusion_ray.app.apart), and the other commands import what they
+need when they run.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Sequence
 
-from msfusion_ray.config import ExperimentConfig, RuntimeConfig, load_config, runtime_ahead
+from msfusion_ray.app.request import RunRequest
+from msfusion_ray.app.run_dir import check_run_dir
+from msfusion_ray.app.stops import RunFailed, interruption
 from msfusion_ray.errors import ClusterStartError, UserInputError
-from msfusion_ray.failures import RUN_LOG
-from msfusion_ray.inputs import load_yaml
-from msfusion_ray.launch import RunFailed, execute, interruption, open_run, open_run_dir
 from msfusion_ray.paths import find, find_config
-
-if TYPE_CHECKING:
-    from msfusion_ray.experiment import Prepared
-    from msfusion_ray.launchable import Launchable
+from msfusion_ray.runtime.run_log import RUN_LOG
 
 EXIT_BAD_INPUT = 2
 
@@ -60,6 +58,22 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_options(tune)
     tune.add_argument("--address", help="an existing Ray cluster (default: start an embedded local one)")
 
+    compare = commands.add_parser("compare", help="which scheme for this fleet: every scheme that applies, tuned "
+                                                 "alike, on several seeds, and the decision (resumable)")
+    compare.add_argument("config", help="experiment YAML (model, data, fleet, training budget), or a ready one")
+    compare.add_argument("--schemes", help="comma-separated strategy names (default: every scheme that applies)")
+    compare.add_argument("--seeds", type=int, help="final runs per scheme, on seeds 1..N (default 3)")
+    compare.add_argument("--budget", type=int, help="tuning runs per scheme (default 3; 1: no tuning)")
+    compare.add_argument("--target", type=float, help="the test accuracy (perplexity for a language model) to reach")
+    compare.add_argument("--quick", action="store_true", help="sized for a laptop: smaller runs, no tuning runs")
+    compare.add_argument("--no-early-stop", action="store_true", help="run every tuning run to the end")
+    compare.add_argument("--max-parallel", type=int, metavar="N", help="runs side by side (default: from the cluster)")
+    compare.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    compare.add_argument("--output-dir", default="sweeps", help="where the comparison's directory goes (sweeps)")
+    compare.add_argument("--no-report", action="store_true", help="skip the HTML report (decision.md is written)")
+    _add_config_options(compare)
+    compare.add_argument("--address", help="an existing Ray cluster (default: start an embedded local one)")
+
     validate = commands.add_parser("validate", help="check a config, its fleet and data without running")
     validate.add_argument("config")
     _add_config_options(validate)
@@ -79,9 +93,10 @@ def _parser() -> argparse.ArgumentParser:
     schema.add_argument("--kind", choices=("any", "experiment", "sweep", "tuning"), default="any",
                         help="an experiment config, a sweep file, a tuning file, or any of them (default)")
 
-    report = commands.add_parser("report", help="an HTML report (plots, tables, config) of a run or a sweep")
-    report.add_argument("path", metavar="RUN_OR_SWEEP_DIR")
-    report.add_argument("--out", help="output directory (default: RUN_OR_SWEEP_DIR/report)")
+    report = commands.add_parser("report", help="an HTML report (plots, tables, config) of a run, a sweep or a "
+                                                "comparison")
+    report.add_argument("path", metavar="DIR", help="a run, sweep or comparison directory")
+    report.add_argument("--out", help="output directory (default: DIR/report)")
     return parser
 
 
@@ -116,34 +131,39 @@ def main(argv: Sequence[str] | None = None, exiting: bool = False) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from msfusion_ray.experiment import check_module, prepare
-    from msfusion_ray.models import ModuleFamily
-    from msfusion_ray.models.module import check_sub_model
+    from msfusion_ray.app.preparation import validate
+    from msfusion_ray.devices.spread import spread_lines
 
-    prepared = prepare(load_config(find_config(args.config), _overrides(args)))
-    config = prepared.config
-    print(f"config ok: {config.name}, strategy {prepared.strategy.name}, model {config.model.name} "
-          f"(width {config.model.width}), {len(prepared.fleet)} participants, {len(prepared.data.train)} training "
-          f"samples")
-    if isinstance(prepared.family, ModuleFamily):
-        check_module(prepared.family, prepared.strategy, prepared.strategy.objective() is not None)
-        if prepared.family.spec.groups:
-            widths = check_sub_model(prepared.family)
-            print(f"sub-models ok: {len(widths)} width groups; a random selection ({sum(widths.values())} of "
-                  f"{sum(prepared.family.spec.groups.values())} units) is cut, loaded and run forward")
+    checked = validate(RunRequest.from_file(args.config, _overrides(args)))
+    experiment, config = checked.experiment, checked.experiment.config
+    print(f"config ok: {config.name}, strategy {experiment.strategy.name}, model {config.model.name} "
+          f"(width {config.model.width}), {len(experiment.fleet)} participants, {len(experiment.data.train)} "
+          f"training samples")
+    if checked.sub_model_widths is not None:
+        widths = checked.sub_model_widths
+        print(f"sub-models ok: {len(widths)} width groups; a random selection ({sum(widths.values())} of "
+              f"{sum(experiment.family.spec.groups.values())} units) is cut, loaded and run forward")
+    print("\n".join(spread_lines(experiment.fleet)) + "\n")
+    shown = experiment.fleet.participants[:VALIDATE_LISTED]
     print(f"{'participant':>11}  {'device':<22} {'samples':>7}  {'cap MiB':>9}  {'max rate':>8}")
-    for p in prepared.fleet.participants:
-        rate = prepared.strategy.largest_trainable_rate(p.id, prepared.capacity)
-        print(f"{p.id:>11}  {p.device.name:<22} {len(prepared.partitions[p.id]):>7}  "
+    for p in shown:
+        rate = experiment.strategy.largest_trainable_rate(p.id, experiment.capacity)
+        print(f"{p.id:>11}  {experiment.fleet.label(p.id)[:22]:<22} {len(experiment.partitions[p.id]):>7}  "
               f"{p.memory_cap_bytes / 2**20:>9.1f}  {'none' if rate is None else f'{rate:.3f}':>8}")
+    if len(shown) < len(experiment.fleet):
+        print(f"({len(experiment.fleet) - len(shown)} more participants; records/fleet.parquet of a run lists all)")
     return 0
 
 
-def _split(args: argparse.Namespace) -> int:
-    from msfusion_ray.pipeline.report import split_report
-    from msfusion_ray.pipeline.setup import planner_for
+VALIDATE_LISTED = 200  # participants listed one by one; the spread table covers every one
 
-    config = load_config(find_config(args.config), _overrides(args))
+
+def _split(args: argparse.Namespace) -> int:
+    from msfusion_ray.app.preparation import check_whole
+    from msfusion_ray.experiment.pipeline_planning import planner_for
+    from msfusion_ray.pipeline.report import split_report
+
+    config = check_whole(RunRequest.from_file(args.config, _overrides(args))).config
     print(f"{config.name}: {config.model.name} (width {config.model.width}) on {config.data.dataset}")
     print(split_report(planner_for(config)))
     return 0
@@ -151,14 +171,10 @@ def _split(args: argparse.Namespace) -> int:
 
 def _profiles(args: argparse.Namespace) -> int:
     from msfusion_ray.devices.profile import default_profiles_dir, load_profiles
+    from msfusion_ray.devices.spread import profile_lines
 
     directory = find(args.dir) if args.dir else default_profiles_dir()
-    print(f"{'profile':<22} {'memory MiB':>10} {'GFLOP/s':>8} {'up Mb/s':>8} {'down Mb/s':>9} {'RTT ms':>7} "
-          f"{'avail':>5}")
-    for profile in load_profiles(directory).values():
-        print(f"{profile.name:<22} {profile.memory_mib:>10.0f} {profile.train_gflops:>8.1f} "
-              f"{profile.uplink_mbps:>8.1f} {profile.downlink_mbps:>9.1f} {profile.latency_ms:>7.0f} "
-              f"{profile.availability:>5.2f}")
+    print("\n".join(profile_lines(load_profiles(directory))))
     fleets = sorted((directory / "fleets").glob("*.yaml"))
     if fleets:
         print("\nfleets: " + ", ".join(f.stem for f in fleets))
@@ -169,7 +185,7 @@ def _plot(args: argparse.Namespace) -> int:
     from analysis.plots import plot_runs
 
     for run_dir in args.run_dirs:
-        _check_run_dir(run_dir)
+        check_run_dir(run_dir)
     out = Path(args.out) if args.out else Path(args.run_dirs[0]) / "plots"
     for path in plot_runs(args.run_dirs, out):
         print(path)
@@ -177,132 +193,58 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if not args.resume and not args.config:
-        raise UserInputError("run", "give a CONFIG or --resume RUN_DIR")
-    config_path = find_config(args.config) if not args.resume else None
-    if args.exiting:
-        prepared, resumed = prepare_beside_cluster(config_path, args.resume, _overrides(args), args.address)
-        run_dir, run_id = open_run_dir(prepared, resumed, _overrides(args) if args.resume else ())
+    from msfusion_ray.app import lifecycle
+
+    if args.resume:
+        request = RunRequest.resuming(args.resume, _overrides(args), args.address)
+    elif args.config:
+        request = RunRequest.from_file(args.config, _overrides(args), args.address)
     else:
-        prepared, run_dir, run_id = open_run(read_config(config_path, _overrides(args)), args.resume,
-                                             _overrides(args) if args.resume else (), args.address)
-    resume_hint = f"continue with: python -m msfusion_ray run --resume {run_dir}"
+        raise UserInputError("run", "give a CONFIG or --resume RUN_DIR")
     try:
-        summary = execute(prepared, run_dir, run_id, resume=bool(args.resume), exiting=args.exiting)
+        finished = lifecycle.run(request, apart=args.exiting, exiting=args.exiting)
     except RunFailed as err:
-        print(f"error: run failed: {err} (full text: {run_dir / RUN_LOG})", file=sys.stderr)
-        print(resume_hint, file=sys.stderr)
+        print(f"error: run failed: {err} (full text: {err.run_dir / RUN_LOG})", file=sys.stderr)
+        print(_resume_hint(err.run_dir), file=sys.stderr)
         return 1
     except KeyboardInterrupt as err:
         stop = interruption(err)
-        print(f"run {stop.reason}; records so far: {run_dir} ({resume_hint})", file=sys.stderr)
+        if stop is None or stop.run_dir is None:
+            raise
+        print(f"run {stop.reason}; records so far: {stop.run_dir} ({_resume_hint(stop.run_dir)})", file=sys.stderr)
         return stop.exit_code
-    print(f"run {run_id}: {summary['rounds_completed']} rounds, final accuracy {summary['final_accuracy']}, "
+    summary = finished.summary
+    print(f"run {finished.run_id}: {summary['rounds_completed']} rounds, final accuracy {summary['final_accuracy']}, "
           f"best {summary['best_accuracy']}, {summary['wall_s']:.1f} s")
-    print(f"records: {run_dir}")
+    print(f"records: {finished.run_dir}")
     if not args.no_plots:
         from analysis.plots import plot_runs
 
-        for path in plot_runs([run_dir], run_dir / "plots"):
+        for path in plot_runs([finished.run_dir], finished.run_dir / "plots"):
             print(f"plot: {path}")
     return 0
 
 
-def read_config(path: Path | None, overrides: list[str]) -> ExperimentConfig | None:
-    """A new run's config from its file with `overrides` (None for a resumed run: its directory has it)."""
-    return load_config(path, overrides) if path is not None else None
-
-
-def read_and_prepare(path: Path | None, resume: str | None, overrides: list[str], address: str | None,
-                     note: Callable[[Any], None]) -> Prepared:
-    """What `prepare_beside_cluster` has its child process do: the config read and checked (`note`d as soon as it
-    is, with the resumed run's directory), then the experiment prepared."""
-    from msfusion_ray.launch import prepare_checked, run_config
-
-    config, resumed = run_config(read_config(path, overrides), resume, overrides if resume else (), address)
-    note((config, resumed))
-    return prepare_checked(config, resumed)
-
-
-def cluster_ahead(path: Path | None, resume: str | None, overrides: list[str]) -> tuple[RuntimeConfig, list] | None:
-    """What starting the run's cluster needs (`runtime_ahead`: its runtime section and the code it names), read from
-    the config file, or from the resumed run's; None where it cannot be read (the whole check says why)."""
-    source = path if path is not None else Path(resume) / "config.yaml"
-    try:
-        data = load_yaml(source)
-    except UserInputError:
-        return None
-    return runtime_ahead(data, overrides, config_dir=source.parent if path is not None else None)
-
-
-def prepare_beside_cluster(path: Path | None, resume: str | None, overrides: list[str],
-                           address: str | None) -> tuple[Launchable, Path | None]:
-    """Read the config and prepare the experiment (every check happens before anything is written) while its
-    embedded cluster starts: each takes seconds, and the cluster needs only the config's runtime section (read
-    ahead of the rest: `cluster_ahead`; started again in the odd case the whole check resolves it otherwise).
-    Reading the whole config (the strategies' parameters are checked by their classes) and preparing import torch:
-    they happen in a process of their own (`PreparingApart`), so that this one, which lives as long as the run,
-    never does. A process that exits right after (see `exit_now`) takes a cluster started for input that turned
-    out bad down with it; where the kernel would not (no fate sharing) or the run joins a cluster, it prepares
-    first."""
-    import ray
-
-    from msfusion_ray.code_refs import job_runtime_env
-    from msfusion_ray.launch import code_named
-    from msfusion_ray.launchable import PreparingApart
-    from msfusion_ray.runtime.cluster import ends_with_this_process, fate_sharing_supported, start_cluster
-
-    started: tuple[RuntimeConfig, list] | None = None  # what the running cluster was started for
-    failed: ClusterStartError | None = None
-
-    def start(runtime: RuntimeConfig, code: list) -> None:
-        nonlocal started, failed
-        if failed is None and not runtime.address and fate_sharing_supported():
-            try:
-                start_cluster(runtime, job_runtime_env(code))
-                started = (runtime, code)
-            except ClusterStartError as err:
-                failed = err
-
-    ahead = cluster_ahead(path, resume, overrides) if not address else None
-    with PreparingApart(functools.partial(read_and_prepare, path, resume, overrides, address)) as preparing:
-        if ahead is not None:
-            start(*ahead)
-        config, resumed = preparing.note()
-        needed = (config.runtime, code_named(config))
-        if started is not None and started != needed:
-            ray.shutdown()
-            started = None
-        if started is None:
-            start(*needed)
-        prepared = preparing.result()  # bad input first: exit code 2 whatever the cluster did
-    if failed is not None:
-        raise failed
-    if ray.is_initialized() and not ends_with_this_process():  # not what the check promised: leave nothing
-        ray.shutdown()
-    return prepared, resumed
-
-
-def _check_run_dir(path: str | Path) -> None:
-    if not (Path(path) / "config.yaml").is_file():
-        raise UserInputError(str(path), "not a run directory (no config.yaml)")
+def _resume_hint(run_dir: Path) -> str:
+    return f"continue with: python -m msfusion_ray run --resume {run_dir}"
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from msfusion_ray import sweep as sweeps
+    from msfusion_ray.app import sweep_plan
+    from msfusion_ray.app.sweep import execute_sweep
 
     if args.max_parallel is not None and args.max_parallel < 1:
         raise UserInputError("--max-parallel", f"must be >= 1 (got {args.max_parallel})")
     if args.resume:
         if _overrides(args):
             raise UserInputError("--set", "a resumed sweep keeps its recorded config; start a new sweep to change it")
-        plan = sweeps.load_sweep_dir(args.resume)
+        plan = sweep_plan.load_sweep_dir(args.resume)
     elif args.config:
-        plan = sweeps.load_sweep(find_config(args.config), _overrides(args))
-        sweeps.check_directory(plan)
+        plan = sweep_plan.load_sweep(find_config(args.config), _overrides(args))
+        sweep_plan.check_directory(plan)
     else:
         raise UserInputError("sweep", "give a CONFIG or --resume SWEEP_DIR")
-    status = sweeps.execute_sweep(plan, args.retry_failed, args.max_parallel, args.address)
+    status = execute_sweep(plan, args.retry_failed, args.max_parallel, args.address)
     print(f"{'cell':<48} {'status':<9} {'rounds':>6} {'final':>10} {'wall s':>7}  error")
     for cell_id, cell in status.cells.items():
         accuracy, perplexity, wall = cell.get("final_accuracy"), cell.get("final_perplexity"), cell.get("wall_s")
@@ -319,7 +261,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _tune(args: argparse.Namespace) -> int:
     from analysis.tuning import tuning_report
-    from msfusion_ray import tuning
+    from msfusion_ray.app import tuning
 
     if args.max_parallel is not None and args.max_parallel < 1:
         raise UserInputError("--max-parallel", f"must be >= 1 (got {args.max_parallel})")
@@ -336,19 +278,21 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from analysis.decision import is_compare_dir
     from analysis.report import write_report
     from analysis.runs import is_sweep_dir
 
     path = Path(args.path)
-    if not is_sweep_dir(path):
-        _check_run_dir(path)
+    if not is_sweep_dir(path) and not is_compare_dir(path):
+        check_run_dir(path)
     print(write_report(path, Path(args.out) if args.out else path / "report"))
     return 0
 
 
 def exit_now(code: int) -> None:
     """End the command-line process at once, its output flushed: what it wrote is on disk, and the interpreter's
-    own teardown (and an embedded cluster's, see `ray_cluster`) would only make the user wait."""
+    own teardown (and an embedded cluster's: msfusion_ray.app.ray_session.ClusterSession) would only make the
+    user wait."""
     sys.stdout.flush()
     sys.stderr.flush()
     logging.shutdown()
@@ -376,11 +320,39 @@ def end_descendants() -> None:
 def _schema(args: argparse.Namespace) -> int:
     import json
 
-    from msfusion_ray.config import json_schema
+    from msfusion_ray.app.schema import json_schema
 
     print(json.dumps(json_schema(args.kind), indent=2))
     return 0
 
 
-COMMANDS = {"run": _run, "sweep": _sweep, "tune": _tune, "validate": _validate, "split": _split,
-            "profiles": _profiles, "plot": _plot, "report": _report, "schema": _schema}
+def _compare(args: argparse.Namespace) -> int:
+    """Plan (every check first), run what is left, print the decision; exit 1 where a final run did not complete
+    (the decision leaves it out and says so)."""
+    from msfusion_ray.app.compare import run_comparison
+    from msfusion_ray.app.compare_plan import CompareOptions, plan_compare
+    from msfusion_ray.experiment.config_check import load_config
+
+    options = CompareOptions(schemes=args.schemes.split(",") if args.schemes is not None else None,
+                             seeds=args.seeds, budget=args.budget, target=args.target, quick=args.quick,
+                             early_stop=not args.no_early_stop, max_parallel=args.max_parallel,
+                             output_dir=args.output_dir)
+    path = find_config(args.config)
+    plan = plan_compare(load_config(path, _overrides(args)), options, str(path))
+    for name, reason in plan.excluded.items():
+        print(f"{name}: {reason}")
+    done = run_comparison(plan, args.retry_failed, args.address, report=not args.no_report)
+    print(done.decision.recommendation)
+    for line in done.decision.lines:
+        print(f"- {line}")
+    print(f"decision: {done.directory / 'decision.md'}")
+    if done.report is not None:
+        print(f"report: {done.report}")
+    if done.failed:
+        print(f"{len(done.failed)} final runs did not complete (first: {done.failed[0]['cell']}); run the same "
+              f"command with --retry-failed", file=sys.stderr)
+    return 1 if done.failed else 0
+
+
+COMMANDS = {"run": _run, "sweep": _sweep, "tune": _tune, "compare": _compare, "validate": _validate,
+            "split": _split, "profiles": _profiles, "plot": _plot, "report": _report, "schema": _schema}

@@ -1,8 +1,9 @@
 """The experiment config: one YAML file, one typed section per component, strict validation.
 
-Unknown fields, wrong types and out-of-range values are rejected with the dotted field name. Names that refer to
-registries (data set, model, strategy, device profiles) are checked later, in `msfusion_ray.experiment.prepare`,
-where those registries are at hand.
+Unknown fields, wrong types and out-of-range values are rejected with the dotted field name. This module declares
+the config and checks its structure; it knows no strategy. The strategies' parameters, and the names that refer to
+registries (data set, model, strategy, device profiles), are checked in msfusion_ray.experiment, where those
+registries are at hand.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Callable, Literal, Sequence
 
 import yaml
 
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.inputs import load_yaml, parse_yaml, set_dotted
+from msfusion_ray.paths import anchor_paths
 from msfusion_ray.validation import checked, fraction, model_of, non_negative, positive, to_dataclass, validate
 
 # Seeds go to numpy's generators and torch's; numpy's legacy seeding takes 0 .. 2**32 - 1.
@@ -64,9 +66,22 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class SampleConfig:
+    """A fleet drawn from a device list (msfusion_ray.devices.sources): a shipped source (phones) or a CSV."""
+
+    source: str
+    size: int = checked(check=positive)
+    seed: int | None = checked(None, check=seed_range)  # which devices are drawn (default: the run's seed)
+    replace: bool = True  # draw with replacement (a list may be smaller than the fleet)
+
+
+@dataclass(frozen=True)
 class FleetConfig:
     file: str | None = None  # a fleet scenario under device_profiles/fleets/
     devices: dict[str, int] | None = None  # or inline: profile name -> count
+    device_list: str | None = None  # or a CSV of devices, one participant per row (msfusion_ray.devices.device_list)
+    sample: SampleConfig | None = None  # or devices drawn from a list
+    jitter: float | None = checked(None, check=non_negative)  # per-task speed and bandwidth sigma, every participant
     size: int | None = checked(None, check=positive)  # rescale the mix to this many participants
     memory_scale: float | None = checked(None, check=positive)  # overrides the fleet file's
     profiles_dir: str | None = None  # default: the project's device_profiles/
@@ -74,8 +89,8 @@ class FleetConfig:
     compute_nodes: dict[str, int] | None = None  # pipeline split learning: overrides the fleet file's compute nodes
     aggregator: str | None = None  # pipeline split learning: overrides the fleet file's aggregator
     # when devices are reachable (msfusion_ray.devices.availability): a draw per round, on/off windows from the
-    # profiles' on_mean_s/off_mean_s, or windows read from a CSV trace
-    availability: Literal["per_round", "windows", "trace"] = "per_round"
+    # profiles' on_mean_s/off_mean_s, windows read from a CSV trace, or the profiles' daily (diurnal) windows
+    availability: Literal["per_round", "windows", "trace", "diurnal"] = "per_round"
     availability_trace: str | None = None
 
 
@@ -171,108 +186,46 @@ def _shortened(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _with_default_strategy(value: Any) -> Any:
-    return {"name": StrategyConfig.name, **value} if isinstance(value, dict) and "name" not in value else value
-
-
-def strategy_model(name: str, params: type) -> type:
-    """strategy: {name: <name>, params: <its Params>} as one member of the union on strategy.name."""
-    from pydantic import Field, create_model
-
-    from msfusion_ray.validation import STRICT
-
-    member = create_model(f"Strategy_{name}", __config__=STRICT,
-                          name=(Literal[name], ...), params=(model_of(params), Field(default_factory=params)))
-    member.__convert__ = lambda m: StrategyConfig(
-        m.name, m.params.model_dump(exclude_unset=True) if not dataclasses.is_dataclass(m.params) else {})
-    return member
-
-
-_EXPERIMENT_MODELS: dict[tuple[str, ...], type] = {}
-
-
-def experiment_model() -> type:
-    """The pydantic model of an experiment config, with strategy params checked in the same pass: a union of
-    every registered strategy's section, discriminated by strategy.name."""
-    from pydantic import BeforeValidator, Field, create_model
-
-    from msfusion_ray.strategies import STRATEGIES
-
-    names = tuple(STRATEGIES.names())
-    if names not in _EXPERIMENT_MODELS:
-        members = tuple(strategy_model(name, cls.Params) for name, cls in STRATEGIES.items())
-        union = Annotated[Union[members] if len(members) > 1 else members[0], Field(discriminator="name"),
-                          BeforeValidator(_with_default_strategy)]
-        _EXPERIMENT_MODELS[names] = create_model(
-            "ExperimentConfig", __base__=model_of(ExperimentConfig), __doc__=ExperimentConfig.__doc__,
-            strategy=(union, Field(default_factory=StrategyConfig)))
-        _EXPERIMENT_MODELS[names].__dataclass__ = ExperimentConfig
-    return _EXPERIMENT_MODELS[names]
-
-
-def resolved_dict(data: dict[str, Any], overrides: list[str] = (),
+def resolved_dict(data: dict[str, Any], overrides: Sequence[str] = (),
                   config_dir: str | Path | None = None) -> dict[str, Any]:
     """A raw config overridden and anchored (the files it names: msfusion_ray.paths, relative to the current
     directory, then `config_dir`, then the bundled files), not yet validated."""
-    from msfusion_ray.paths import anchor_paths
-
+    if not isinstance(data, dict):
+        raise UserInputError("config", f"must be a mapping, not {type(data).__name__}")
     data = copy.deepcopy(data)
     for text in overrides:
         set_dotted(data, *parse_override(text))
     return anchor_paths(data, config_dir)
 
 
-def config_from_dict(data: dict[str, Any], overrides: list[str] = (), where: str = "",
-                     config_dir: str | Path | None = None) -> ExperimentConfig:
-    """Override, anchor (`resolved_dict`) and validate a config."""
-    data = resolved_dict(data, overrides, config_dir)
-    config = to_dataclass(validate(experiment_model(), data, where))
-    if config.fleet.file is None and config.fleet.devices is None:
-        raise UserInputError(f"{where}.fleet" if where else "fleet", "give either 'file' or 'devices'")
+def checked_structure(data: dict[str, Any], overrides: Sequence[str] = (), where: str = "",
+                      config_dir: str | Path | None = None) -> ExperimentConfig:
+    """Override, anchor (`resolved_dict`) and check a config in every field but the strategy's parameters, which
+    only the strategy's class can check (msfusion_ray.experiment.config_check checks the whole; this check needs
+    nothing but the declarations above, so it answers in a fraction of a second)."""
+    return finished(to_dataclass(validate(model_of(ExperimentConfig), resolved_dict(data, overrides, config_dir),
+                                          where)), where)
+
+
+def finished(config: ExperimentConfig, where: str) -> ExperimentConfig:
+    """The checks across fields, after every field checked alone."""
+    given = [key for key in FLEET_SOURCES if getattr(config.fleet, key) is not None]
+    if not given or (len(given) > 1 and {"device_list", "sample"} & set(given)):
+        raise UserInputError(f"{where}.fleet" if where else "fleet",
+                             f"give one of {', '.join(FLEET_SOURCES)} (got {', '.join(given) or 'none'})")
     return config
 
 
-def runtime_ahead(data: dict[str, Any], overrides: list[str] = (),
-                  config_dir: str | Path | None = None) -> tuple[RuntimeConfig, list[Any]] | None:
-    """A config's runtime section, and the fields that may name the user's code (model.name, data.dataset),
-    resolved and checked alone: what starting its cluster needs, known before the whole config is checked (the
-    strategies' parameters are checked by their classes, which import torch). None where they do not check: the
-    whole config's check then says why."""
+FLEET_SOURCES = ("file", "devices", "device_list", "sample")
+
+
+def read_config_file(path: str | Path, overrides: Sequence[str], check: Callable[..., ExperimentConfig]
+                     ) -> ExperimentConfig:
+    """Read an experiment config file and `check(data, overrides, config_dir=...)` it; errors name the file and
+    the field."""
     try:
-        data = resolved_dict(data, overrides, config_dir)
-        runtime = to_dataclass(validate(model_of(RuntimeConfig), data.get("runtime") or {}, "runtime"))
-    except (UserInputError, TypeError, ValueError, AttributeError):
-        return None
-    from msfusion_ray.paths import CODE_FIELDS
-
-    return runtime, [(data.get(section) or {}).get(key) for section, key in CODE_FIELDS]
-
-
-def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
-    """Read, override and validate an experiment config; errors name the file and the field."""
-    try:
-        return config_from_dict(load_yaml(path), overrides, config_dir=Path(path).parent)
+        return check(load_yaml(path), overrides, config_dir=Path(path).parent)
     except UserInputError as err:
         if err.where.startswith(str(path)) or err.where.startswith("--set"):
             raise
         raise UserInputError(f"{path}: {err.where}", err.message) from None
-
-
-def json_schema(kind: Literal["any", "experiment", "sweep", "tuning"] = "any") -> dict[str, Any]:
-    """The JSON Schema of an experiment config, a sweep file, a tuning file, or any of them (what an editor's YAML
-    support reads)."""
-    from pydantic import TypeAdapter, create_model
-
-    from msfusion_ray.sweep import SweepConfig
-    from msfusion_ray.tuning import TuneConfig
-
-    experiment = experiment_model()
-    sweep = create_model("SweepConfig", __base__=model_of(SweepConfig), __doc__=SweepConfig.__doc__,
-                         base=(Union[experiment, str], ...))
-    tuning = create_model("TuneConfig", __base__=model_of(TuneConfig), __doc__=TuneConfig.__doc__,
-                          base=(Union[experiment, str], ...))
-    target = {"experiment": experiment, "sweep": sweep, "tuning": tuning,
-              "any": Union[experiment, sweep, tuning]}[kind]
-    schema = TypeAdapter(target).json_schema()
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
-            "title": f"msfusion_ray {'config' if kind == 'any' else kind}", **schema}

@@ -11,7 +11,7 @@ class UserInputError(Exception):
         self.message = message
         super().__init__(f"{where}: {message}")
 
-    def __reduce__(self):  # noqa: ANN204  (rebuilt from both parts when it crosses processes, e.g. from an actor)
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # rebuilt from both parts in another process (an actor)
         return type(self), (self.where, self.message)
 
 

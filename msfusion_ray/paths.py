@@ -13,18 +13,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import msfusion_ray
 from msfusion_ray.code_refs import is_code_ref, split_ref
 
 # The config fields that name files or directories, and those that may name code in a file (`path.py:function`).
-PATH_FIELDS = (("fleet", "file"), ("fleet", "profiles_dir"), ("fleet", "availability_trace"), ("data", "data_dir"))
+PATH_FIELDS = (("fleet", "file"), ("fleet", "profiles_dir"), ("fleet", "availability_trace"), ("data", "data_dir"),
+               ("fleet", "device_list"), ("fleet.sample", "source"))
 CODE_FIELDS = (("model", "name"), ("data", "dataset"))
 
 
 def bundled_root() -> Path:
     """The directory holding the bundled device_profiles/ and configs/: the installed package's data, or the
     project checkout the package is imported from."""
-    package = Path(msfusion_ray.__file__).resolve().parent
+    package = Path(__file__).resolve().parent
     installed = package / "bundled"
     return installed if installed.is_dir() else package.parent
 
@@ -60,7 +60,9 @@ def anchor_paths(data: dict[str, Any], config_dir: str | Path | None) -> dict[st
     """The raw config with every relative file it names anchored (see `anchored`); code named by a dotted module
     path stays as it is."""
     for section, key in PATH_FIELDS + CODE_FIELDS:
-        part = data.get(section)
+        part = data
+        for name in section.split("."):
+            part = part.get(name) if isinstance(part, dict) else None
         value = part.get(key) if isinstance(part, dict) else None
         if not isinstance(value, str):
             continue

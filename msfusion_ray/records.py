@@ -10,10 +10,11 @@ every figure is measured or computed while the round runs. Where hosts train on 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
+
+from msfusion_ray.files import write_atomic
 
 if TYPE_CHECKING:
     import pandas as pd  # imported where frames are made: host actors make rows, never frames
@@ -61,6 +62,13 @@ class ParticipantRoundRow:
     vt_start: float = math.nan  # run's virtual time at which the participant was handed the model
     vt_end: float = math.nan  # ... and at which its work ended (or was lost)
     device_clock_s: float = 0.0  # the participant's device seconds spent so far in the run (busy time)
+    device_wait_s: float = 0.0  # after its work, waiting for the round's barrier or the buffer's aggregation
+    # joules (msfusion_ray.devices.energy): computing, sending and receiving, waiting; NaN where the profile has no
+    # power figure for that part
+    energy_compute_j: float = math.nan
+    energy_comm_j: float = math.nan
+    energy_idle_j: float = math.nan
+    energy_j: float = math.nan
     mem_planned_bytes: int = 0
     mem_cap_bytes: int = 0
     mem_peak_rss_bytes: int = 0  # rise of the host process's resident set while training
@@ -104,6 +112,10 @@ class RoundRow:
     bytes_up_total: int = 0
     bytes_p2p_total: int = 0
     device_time_s: float = 0.0  # the longest participant task of the step
+    energy_j_total: float = math.nan  # joules of every task of the step (NaN where a device has no power figures)
+    energy_compute_j_total: float = math.nan
+    energy_comm_j_total: float = math.nan
+    energy_idle_j_total: float = math.nan
     vt_start: float = 0.0  # run's virtual time when the step began (the previous aggregation)
     vt_end: float = 0.0  # ... and of its aggregation: a synchronous round ends with its slowest participant
     device_utilisation: float = math.nan  # device seconds worked within the step / (its length x participants)
@@ -144,6 +156,10 @@ class RoundRow:
             bytes_up_total=sum(r.bytes_up for r in rows),
             bytes_p2p_total=sum(r.bytes_p2p for r in rows),
             device_time_s=max((r.device_time_s for r in rows), default=0.0),
+            energy_j_total=sum(r.energy_j for r in rows),
+            energy_compute_j_total=sum(r.energy_compute_j for r in rows),
+            energy_comm_j_total=sum(r.energy_comm_j for r in rows),
+            energy_idle_j_total=sum(r.energy_idle_j for r in rows),
             **values,
         )
 
@@ -201,6 +217,14 @@ class HostStepRow:
         )
 
 
+def history_entry(row: Any) -> dict[str, float]:
+    """A step's figures as the run's history (summary.json) keeps them, from its round row or one read back from
+    the records (the same names; records written before energy have none)."""
+    return {"round": int(row.round), "vt": float(row.vt_end), "accuracy": float(row.test_accuracy),
+            "loss": float(row.test_loss), "perplexity": float(row.test_perplexity),
+            "val_perplexity": float(row.val_perplexity), "energy_j": float(getattr(row, "energy_j_total", math.nan))}
+
+
 def host_rows(run_id: str, round_idx: int, hosts: list[dict[str, Any]],
               rows: list[ParticipantRoundRow]) -> list[HostStepRow]:
     """A step's row for every host, with how many of the run's hosts share its GPU."""
@@ -211,10 +235,7 @@ def host_rows(run_id: str, round_idx: int, hosts: list[dict[str, Any]],
 
 
 def _write_atomic(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    write_atomic(path, lambda temporary: frame.to_parquet(temporary, index=False))
 
 
 class RecordWriter:
@@ -232,6 +253,12 @@ class RecordWriter:
         frame = frame.reindex(columns=columns + sorted(set(frame.columns) - set(columns)))
         _write_atomic(frame, self._path("participants", round_row.round))
         _write_atomic(pd.DataFrame([round_row.flat()]), self._path("rounds", round_row.round))
+
+    def write_fleet(self, columns: dict[str, Any]) -> None:
+        """The fleet as the run drew it, once per run (records/fleet.parquet): a row per participant."""
+        import pandas as pd
+
+        _write_atomic(pd.DataFrame(columns), self.root / "fleet.parquet")
 
     def write_hosts(self, round_idx: int, rows: list[HostStepRow]) -> None:
         import pandas as pd
@@ -261,6 +288,14 @@ def read_participant_rows(run_dir: str | Path) -> pd.DataFrame:
 
 def read_round_rows(run_dir: str | Path) -> pd.DataFrame:
     return _read(run_dir, "rounds")
+
+
+def read_fleet(run_dir: str | Path) -> pd.DataFrame:
+    """Each participant's drawn device figures (empty for runs written before the table existed)."""
+    import pandas as pd
+
+    path = Path(run_dir) / "records" / "fleet.parquet"
+    return pd.read_parquet(path) if path.is_file() else pd.DataFrame()
 
 
 def read_host_rows(run_dir: str | Path) -> pd.DataFrame:

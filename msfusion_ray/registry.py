@@ -2,9 +2,11 @@
 by name in a config).
 
 A registry is filled by decorators in the files that define the plug-ins (`@register("fedavg")`), and finds those
-files itself: on the first lookup it imports every module of the packages it was told to search. So no module has
-to import the plug-in files to make them known (that was the import cycle of the hand-written registries), and a
-new plug-in file needs no edit anywhere else.
+files itself: on the first lookup of a name not yet registered it imports every module of the packages it was told
+to search. So no module has to import the plug-in files to make them known (that was the import cycle of the
+hand-written registries), and a new plug-in file needs no edit anywhere else; a lookup of an entry whose module is
+already imported imports nothing (a host's procedure: searching imported every strategy, and through MP-SL scipy,
+0.3 CPU seconds in every host before its first task).
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ class Registry(Generic[T]):
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
-        self._search_packages()
+        if name not in self._entries:
+            self._search_packages()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
@@ -62,7 +65,8 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         """The entry, or a one-line `UserInputError` on the config field that lists the known names."""
-        self._search_packages()
+        if name not in self._entries:
+            self._search_packages()
         if name not in self._entries:
             raise UserInputError(self.field, f"unknown {self.kind} '{name}' (known: {', '.join(self.names())})")
         return self._entries[name]

@@ -75,7 +75,7 @@ def _fields_of(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls, include_extras=True)
     fields = {}
     for field in dataclasses.fields(cls):
-        if not field.init:
+        if not field.init or field.metadata.get("internal"):  # internal: set by the code, never written by users
             continue
         annotation = annotation_of(hints[field.name])
         check = field.metadata.get("check")

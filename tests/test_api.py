@@ -179,7 +179,7 @@ def test_a_data_set_and_a_model_from_one_user_file_through_a_sweep(ray_session, 
     assert list(result.cells["status"]) == ["complete", "complete"]
     assert set(result.rounds["cell"]) == set(result.cells["cell"]) and len(result.rounds) == 4
     assert result.rounds.groupby("cell")["test_accuracy"].last().min() > 1 / 3  # better than chance on blobs
-    assert callable(msfusion_ray.sweep) and hasattr(msfusion_ray.sweep, "load_sweep")  # the module, callable
+    assert msfusion_ray.sweep is msfusion_ray.api.sweep  # the function; sweeps' modules live in msfusion_ray.app
 
 
 def test_tensorboard_tracking_writes_each_round(ray_session, small_config_dict):
@@ -214,8 +214,8 @@ def test_mlflow_tracking_logs_each_round_and_the_config(ray_session, small_confi
 def test_tracking_is_off_by_default_and_a_missing_tracker_is_one_line(small_config_dict, monkeypatch):
     import importlib.util
 
-    from msfusion_ray.config import config_from_dict
-    from msfusion_ray.experiment import prepare
+    from msfusion_ray.experiment.config_check import config_from_dict
+    from msfusion_ray.experiment.prepare import prepare
 
     assert config_from_dict(small_config_dict).runtime.tracking is None
     real = importlib.util.find_spec

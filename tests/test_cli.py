@@ -86,8 +86,8 @@ def test_validate_reports_the_fleet(tmp_path, capsys, small_config_dict):
 def test_validate_shows_the_rates_the_scheme_trains_at(capsys):
     """Co-S2P's rates cover depth as well as width: the phones and Nanos that cannot hold the global model's
     narrowest width-only slice still train its first blocks, and validate says so (it showed 'none')."""
-    from msfusion_ray.config import load_config
-    from msfusion_ray.experiment import prepare
+    from msfusion_ray.experiment.config_check import load_config
+    from msfusion_ray.experiment.prepare import prepare
 
     assert main(["validate", "configs/smoke/cos2p.yaml"]) == 0
     shown = {}

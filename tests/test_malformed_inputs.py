@@ -7,8 +7,11 @@ after, so a case that wrote anything (a run directory, a half file) fails.
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -168,6 +171,29 @@ CASES = [
          "10000000 participants need at least"),
     Case("sweep status.json malformed", lambda t: ["sweep", "--resume", str(_sweep_dir_with_status(t))],
          "status.json:1: malformed JSON"),
+    Case("distribution with a negative median", lambda t: ["run", _config_file(t, **{"fleet.profiles_dir": str(
+        _profiles(t, "raspberry-pi-4", _pi_profile("3000").replace(
+            "train_gflops: 5", "train_gflops: {lognormal: {median: -5, sigma: 0.3}}")))})],
+         "raspberry-pi-4.yaml.train_gflops.lognormal.median: must be > 0"),
+    Case("distribution with a negative sigma", lambda t: ["run", _config_file(t, **{"fleet.profiles_dir": str(
+        _profiles(t, "raspberry-pi-4", _pi_profile("3000").replace(
+            "uplink_mbps: 20", "uplink_mbps: {lognormal: {median: 20, sigma: -1}}")))})],
+         "raspberry-pi-4.yaml.uplink_mbps.lognormal.sigma: must be >= 0"),
+    Case("unknown distribution", lambda t: ["run", _config_file(t, **{"fleet.profiles_dir": str(
+        _profiles(t, "raspberry-pi-4", _pi_profile("3000").replace(
+            "train_gflops: 5", "train_gflops: {pareto: {alpha: 2}}")))})],
+         "raspberry-pi-4.yaml.train_gflops.pareto: unknown distribution"),
+    Case("device list without a column", lambda t: ["run", _config_file(t, **{"fleet.devices": None,
+        "fleet.device_list": str(_write(t / "devices.csv", "name,memory_mib,train_gflops,uplink_mbps,downlink_mbps\n"
+                                                           "a,500,5,10,50\n"))})],
+         "devices.csv: a device list needs the column(s) latency_ms"),
+    Case("device list with a value that is not a number", lambda t: ["run", _config_file(t, **{"fleet.devices": None,
+        "fleet.device_list": str(_write(t / "devices.csv", "name,memory_mib,train_gflops,uplink_mbps,downlink_mbps,"
+                                                           "latency_ms\na,500,5,10,50,40\nb,500,five,10,50,40\n"))})],
+         "devices.csv:3.train_gflops: must be a number (got 'five')"),
+    Case("sample larger than its list without replacement", lambda t: ["run", _config_file(t, **{
+        "fleet.devices": None, "fleet.sample": {"source": "phones", "size": 400, "replace": False}})],
+         "fleet.sample.size: 400 devices drawn without replacement from a list of 333"),
 ]
 
 
@@ -200,7 +226,7 @@ def test_a_fleet_too_large_for_its_data_is_refused_before_it_is_built(tmp_path, 
     def never(*args, **kwargs):
         raise AssertionError("the fleet was built before the sample count was checked")
 
-    monkeypatch.setattr("msfusion_ray.experiment.make_fleet", never)
+    monkeypatch.setattr("msfusion_ray.experiment.prepare.make_fleet", never)
     assert main(["validate", _config_file(tmp_path), "--set", "fleet.size=10000000"]) == 2
     assert "participants need at least" in capsys.readouterr().err
 
@@ -215,3 +241,34 @@ def test_merge_keys_may_be_overridden_without_a_duplicate_key_error(tmp_path):
 def test_written_infinity_is_left_to_the_field_checks(tmp_path, capsys):
     assert main(["validate", _config_file(tmp_path), "--set", "training.lr=.inf"]) == 2
     assert "training.lr: must be finite" in capsys.readouterr().err
+
+
+EXITING_CLI = """
+import sys
+from msfusion_ray.cli import main
+code = main(sys.argv[1:], exiting=True)
+assert "ray" not in sys.modules and "torch" not in sys.modules, "Ray or torch imported for a config's own error"
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("content, expect", [
+    ("name: x\nrounds: .nan\nfleet:\n  devices: {raspberry-pi-4: 2}\n",
+     "exp.yaml: rounds: must be an integer (got nan)"),
+    ("name: x\nrounds: 2\ndata: fashion_mnist\nfleet:\n  devices: {raspberry-pi-4: 2}\n",
+     "exp.yaml: data: must be a mapping (got str)"),
+    ("name: x\nrounds: 2\nrounds: 3\n", "exp.yaml:3: duplicate key 'rounds'"),
+    ("name: x\nrounds: 2\ntraining: {learning_rate: 0.1}\nfleet:\n  devices: {raspberry-pi-4: 2}\n",
+     "exp.yaml: training.learning_rate: unknown field"),
+])
+def test_the_commands_own_process_refuses_a_configs_own_error_before_ray_or_torch(content, expect, tmp_path):
+    """The command line as a user runs it (the process ends after the command: `exiting`, where a run is prepared
+    in a child process and the cluster may start beside it): a config's own error is found in the command's own
+    process, before any child, cluster or torch: one line, exit code 2, nothing written."""
+    path = _write(tmp_path / "exp.yaml", content)
+    before = _tree(tmp_path)
+    done = subprocess.run([sys.executable, "-c", EXITING_CLI, "run", str(path)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(PROJECT)})
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1 and expect in done.stderr, done.stderr
+    assert _tree(tmp_path) == before

@@ -4,7 +4,7 @@ a user's file is anchored to an absolute path for every process of the run, a bu
 import yaml
 
 from msfusion_ray.cli import main
-from msfusion_ray.config import load_config
+from msfusion_ray.experiment.config_check import load_config
 from msfusion_ray.paths import bundled_root, find, find_config
 
 

@@ -63,7 +63,7 @@ def test_every_kind_of_plug_in_is_found_by_the_one_registry_in_a_fresh_process()
             "from msfusion_ray.runtime.engines.base import ENGINES\n"
             "from msfusion_ray.strategies import STRATEGIES\n"
             "from msfusion_ray.training.objective import OBJECTIVES\n"
-            "from msfusion_ray.training.procedure import PROCEDURES\n"
+            "from msfusion_ray.procedures.base import PROCEDURES\n"
             "print(json.dumps({r.kind: r.names() for r in (MODELS, ENGINES, STRATEGIES, OBJECTIVES, PROCEDURES)}))\n")
     found = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                       timeout=120).stdout.splitlines()[-1])

@@ -3,6 +3,8 @@ strategy params in the same pass; `schema` prints the JSON Schema, which accepts
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -10,8 +12,9 @@ import pytest
 import yaml
 
 from msfusion_ray.cli import main
-from msfusion_ray.config import config_from_dict, runtime_ahead
+from msfusion_ray.config import checked_structure
 from msfusion_ray.errors import UserInputError
+from msfusion_ray.experiment.config_check import config_from_dict
 from tests.conftest import SMALL_CONFIG
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
@@ -85,14 +88,28 @@ def test_schema_is_valid_json_schema_accepting_every_ready_config_and_rejecting_
     assert math.isfinite(schema["$defs"]["TrainingConfig"]["properties"]["lr"]["exclusiveMinimum"])
 
 
-def test_the_runtime_section_read_ahead_is_the_whole_checks(tmp_path):
-    """What the command line starts the cluster with before the whole config is checked (`runtime_ahead`)."""
+def test_the_structure_check_is_the_whole_one_but_the_strategy_params(tmp_path):
+    """What the command line checks before any other process starts (msfusion_ray.config.checked_structure): the
+    same config as the whole check, the strategy's parameters left to its class."""
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "mine.py").write_text("")
     data = {**SMALL_CONFIG, "model": {"name": "models/mine.py:Net"}}
     overrides = ["runtime.num_cpus=2", "runtime.object_store_mib=300"]
-    runtime, code = runtime_ahead(data, overrides, config_dir=tmp_path)
-    whole = config_from_dict(data, overrides, config_dir=tmp_path)
-    assert runtime == whole.runtime and runtime.num_cpus == 2
-    assert code == [whole.model.name, whole.data.dataset] and code[0].startswith(str(tmp_path))
-    assert runtime_ahead(data, ["runtime.num_cpus=-1"]) is None  # the whole check says why
+    quick = checked_structure(data, overrides, config_dir=tmp_path)
+    assert quick == config_from_dict(data, overrides, config_dir=tmp_path) and quick.runtime.num_cpus == 2
+    assert quick.model.name.startswith(str(tmp_path))  # anchored alike
+    with pytest.raises(UserInputError, match="runtime.num_cpus: must be > 0"):
+        checked_structure(data, ["runtime.num_cpus=-1"])
+    params = ["strategy.name=msfusion", "strategy.params.overlap=3"]
+    assert checked_structure(SMALL_CONFIG, params).strategy.params == {"overlap": 3}  # the class's to check
+    with pytest.raises(UserInputError, match="strategy.params.overlap: must be in"):
+        config_from_dict(SMALL_CONFIG, params)
+
+
+def test_the_structure_check_needs_no_strategy_and_no_torch():
+    code = ("import json, sys\nfrom msfusion_ray.config import checked_structure\n"
+            "checked_structure(json.loads(sys.argv[1]))\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'ray') or 'strateg' in m))")
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(SMALL_CONFIG)], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr

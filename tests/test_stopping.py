@@ -17,9 +17,9 @@ import psutil
 import pytest
 import yaml
 
+from msfusion_ray.app.progress import ProgressDisplay
 from msfusion_ray.cli import main
-from msfusion_ray.failures import describe_failure, likely_cause
-from msfusion_ray.launch import ProgressDisplay
+from msfusion_ray.runtime.failure_texts import describe_failure, likely_cause
 
 PROJECT = Path(__file__).resolve().parents[1]
 STARTUP_LIMIT_S = 300  # a safety bound on waiting for the subprocess's first round, not a speed requirement
@@ -183,7 +183,7 @@ def test_ray_failure_texts_become_one_line_with_the_likely_cause():
 
 @pytest.mark.parametrize("exit_code", [0, 1])
 def test_other_exits_are_not_taken_for_a_stop(exit_code):
-    from msfusion_ray.launch import interruption
+    from msfusion_ray.app.stops import interruption
 
     assert interruption(SystemExit(exit_code)) is None
     assert interruption(SystemExit(signal.SIGTERM)).exit_code == 128 + signal.SIGTERM

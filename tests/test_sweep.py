@@ -9,11 +9,12 @@ import shutil
 import pytest
 import yaml
 
+from msfusion_ray.app.sweep import DataCache, auto_parallel, prepare_cells, run_sweep
+from msfusion_ray.app.sweep_plan import cell_name, check_directory, grid_points, load_sweep, load_sweep_dir
+from msfusion_ray.app.sweep_status import SweepStatus, create_directory
 from msfusion_ray.cli import main
 from msfusion_ray.devices.profile import default_profiles_dir
 from msfusion_ray.errors import UserInputError
-from msfusion_ray.sweep import (DataCache, SweepStatus, auto_parallel, cell_name, check_directory, create_directory,
-                                grid_points, load_sweep, load_sweep_dir, prepare_cells, run_sweep)
 from tests.conftest import SMALL_CONFIG
 
 
@@ -160,7 +161,7 @@ def test_sweep_runs_records_a_failed_cell_and_resumes_without_rerunning(ray_sess
 
 
 def test_a_finished_cell_keeps_its_last_accuracy_or_perplexity():
-    from msfusion_ray.sweep import cell_summary
+    from msfusion_ray.app.sweep_status import cell_summary
 
     history = [{"round": 1, "perplexity": 9.0}, {"round": 2, "perplexity": 7.5},
                {"round": 3, "perplexity": float("nan")}]

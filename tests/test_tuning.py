@@ -7,8 +7,8 @@ import json
 import pytest
 import yaml
 
+from msfusion_ray.app.tuning import read_tuning, run_protocol, scheme_settings
 from msfusion_ray.errors import UserInputError
-from msfusion_ray.tuning import read_tuning, run_protocol, scheme_settings
 from tests.conftest import SMALL_CONFIG
 
 
@@ -125,8 +125,8 @@ def test_the_tune_command_runs_both_stages_and_reports_the_winners(ray_session, 
 
 def test_a_stage_with_a_failed_cell_stops_before_any_winner(tmp_path, monkeypatch):
     """A cell the machine killed says nothing about its setting: the protocol stops and asks for --retry-failed."""
-    from msfusion_ray import sweep as sweeps
-    from msfusion_ray.tuning import StageFailed, sweep_stage_runner
+    from msfusion_ray.app import sweep as sweeps
+    from msfusion_ray.app.tuning import StageFailed, sweep_stage_runner
 
     def fake_run_sweep(plan, prepared, status, todo, *args, **kwargs):
         for index, cell_id in enumerate(todo):

@@ -17,6 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from msfusion_ray.costs import eager  # noqa: F401  (the FLOP counter without torch._dynamo)
 from msfusion_ray.costs.attention import register_cpu_attention_flops
 from msfusion_ray.costs.memory import TensorPeakTracker
+from msfusion_ray.costs.threads import one_thread
 
 register_cpu_attention_flops()  # every count in this project sees CPU attention
 
@@ -76,5 +77,6 @@ class TrainingStepFlops:
             model = self._build(widths)
             model.train()
             batch = self._example_batch(batch_size)
-            self._cache[key] = count_flops(lambda: self._loss_of(model, batch).backward())[1]
+            with one_thread():
+                self._cache[key] = count_flops(lambda: self._loss_of(model, batch).backward())[1]
         return self._cache[key]

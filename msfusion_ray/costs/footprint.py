@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from msfusion_ray.costs.memory import TensorPeakTracker
+from msfusion_ray.costs.threads import one_thread
 
 OPTIMIZER_STATE_COPIES = {"sgd": 0, "sgd_momentum": 1, "adam": 2}
 
@@ -162,8 +163,9 @@ class FootprintPlanner:
             torch.manual_seed(0)
             model = self._build(widths) if depth is None else self._build(widths, depth=depth)
             batch = self._example_batch(batch_size)
-            extra = self._extra_bytes(model, batch) if self._extra_bytes is not None else 0
-            cached = plan_footprint(model, batch, self._loss_of, self._copies, extra)
+            with one_thread():
+                extra = self._extra_bytes(model, batch) if self._extra_bytes is not None else 0
+                cached = plan_footprint(model, batch, self._loss_of, self._copies, extra)
             self._cache[key] = cached
         return cached
 

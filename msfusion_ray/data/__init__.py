@@ -9,7 +9,11 @@ import numpy as np
 from msfusion_ray.code_refs import is_code_ref, load_ref, split_ref
 from msfusion_ray.config import DataConfig
 from msfusion_ray.data.arrays import ArrayDataset, DataBundle, channel_stats, pad_images
+from msfusion_ray.data.cifar10 import load_cifar10
+from msfusion_ray.data.fashion_mnist import load_fashion_mnist
 from msfusion_ray.data.partition import partition_dirichlet, partition_groups, partition_iid
+from msfusion_ray.data.shakespeare import load_shakespeare
+from msfusion_ray.data.subsets import hold_out, subset, subset_indices
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.models.base import DataShape
 from msfusion_ray.shards import Shards
@@ -37,7 +41,7 @@ def arrays_bundle(name: str, arrays: Mapping[str, Any], config: DataConfig, seed
                 x = pad_images(x, config.pad_to)
             except ValueError as err:
                 raise UserInputError("data.pad_to", str(err)) from None
-        splits[split] = ArrayDataset(x, y) if split == "train" else _subset(ArrayDataset(x, y), config.eval_samples,
+        splits[split] = ArrayDataset(x, y) if split == "train" else subset(ArrayDataset(x, y), config.eval_samples,
                                                                             seed, "eval")
     kept = None  # the training samples kept, as indices into the given training split (None: all of them)
     if config.validation_samples is not None:
@@ -67,51 +71,18 @@ def arrays_bundle(name: str, arrays: Mapping[str, Any], config: DataConfig, seed
                       tokens_per_sample=int(train.x.shape[1]) if task == "language_model" else 0)
 
 
-def hold_out(n_samples: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(the rest of the training split, a seeded hold-out of `size` samples as the validation split), as indices:
-    tuning on the hold-out never sees the test split, and training never sees the hold-out."""
-    if size >= n_samples:
-        raise UserInputError("data.validation_samples", f"{size} leaves nothing of the {n_samples} training "
-                                                        f"samples to train on")
-    held = subset_indices(n_samples, size, seed, "validation")
-    return np.setdiff1d(np.arange(n_samples), held), held
-
-
-def subset_indices(n_samples: int, size: int | None, seed: int, which: str) -> np.ndarray | None:
-    """A seeded, sorted sample of `size` of `n_samples` indices (None: keep them all), the cap that
-    data.train_samples and data.eval_samples put on a split."""
-    if size is None or size >= n_samples:
-        return None
-    return np.sort(np.random.default_rng([seed, 0x5B5E7, len(which)]).choice(n_samples, size, replace=False))
-
-
-def _subset(split: ArrayDataset, size: int | None, seed: int, which: str) -> ArrayDataset:
-    chosen = subset_indices(len(split), size, seed, which)
-    return split if chosen is None else split.subset(chosen)
-
-
 def _fashion_mnist(config: DataConfig, seed: int) -> DataBundle:
-    from msfusion_ray.data.fashion_mnist import load_fashion_mnist
-
     return _image_bundle("fashion_mnist", load_fashion_mnist(config.data_dir), config, seed)
 
 
 def _cifar10(config: DataConfig, seed: int) -> DataBundle:
-    from msfusion_ray.data.cifar10 import load_cifar10
-
     return _image_bundle("cifar10", load_cifar10(config.data_dir), config, seed)
-
-
-def _shakespeare(config: DataConfig, seed: int) -> DataBundle:
-    from msfusion_ray.data.shakespeare import load_shakespeare
-
-    return load_shakespeare(config, seed)
 
 
 LOADERS: dict[str, Callable[[DataConfig, int], DataBundle]] = {
     "fashion_mnist": _fashion_mnist,
     "cifar10": _cifar10,
-    "shakespeare": _shakespeare,
+    "shakespeare": load_shakespeare,
 }
 
 

@@ -8,6 +8,7 @@ numpy's array reconstruction, so a tampered file cannot run code.
 from __future__ import annotations
 
 import pickle
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ _ALLOWED_GLOBALS = {
 
 
 class _ArraysOnlyUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):  # noqa: ANN201 (pickle's signature)
+    def find_class(self, module: str, name: str) -> Any:  # pickle's signature
         if (module, name) in _ALLOWED_GLOBALS:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")

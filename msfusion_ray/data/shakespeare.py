@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from msfusion_ray.config import DataConfig
-from msfusion_ray.data import subset_indices
 from msfusion_ray.data.arrays import ArrayDataset, DataBundle
+from msfusion_ray.data.subsets import subset_indices
 from msfusion_ray.data.tokenizer import CharTokenizer
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.models.base import DataShape

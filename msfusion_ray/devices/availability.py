@@ -9,6 +9,10 @@ Three models (`fleet.availability`):
   on / (on + off).
 - `trace`: the on-windows are read from a CSV file: columns `start_s`, `end_s` and either `participant` (an id)
   or `device` (a profile name: every participant of that class). Outside its windows a device is off.
+- `diurnal`: each device is on once a day, for its profile's `diurnal.hours` from `diurnal.start_h` (virtual time
+  0 is midnight), its start shifted once per participant by a seeded offset within +- `diurnal.spread_h`; each
+  day's window happens with the participant's `availability` (seeded per participant and day). A profile without
+  a diurnal pattern is always on.
 
 A device that goes off while it trains loses that work (`dropped`).
 """
@@ -19,11 +23,12 @@ import bisect
 import csv
 import math
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Callable, Iterable, Protocol
 
 import numpy as np
 
 from msfusion_ray.devices.fleet import Fleet
+from msfusion_ray.devices.profile import DiurnalPattern
 from msfusion_ray.errors import UserInputError
 
 INF = math.inf
@@ -57,7 +62,8 @@ class AlwaysOn:
 class Windows:
     """Sorted, disjoint on-windows [start, end) of one device, extended on demand by `more` (None: no more)."""
 
-    def __init__(self, windows: Iterable[tuple[float, float]] = (), more=None):  # noqa: ANN001 (Callable | None)
+    def __init__(self, windows: Iterable[tuple[float, float]] = (),
+                 more: Callable[[], tuple[float, float] | None] | None = None):
         self.starts: list[float] = []
         self.ends: list[float] = []
         for start, end in sorted(windows):
@@ -143,6 +149,40 @@ def process_availability(fleet: Fleet, seed: int) -> WindowedAvailability:
     return WindowedAvailability(windows)
 
 
+DAY_S = 86_400.0
+
+
+def daily_windows(pattern: DiurnalPattern, availability: float, seed: list[int]) -> Windows:
+    """The daily on-windows of one participant (module docstring), generated day by day as the run needs them."""
+    if availability <= 0:
+        return Windows()
+    offset_h = float(np.random.default_rng([*seed, 0x0FF5E7]).uniform(-pattern.spread_h, pattern.spread_h))
+    start_s, length_s = (pattern.start_h + offset_h) * 3600.0, pattern.hours * 3600.0
+    day = -1  # yesterday's window may reach into the first day
+
+    def more() -> tuple[float, float]:
+        nonlocal day
+        while True:
+            begin = day * DAY_S + start_s
+            drawn = np.random.default_rng([*seed, day + 1]).random()  # day + 1 >= 0: seeds are non-negative
+            day += 1
+            if drawn < availability and begin + length_s > 0:
+                return max(0.0, begin), begin + length_s
+
+    return Windows(more=more)
+
+
+def diurnal_availability(fleet: Fleet, seed: int) -> WindowedAvailability:
+    windows = {}
+    for p in fleet.participants:
+        device = fleet.device_of(p.id)
+        if device.diurnal is None:
+            windows[p.id] = Windows([(0.0, INF)])
+        else:
+            windows[p.id] = daily_windows(device.diurnal, device.availability, [seed, p.id, 0xD1A])
+    return WindowedAvailability(windows)
+
+
 def read_trace(path: str | Path, fleet: Fleet) -> WindowedAvailability:
     """On-windows from a CSV trace (see the module docstring); every malformed row is a one-line error."""
     path = Path(path)
@@ -187,6 +227,8 @@ def _trace_targets(row: dict, by_device: dict[str, list[int]], size: int, where:
 def make_availability(mode: str, fleet: Fleet, seed: int, trace: str | Path | None = None) -> Availability:
     if mode == "windows":
         return process_availability(fleet, seed)
+    if mode == "diurnal":
+        return diurnal_availability(fleet, seed)
     if mode == "trace":
         if trace is None:
             raise UserInputError("fleet.availability_trace", "availability 'trace' needs a trace file")

@@ -1,6 +1,10 @@
 """Device time: how long a participant's work would take on its device.
 
 device seconds = FLOPs / (device FLOP/s) + bytes down / downlink + bytes up / uplink + round-trip latency.
+
+With per-task jitter (a profile's `jitter`: sigma), task k of participant p runs at FLOP/s * c and bandwidths * b,
+c = exp(sigma * z1), b = exp(sigma * z2), z1 and z2 standard normal draws seeded by (seed, p, k)
+(msfusion_ray.devices.distributions.task_factors); the latency does not vary.
 The run's virtual timeline (devices/timeline.py) places that work in virtual time; in `real` mode the host also
 sleeps until wall time catches up with where the timeline says the work ends.
 """
@@ -11,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from msfusion_ray.devices.distributions import task_factors
 from msfusion_ray.devices.profile import DeviceProfile
 
 
@@ -30,11 +35,24 @@ class DeviceTime:
         return self.compute_s + self.communication_s
 
 
-def device_time(profile: DeviceProfile, flops: float, bytes_down: int, bytes_up: int) -> DeviceTime:
+@dataclass(frozen=True)
+class TaskSpeed:
+    """One task's factors on its device's FLOP/s and bandwidths (per-task jitter; 1 without)."""
+
+    compute: float = 1.0
+    network: float = 1.0
+
+
+def task_speed(profile: DeviceProfile, seed: int, participant: int, task: int) -> TaskSpeed:
+    return TaskSpeed(*task_factors(seed, participant, task, profile.jitter))
+
+
+def device_time(profile: DeviceProfile, flops: float, bytes_down: int, bytes_up: int,
+                speed: TaskSpeed = TaskSpeed()) -> DeviceTime:
     return DeviceTime(
-        compute_s=flops / profile.flops_per_s,
-        download_s=bytes_down / profile.downlink_bytes_per_s,
-        upload_s=bytes_up / profile.uplink_bytes_per_s,
+        compute_s=flops / (profile.flops_per_s * speed.compute),
+        download_s=bytes_down / (profile.downlink_bytes_per_s * speed.network),
+        upload_s=bytes_up / (profile.uplink_bytes_per_s * speed.network),
         latency_s=profile.latency_ms / 1000.0,
     )
 

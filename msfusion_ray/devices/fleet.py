@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from msfusion_ray.devices.profile import DeviceProfile
+from msfusion_ray.devices.variation import ParticipantValues, draw_values, resolve
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.inputs import load_yaml
 from msfusion_ray.validation import build, checked, positive
@@ -57,16 +58,35 @@ class Fleet:
     seed: int = 0
     compute_nodes: tuple[ComputeNode, ...] = ()
     aggregator: ComputeNode | None = None
+    values: ParticipantValues | None = None  # each participant's own figures, where members of a class differ
 
     def __len__(self) -> int:
         return len(self.participants)
+
+    def device_of(self, participant: int) -> DeviceProfile:
+        """The participant's own device: its class's profile with its drawn or listed figures."""
+        return resolve(self.participants[participant].device, self.values, participant)
+
+    def label(self, participant: int) -> str:
+        """Its device's name: a listed or sampled device's own, else its class's."""
+        name = self.values.name(participant) if self.values is not None else ""
+        return name or self.participants[participant].device.name
+
+    def device_for(self, role: str, index: int) -> DeviceProfile:
+        """The device behind a record row: a participant's own, or a pipeline's compute node or aggregator."""
+        if role == "compute":
+            return self.compute_nodes[index].device
+        if role == "aggregator" and self.aggregator is not None:
+            return self.aggregator.device
+        return self.device_of(index)
 
     def available(self, round_idx: int) -> np.ndarray:
         """Boolean mask of who is reachable this round: each participant independently with its device's
         availability, seeded by (seed, round) so that resumed runs see the same fleet."""
         rng = np.random.default_rng([self.seed, round_idx, 0xA5A1])
         draws = rng.random(len(self.participants))
-        return draws < np.array([p.device.availability for p in self.participants])
+        own = self.values.fields.get("availability") if self.values is not None else None
+        return draws < (own if own is not None else np.array([p.device.availability for p in self.participants]))
 
 
 def load_fleet_spec(path: str | Path) -> FleetSpec:
@@ -92,8 +112,8 @@ def _check_classes(classes: dict[str, int], profiles: dict[str, DeviceProfile], 
             raise UserInputError(f"{where}.{name}", f"count must be >= 0 (got {count})")
 
 
-def _compute_nodes(spec: FleetSpec, profiles: dict[str, DeviceProfile], scale: float,
-                   where: str) -> tuple[tuple[ComputeNode, ...], ComputeNode | None]:
+def compute_nodes_of(spec: FleetSpec, profiles: dict[str, DeviceProfile], scale: float,
+                     where: str) -> tuple[tuple[ComputeNode, ...], ComputeNode | None]:
     _check_classes(spec.compute_nodes, profiles, f"{where}.compute_nodes")
     nodes: list[ComputeNode] = []
     for name, count in spec.compute_nodes.items():
@@ -118,10 +138,18 @@ def device_counts(spec: FleetSpec, profiles: dict[str, DeviceProfile], size: int
     return devices
 
 
+def with_jitter(profiles: dict[str, DeviceProfile], jitter: float | None) -> dict[str, DeviceProfile]:
+    """Every profile with its per-task jitter replaced (fleet.jitter), or as they are (None)."""
+    return profiles if jitter is None else {name: replace(p, jitter=jitter) for name, p in profiles.items()}
+
+
 def make_fleet(spec: FleetSpec, profiles: dict[str, DeviceProfile], *, size: int | None = None,
-               memory_scale: float | None = None, seed: int = 0, where: str = "fleet") -> Fleet:
+               memory_scale: float | None = None, seed: int = 0, where: str = "fleet",
+               jitter: float | None = None) -> Fleet:
     """Expand a fleet spec into participants (and compute nodes and aggregator, where named), checking every
-    device class against the known profiles."""
+    device class against the known profiles; each participant draws the figures its class gives as distributions
+    (seeded by `seed`)."""
+    profiles = with_jitter(profiles, jitter)
     devices = device_counts(spec, profiles, size, where)
     scale = spec.memory_scale if memory_scale is None else memory_scale
     largest = max(profiles[name].memory_bytes for name in devices)
@@ -133,5 +161,6 @@ def make_fleet(spec: FleetSpec, profiles: dict[str, DeviceProfile], *, size: int
         for _ in range(count):
             profile = profiles[name]
             participants.append(Participant(len(participants), profile, int(profile.memory_bytes * scale)))
-    nodes, aggregator = _compute_nodes(spec, profiles, scale, where)
-    return Fleet(tuple(participants), name=spec.name, seed=seed, compute_nodes=nodes, aggregator=aggregator)
+    nodes, aggregator = compute_nodes_of(spec, profiles, scale, where)
+    return Fleet(tuple(participants), name=spec.name, seed=seed, compute_nodes=nodes, aggregator=aggregator,
+                 values=draw_values([p.device for p in participants], seed))

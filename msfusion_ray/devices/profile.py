@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
+from msfusion_ray.devices.distributions import Distribution, split_spread
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.inputs import load_yaml
 from msfusion_ray.paths import default_profiles_dir as bundled_profiles_dir
-from msfusion_ray.validation import build, checked, positive, probability
+from msfusion_ray.validation import build, checked, non_negative, positive, probability
 
 MIB = 1024**2
 
@@ -22,6 +23,25 @@ def positive_in(unit: float) -> Callable[[float], str | None]:
             return f"must be > 0 (got {value})"
         return None if math.isfinite(value * unit) else f"is too large (got {value})"
     return check
+
+
+def hour_of_day(value: float) -> str | None:
+    return None if 0 <= value < 24 else f"must be in [0, 24) (got {value})"
+
+
+def hours(value: float) -> str | None:
+    return None if 0 < value <= 24 else f"must be in (0, 24] (got {value})"
+
+
+@dataclass(frozen=True)
+class DiurnalPattern:
+    """A daily on-window (fleet.availability: diurnal): on from `start_h` for `hours` each day, in the device's
+    local time, each participant's start shifted once by a seeded offset within +- `spread_h`; virtual time 0 is
+    midnight. Each day's window happens with the profile's `availability` (seeded per participant and day)."""
+
+    start_h: float = checked(check=hour_of_day)
+    hours: float = checked(check=hours)
+    spread_h: float = checked(0.0, check=non_negative)
 
 
 @dataclass(frozen=True)
@@ -41,6 +61,19 @@ class DeviceProfile:
     off_mean_s: float | None = checked(None, check=positive)  # (fleet.availability: windows)
     native: bool = False  # on a real cluster: the node is the device (no memory refusal, measured compute time)
     hourly_cost_usd: float | None = checked(None, check=positive)  # renting one (compute nodes), where known
+    # task-to-task variation: lognormal sigma of the FLOP/s and of the bandwidths, drawn per participant and task
+    jitter: float = checked(0.0, check=non_negative)
+    diurnal: DiurnalPattern | None = None  # daily on-window (fleet.availability: diurnal)
+    # power (msfusion_ray.devices.energy): compute, radio (per second sending and receiving, per MB), idle waiting
+    compute_power_w: float | None = checked(None, check=non_negative)
+    compute_j_per_gflop: float | None = checked(None, check=non_negative)
+    radio_tx_w: float | None = checked(None, check=non_negative)
+    radio_rx_w: float | None = checked(None, check=non_negative)
+    tx_j_per_mb: float | None = checked(None, check=non_negative)
+    rx_j_per_mb: float | None = checked(None, check=non_negative)
+    idle_power_w: float | None = checked(None, check=non_negative)
+    # fields given as distributions (msfusion_ray.devices.distributions); set by `load_profile`, not a YAML field
+    spread: dict[str, Distribution] = field(default_factory=dict, compare=False, metadata={"internal": True})
 
     @property
     def memory_bytes(self) -> int:
@@ -66,11 +99,20 @@ def default_profiles_dir() -> Path:
 
 def load_profile(path: str | Path) -> DeviceProfile:
     path = Path(path)
-    profile = build(DeviceProfile, load_yaml(path), str(path))
+    return profile_from_dict(load_yaml(path), str(path), path.stem)
+
+
+def profile_from_dict(data: Any, where: str, stem: str | None = None) -> DeviceProfile:
+    """A profile from its mapping (fields given as distributions kept in `spread`); `stem`: the file's name, which
+    the profile's must match."""
+    if not isinstance(data, dict):
+        raise UserInputError(where, f"must be a mapping, not {type(data).__name__}")
+    plain, spread = split_spread(data, where)
+    profile = replace(build(DeviceProfile, plain, where), spread=spread)
     if (profile.on_mean_s is None) != (profile.off_mean_s is None):
-        raise UserInputError(f"{path}.on_mean_s", "give both on_mean_s and off_mean_s, or neither")
-    if profile.name != path.stem:
-        raise UserInputError(f"{path}.name", f"must match the file name '{path.stem}' (got '{profile.name}')")
+        raise UserInputError(f"{where}.on_mean_s", "give both on_mean_s and off_mean_s, or neither")
+    if stem is not None and profile.name != stem:
+        raise UserInputError(f"{where}.name", f"must match the file name '{stem}' (got '{profile.name}')")
     return profile
 
 

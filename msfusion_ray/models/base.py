@@ -43,25 +43,34 @@ class NoOptions:
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 
 
+def has_spatial_convolution(network: nn.Module) -> bool:
+    """`model.memory_format: auto`'s rule, one for every network, built-in or the user's: channels last where the
+    network has a 2-d convolution whose windows overlap (a kernel larger than its stride). Each such network
+    measured here trained and evaluated faster channels last on CPU (one thread, training step and evaluation of
+    batch 128, 2026-12-07): the FedAvg CNN 17 % and 2.1x, the small CNN 28-37 % and 2-2.9x, ResNet-18 and -101
+    (width 0.25) 9-18 % and 1.15-1.3x, VGG 8 % and 1.3x. A network without convolutions, or whose only ones tile
+    the image into patches (the ViT's patch embedding: kernel = stride; 4-5 % slower channels last), stays in
+    torch's layout."""
+    return any(isinstance(module, (nn.Conv2d, nn.ConvTranspose2d))
+               and any(kernel > stride for kernel, stride in zip(module.kernel_size, module.stride))
+               for module in network.modules())
+
+
 class ModelFamily(ABC):
     """Networks of one architecture at any widths (and depth cuts), and how they split.
 
-    Convolutional families build their networks channels last (`prefers_channels_last`): on CPU oneDNN's
-    convolutions and max-pooling then run without reordering every call. One thread, training step and
-    evaluation of batch 128 (2026-12-07): the FedAvg CNN 17 % and 2.1x faster, the small CNN 28-37 % and
-    2-2.9x, ResNet-18 and -101 (width 0.25) 9-18 % and 1.15-1.3x, VGG 8 % and 1.3x; the ViT's patch embedding
-    gains nothing. The same arithmetic in another order: results agree to rounding, not bit for bit, with
-    `model.memory_format: contiguous`."""
+    Networks are built in the family's memory layout (`channels_last`: under `model.memory_format: auto`, what
+    `has_spatial_convolution` says of the global model): channels last, oneDNN's CPU convolutions and
+    max-pooling run without reordering every call. The same arithmetic in another order: results agree to
+    rounding, not bit for bit, with `model.memory_format: contiguous`."""
 
     name: str
     Options: ClassVar[type] = NoOptions  # the family's own typed settings (config: model.options)
-    prefers_channels_last: ClassVar[bool] = False
 
     def __init__(self, data: DataShape, width: float = 1.0, options: Any = None):
         self.data = data
         self.width = width
         self.options = options if options is not None else self.Options()
-        self.channels_last = self.prefers_channels_last
         self._widths: dict[str, int] | None = None
         self._depth: int | None = None  # a depth cut of the global model (families with blocks)
 
@@ -137,20 +146,33 @@ class ModelFamily(ABC):
 
     def build(self, widths: Mapping[str, int] | None = None, depth: int | None = None) -> nn.Module:
         """The network at `widths` (groups omitted: whole) and, for families with blocks, cut at `depth` blocks
-        (None: the global model's depth)."""
+        (None: the global model's depth), in the family's memory layout."""
         full = self.full_widths()
         merged = dict(full) if widths is None else {**full, **widths}
         depth = self.depth if depth is None else depth
-        model = self._build(merged) if depth is None or depth == self.n_blocks else self._build_cut(merged, depth)
+        whole = depth is None or depth == self.n_blocks
+        model = self._build(merged) if whole else self._build_cut(merged, depth)
+        if whole and merged == full and "channels_last" not in self.__dict__:
+            self.channels_last = has_spatial_convolution(model)  # the global model, decided without a build of its own
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
+    @cached_property
+    def channels_last(self) -> bool:
+        """Whether the networks are built channels last: `model.memory_format`, under `auto` (the default) what
+        `has_spatial_convolution` says of the global model, decided once (by its first build, which every process
+        that prepares a run makes) and kept by narrowed and cut copies and by the pickled family each host gets."""
+        with torch.random.fork_rng(devices=[]):  # deciding takes no draws a run would see
+            return has_spatial_convolution(self._build(self.full_widths()))
+
     def use_memory_format(self, memory_format: str) -> None:
-        """`model.memory_format`: auto (the family's choice), channels_last or contiguous."""
+        """`model.memory_format`: auto (decided from the network, `has_spatial_convolution`), channels_last or
+        contiguous."""
         if memory_format not in MEMORY_FORMATS:
             raise UserInputError("model.memory_format", f"must be one of {', '.join(MEMORY_FORMATS)} "
                                                         f"(got {memory_format!r})")
-        self.channels_last = (self.prefers_channels_last if memory_format == "auto"
-                              else memory_format == "channels_last")
+        self.__dict__.pop("channels_last", None)
+        if memory_format != "auto":
+            self.channels_last = memory_format == "channels_last"
 
     def layers(self, widths: Mapping[str, int] | None = None) -> list["Layer"]:
         """The model cut by depth: its layers in forward order, each buildable alone (see models/layers.py), in

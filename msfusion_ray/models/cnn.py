@@ -61,7 +61,6 @@ class CNNFamily(ModelFamily):
     units = {"conv1": 32, "conv2": 64, "fc1": 128}  # at width 1
     kernel = 3
     batchnorm = True
-    prefers_channels_last = True
 
     def default_widths(self) -> dict[str, int]:
         return {group: scaled(units, self.width) for group, units in self.units.items()}

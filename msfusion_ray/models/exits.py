@@ -51,7 +51,7 @@ class ExitHead(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.linear = nn.Linear(d_model, outputs)
 
-    def forward(self, x):  # noqa: ANN001, ANN201 (tensor in, tensor out)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(self.norm(x))
 
 

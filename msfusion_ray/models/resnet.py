@@ -106,8 +106,6 @@ class ResNet18(nn.Module):
 
 @register("resnet18")
 class ResNet18Family(ModelFamily):
-    prefers_channels_last = True
-
     def default_widths(self) -> dict[str, int]:
         widths = {}
         for s, (channels, blocks) in enumerate(zip(STAGE_CHANNELS, BLOCKS_PER_STAGE), start=1):
@@ -190,8 +188,6 @@ class ResNet101(nn.Module):
 
 @register("resnet101")
 class ResNet101Family(ModelFamily):
-    prefers_channels_last = True
-
     def default_widths(self) -> dict[str, int]:
         widths = {"stem": scaled(64, self.width)}
         for s, (channels, blocks) in enumerate(zip(BOTTLENECK_CHANNELS, BOTTLENECK_BLOCKS), start=1):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Protocol
 
 import torch
 from torch import nn
@@ -26,8 +26,8 @@ from torch.nn import functional as F
 
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.models.base import DataShape, ModelFamily, register, scaled
-from msfusion_ray.models.layers import Layer
 from msfusion_ray.models.exits import ExitHead, ExitModel, check_depth, exit_depths, held_exits, stream_through
+from msfusion_ray.models.layers import Layer
 from msfusion_ray.splitting.spec import class_outputs, width_axes
 from msfusion_ray.validation import checked, positive
 
@@ -140,7 +140,16 @@ class GPT(ExitModel):
         return outputs
 
 
-def block_widths(options, width: float) -> dict[str, int]:  # noqa: ANN001 (TransformerOptions or ViTOptions)
+class BlockShape(Protocol):
+    """What the blocks of a transformer are made of (TransformerOptions, ViTOptions)."""
+
+    n_layers: int
+    n_heads: int
+    d_model: int
+    mlp_ratio: float
+
+
+def block_widths(options: BlockShape, width: float) -> dict[str, int]:
     """Heads and MLP units of every block at the width multiplier (head_dim fixed)."""
     heads = scaled(options.n_heads, width)
     hidden = scaled(round(options.mlp_ratio * options.d_model), width)

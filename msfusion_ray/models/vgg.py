@@ -20,7 +20,7 @@ from torch import nn
 
 from msfusion_ray.models.base import ModelFamily, register, scaled
 from msfusion_ray.models.layers import Layer
-from msfusion_ray.splitting.spec import class_outputs, width_axes
+from msfusion_ray.splitting.spec import AxisTag, class_outputs, width_axes
 from msfusion_ray.validation import checked, non_negative, positive, probability
 
 POOL = "M"
@@ -69,7 +69,7 @@ def _conv(in_units: int, in_group: str | None, units: int, group: str, batch_nor
     return nn.Sequential(*modules, nn.ReLU(inplace=True))
 
 
-def _linear(in_units: int, in_group, units: int, group: str | None, dropout: float | None) -> nn.Module:  # noqa: ANN001
+def _linear(in_units: int, in_group: AxisTag, units: int, group: str | None, dropout: float | None) -> nn.Module:
     modules = [nn.Dropout(dropout)] if dropout is not None else []
     linear = width_axes(nn.Linear(in_units, units), inp=in_group, out=group)
     modules.append(linear if group is not None else class_outputs(linear))  # no output group: the class scores
@@ -81,7 +81,6 @@ def _linear(in_units: int, in_group, units: int, group: str | None, dropout: flo
 @register("vgg")
 class VGGFamily(ModelFamily):
     Options = VGGOptions
-    prefers_channels_last = True
 
     def _conv_groups(self) -> list[str]:
         return [f"conv{i}" for i, c in enumerate((c for c in CONFIGS[self.options.depth] if c != POOL), start=1)]

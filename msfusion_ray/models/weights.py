@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-Weights = dict[str, np.ndarray]
+from msfusion_ray.splitting.index_map import Weights
 
 
 def to_weights(model: nn.Module) -> Weights:
@@ -38,6 +38,3 @@ def model_device(model: nn.Module) -> torch.device:
     tensor = next(iter(model.parameters()), None)
     return tensor.device if tensor is not None else torch.device("cpu")
 
-
-def parameter_count(weights: Mapping[str, np.ndarray]) -> int:
-    return int(sum(v.size for v in weights.values()))

@@ -22,10 +22,10 @@ from msfusion_ray.devices.clock import compute_seconds, hop_seconds
 from msfusion_ray.devices.fleet import ComputeNode, Fleet, Participant
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.models.base import ModelFamily
+from msfusion_ray.pipeline.depth_split import (Split, SplitProblem, balanced_split, equal_split, make_split,
+                                               optimal_split)
 from msfusion_ray.pipeline.schedule import EpochSchedule, schedule_epoch
 from msfusion_ray.pipeline.time_model import EdgeSysEstimate, OwnerTimes, PipelineTimes, StageTimes, edgesys_estimate
-from msfusion_ray.splitting.depth_split import (Split, SplitProblem, balanced_split, equal_split, make_split,
-                                                optimal_split)
 from msfusion_ray.validation import checked, positive
 
 SplitKind = Literal["optimal", "equal", "balanced"]

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -144,7 +144,7 @@ class MaskedNetwork(nn.Module):
                        for group, layers in unit_consumers(network, list(self.groups)).items()
                        for layer, block in layers]
 
-    def _gate(self, group: str, block: int):  # noqa: ANN202 (a forward pre-hook)
+    def _gate(self, group: str, block: int) -> Callable[[nn.Module, tuple], tuple]:  # a forward pre-hook
         def hook(_module: nn.Module, args: tuple) -> tuple:
             return (UnitGate.apply(args[0], self.masks[group], block),) + args[1:]
         return hook

@@ -22,16 +22,14 @@ import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from msfusion_ray.errors import UserInputError
+from msfusion_ray.experiment.prepare import Experiment
 from msfusion_ray.inputs import load_json
 from msfusion_ray.models.weights import Weights, to_weights
-
-if TYPE_CHECKING:
-    from msfusion_ray.experiment import Prepared
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -259,7 +257,7 @@ def recorded_rounds(run_dir: str | Path, kind: str) -> dict[int, Path]:
     return found
 
 
-def check_resume(run_dir: str | Path, prepared: "Prepared") -> Checkpoint | None:
+def check_resume(run_dir: str | Path, experiment: Experiment) -> Checkpoint | None:
     """Everything a resumed run will read, checked against each other before anything starts: the checkpoint
     (whole, see `load_checkpoint`), the records of every round up to it, the summary, and the config (rounds,
     the global model's weights, the fleet's participants, the strategy's state). None: the run has no
@@ -267,7 +265,7 @@ def check_resume(run_dir: str | Path, prepared: "Prepared") -> Checkpoint | None
     import pandas as pd
 
     run_dir = Path(run_dir)
-    config = prepared.config
+    config = experiment.config
     checkpoint = load_checkpoint(run_dir)
     records = {kind: recorded_rounds(run_dir, kind) for kind in ("rounds", "participants")}
     if checkpoint is None:
@@ -293,27 +291,24 @@ def check_resume(run_dir: str | Path, prepared: "Prepared") -> Checkpoint | None
                 raise UserInputError(str(path), f"cannot read the records ({type(err).__name__})") from None
             if rounds - {round_idx}:
                 raise UserInputError(str(path), f"holds rows of round {sorted(rounds - {round_idx})[0]}")
-    summary = run_dir / "summary.json"
-    if summary.is_file() and not isinstance(load_json(summary).get("history", []), list):
-        raise UserInputError(str(summary), "'history' must be a list")
-    _check_against_config(directory, checkpoint, prepared)
+    _check_against_config(directory, checkpoint, experiment)
     return checkpoint
 
 
-def _check_against_config(directory: Path, checkpoint: Checkpoint, prepared: "Prepared") -> None:
-    expected = {name: array.shape for name, array in to_weights(prepared.family.build()).items()}
+def _check_against_config(directory: Path, checkpoint: Checkpoint, experiment: Experiment) -> None:
+    expected = {name: array.shape for name, array in to_weights(experiment.family.build()).items()}
     found = {name: array.shape for name, array in checkpoint.weights.items()}
     if found != expected:
         name = sorted(set(found.items()) ^ set(expected.items()))[0][0]
         raise UserInputError(str(directory / WEIGHTS), f"does not fit the config's model: '{name}' has shape "
                                                       f"{found.get(name)}, the model {expected.get(name)}")
-    fleet = {p.id for p in prepared.fleet.participants}
+    fleet = {p.id for p in experiment.fleet.participants}
     if set(checkpoint.participants) != fleet:
         unknown, missing = sorted(set(checkpoint.participants) - fleet), sorted(fleet - set(checkpoint.participants))
         problem = f"unknown participant {unknown[0]}" if unknown else f"participant {missing[0]} is missing"
         raise UserInputError(str(directory / STATE), f"{problem} (the fleet has participants 0 to {len(fleet) - 1})")
     try:
-        copy.deepcopy(prepared.strategy).load_state_dict(checkpoint.strategy_values, checkpoint.strategy_arrays)
+        copy.deepcopy(experiment.strategy).load_state_dict(checkpoint.strategy_values, checkpoint.strategy_arrays)
     except Exception as err:  # noqa: BLE001  (a strategy's own state reader)
         raise UserInputError(str(directory / STATE), f"the strategy's state does not load "
                                                     f"({type(err).__name__}: {err})") from None

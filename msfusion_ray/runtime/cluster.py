@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -18,6 +17,7 @@ import ray
 
 from msfusion_ray.config import RuntimeConfig
 from msfusion_ray.errors import ClusterStartError
+from msfusion_ray.runtime.ray_private import fate_sharing_supported, head_node_shares_fate, keep_cluster_on_loopback
 
 _DEAD_PROXY = "http://127.0.0.1:9"
 OFFLINE_LOOPBACK_ENV = {
@@ -32,10 +32,7 @@ OFFLINE_LOOPBACK_ENV = {
 def apply_offline_env() -> None:
     """Set the loopback-only, no-telemetry environment for this process and the Ray processes it starts."""
     os.environ.update(OFFLINE_LOOPBACK_ENV)
-    # Ray reads the loopback switch once, when it is first imported: if that has happened, set what it read.
-    constants = sys.modules.get("ray._private.ray_constants")
-    if constants is not None:
-        constants.ENABLE_RAY_CLUSTER = False
+    keep_cluster_on_loopback()
 
 
 STARTUP_ATTEMPTS = 3
@@ -67,15 +64,18 @@ def start_local_ray(**init_args: Any) -> None:
 
 
 def start_cluster(runtime: RuntimeConfig, runtime_env: dict[str, Any] | None = None) -> None:
-    """Join `runtime.address`, or start the embedded cluster the runtime config describes, with the job's
-    `runtime_env`. Ray's informational start-up lines are left out (the command line may start the cluster before
-    the run's log is open; its warnings still go where `launch.logging_to` sends them)."""
+    """Join `runtime.address` with the job's `runtime_env` (the user's code it ships to nodes that may not see
+    this machine's files), or start the embedded cluster the runtime config describes. The embedded cluster is
+    this machine alone (it binds to loopback), where every process finds the user's code at its path: it gets no
+    job runtime env, which would make Ray start each of the run's workers fresh through its runtime-env agent
+    instead of taking the ones it prestarted (three actors importing torch were ready in 24-25 s without one,
+    32-39 s with one, on this machine under load 30). Ray's informational start-up lines are left out; its
+    warnings go where the launcher sends them (msfusion_ray.app.ray_session.RayLines: the run's log)."""
     if runtime.address:
         ray.init(address=runtime.address, log_to_driver=False, logging_level=logging.WARNING, runtime_env=runtime_env)
     else:
         start_local_ray(num_cpus=runtime.num_cpus, include_dashboard=runtime.dashboard,
-                        object_store_memory=runtime.object_store_mib * 1024**2, logging_level=logging.WARNING,
-                        runtime_env=runtime_env)
+                        object_store_memory=runtime.object_store_mib * 1024**2, logging_level=logging.WARNING)
 
 
 def node_addresses() -> set[str]:
@@ -86,10 +86,10 @@ def node_addresses() -> set[str]:
 def ray_cluster(runtime: RuntimeConfig, runtime_env: dict[str, Any] | None = None,
                 exiting: bool = False) -> Iterator[None]:
     """Use the Ray session already open in this process, join `runtime.address`, or start an embedded cluster.
-    `runtime_env` is the job's (the user's code it ships, msfusion_ray.code_refs). Only a cluster this call
-    started or joined is shut down on exit (never `ray stop`). `exiting`: the process ends right after (the
-    command line), so an embedded cluster whose processes the kernel ends with this one is left to end with it:
-    `ray.shutdown()` stops them one at a time, waiting up to a second for each."""
+    `runtime_env` is the job's (the user's code it ships to a joined cluster, msfusion_ray.code_refs). Only a
+    cluster this call started or joined is shut down on exit (never `ray stop`). `exiting`: the process ends right
+    after (the command line), so an embedded cluster whose processes the kernel ends with this one is left to end
+    with it: `ray.shutdown()` stops them one at a time, waiting up to a second for each."""
     if ray.is_initialized():
         yield
         return
@@ -97,28 +97,17 @@ def ray_cluster(runtime: RuntimeConfig, runtime_env: dict[str, Any] | None = Non
     try:
         yield
     finally:
-        if not (exiting and ends_with_this_process()):
-            ray.shutdown()
+        end_cluster(exiting)
 
 
-def fate_sharing_supported() -> bool:
-    """Whether processes Ray starts here can be bound to die with their parent (Linux)."""
-    try:
-        from ray._private.utils import detect_fate_sharing_support
-
-        return bool(detect_fate_sharing_support())
-    except (ImportError, AttributeError):
-        return False
+def end_cluster(exiting: bool = False) -> None:
+    """Shut down the cluster this process started or joined, unless the process ends right after (`exiting`) and
+    the kernel ends the cluster's processes with it."""
+    if not (exiting and ends_with_this_process()):
+        ray.shutdown()
 
 
 def ends_with_this_process() -> bool:
     """Whether the embedded cluster's processes die with this one (Linux: Ray starts them with a parent-death
     signal, its "kernel fate sharing"); False where that is not known, and for a joined cluster."""
-    try:
-        from ray._private import worker
-
-        node = worker._global_node
-        return node is not None and node.is_head() and bool(getattr(node, "kernel_fate_share", False)) and \
-            fate_sharing_supported()
-    except (ImportError, AttributeError):
-        return False
+    return head_node_shares_fate() and fate_sharing_supported()

@@ -1,10 +1,11 @@
-"""The driver actor's work (started as `runtime.actors.DriverActor`): runs the round loop inside the cluster, next
-to the run directory it writes.
+"""The driver actor's work (started as `runtime.actor_classes.DriverActor`): runs the round loop inside the
+cluster, next to the run directory it writes.
 
 It is pinned to the node of the process that started the run (that is where runs/ lives) and answers progress
 queries while the loop runs (a threaded actor with two slots: one for `run`, one for `progress`). It is handed
 the experiment as the launcher prepared it (prepared once, checked before anything was written) and the host
-actors the launcher started beside it.
+actors the launcher started beside it. It writes the run's records and checkpoints; summary.json is its
+launcher's to write, from what `progress` and `run` return.
 """
 
 from __future__ import annotations
@@ -14,27 +15,24 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import ray
-
-from msfusion_ray.failures import open_run_log
-from msfusion_ray.launchable import opened
-from msfusion_ray.runtime.hosts import HostPool
+from msfusion_ray.runtime.actor_classes import ByReference
+from msfusion_ray.runtime.host_pool import HostPool
+from msfusion_ray.runtime.run_log import run_log_handler
 from msfusion_ray.runtime.runner import Runner
 
-FETCH_TIMEOUT_S = 300.0
-
-
 class Driver:
-    def __init__(self, prepared_box: list, data_box: list, hosts: HostPool, run_dir: str, run_id: str,
+    def __init__(self, experiment: ByReference, data: ByReference, hosts: HostPool, run_dir: str, run_id: str,
                  resume: bool):
-        logging.getLogger("msfusion_ray").addHandler(open_run_log(Path(run_dir)))  # its warnings: replaced hosts
-        data_ref = data_box[0]
-        prepared = opened(ray.get(prepared_box[0], timeout=FETCH_TIMEOUT_S))
-        prepared = dataclasses.replace(prepared, data=opened(ray.get(data_ref, timeout=FETCH_TIMEOUT_S)))
-        self.runner = Runner(prepared, data_ref, Path(run_dir), run_id, resume, hosts=hosts)
+        logging.getLogger("msfusion_ray").addHandler(run_log_handler(Path(run_dir)))  # its warnings: replaced hosts
+        whole = dataclasses.replace(experiment.fetch(), data=data.fetch())
+        self.runner = Runner(whole, data.ref, Path(run_dir), run_id, resume, hosts=hosts)
 
     def run(self) -> dict[str, Any]:
         return self.runner.run()
 
-    def progress(self) -> dict[str, Any]:
-        return dict(self.runner.progress)
+    def progress(self, known_round: int = -1) -> dict[str, Any]:
+        """How far the run is; with the run's summary so far (`Runner.summary`) once it is past `known_round`."""
+        progress = dict(self.runner.progress)
+        if progress["round"] != known_round:
+            progress["summary"] = self.runner.summary("running")
+        return progress

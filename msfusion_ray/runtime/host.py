@@ -17,26 +17,27 @@ import torch
 
 from msfusion_ray.costs.flops import StepCostCache
 from msfusion_ray.devices.gpu import host_gpu, release_cuda_memory
-from msfusion_ray.launchable import Packed, opened
+from msfusion_ray.experiment.shipment import Packed, opened
 from msfusion_ray.models.base import ModelFamily
 from msfusion_ray.models.pool import ModulePool
 from msfusion_ray.models.weights import Weights
+from msfusion_ray.runtime.actor_classes import ByReference
 from msfusion_ray.runtime.participant import ParticipantSpec, ParticipantWorker, PlannerCache, Result, WorkerSettings
 from msfusion_ray.strategies.base import WorkOrder
 from msfusion_ray.training.evaluate_shards import Chunk, evaluate_chunks
 
 
 class Host:
-    def __init__(self, host_id: int, family: ModelFamily | Packed, data_box: list,
+    def __init__(self, host_id: int, family: ModelFamily | Packed, data: ByReference,
                  participants: Sequence[ParticipantSpec], settings: WorkerSettings, threads: int,
                  fetch_timeout_s: float):
-        """`family` and the data in `data_box` may come `Packed` (msfusion_ray.launchable)."""
+        """`family` and `data` may come `Packed` (msfusion_ray.experiment.shipment)."""
         torch.set_num_threads(threads)
         self.gpu = host_gpu(settings.device, settings.device_required, settings.gpu_share, host_id)
         self.host_id = host_id
         self.fetch_timeout_s = fetch_timeout_s
         self.family = family = opened(family)
-        self.data = data = opened(ray.get(data_box[0], timeout=fetch_timeout_s))
+        self.data = data = data.fetch(fetch_timeout_s)
         costs = StepCostCache()  # shared by the host's participants: same shapes cost the same
         planners = PlannerCache(family, settings.training)  # and need the same memory
         modules = ModulePool()  # and train in the same modules

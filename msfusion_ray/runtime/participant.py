@@ -28,15 +28,16 @@ from msfusion_ray.costs.memory import cuda_peak, rss_peak
 from msfusion_ray.costs.payload import payload_bytes
 from msfusion_ray.data.arrays import DataBundle
 from msfusion_ray.devices.capacity import make_planner
-from msfusion_ray.devices.clock import device_time, pace_until, refusal_device_s
+from msfusion_ray.devices.clock import device_time, pace_until, refusal_device_s, task_speed
 from msfusion_ray.devices.gpu import GpuWindow, HostGpu, release_cuda_memory
 from msfusion_ray.models.base import ModelFamily
 from msfusion_ray.models.pool import ModulePool
 from msfusion_ray.models.weights import Weights
+from msfusion_ray.procedures.base import ProcedureContext, TaskTimeout, make_procedure, refused_phase
+from msfusion_ray.procedures.orders import WorkOrder
 from msfusion_ray.records import ParticipantRoundRow
 from msfusion_ray.runtime.settings import ParticipantSpec, WorkerSettings
-from msfusion_ray.strategies.base import WorkOrder
-from msfusion_ray.training.procedure import ProcedureContext, TaskTimeout, make_procedure, refused_phase
+from msfusion_ray.training.objective import LocalObjective
 
 
 Result = tuple[ParticipantRoundRow, Weights | None, dict]  # a task's record, its update, what it chose to train
@@ -53,7 +54,7 @@ class PlannerCache:
         self._training = training
         self._planners: dict[str | None, FootprintPlanner] = {}
 
-    def planner(self, objective) -> FootprintPlanner:  # noqa: ANN001 (LocalObjective | None)
+    def planner(self, objective: LocalObjective | None) -> FootprintPlanner:
         key = objective.name if objective is not None else None
         if key not in self._planners:
             self._planners[key] = make_planner(self._family, self._training, objective)
@@ -157,7 +158,9 @@ class ParticipantWorker:
             return self._out_of_memory(task, planned, started, ran_out)
 
         bytes_up = payload_bytes(result.payload)
-        spent = device_time(self.spec.device, result.flops, result.bytes_down, bytes_up)
+        device = self.spec.profile()
+        speed = task_speed(device, self.settings.seed, self.spec.id, task.task)
+        spent = device_time(device, result.flops, result.bytes_down, bytes_up, speed)
         compute_s = result.wall_train_s if self.spec.device.native else spent.compute_s  # native: what it measured
         total_s = compute_s + spent.communication_s
         message = ""
@@ -185,12 +188,12 @@ class ParticipantWorker:
     def _out_of_memory(self, task: WorkOrder, planned: int, started: float,
                        message: str) -> tuple[ParticipantRoundRow, None, dict]:
         """Work that does not fit: the device only answered (its latency), nothing trained, no state kept."""
-        latency_s = refusal_device_s(self.spec.device)
+        latency_s = refusal_device_s(self.spec.profile())
         return self._row(task, "oom", mem_planned_bytes=planned, device_comm_s=latency_s,
                          device_time_s=latency_s, vt_end=task.vt_start + latency_s, message=message,
                          wall_total_s=self.clock() - started), None, {}
 
-    def _gpu_window(self):  # noqa: ANN202 (a context manager of GpuWindow)
+    def _gpu_window(self) -> contextlib.AbstractContextManager[GpuWindow]:
         return self.gpu.window() if self.gpu is not None else contextlib.nullcontext(GpuWindow())
 
     def export_state(self, task: int) -> dict:

@@ -16,7 +16,6 @@ disk are the same either way, in the same order.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import time
@@ -29,31 +28,34 @@ import ray
 import torch
 from ray.exceptions import OutOfMemoryError, RayActorError
 
+from msfusion_ray.devices.energy import stamp_energy
+from msfusion_ray.devices.spread import fleet_table
 from msfusion_ray.devices.timeline import VirtualTimeline
-from msfusion_ray.experiment import Prepared
-from msfusion_ray.failures import describe_failure
+from msfusion_ray.experiment.prepare import Experiment
+from msfusion_ray.experiment.shipment import Shipment
 from msfusion_ray.models.weights import Weights, to_weights
-from msfusion_ray.records import RecordWriter, RoundRow, host_rows
+from msfusion_ray.records import RecordWriter, RoundRow, history_entry, host_rows, read_round_rows
 from msfusion_ray.runtime.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from msfusion_ray.runtime.engines import EngineContext, Step, make_engine
 from msfusion_ray.runtime.engines.dispatch import RayHosts
-from msfusion_ray.runtime.hosts import HostPool
+from msfusion_ray.runtime.failure_texts import describe_failure
+from msfusion_ray.runtime.host_pool import HostPool
 from msfusion_ray.training.evaluate_shards import Chunk, combine_chunks, evaluation_splits, label_elements, plan_chunks
 
 log = logging.getLogger(__name__)
 METRIC_COLUMNS = [f"{split}_{name}" for split in ("test", "val") for name in ("accuracy", "loss", "perplexity")]
 
 
-def initial_weights(prepared: Prepared) -> Weights:
-    torch.manual_seed(prepared.config.seed)
-    return to_weights(prepared.family.build())
+def initial_weights(experiment: Experiment) -> Weights:
+    torch.manual_seed(experiment.config.seed)
+    return to_weights(experiment.family.build())
 
 
-def calibration_indices(prepared: Prepared) -> np.ndarray:
+def calibration_indices(experiment: Experiment) -> np.ndarray:
     """A seeded sample of training data on which the global model's BatchNorm statistics are recomputed."""
-    train = prepared.data.train
-    size = min(prepared.config.runtime.bn_calibration_samples, len(train))
-    return np.sort(np.random.default_rng([prepared.config.seed, 0xB7]).choice(len(train), size, replace=False))
+    train = experiment.data.train
+    size = min(experiment.config.runtime.bn_calibration_samples, len(train))
+    return np.sort(np.random.default_rng([experiment.config.seed, 0xB7]).choice(len(train), size, replace=False))
 
 
 @dataclass
@@ -96,18 +98,18 @@ class Evaluation(RunCallback):
     evaluates a share of the batches (all the CPUs the run has, at its hosts' threads), queued after the work
     already sent to it; the figures are those of one process evaluating every batch in order."""
 
-    def __init__(self, prepared: Prepared, hosts: HostPool):
-        self.prepared = prepared
+    def __init__(self, experiment: Experiment, hosts: HostPool):
+        self.experiment = experiment
         self.hosts = hosts
-        self.calibration = calibration_indices(prepared)
-        self.sizes = {name: len(split) for name, split in evaluation_splits(prepared.data).items()}
-        self.label_elements = label_elements(prepared.data)
+        self.calibration = calibration_indices(experiment)
+        self.sizes = {name: len(split) for name, split in evaluation_splits(experiment.data).items()}
+        self.label_elements = label_elements(experiment.data)
 
     def due(self, index: int) -> bool:
-        return index % self.prepared.config.runtime.eval_every == 0 or index == self.prepared.config.rounds
+        return index % self.experiment.config.runtime.eval_every == 0 or index == self.experiment.config.rounds
 
     def start(self, weights: Weights) -> EvaluationInFlight:
-        runtime = self.prepared.config.runtime
+        runtime = self.experiment.config.runtime
         batch = runtime.eval_batch_size
         started = EvaluationInFlight(ray.put(weights), [], [], [])
         for host, share in enumerate(plan_chunks(self.sizes, batch, len(self.hosts.actors))):
@@ -118,7 +120,7 @@ class Evaluation(RunCallback):
         return started
 
     def _send(self, host: int, weights: ray.ObjectRef, share: list[Chunk]) -> ray.ObjectRef:
-        runtime = self.prepared.config.runtime
+        runtime = self.experiment.config.runtime
         return self.hosts.actors[host].evaluate.remote(weights, share, self.calibration, runtime.eval_batch_size,
                                                        runtime.bn_calibration_batch_size)
 
@@ -133,7 +135,7 @@ class Evaluation(RunCallback):
         """Share k's figures. A host whose process died (the engine replaces it when its next task comes back)
         costs a resend of its share to the next host, or to its replacement: every host computes the same
         figures, so the result does not depend on which one did."""
-        timeout_s = self.prepared.config.runtime.task_timeout_s
+        timeout_s = self.experiment.config.runtime.task_timeout_s
         hosts = len(self.hosts.actors)
         for attempt in range(hosts + 1):
             ref = started.answers[k] if attempt == 0 else self._send((started.hosts[k] + attempt) % hosts,
@@ -168,7 +170,7 @@ class Evaluation(RunCallback):
 
 
 class Records(RunCallback):
-    """The step's participant rows and round row, written as the run goes; the history in summary.json."""
+    """The step's participant rows and round row, written as the run goes; the history its summary keeps."""
 
     def __init__(self, run_dir: Path, run_id: str, strategy: str):
         self.writer = RecordWriter(run_dir)
@@ -178,6 +180,7 @@ class Records(RunCallback):
 
     def after_step(self, runner: "Runner", report: StepReport) -> bool:
         step = report.step
+        stamp_energy(step.rows, runner.experiment.fleet.device_for)
         values = {column: report.evaluation.get(column.split("_")[0], {}).get(column.split("_")[1], math.nan)
                   for column in METRIC_COLUMNS}
         others = {f"{split}_{key}": value for split, figures in report.evaluation.items()
@@ -188,14 +191,11 @@ class Records(RunCallback):
                                               device_utilisation=step.utilisation,
                                               strategy_metrics=step.metrics, eval_metrics=others, **values)
         self.writer.write_round(step.rows, report.round_row)
-        entry = {"round": step.index, "vt": step.vt_end, "accuracy": report.round_row.test_accuracy,
-                 "loss": report.round_row.test_loss, "perplexity": report.round_row.test_perplexity,
-                 "val_perplexity": report.round_row.val_perplexity}
+        entry = history_entry(report.round_row)
         if self.history and self.history[-1]["round"] == step.index:
             self.history[-1] = entry
         else:
             self.history.append(entry)
-        runner.write_summary("running")
         return False
 
 
@@ -256,24 +256,25 @@ class CheckpointSnapshot:
 
 
 class Runner:
-    def __init__(self, prepared: Prepared, data_ref: ray.ObjectRef, run_dir: str | Path, run_id: str,
+    def __init__(self, experiment: Experiment, data_ref: ray.ObjectRef, run_dir: str | Path, run_id: str,
                  resume: bool = False, hosts: HostPool | None = None):
-        self.prepared = prepared
-        self.config = prepared.config
+        self.experiment = experiment
+        self.config = experiment.config
         self.run_dir = Path(run_dir)
         self.run_id = run_id
         self.started = time.time()
         torch.set_num_threads(self.config.runtime.threads_per_host)
-        self.hosts = hosts if hosts is not None else HostPool(prepared, data_ref, run_id)
+        self.hosts = hosts if hosts is not None else HostPool(Shipment.of(experiment), data_ref, run_id)
         self.hosts.saved_states = self._saved_participant_states  # what a replaced host's participants restore
         self.hosts.wait_ready()
         self.timing: dict[str, Any] = {"runner_started": self.started, "hosts_ready": time.time(), "steps": []}
-        infos = {info.id: info for info in prepared.participant_infos()}
-        self.context = EngineContext(prepared, RayHosts(self.hosts), run_id, VirtualTimeline(), prepared.availability,
-                                     infos)
-        self.engine = make_engine(prepared.strategy.engine, self.context, initial_weights(prepared))
-        self.records = Records(self.run_dir, run_id, prepared.strategy.name)
-        self.callbacks: list[RunCallback] = [Evaluation(prepared, self.hosts), self.records, Checkpointing(),
+        infos = {info.id: info for info in experiment.infos}
+        self.context = EngineContext(experiment, RayHosts(self.hosts), run_id, VirtualTimeline(),
+                                     experiment.availability, infos)
+        self.engine = make_engine(experiment.strategy.engine, self.context, initial_weights(experiment))
+        self.records = Records(self.run_dir, run_id, experiment.strategy.name)
+        self.records.writer.write_fleet(fleet_table(experiment.fleet))
+        self.callbacks: list[RunCallback] = [Evaluation(experiment, self.hosts), self.records, Checkpointing(),
                                              Progress()]
         if self.hosts.descriptions:
             self.callbacks.insert(2, HostRecords(self.records.writer, run_id, self.hosts.descriptions))
@@ -291,15 +292,12 @@ class Runner:
         if checkpoint is None:
             return
         self.engine.weights = checkpoint.weights
-        self.prepared.strategy.load_state_dict(checkpoint.strategy_values, checkpoint.strategy_arrays)
+        self.experiment.strategy.load_state_dict(checkpoint.strategy_values, checkpoint.strategy_arrays)
         self.engine.load_state_dict(checkpoint.engine_values, checkpoint.engine_arrays)
         self.hosts.import_states(checkpoint.participants, self.config.runtime.task_timeout_s)
         self.records.writer.discard_after(checkpoint.round)
         self.start_step = checkpoint.round + 1
-        summary = self.run_dir / "summary.json"
-        if summary.is_file():
-            history = json.loads(summary.read_text()).get("history", [])[: checkpoint.round]
-            self.records.history = [_none_to_nan(entry) for entry in history]
+        self.records.history = recorded_history(self.run_dir)
 
     def _saved_participant_states(self) -> dict[int, dict]:
         checkpoint = load_checkpoint(self.run_dir)
@@ -328,11 +326,9 @@ class Runner:
             for callback in self.callbacks:
                 callback.after_run(self, last)
             self.timing["finished"] = time.time()
-            self.write_summary("complete")
         except BaseException as err:
             if waiting is not None and isinstance(err, Exception):
                 self._finish_quietly(waiting)  # the step before the failure keeps its records and checkpoint
-            self.write_summary("failed")
             raise
         finally:
             self.hosts.shutdown()
@@ -356,8 +352,8 @@ class Runner:
 
     def snapshot(self, step: Step) -> CheckpointSnapshot:
         """The checkpoint of `step`, taken at its boundary (copies: the engine and the strategy go on)."""
-        tasks = _last_tasks(self.engine.consumed, self.prepared)
-        return CheckpointSnapshot(step.index, step.weights, copy.deepcopy(self.prepared.strategy.state_dict()),
+        tasks = _last_tasks(self.engine.consumed, self.experiment)
+        return CheckpointSnapshot(step.index, step.weights, copy.deepcopy(self.experiment.strategy.state_dict()),
                                   copy.deepcopy(self.engine.state_dict()), tasks, self.hosts.request_states(tasks))
 
     def save_checkpoint(self, snapshot: CheckpointSnapshot) -> None:
@@ -371,41 +367,32 @@ class Runner:
         self.save_checkpoint(self.snapshot(step))
 
     def summary(self, status: str) -> dict[str, Any]:
-        history = self.history
+        """The run so far as summary.json holds it below its header (the run's id, name, strategy and rounds:
+        its launcher writes the file, msfusion_ray.app.run_dir). Copies: `progress` asks for it from a thread of
+        its own while the run goes on."""
+        history = list(self.history)
         finite = [h["accuracy"] for h in history if not math.isnan(h["accuracy"])]
         return {
-            "run_id": self.run_id, "name": self.config.name, "strategy": self.prepared.strategy.name,
-            "engine": self.engine.name, "status": status, "rounds": self.config.rounds,
+            "status": status, "engine": self.engine.name,
             "rounds_completed": history[-1]["round"] if history else 0,
             "virtual_time_s": history[-1]["vt"] if history else 0.0,
             "final_accuracy": finite[-1] if finite else None, "best_accuracy": max(finite) if finite else None,
-            "participants": len(self.prepared.fleet), "hosts": len(self.hosts.actors),
-            "wall_s": time.time() - self.started, "history": history, "timing": self.timing,
+            "participants": len(self.experiment.fleet), "hosts": len(self.hosts.actors),
+            "energy_j": sum(h.get("energy_j", math.nan) for h in history),
+            "wall_s": time.time() - self.started, "history": history,
+            "timing": {**self.timing, "steps": list(self.timing["steps"])},
         }
 
-    def write_summary(self, status: str) -> None:
-        path = self.run_dir / "summary.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(_nan_to_none(self.summary(status)), indent=2, allow_nan=False))
-        tmp.replace(path)
+
+def recorded_history(run_dir: Path) -> list[dict[str, float]]:
+    """The history of a run's recorded rounds (those up to its checkpoint, where it resumes), as `Records` keeps
+    it: read back from the round records, which hold the same figures."""
+    if not (run_dir / "records" / "rounds").is_dir():
+        return []
+    return [history_entry(row) for row in read_round_rows(run_dir).itertuples()]
 
 
-def _last_tasks(consumed: dict[int, int], prepared: Prepared) -> dict[int, int]:
+
+def _last_tasks(consumed: dict[int, int], experiment: Experiment) -> dict[int, int]:
     """Every participant's last aggregated task (-1: none yet), whose resulting state a checkpoint keeps."""
-    return {p.id: consumed.get(p.id, -1) for p in prepared.fleet.participants}
-
-
-def _none_to_nan(entry: dict[str, Any]) -> dict[str, Any]:
-    """A history entry read back from summary.json: its nulls (rounds without an evaluation) are NaN again."""
-    return {k: math.nan if v is None else v for k, v in entry.items()}
-
-
-def _nan_to_none(value: Any) -> Any:
-    """JSON has no NaN: rounds without an evaluation are written as null."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _nan_to_none(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_nan_to_none(v) for v in value]
-    return value
+    return {p.id: consumed.get(p.id, -1) for p in experiment.fleet.participants}

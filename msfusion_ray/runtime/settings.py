@@ -1,5 +1,5 @@
 """A host's participants and how they work: plain data, made by the launcher (whose process holds no torch: see
-msfusion_ray.launchable) and sent to each host."""
+msfusion_ray.experiment.shipment) and sent to each host."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 
 from msfusion_ray.config import TrainingConfig
 from msfusion_ray.devices.profile import DeviceProfile
+from msfusion_ray.devices.variation import ParticipantValues, resolve
 from msfusion_ray.shards import Shards
 
 if TYPE_CHECKING:
@@ -19,15 +20,22 @@ if TYPE_CHECKING:
 @dataclass(frozen=True, slots=True)
 class ParticipantSpec:
     id: int
-    device: DeviceProfile
+    device: DeviceProfile  # its class's profile
     memory_cap_bytes: int
     indices: np.ndarray  # its samples in the training split
+    values: ParticipantValues | None = None  # its host's participants' own figures (None: as its class)
+    row: int = 0  # its entry in them
+
+    def profile(self) -> DeviceProfile:
+        """Its own device: its class's profile with its drawn or listed figures (made per task, not kept)."""
+        return resolve(self.device, self.values, self.row)
 
 
 class ParticipantSpecs(Sequence[ParticipantSpec]):
     """A host's participants as they travel: ids, memory caps and sample indices as arrays, each distinct device
-    profile once. The driver keeps every host's (to start a host again), so a list of one object and one index
-    array per participant cost it 11 MB more with 10 000 registered participants than with 1000."""
+    profile once, and each participant's own figures where members of a class differ (arrays too). The driver
+    keeps every host's (to start a host again), so a list of one object and one index array per participant cost
+    it 11 MB more with 10 000 registered participants than with 1000."""
 
     def __init__(self, members: Sequence[int], fleet: "Fleet", partitions: Sequence[np.ndarray]):
         participants = [fleet.participants[pid] for pid in members]
@@ -38,13 +46,14 @@ class ParticipantSpecs(Sequence[ParticipantSpec]):
         self.profile_of = np.asarray([names.index(p.device.name) for p in participants], dtype=np.int32)
         self.memory_caps = np.asarray([p.memory_cap_bytes for p in participants], dtype=np.int64)
         self.indices = Shards(partitions[pid] for pid in members)
+        self.values = fleet.values.take(members) if fleet.values is not None else None
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, index: int) -> ParticipantSpec:  # type: ignore[override]  (no slices)
         return ParticipantSpec(int(self.ids[index]), self.profiles[self.profile_of[index]],
-                               int(self.memory_caps[index]), self.indices[index])
+                               int(self.memory_caps[index]), self.indices[index], self.values, index)
 
     def __iter__(self) -> Iterator[ParticipantSpec]:
         return (self[i] for i in range(len(self)))

@@ -13,8 +13,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from msfusion_ray.models.weights import Weights
-from msfusion_ray.splitting.index_map import IndexMap, outer_index
+from msfusion_ray.splitting.index_map import IndexMap, Weights, outer_index
 
 
 class ScatterAccumulator:

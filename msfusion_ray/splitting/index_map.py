@@ -9,15 +9,13 @@ only some of the global model's keys: its index map names just those, and extrac
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Collection, Mapping
+from typing import Collection, Mapping
 
 import numpy as np
 
 from msfusion_ray.splitting.spec import Axis, SplitSpec
 
-if TYPE_CHECKING:  # msfusion_ray.models imports this module: importing it here first was circular
-    from msfusion_ray.models.weights import Weights
-
+Weights = dict[str, np.ndarray]  # a model's floating-point tensors by name, as they travel
 Selection = Mapping[str, np.ndarray]
 IndexMap = dict[str, tuple[np.ndarray | None, ...]]
 
@@ -36,10 +34,6 @@ def widths_of(spec: SplitSpec, selection: Selection | None) -> dict[str, int]:
     """Units per group of the sub-model a selection describes (what a model builder needs)."""
     selection = selection or {}
     return {g: len(selection[g]) if g in selection else n for g, n in spec.groups.items()}
-
-
-def is_full(spec: SplitSpec, selection: Selection | None) -> bool:
-    return selection is None or all(len(selection.get(g, range(n))) == n for g, n in spec.groups.items())
 
 
 def index_map(spec: SplitSpec, selection: Selection | None, keys: Collection[str] | None = None) -> IndexMap:

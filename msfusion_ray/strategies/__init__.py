@@ -13,10 +13,6 @@ STRATEGIES: Registry[type[Strategy]] = Registry("strategy", "strategy.name", ("m
 register = STRATEGIES.register
 
 
-def strategy_names() -> list[str]:
-    return STRATEGIES.names()
-
-
 def strategy_class(name: str) -> type[Strategy]:
     return STRATEGIES.get(name)
 

@@ -7,7 +7,9 @@ family of the global model; `self.spec` is then its split spec. Then, by family:
 
 - `RoundStrategy` (engine `sync`): `plan` a round, `fold` each update as it arrives, `combine` at the barrier;
 - `AsyncStrategy` (engine `async`): `order` work for an idle participant, `fold` each update with its staleness,
-  `aggregate` when its `schedule` says so.
+  `aggregate` when its `schedule` says so;
+- `PipelineStrategy` (engine `pipeline`): `choose_split` over the fleet's compute nodes, send each data owner its
+  parts, `fold_owner` and `fold_part` the copies at the epoch's end, `combine`.
 
 Work goes out as `WorkOrder`s and comes back as `Update`s. `capacity` answers "what can this participant hold?"
 (the largest uniform rate, or whether given widths fit) without the strategy seeing any device.
@@ -15,14 +17,20 @@ Work goes out as `WorkOrder`s and comes back as `Update`s. `capacity` answers "w
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Mapping, Protocol, Sequence
+from functools import lru_cache
+from typing import Any, Callable, ClassVar, Hashable, Literal, Mapping, Protocol, Sequence
 
 import numpy as np
 
 from msfusion_ray.models.base import ModelFamily
+from msfusion_ray.models.layers import build_part, part_weights
 from msfusion_ray.models.weights import Weights
+from msfusion_ray.pipeline.depth_split import Split
+from msfusion_ray.pipeline.plan import PipelinePlanner
+from msfusion_ray.procedures.orders import NoParams, ObjectiveSpec, ProcedureSpec, WorkOrder
 from msfusion_ray.splitting.aggregate import ScatterAccumulator
 from msfusion_ray.splitting.index_map import IndexMap, extract, index_map, selection_fraction, widths_of
 from msfusion_ray.splitting.spec import SplitSpec
@@ -34,51 +42,6 @@ class ParticipantInfo:
     device: str
     samples: int
     labels: tuple[int, ...] | None = None  # the classes (language models: tokens) its training targets hold
-
-
-@dataclass(frozen=True)
-class ObjectiveSpec:
-    """A local objective by registered name, with its parameters (see msfusion_ray.training.objective)."""
-
-    name: str
-    params: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ProcedureSpec:
-    """A local training procedure by registered name, with its parameters (see msfusion_ray.training.procedure):
-    how a participant turns the weights it receives into the update it sends."""
-
-    name: str = "standard"
-    params: Mapping[str, Any] = field(default_factory=dict)
-
-
-STANDARD = ProcedureSpec()
-
-
-@dataclass(frozen=True)
-class WorkOrder:
-    """What a participant is asked to do: which sub-model (a width selection, a depth cut, or within a rate the
-    participant chooses itself), by which local procedure and objective, from which global model version.
-
-    The engine fills in the bookkeeping fields (`task`, `base_version`, `state_from`, `vt_start`, the prediction
-    and the wall-clock anchor); strategies set the rest.
-    """
-
-    participant: int
-    selection: Mapping[str, np.ndarray] | None = None  # width units kept per group; None: the whole width
-    objective: ObjectiveSpec | None = None
-    rate: float = 1.0  # the rate this work was planned at (for the records; a procedure may read it)
-    depth: int | None = None  # blocks kept from the input side (families with depth cuts); None: all
-    procedure: ProcedureSpec = STANDARD
-    extras: Mapping[str, Any] = field(default_factory=dict)  # open: whatever the procedure needs besides
-    task: int = -1  # the run's sequence number of this order
-    seed_key: tuple[int, ...] = ()  # with the run's seed and the participant: what the task's random draws derive from
-    base_version: int = 0  # the global model version handed over
-    state_from: int = -1  # the task whose resulting participant state this one starts from (-1: none)
-    vt_start: float = 0.0  # virtual time at which the participant is handed the model
-    predicted_device_s: float | None = None  # device time known before it runs (None: not predictable)
-    wall_anchor: tuple[float, float] | None = None  # (wall time, virtual time) pair for `clock: real` pacing
 
 
 TrainTask = WorkOrder  # the name round strategies have always used
@@ -105,10 +68,12 @@ class Capacity(Protocol):
     def fits(self, participant: int, widths: Mapping[str, int]) -> bool:
         """Whether a model with these units per width group fits the participant."""
 
+    def largest_rate(self, participant: int,
+                     shape_at: Callable[[float], tuple[Mapping[str, int], int | None]]) -> float | None:
+        """Largest rate whose sub-model `shape_at(rate)` = (widths, depth) fits the participant (None: none)."""
 
-@dataclass(frozen=True)
-class NoParams:
-    pass
+    def under(self, key: Hashable, **footprint: Any) -> "Capacity":
+        """The same answers for another training footprint (its build, loss or extra bytes replaced)."""
 
 
 class Strategy(ABC):
@@ -249,3 +214,56 @@ class AsyncStrategy(Strategy):
     def aggregate(self, version: int, global_weights: Weights, buffer: Any,
                   history: ModelHistory) -> tuple[Weights, dict[str, float]]:
         """The next global model from the current one (`version`) and the buffer; and the step's metrics."""
+
+
+OWNER_PROCEDURE = ProcedureSpec("pipeline_owner")  # msfusion_ray.procedures.pipeline_owner
+
+
+class PipelineStrategy(Strategy):
+    """The contract of pipeline split learning (the `pipeline` engine): choose the split over the fleet's compute
+    nodes, say what each owner is sent and does, and combine the copies of every part at the epoch's end."""
+
+    engine = "pipeline"
+
+    def choose_split(self, planner: PipelinePlanner) -> Split | None:
+        """The compute nodes' parts (None: nothing fits the nodes' memory)."""
+        return planner.configured_split()
+
+    def owner_order(self, participant: int, front: tuple[int, int], back: tuple[int, int]) -> WorkOrder:
+        return WorkOrder(participant, procedure=OWNER_PROCEDURE, extras={"front": front, "back": back})
+
+    def part_keys(self, start: int, end: int) -> list[str]:
+        """The global model's entries layers [start, end) hold."""
+        return list(_part_keys(self.family, start, end))
+
+    def payload(self, task: WorkOrder, global_weights: Weights) -> Weights:
+        """An owner is sent its first and last parts."""
+        keys = [*self.part_keys(*task.extras["front"]), *self.part_keys(*task.extras["back"])]
+        return {k: global_weights[k] for k in keys}
+
+    def param_fraction(self, task: WorkOrder) -> float:
+        """Share of the global model's parameters an owner holds: its first and last parts."""
+        shapes = self.spec.shapes
+        held = [*self.part_keys(*task.extras["front"]), *self.part_keys(*task.extras["back"])]
+        return sum(math.prod(shapes[k]) for k in held) / sum(math.prod(s) for s in shapes.values())
+
+    def new_accumulator(self, global_weights: Weights) -> ScatterAccumulator:
+        return ScatterAccumulator(global_weights)
+
+    def fold_owner(self, accumulator: ScatterAccumulator, update: Update) -> None:
+        """An owner's trained first and last parts, weighted by the samples it trained on (the aggregator's
+        FedAvg)."""
+        accumulator.add(update.weights, None, weight=float(update.samples))
+
+    def fold_part(self, accumulator: ScatterAccumulator, averaged: Weights) -> None:
+        """A compute node's part, already the sample-weighted average of its per-owner copies."""
+        accumulator.add(averaged, None, weight=1.0)
+
+    def combine(self, epoch: int, global_weights: Weights,
+                accumulator: ScatterAccumulator) -> tuple[Weights, dict[str, float]]:
+        return accumulator.result(global_weights), {}
+
+
+@lru_cache(maxsize=64)
+def _part_keys(family: ModelFamily, start: int, end: int) -> tuple[str, ...]:
+    return tuple(part_weights(build_part(family.layers(), start, end)))

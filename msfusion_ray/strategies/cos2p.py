@@ -7,11 +7,11 @@ semi-asynchronous training of depth-cut, data-aware structurally pruned sub-mode
   with every exit) and the mask phase (the same blocks at full width, frozen, with a score per unit).
   `rate_levels` snaps r down to fixed levels (the code's table: [0.25, 0.5, 0.75, 1.0]).
 - Sub-models: a participant's depth cut, and in its first `mask_rounds` tasks a mask it learns itself on its
-  own data (training/cos2p.py); later it is sent the pruned network of its kept mask. The global model is the
+  own data (procedures/cos2p.py); later it is sent the pruned network of its kept mask. The global model is the
   configured one cut after the deepest exit any participant holds (blocks no one holds would never train).
 - Local training: every exit the participant holds, with the cross-block distillation toward the deepest from
   global version `kd_start_round` on.
-- Aggregation (splitting/staleness.py): each delta weighted by importance ||Delta||_1 / r over drift
+- Aggregation (splitting/cos2p_aggregation.py): each delta weighted by importance ||Delta||_1 / r over drift
   ||w^(t) - w^(tau)||_1 + 1, normalised; w <- w + sum gamma_i Delta_i; updates staler than `max_staleness`
   versions are not aggregated. `normalisation: entries` normalises per entry instead (a departure: blocks only
   stale participants hold barely move under the code's rule). The engine aggregates when `buffer_fraction` of
@@ -31,14 +31,14 @@ from msfusion_ray.errors import UserInputError
 from msfusion_ray.models.base import ModelFamily
 from msfusion_ray.models.exits import deepest_exit_at_or_below
 from msfusion_ray.models.weights import Weights
+from msfusion_ray.procedures.cos2p import mask_footprint, rate_widths, training_footprint
+from msfusion_ray.pruning.masks import MaskTrains
+from msfusion_ray.splitting.cos2p_aggregation import WeightedDeltaSum, drift, importance, raw_weight
 from msfusion_ray.splitting.index_map import IndexMap, Selection, index_map, selection_fraction
-from msfusion_ray.splitting.staleness import WeightedDeltaSum, drift, importance, raw_weight
 from msfusion_ray.strategies import register
 from msfusion_ray.strategies.base import (AsyncSchedule, AsyncStrategy, Capacity, ModelHistory, ParticipantInfo,
                                           ProcedureSpec, Update, WorkOrder)
 from msfusion_ray.strategies.width import check_levels, snap_to_levels
-from msfusion_ray.pruning.masks import MaskTrains
-from msfusion_ray.training.cos2p import mask_footprint, rate_widths, training_footprint
 from msfusion_ray.training.losses import KLReduction
 from msfusion_ray.validation import checked, fraction, non_negative, positive, probability
 
@@ -116,7 +116,7 @@ class Cos2p(AsyncStrategy):
         depth = self.depth_at(rate)
         return self.base_family.groups_at(depth), depth
 
-    def largest_rate(self, participant: int, capacity: Any) -> float | None:  # noqa: ANN401 (CapacityOracle)
+    def largest_rate(self, participant: int, capacity: Capacity) -> float | None:
         """The largest rate whose training phase, and mask phase where there is one, fit the participant."""
         training = capacity.under("cos2p-training", **training_footprint(self.base_family.data.task))
         rate = training.largest_rate(participant, self.training_shape)
@@ -136,7 +136,7 @@ class Cos2p(AsyncStrategy):
         self.family = self.base_family if deepest == self.base_family.n_blocks else self.base_family.cut(deepest)
         return self.family
 
-    def largest_trainable_rate(self, participant: int, capacity: Any) -> float | None:  # noqa: ANN401
+    def largest_trainable_rate(self, participant: int, capacity: Capacity) -> float | None:
         """Its rate for depth and width, both phases fitting (the global model's width-only rate would miss the
         depth cut that lets the small devices in)."""
         return self.rates.get(participant)
@@ -191,7 +191,7 @@ class Cos2p(AsyncStrategy):
             self.masks[task.participant] = {g: np.asarray(u, dtype=np.int64) for g, u in selection.items()}
             self.masks_learnt[task.participant] = self.masks_learnt.get(task.participant, 0) + 1
         moved = drift(history[update.base_version + staleness], history[update.base_version],
-                      per_entry=self.params.drift == "mean")
+                      per_parameter=self.params.drift == "mean")
         weight = raw_weight(importance(update.weights, task.rate), moved)
         buffer.deltas.add(update.weights, self.imap_of(selection, task.depth), weight)
         buffer.staleness.append(staleness)

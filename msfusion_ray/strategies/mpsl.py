@@ -17,71 +17,11 @@ training the whole model on the same batches; what differs is who holds what, th
 
 from __future__ import annotations
 
-import math
-from functools import lru_cache
-
-from msfusion_ray.models.layers import build_part, part_weights
-from msfusion_ray.models.weights import Weights
-from msfusion_ray.pipeline.plan import PipelineParams, PipelinePlanner
-from msfusion_ray.splitting.aggregate import ScatterAccumulator
-from msfusion_ray.splitting.depth_split import Split
+from msfusion_ray.pipeline.plan import PipelineParams
 from msfusion_ray.strategies import register
-from msfusion_ray.strategies.base import ProcedureSpec, Strategy, Update, WorkOrder
-from msfusion_ray.training import pipeline_owner  # noqa: F401  (registers the owners' procedure)
-
-OWNER_PROCEDURE = ProcedureSpec("pipeline_owner")
-
-
-class PipelineStrategy(Strategy):
-    """The contract of pipeline split learning (the `pipeline` engine): choose the split over the fleet's compute
-    nodes, say what each owner is sent and does, and combine the copies of every part at the epoch's end."""
-
-    engine = "pipeline"
-
-    def choose_split(self, planner: PipelinePlanner) -> Split | None:
-        """The compute nodes' parts (None: nothing fits the nodes' memory)."""
-        return planner.configured_split()
-
-    def owner_order(self, participant: int, front: tuple[int, int], back: tuple[int, int]) -> WorkOrder:
-        return WorkOrder(participant, procedure=OWNER_PROCEDURE, extras={"front": front, "back": back})
-
-    def part_keys(self, start: int, end: int) -> list[str]:
-        """The global model's entries layers [start, end) hold."""
-        return list(_part_keys(self.family, start, end))
-
-    def payload(self, task: WorkOrder, global_weights: Weights) -> Weights:
-        """An owner is sent its first and last parts."""
-        keys = [*self.part_keys(*task.extras["front"]), *self.part_keys(*task.extras["back"])]
-        return {k: global_weights[k] for k in keys}
-
-    def param_fraction(self, task: WorkOrder) -> float:
-        """Share of the global model's parameters an owner holds: its first and last parts."""
-        shapes = self.spec.shapes
-        held = [*self.part_keys(*task.extras["front"]), *self.part_keys(*task.extras["back"])]
-        return sum(math.prod(shapes[k]) for k in held) / sum(math.prod(s) for s in shapes.values())
-
-    def new_accumulator(self, global_weights: Weights) -> ScatterAccumulator:
-        return ScatterAccumulator(global_weights)
-
-    def fold_owner(self, accumulator: ScatterAccumulator, update: Update) -> None:
-        """An owner's trained first and last parts, weighted by the samples it trained on (the aggregator's
-        FedAvg)."""
-        accumulator.add(update.weights, None, weight=float(update.samples))
-
-    def fold_part(self, accumulator: ScatterAccumulator, averaged: Weights) -> None:
-        """A compute node's part, already the sample-weighted average of its per-owner copies."""
-        accumulator.add(averaged, None, weight=1.0)
-
-    def combine(self, epoch: int, global_weights: Weights,
-                accumulator: ScatterAccumulator) -> tuple[Weights, dict[str, float]]:
-        return accumulator.result(global_weights), {}
+from msfusion_ray.strategies.base import PipelineStrategy
 
 
 @register("mpsl")
 class MPSL(PipelineStrategy):
     Params = PipelineParams
-
-
-@lru_cache(maxsize=64)
-def _part_keys(family, start: int, end: int) -> tuple[str, ...]:  # noqa: ANN001 (ModelFamily)
-    return tuple(part_weights(build_part(family.layers(), start, end)))

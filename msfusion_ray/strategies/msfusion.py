@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from msfusion_ray.models.base import ModelFamily
 from msfusion_ray.models.weights import Weights, load_weights, to_weights
 from msfusion_ray.splitting import schedules
 from msfusion_ray.splitting.aggregate import ScatterAccumulator
@@ -74,7 +75,7 @@ class MSfusionParams(WidthParams):
 class MSfusion(WidthSplitting):
     Params = MSfusionParams
 
-    def __init__(self, params: MSfusionParams, family, seed: int):  # noqa: ANN001 (ModelFamily)
+    def __init__(self, params: MSfusionParams, family: ModelFamily, seed: int):
         super().__init__(params, family, seed)
         self.overlap = params.overlap
         self._round_stats: dict[str, float] = {}

@@ -14,7 +14,7 @@ from msfusion_ray.config import TrainingConfig
 from msfusion_ray.costs.flops import StepCostCache
 from msfusion_ray.data.arrays import DataBundle
 from msfusion_ray.models.weights import model_device
-from msfusion_ray.training.losses import features_and_logits, task_loss
+from msfusion_ray.training.losses import ForwardLoss, features_and_logits, task_loss
 from msfusion_ray.training.objective import LocalObjective
 from msfusion_ray.training.optimizers import SGD, Adam, Optimizer
 
@@ -27,11 +27,6 @@ class LocalResult:
     peak_tensor_bytes: int  # live-tensor peak of the largest measured step
     task_loss: float  # mean over steps
     extra_loss: float  # mean over steps of the objective's term (0 without one)
-
-
-# (model, x, y) -> (features, logits, task loss, extra term or None)
-ForwardLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor],
-                       tuple[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"]]
 
 
 def make_optimizer(model: nn.Module, training: TrainingConfig, lr: float) -> Optimizer:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+# loss(model, batch): one forward pass and its loss, what footprints and FLOPs are measured on
+FootprintLoss = Callable[[nn.Module, Any], torch.Tensor]
+# A `forward_loss` for train_local's step: (features, logits, task loss, extra loss or None) of a batch
+ForwardLossResult = tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor | None]
+ForwardLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor], ForwardLossResult]
 
 
 def task_loss(task: str, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -25,7 +31,7 @@ def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor
     return forward_features(x)
 
 
-def loss_of(task: str):  # noqa: ANN201 (returns a closure)
+def loss_of(task: str) -> FootprintLoss:
     """loss(model, batch) for footprints: a forward pass (`features_and_logits`) and the task loss."""
 
     def loss(model: nn.Module, batch: Any) -> torch.Tensor:
@@ -66,12 +72,12 @@ def exit_distillation_loss(task: str, exit_logits: Sequence[torch.Tensor], targe
     return loss
 
 
-def exit_distillation_forward(task: str, gamma: float, temperature: float, distill: bool,  # noqa: ANN201
-                              reduction: KLReduction = "mean"):
+def exit_distillation_forward(task: str, gamma: float, temperature: float, distill: bool,
+                              reduction: KLReduction = "mean") -> ForwardLoss:
     """A `forward_loss` for train_local: every exit of the model, the deepest exit's cross-entropy as the task
     loss and the rest of `exit_distillation_loss` as the extra term."""
 
-    def forward(model: nn.Module, x: torch.Tensor, y: torch.Tensor):  # noqa: ANN202
+    def forward(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> ForwardLossResult:
         exits = model.exit_features(x)
         features, last = exits[-1]
         total = exit_distillation_loss(task, [logits for _, logits in exits], y, gamma, temperature, distill,
@@ -82,7 +88,7 @@ def exit_distillation_forward(task: str, gamma: float, temperature: float, disti
     return forward
 
 
-def exit_distillation_loss_of(task: str, gamma: float, temperature: float, distill: bool):  # noqa: ANN201
+def exit_distillation_loss_of(task: str, gamma: float, temperature: float, distill: bool) -> FootprintLoss:
     """loss(model, batch) for footprints of training with every exit."""
     forward = exit_distillation_forward(task, gamma, temperature, distill)
 

@@ -58,3 +58,27 @@ def test_validation_columns_and_a_target_on_the_validation_split():
     assert "| msfusion | 2 | 11.250 (10.000-12.500) | 11.000 | 10.250 (9.000-11.500) | 10.000 (9.000-11.000) |" in text
     with pytest.raises(ValueError, match="split"):
         comparison_table(runs, split="train")
+
+
+def test_energy_per_participant_and_to_the_target():
+    """Joules of every task over the fleet size, in total and at the first evaluated round that reached the target
+    (the same rounds as the virtual time to it)."""
+    def run(seed, energies, accuracies):
+        rounds = [dict(flops_total=10, bytes_down_total=1, bytes_up_total=1, device_time_s=1.0, wall_round_s=1.0,
+                       energy_j_total=e, test_accuracy=a) for e, a in zip(energies, accuracies)]
+        return make_run("heterofl", seed, 4, rounds, [participant(1, 0, energy_j=energies[0])])
+    runs = label_runs([run(0, [8.0, 4.0, 12.0], [0.5, 0.8, 0.9]), run(1, [4.0, 4.0, 4.0], [0.5, 0.6, 0.7])])
+    assert cost_to_target(runs[0], "accuracy", 0.75, "cum_energy_per_participant") == pytest.approx((8 + 4) / 4)
+    row = comparison_table(runs, target=0.75).iloc[0]
+    assert row["energy_per_participant"] == pytest.approx((24 / 4 + 12 / 4) / 2)
+    assert row["reached"] == 1 and row["energy_to_target"] == pytest.approx(3.0)
+    text = markdown(comparison_table(runs, target=0.75))
+    assert "J / participant" in text and "| 4.5 |" in text and "J / participant to accuracy 0.75" in text
+    assert text.rstrip().endswith("| 2 (1/2) | 3 |")
+
+
+def test_records_without_energy_show_none():
+    a, _, _ = three_runs()
+    row = comparison_table([a]).iloc[0]
+    assert math.isnan(row["energy_per_participant"])
+    assert "| - |" in markdown(comparison_table([a]))

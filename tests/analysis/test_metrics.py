@@ -132,3 +132,22 @@ def test_records_written_to_disk_read_back_to_the_same_aggregates(tmp_path):
     assert cost_curves(loaded).equals(cost_curves(on_disk[0]))
     assert metrics.metric_of(on_disk) == "accuracy"
     assert math.isnan(loaded.participants.loc[3, "train_loss"])
+
+
+def test_energy_by_device_class_is_per_participant_of_the_class_and_averaged_over_seeds():
+    from tests.analysis.fixtures import make_run, participant
+
+    def run(seed, phone_j):
+        rows = [participant(1, 0, device="phone", energy_compute_j=phone_j, energy_comm_j=1.0, energy_idle_j=0.0,
+                            energy_j=phone_j + 1.0),
+                participant(1, 1, device="phone", status="unavailable", energy_compute_j=0.0, energy_comm_j=0.0,
+                            energy_idle_j=0.0, energy_j=0.0),
+                participant(1, 2, device="laptop", energy_compute_j=10.0, energy_comm_j=2.0, energy_idle_j=1.0,
+                            energy_j=13.0)]
+        return make_run("fedavg", seed, 3, [dict(flops_total=1, test_accuracy=0.5)], rows)
+    table = metrics.energy_by_device([run(0, 3.0), run(1, 5.0)]).set_index("device")
+    assert table.loc["phone", "participants"] == 2
+    assert table.loc["phone", "energy_j"] == pytest.approx(((3 + 1) / 2 + (5 + 1) / 2) / 2)
+    assert table.loc["laptop", "energy_compute_j"] == 10.0 and table.loc["laptop", "energy_j"] == 13.0
+    no_figures = make_run("fedavg", 0, 1, [dict(flops_total=1)], [participant(1, 0)])  # energy NaN: unknown
+    assert math.isnan(metrics.energy_by_device([no_figures]).iloc[0]["energy_j"])

@@ -9,7 +9,8 @@ from tests.analysis.fixtures import three_runs, write_sweep
 
 FIGURES = ("accuracy_per_round", "accuracy_vs_cost", "scalability", "timeline_1", "timeline_2", "memory",
            "outcomes", "tokens_per_second")
-TABLES = ("Sweep cells", "Comparison (per group, mean over seeds)", "Runs", "Scalability (per run)", "Memory by device class",
+TABLES = ("Sweep cells", "Comparison (per group, mean over seeds)", "Runs", "Scalability (per run)",
+          "Memory by device class", "Energy per participant by device class (J, mean over seeds)",
           "Outcomes and stragglers (participant-rounds)", "Tokens per second", "Config")
 
 

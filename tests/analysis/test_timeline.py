@@ -39,5 +39,19 @@ def test_staleness_shares_and_idle_time():
 
 
 def test_figures_are_drawn_from_the_records():
+    """The timeline draws each device's lane (waiting behind), each task segment where the records put it, and a
+    line at each aggregation; the staleness figure a bar per staleness at its share of the aggregated updates."""
     run = async_run()
-    assert figure_virtual_timeline(run) is not None and figure_staleness([run]) is not None
+    ax = figure_virtual_timeline(run).axes[0]
+    bars = [(round(b.get_x(), 6), round(b.get_width(), 6), round(b.get_y() + b.get_height() / 2))
+            for b in ax.patches]
+    assert bars[:2] == [(0.0, 6.0, 0), (0.0, 6.0, 1)]  # the lanes: waiting, up to the last aggregation
+    segments = task_segments(run, until_s=6.0)
+    drawn = sorted(bars[2:])
+    expected = sorted((round(s.start_s, 6), round(s.duration_s, 6), s.participant) for s in segments.itertuples())
+    assert drawn == expected and len(drawn) == len(segments) > 0
+    assert [line.get_xdata()[0] for line in ax.lines] == [4.0, 6.0]  # the aggregations
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "1"]
+    staleness = figure_staleness([run]).axes[0]
+    assert [(round(b.get_x() + b.get_width() / 2), b.get_height()) for b in staleness.patches] == [(0, 0.75),
+                                                                                                   (1, 0.25)]

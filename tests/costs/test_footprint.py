@@ -6,6 +6,7 @@ import torch
 from msfusion_ray.config import TrainingConfig
 from msfusion_ray.costs.flops import StepCostCache
 from msfusion_ray.costs.footprint import plan_footprint
+from msfusion_ray.devices.capacity import make_planner
 from msfusion_ray.models import DataShape, build_family
 from msfusion_ray.training.local import make_optimizer
 from msfusion_ray.training.losses import loss_of, task_loss
@@ -59,3 +60,19 @@ def test_the_input_batch_is_counted_once():
     assert x.untyped_storage().data_ptr() not in saved
     plan = plan_footprint(model, (x, y), loss_of("classification"), 1)
     assert plan.inputs == x.numel() * 4 + y.numel() * 8
+
+
+def test_footprints_are_measured_on_one_thread_and_are_the_same_bytes_as_on_two():
+    """The planner measures on one thread (two waiting threads spin on cores the starting cluster holds) and gives
+    the caller its threads back; the figures do not depend on the thread count."""
+    family = build_family("cnn", DataShape((1, 28, 28), 10), 0.5)
+    planner = make_planner(family, TrainingConfig(batch_size=8, momentum=0.0))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model = family.build()
+        on_two = plan_footprint(model, family.example_batch(8), loss_of("classification"), 0)
+        assert planner.footprint(family.full_widths(), 8) == on_two
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)

@@ -232,14 +232,17 @@ def test_a_batch_goes_to_the_models_device():
 def test_a_sweeps_cells_share_the_gpus_unless_they_say_otherwise():
     import dataclasses
 
-    from msfusion_ray.config import config_from_dict
-    from msfusion_ray.sweep import with_gpu_share
+    from msfusion_ray.app.sweep import with_gpu_share
+    from msfusion_ray.experiment.config_check import config_from_dict
     from tests.conftest import SMALL_CONFIG
 
     @dataclasses.dataclass
-    class Cell:  # what with_gpu_share reads of a prepared cell
+    class Cell:  # what with_gpu_share reads of a prepared cell (a Shipment)
         config: object
         fleet: list
+
+        def with_config(self, config: object) -> "Cell":
+            return dataclasses.replace(self, config=config)
 
     def cell(**runtime):
         data = {**SMALL_CONFIG, "runtime": {**SMALL_CONFIG["runtime"], "hosts": 4, **runtime}}

@@ -20,10 +20,23 @@ def test_every_required_device_class_ships_with_a_sourced_profile():
 
 
 def test_shipped_fleets_name_known_profiles():
+    """Every fleet file names profiles that ship, and builds into exactly the devices it lists, each with its
+    profile's memory scaled by the fleet's factor."""
     profiles = load_profiles()
-    for path in sorted((default_profiles_dir() / "fleets").glob("*.yaml")):
-        fleet = make_fleet(load_fleet_spec(path), profiles)
-        assert len(fleet) > 0
+    fleets = sorted((default_profiles_dir() / "fleets").glob("*.yaml"))
+    assert len(fleets) >= 5
+    for path in fleets:
+        spec = load_fleet_spec(path)
+        named = set(spec.devices) | set(spec.compute_nodes) | ({spec.aggregator} if spec.aggregator else set())
+        assert named <= set(profiles), (path.name, named - set(profiles))
+        fleet = make_fleet(spec, profiles)
+        built: dict[str, int] = {}
+        for p in fleet.participants:
+            built[p.device.name] = built.get(p.device.name, 0) + 1
+            assert p.device == profiles[p.device.name]
+            assert p.memory_cap_bytes == pytest.approx(profiles[p.device.name].memory_mib * 2**20 * spec.memory_scale,
+                                                       rel=1e-6, abs=1)
+        assert built == {name: count for name, count in spec.devices.items() if count}, path.name
 
 
 def _write(tmp_path: Path, name: str, body: str) -> Path:

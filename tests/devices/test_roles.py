@@ -2,11 +2,11 @@
 
 import pytest
 
-from msfusion_ray.config import config_from_dict
 from msfusion_ray.devices.fleet import FleetSpec, load_fleet_spec, make_fleet
 from msfusion_ray.devices.profile import default_profiles_dir, load_profiles
 from msfusion_ray.errors import UserInputError
-from msfusion_ray.experiment import resolve_fleet
+from msfusion_ray.experiment.config_check import config_from_dict
+from msfusion_ray.experiment.prepare import resolve_fleet
 
 COMPUTE_CLASSES = {"vm-8vcpu-16gb", "vm-8vcpu-64gb", "vm-16vcpu-128gb", "edge-server-t4", "cloud-gpu-l4"}
 

@@ -1,5 +1,8 @@
-"""The family contract's memory format: convolutional families build channels last unless told otherwise, their
-weights travel in C order either way, and both layouts compute the same network to rounding."""
+"""The family contract's memory format: networks with spatial convolutions, built-in or given by import path, build
+channels last unless told otherwise, others as torch builds them; their weights travel in C order either way, and
+both layouts compute the same network to rounding."""
+
+import pickle
 
 import numpy as np
 import pytest
@@ -48,3 +51,49 @@ def test_a_family_without_convolutions_keeps_torchs_layout_unless_asked_and_a_ba
     assert build_family("vit", DataShape((3, 32, 32), 10), memory_format="channels_last").channels_last
     with pytest.raises(UserInputError, match="model.memory_format"):
         build_family("cnn", IMAGES, memory_format="nhwc")
+
+
+NETS = """
+from torch import nn
+
+
+def conv_net(shape, options):
+    return nn.Sequential(nn.Conv2d(1, 8, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1),
+                         nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 7 * 7, 10))
+
+
+def patches_net(shape, options):  # convolutions that only tile the image, as a ViT's patch embedding
+    return nn.Sequential(nn.Conv2d(1, 8, 4, stride=4), nn.Conv2d(8, 8, 1), nn.Flatten(), nn.Linear(8 * 7 * 7, 10))
+
+
+def dense_net(shape, options):
+    return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 32), nn.ReLU(), nn.Linear(32, 10))
+"""
+
+
+@pytest.mark.parametrize("name, expected", [("cnn", True), ("fedavg_cnn", True), ("resnet18", True),
+                                            ("resnet101", True), ("vgg", True), ("vit", False)])
+def test_auto_gives_each_built_in_the_layout_measured_faster_for_it_without_random_draws(name, expected):
+    family = build_family(name, IMAGES if "cnn" in name else DataShape((3, 32, 32), 10), 0.25)
+    state = torch.get_rng_state()
+    assert family.channels_last is expected
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_a_network_by_import_path_is_built_in_the_layout_auto_chooses_for_the_built_ins(tmp_path):
+    """A user's convolutional network trains channels last as the built-in CNNs do (issue 29); one without
+    convolutions, or with only patch-tiling ones, stays as torch builds it. The choice travels with the family."""
+    (tmp_path / "nets.py").write_text(NETS)
+    built_in = build_family("fedavg_cnn", IMAGES)
+    conv = build_family(f"{tmp_path}/nets.py:conv_net", IMAGES)
+    assert conv.channels_last and built_in.channels_last
+    model = conv.build()
+    weight = _conv_weight(model)
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    assert all(array.flags.c_contiguous for array in to_weights(model).values())
+    assert pickle.loads(pickle.dumps(conv)).channels_last
+    for name in ("patches_net", "dense_net"):
+        family = build_family(f"{tmp_path}/nets.py:{name}", IMAGES)
+        assert not family.channels_last and not pickle.loads(pickle.dumps(family)).channels_last
+        assert all(p.is_contiguous() for p in family.build().parameters())
+    assert not build_family(f"{tmp_path}/nets.py:conv_net", IMAGES, memory_format="contiguous").channels_last

@@ -7,10 +7,10 @@ import pytest
 import yaml
 
 from msfusion_ray.cli import main
-from msfusion_ray.config import config_from_dict
 from msfusion_ray.costs.layers import part_flops, part_memory
 from msfusion_ray.devices.clock import compute_seconds, hop_seconds
-from msfusion_ray.pipeline.setup import planner_for
+from msfusion_ray.experiment.config_check import config_from_dict
+from msfusion_ray.experiment.pipeline_planning import planner_for
 
 SMALL = {
     "name": "plan-test", "rounds": 1,

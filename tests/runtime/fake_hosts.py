@@ -7,9 +7,9 @@ import copy
 
 import numpy as np
 
-from msfusion_ray.config import config_from_dict
 from msfusion_ray.devices.timeline import VirtualTimeline
-from msfusion_ray.experiment import prepare
+from msfusion_ray.experiment.config_check import config_from_dict
+from msfusion_ray.experiment.prepare import prepare
 from msfusion_ray.records import ParticipantRoundRow
 from msfusion_ray.runtime.engines import EngineContext, make_engine
 from msfusion_ray.runtime.runner import initial_weights
@@ -82,5 +82,5 @@ def engine_for(profiles_dir, strategy, params, device_times, rounds, seed=0, fle
     prepared = prepare(config_from_dict(data))
     refused = frozenset(p.id for p in prepared.fleet.participants if p.device.name in refusing)
     context = EngineContext(prepared, FakeHosts(device_times, seed=seed, refused=refused), "fake", VirtualTimeline(),
-                            prepared.availability, {i.id: i for i in prepared.participant_infos()})
+                            prepared.availability, {i.id: i for i in prepared.infos})
     return make_engine(prepared.strategy.engine, context, initial_weights(prepared))

@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from msfusion_ray.config import load_config
-from msfusion_ray.experiment import prepare
-from msfusion_ray.launch import execute, new_run_dir
+from msfusion_ray.app.launching import run_prepared
+from msfusion_ray.experiment.config_check import load_config
+from msfusion_ray.experiment.prepare import prepare
 from msfusion_ray.records import read_participant_rows, read_round_rows
 
 
@@ -12,8 +12,8 @@ def run_smoke(tmp_path, hosts):
     config = load_config("configs/smoke/fedbuff.yaml", [f"runtime.hosts={hosts}", "rounds=4",
                                                         f"output_dir={tmp_path / str(hosts)}"])
     prepared = prepare(config)
-    run_dir, run_id = new_run_dir(prepared)
-    summary = execute(prepared, run_dir, run_id, show_progress=False)
+    finished = run_prepared(prepared, show_progress=False)
+    run_dir, summary = finished.run_dir, finished.summary
     return summary, read_participant_rows(run_dir), read_round_rows(run_dir)
 
 

@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from msfusion_ray.cli import main
-from msfusion_ray.config import config_from_dict
 from msfusion_ray.errors import UserInputError
-from msfusion_ray.experiment import prepare
+from msfusion_ray.experiment.config_check import config_from_dict
+from msfusion_ray.experiment.prepare import prepare
 from msfusion_ray.models.weights import to_weights
 from msfusion_ray.records import ParticipantRoundRow, RecordWriter, RoundRow
 from msfusion_ray.runtime.checkpoint import (MANIFEST, Checkpoint, check_resume, load_checkpoint,

@@ -3,9 +3,9 @@ after, stale updates from the slow devices, the exits each participant holds, an
 
 from pathlib import Path
 
-from msfusion_ray.config import load_config
-from msfusion_ray.experiment import prepare
-from msfusion_ray.launch import execute, new_run_dir
+from msfusion_ray.app.launching import run_prepared
+from msfusion_ray.experiment.config_check import load_config
+from msfusion_ray.experiment.prepare import prepare
 from msfusion_ray.records import read_participant_rows, read_round_rows
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "smoke" / "cos2p.yaml"
@@ -13,8 +13,8 @@ CONFIG = Path(__file__).resolve().parents[2] / "configs" / "smoke" / "cos2p.yaml
 
 def test_cos2p_smoke_config_learns_masks_then_reuses_them_with_stale_updates(ray_session, tmp_path):
     prepared = prepare(load_config(CONFIG, [f"output_dir={tmp_path / 'runs'}"]))
-    run_dir, run_id = new_run_dir(prepared)
-    summary = execute(prepared, run_dir, run_id, show_progress=False)
+    finished = run_prepared(prepared, show_progress=False)
+    run_dir, summary = finished.run_dir, finished.summary
     assert summary["status"] == "complete"
 
     rows = read_participant_rows(run_dir)

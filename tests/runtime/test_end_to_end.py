@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from analysis.plots import plot_runs
-from msfusion_ray.config import config_from_dict
-from msfusion_ray.experiment import prepare
-from msfusion_ray.launch import execute, new_run_dir
+from msfusion_ray.app.launching import run_prepared
+from msfusion_ray.experiment.config_check import config_from_dict
+from msfusion_ray.experiment.prepare import prepare
 from msfusion_ray.records import ParticipantRoundRow, RoundRow, read_participant_rows, read_round_rows
 from msfusion_ray.runtime.checkpoint import load_checkpoint
 
@@ -17,8 +17,8 @@ from msfusion_ray.runtime.checkpoint import load_checkpoint
 def finished_run(ray_session, small_config_dict):
     config = config_from_dict(small_config_dict, ["runtime.eval_every=2"])  # round 1 is not evaluated
     prepared = prepare(config)
-    run_dir, run_id = new_run_dir(prepared)
-    summary = execute(prepared, run_dir, run_id, show_progress=False)
+    finished = run_prepared(prepared, show_progress=False)
+    run_dir, summary = finished.run_dir, finished.summary
     return config, run_dir, summary
 
 
@@ -62,7 +62,7 @@ def test_resume_continues_from_the_checkpoint(finished_run):
     config, run_dir, _ = finished_run
     before = read_round_rows(run_dir)
     longer = config_from_dict(config.to_dict(), ["rounds=3"])
-    summary = execute(prepare(longer), run_dir, run_dir.name, resume=True, show_progress=False)
+    summary = run_prepared(prepare(longer), resume=run_dir, show_progress=False).summary
     after = read_round_rows(run_dir)
     assert summary["rounds_completed"] == 3 and after["round"].tolist() == [1, 2, 3]
     assert np.allclose(after["test_accuracy"][:2], before["test_accuracy"], equal_nan=True)  # earlier rounds untouched

@@ -4,9 +4,9 @@ import copy
 
 import numpy as np
 
-from msfusion_ray.config import config_from_dict
-from msfusion_ray.experiment import prepare
-from msfusion_ray.launch import execute, new_run_dir
+from msfusion_ray.app.launching import run_prepared
+from msfusion_ray.experiment.config_check import config_from_dict
+from msfusion_ray.experiment.prepare import prepare
 from msfusion_ray.records import read_participant_rows, read_round_rows
 from msfusion_ray.runtime.checkpoint import load_checkpoint
 from tests.conftest import SMALL_CONFIG
@@ -18,8 +18,8 @@ def run(tmp_path, overlap):
     data["fleet"]["memory_scale"] = 0.0007
     data["runtime"]["eval_overlap"] = overlap
     prepared = prepare(config_from_dict(data))
-    run_dir, run_id = new_run_dir(prepared)
-    summary = execute(prepared, run_dir, run_id, show_progress=False)
+    finished = run_prepared(prepared, show_progress=False)
+    run_dir, summary = finished.run_dir, finished.summary
     return summary, read_round_rows(run_dir), read_participant_rows(run_dir), load_checkpoint(run_dir)
 
 

@@ -11,16 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from msfusion_ray.config import DataConfig, TrainingConfig, config_from_dict
+from msfusion_ray.config import DataConfig, TrainingConfig
 from msfusion_ray.costs.flops import StepCostCache
 from msfusion_ray.data import load_data
 from msfusion_ray.devices.gpu import GpuSample, GpuSampler, HostGpu
 from msfusion_ray.devices.profile import DeviceProfile
+from msfusion_ray.experiment.config_check import config_from_dict
 from msfusion_ray.models import build_family
 from msfusion_ray.models.weights import to_weights
+from msfusion_ray.procedures.base import StandardProcedure
 from msfusion_ray.runtime.participant import ParticipantSpec, ParticipantWorker, WorkerSettings
 from msfusion_ray.strategies.base import WorkOrder
-from msfusion_ray.training.procedure import StandardProcedure
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 PROFILE = DeviceProfile(name="tiny", description="", memory_mib=1, train_gflops=1, uplink_mbps=1, downlink_mbps=1,
@@ -77,26 +78,28 @@ def test_running_out_of_real_memory_while_training_is_an_oom_outcome_and_keeps_n
 FAKE_GPU_CLUSTER = """
 import copy, json, sys
 import ray
-from msfusion_ray.runtime.cluster import start_local_ray
-from msfusion_ray.config import config_from_dict
-from msfusion_ray.experiment import prepare
-from msfusion_ray.launch import execute, new_run_dir
+from msfusion_ray.app.launching import run_prepared
+from msfusion_ray.experiment.config_check import config_from_dict
+from msfusion_ray.experiment.prepare import prepare
 from msfusion_ray.records import read_host_rows, read_participant_rows
-from msfusion_ray.runtime.hosts import HostPool
+from msfusion_ray.experiment.shipment import Shipment
+from msfusion_ray.runtime.cluster import start_local_ray
+from msfusion_ray.runtime.host_pool import HostPool
 
 base = json.loads(sys.argv[1])
 start_local_ray(num_cpus=2, num_gpus=2, include_dashboard=False, object_store_memory=200 * 1024**2)
 out = {"cluster_gpus": ray.cluster_resources().get("GPU")}
 prepared = prepare(config_from_dict(base))
-run_dir, run_id = new_run_dir(prepared)
-out["summary"] = execute(prepared, run_dir, run_id, show_progress=False)["final_accuracy"]
+finished = run_prepared(prepared, show_progress=False)
+run_dir = finished.run_dir
+out["summary"] = finished.summary["final_accuracy"]
 out["hosts"] = read_host_rows(run_dir).to_dict("records")
 out["statuses"] = read_participant_rows(run_dir)["status"].tolist()
 
 quarter = copy.deepcopy(base)
 quarter["runtime"]["gpus_per_host"] = 0.25
 prepared = prepare(config_from_dict(quarter))
-pool = HostPool(prepared, ray.put(prepared.data), "quarter")
+pool = HostPool(Shipment.of(prepared), ray.put(prepared.data), "quarter")
 pool.wait_ready()
 out["quarter"] = pool.descriptions
 pool.shutdown()
@@ -105,7 +108,7 @@ strict = copy.deepcopy(base)
 strict["runtime"]["device"] = "cuda"
 prepared = prepare(config_from_dict(strict))
 try:
-    pool = HostPool(prepared, ray.put(prepared.data), "strict")
+    pool = HostPool(Shipment.of(prepared), ray.put(prepared.data), "strict")
     pool.wait_ready()
     pool.shutdown()
     out["strict"] = "started"
@@ -141,16 +144,15 @@ def test_host_actors_on_a_fake_gpu_cluster_ask_for_even_gpu_fractions(small_conf
 
 
 def _gpu_run(config_dict, tmp_path, name, **runtime):
-    from msfusion_ray.experiment import prepare
-    from msfusion_ray.launch import execute, new_run_dir
+    from msfusion_ray.app.launching import run_prepared
+    from msfusion_ray.experiment.prepare import prepare
     from msfusion_ray.records import read_host_rows, read_participant_rows, read_round_rows
 
     data = copy.deepcopy(config_dict)
     data["output_dir"] = str(tmp_path / name)
     data["runtime"].update(runtime)
     prepared = prepare(config_from_dict(data))
-    run_dir, run_id = new_run_dir(prepared)
-    execute(prepared, run_dir, run_id, show_progress=False)
+    run_dir = run_prepared(prepared, show_progress=False).run_dir
     return read_round_rows(run_dir), read_participant_rows(run_dir), read_host_rows(run_dir)
 
 

@@ -1,7 +1,7 @@
 """How many host actors a run starts when it sets nothing: one per threads_per_host of its CPUs."""
 
 from msfusion_ray.config import RuntimeConfig
-from msfusion_ray.runtime.hosts import host_count
+from msfusion_ray.runtime.host_pool import host_count
 
 
 def test_by_default_one_host_per_core_never_more_than_participants():

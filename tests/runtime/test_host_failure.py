@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from msfusion_ray.app.progress import ProgressDisplay
 from msfusion_ray.cli import main
-from msfusion_ray.launch import ProgressDisplay
 from msfusion_ray.records import read_participant_rows
 
 PROJECT = Path(__file__).resolve().parents[2]

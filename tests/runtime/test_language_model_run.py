@@ -5,10 +5,10 @@ import json
 import math
 from pathlib import Path
 
-from msfusion_ray.config import load_config
+from msfusion_ray.app.launching import run_prepared
 from msfusion_ray.data.tokenizer import CharTokenizer
-from msfusion_ray.experiment import prepare
-from msfusion_ray.launch import execute, new_run_dir
+from msfusion_ray.experiment.config_check import load_config
+from msfusion_ray.experiment.prepare import prepare
 from msfusion_ray.records import read_participant_rows, read_round_rows
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "lm_smoke.yaml"
@@ -18,8 +18,8 @@ def test_lm_smoke_config_records_perplexities_and_tokens(ray_session, tmp_path):
     overrides = ["rounds=2", "training.local_steps=3", "data.train_samples=600", "data.eval_samples=64",
                  f"output_dir={tmp_path / 'runs'}", "runtime.hosts=2"]
     prepared = prepare(load_config(CONFIG, overrides))
-    run_dir, run_id = new_run_dir(prepared)
-    summary = execute(prepared, run_dir, run_id, show_progress=False)
+    finished = run_prepared(prepared, show_progress=False)
+    run_dir, summary = finished.run_dir, finished.summary
     assert summary["status"] == "complete"
 
     rounds = read_round_rows(run_dir)

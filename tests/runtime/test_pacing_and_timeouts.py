@@ -6,9 +6,9 @@ import copy
 
 import yaml
 
-from msfusion_ray.config import config_from_dict
-from msfusion_ray.experiment import prepare
-from msfusion_ray.launch import execute, new_run_dir
+from msfusion_ray.app.launching import run_prepared
+from msfusion_ray.experiment.config_check import config_from_dict
+from msfusion_ray.experiment.prepare import prepare
 from msfusion_ray.records import read_participant_rows, read_round_rows
 from tests.conftest import SMALL_CONFIG
 
@@ -26,8 +26,7 @@ def run_real_clock(tmp_path, devices, timeout_s):
     data["fleet"] = {"devices": devices, "profiles_dir": str(tmp_path)}
     data["runtime"] = {"hosts": 1, "clock": "real", "task_timeout_s": timeout_s, "eval_every": 1}
     prepared = prepare(config_from_dict(data))
-    run_dir, run_id = new_run_dir(prepared)
-    execute(prepared, run_dir, run_id, show_progress=False)
+    run_dir = run_prepared(prepared, show_progress=False).run_dir
     return read_participant_rows(run_dir), read_round_rows(run_dir)
 
 

@@ -3,6 +3,7 @@
 import itertools
 
 import numpy as np
+import torch
 
 from msfusion_ray.config import DataConfig, TrainingConfig
 from msfusion_ray.costs.flops import StepCostCache
@@ -89,3 +90,37 @@ def test_a_task_that_overruns_its_own_deadline_is_a_timeout_and_keeps_no_state()
     row, weights, _ = worker.run(WorkOrder(0, task=0, seed_key=(1,)), lambda: start, lr=0.1)
     assert row.status == "timeout" and weights is None and "task_timeout_s=1.5" in row.message
     assert set(worker.states) == {-1}
+
+
+FEDAVG_NET = """
+from torch import nn
+
+
+def make_net(shape, options):
+    return nn.Sequential(nn.Sequential(nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+                                       nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+                                       nn.Flatten(), nn.Linear(64 * 7 * 7, 512), nn.ReLU(inplace=True)),
+                         nn.Linear(512, 10))
+"""
+
+
+def test_the_users_copy_of_a_built_in_network_trains_as_the_built_in_does(tmp_path):
+    """The FedAvg CNN written in a file of the user's and given by import path is built in the built-in's layout,
+    from the same seed the same weights, and a task trains it to the same weights bit for bit (issue 29)."""
+    (tmp_path / "nets.py").write_text(FEDAVG_NET)
+    data = load_data(DataConfig(train_samples=100, eval_samples=50, normalize=False), seed=0)
+    settings = WorkerSettings(run_id="t", host=0, seed=0, training=TrainingConfig(batch_size=16, local_steps=2))
+    trained = []
+    for name in ("fedavg_cnn", f"{tmp_path}/nets.py:make_net"):
+        family = build_family(name, data.shape)
+        torch.manual_seed(0)
+        start = to_weights(family.build())
+        worker = ParticipantWorker(ParticipantSpec(0, PROFILE, 10**9, np.arange(40)), family, data, settings,
+                                   StepCostCache(), modules=ModulePool())
+        row, weights, _ = worker.run(WorkOrder(0, task=0, seed_key=(1,)), lambda: start, lr=0.05)
+        trained.append((family.channels_last, start, weights, row.train_loss))
+    (layout, start, weights, loss), (user_layout, user_start, user_weights, user_loss) = trained
+    assert layout and user_layout
+    assert [k.split(".")[-1] for k in start] == [k.split(".")[-1] for k in user_start]
+    assert all(np.array_equal(a, b) for a, b in zip(start.values(), user_start.values()))
+    assert all(np.array_equal(a, b) for a, b in zip(weights.values(), user_weights.values())) and loss == user_loss

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import yaml
 
+from msfusion_ray.app.launching import run_prepared
 from msfusion_ray.cli import main
-from msfusion_ray.config import config_from_dict
-from msfusion_ray.experiment import prepare
-from msfusion_ray.launch import execute, new_run_dir
+from msfusion_ray.experiment.config_check import config_from_dict
+from msfusion_ray.experiment.prepare import prepare
 from msfusion_ray.records import read_participant_rows, read_round_rows
 from msfusion_ray.runtime.checkpoint import load_checkpoint
 
@@ -37,8 +37,8 @@ def _run(tmp_path, name, **changes):
             node = node.setdefault(key, {})
         node[last] = value
     prepared = prepare(config_from_dict(data))
-    run_dir, run_id = new_run_dir(prepared)
-    summary = execute(prepared, run_dir, run_id, show_progress=False)
+    finished = run_prepared(prepared, show_progress=False)
+    run_dir, summary = finished.run_dir, finished.summary
     return summary, run_dir
 
 

@@ -3,9 +3,9 @@ in-batch negatives. Every trained participant stays within its memory cap (plann
 
 import pytest
 
-from msfusion_ray.config import config_from_dict
-from msfusion_ray.experiment import prepare
-from msfusion_ray.launch import execute, new_run_dir
+from msfusion_ray.app.launching import run_prepared
+from msfusion_ray.experiment.config_check import config_from_dict
+from msfusion_ray.experiment.prepare import prepare
 from msfusion_ray.records import read_participant_rows, read_round_rows
 
 
@@ -18,8 +18,9 @@ def test_a_run_with_the_option_trains_within_every_cap(ray_session, small_config
     small_config_dict["data"]["validation_samples"] = 100
     small_config_dict["fleet"]["memory_scale"] = 0.002  # every device holds some slice
     prepared = prepare(config_from_dict(small_config_dict))
-    run_dir, run_id = new_run_dir(prepared)
-    assert execute(prepared, run_dir, run_id, show_progress=False)["status"] == "complete"
+    finished = run_prepared(prepared, show_progress=False)
+    run_dir = finished.run_dir
+    assert finished.summary["status"] == "complete"
     participants = read_participant_rows(run_dir)
     trained = participants[participants["status"] == "ok"]
     assert len(trained) >= 2 and set(participants["status"]) <= {"ok", "unavailable"}

@@ -6,9 +6,9 @@ import copy
 import numpy as np
 import pytest
 
-from msfusion_ray.config import config_from_dict
-from msfusion_ray.experiment import prepare
-from msfusion_ray.launch import execute, new_run_dir
+from msfusion_ray.app.launching import run_prepared
+from msfusion_ray.experiment.config_check import config_from_dict
+from msfusion_ray.experiment.prepare import prepare
 from msfusion_ray.records import read_participant_rows, read_round_rows
 from tests.conftest import SMALL_CONFIG
 from tests.runtime.fake_hosts import engine_for
@@ -35,8 +35,7 @@ def run(config_dict, strategy, hosts, tmp_path, memory_format="auto"):
     data["fleet"]["memory_scale"] = 0.0007
     data["runtime"]["hosts"] = hosts
     prepared = prepare(config_from_dict(data))
-    run_dir, run_id = new_run_dir(prepared)
-    execute(prepared, run_dir, run_id, show_progress=False)
+    run_dir = run_prepared(prepared, show_progress=False).run_dir
     return read_round_rows(run_dir), read_participant_rows(run_dir)
 
 

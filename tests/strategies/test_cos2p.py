@@ -14,10 +14,10 @@ from msfusion_ray.devices.capacity import CapacityOracle, make_planner
 from msfusion_ray.devices.profile import DeviceProfile
 from msfusion_ray.models import DataShape, build_family
 from msfusion_ray.models.weights import to_weights
+from msfusion_ray.procedures.cos2p import mask_footprint, rate_widths, training_footprint
 from msfusion_ray.runtime.participant import ParticipantSpec, ParticipantWorker, WorkerSettings
 from msfusion_ray.strategies import make_strategy
 from msfusion_ray.strategies.base import ParticipantInfo, Update
-from msfusion_ray.training.cos2p import mask_footprint, rate_widths, training_footprint
 
 VIT = {"d_model": 32, "n_heads": 4, "n_layers": 4, "mlp_ratio": 2.0, "patch": 8}  # exits after 1, 2, 3, 4 blocks
 TRAINING = TrainingConfig(batch_size=16, local_steps=4, optimizer="adam", lr=1e-3)
@@ -204,8 +204,8 @@ def test_the_drift_is_measured_from_the_model_the_participant_trained_from_to_th
 
 def test_device_time_is_predicted_exactly_for_a_task_with_a_kept_mask_and_not_for_a_mask_task(data):
     from msfusion_ray.costs.flops import TrainingStepFlops
+    from msfusion_ray.procedures.base import make_procedure
     from msfusion_ray.training.local import batch_sizes
-    from msfusion_ray.training.procedure import make_procedure
 
     strategy, worker, info, weights = _setup(data, mask_rounds=1)
     first, _, update = _run(strategy, worker, info, weights, 0, task=0, state_from=-1)

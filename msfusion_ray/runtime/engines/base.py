@@ -10,21 +10,24 @@ everything needed to continue exactly (docs/engines.md).
 
 from __future__ import annotations
 
+import math
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 import numpy as np
 
+from msfusion_ray.config import ExperimentConfig
 from msfusion_ray.devices.availability import Availability
 from msfusion_ray.devices.timeline import VirtualTimeline
-from msfusion_ray.experiment import Prepared
+from msfusion_ray.experiment.prepare import Experiment
 from msfusion_ray.models.weights import Weights
+from msfusion_ray.procedures.orders import WorkOrder
 from msfusion_ray.records import ParticipantRoundRow
 from msfusion_ray.registry import Registry
 from msfusion_ray.runtime.engines.dispatch import Executor
-from msfusion_ray.strategies.base import ParticipantInfo
+from msfusion_ray.strategies.base import ParticipantInfo, Strategy
 
 
 @dataclass
@@ -45,7 +48,7 @@ class Step:
 class EngineContext:
     """What the Runner hands every engine."""
 
-    prepared: Prepared
+    experiment: Experiment
     executor: Executor  # the host actors (RayHosts)
     run_id: str
     timeline: VirtualTimeline
@@ -53,15 +56,15 @@ class EngineContext:
     infos: dict[int, ParticipantInfo] = field(default_factory=dict)
 
     @property
-    def config(self):  # noqa: ANN201 (ExperimentConfig)
-        return self.prepared.config
+    def config(self) -> ExperimentConfig:
+        return self.experiment.config
 
     @property
-    def strategy(self):  # noqa: ANN201 (Strategy)
-        return self.prepared.strategy
+    def strategy(self) -> Strategy:
+        return self.experiment.strategy
 
     def device_of(self, participant: int) -> str:
-        return self.prepared.fleet.participants[participant].device.name
+        return self.experiment.fleet.participants[participant].device.name
 
     def lr(self, step: int) -> float:
         """The learning rate of step t: lr * lr_decay^(t-1)."""
@@ -114,7 +117,7 @@ def absent_row(context: EngineContext, step: int, participant: int, vt: float) -
                                status="unavailable", vt_start=vt, vt_end=vt)
 
 
-def lost_row(context: EngineContext, step: int, order, status: str, message: str) -> ParticipantRoundRow:  # noqa: ANN001
+def lost_row(context: EngineContext, step: int, order: WorkOrder, status: str, message: str) -> ParticipantRoundRow:
     """A task that never came back (its host failed or stopped answering)."""
     return ParticipantRoundRow(run_id=context.run_id, round=step, participant=order.participant,
                                device=context.device_of(order.participant),
@@ -138,6 +141,17 @@ def drop_at(row: ParticipantRoundRow, end_s: float) -> None:
     row.device_compute_s, row.device_upload_s = compute, upload
     row.device_comm_s, row.device_time_s = download + upload, spent
     row.bytes_up = int(row.bytes_up * upload / row.device_upload_s) if upload > 0 else 0
+
+
+def hold_until(rows: list[ParticipantRoundRow], release_s: float,
+               held: Callable[[ParticipantRoundRow], bool] | None = None) -> None:
+    """Devices that worked in a step and then waited for it to end (a round's barrier, the buffer's aggregation at
+    `release_s`): their idle seconds. `held(row)` picks them (default: every task that was not lost to the device
+    going off)."""
+    for row in rows:
+        waits = held(row) if held is not None else row.task >= 0 and row.status not in ("unavailable", "dropped")
+        if waits and not math.isnan(row.vt_end):
+            row.device_wait_s = max(0.0, release_s - row.vt_end)
 
 
 def wall_clock() -> float:

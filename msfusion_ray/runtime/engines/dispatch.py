@@ -15,10 +15,10 @@ import ray
 from ray.exceptions import OutOfMemoryError, RayActorError, RayError
 
 from msfusion_ray.costs.payload import payload_bytes
-from msfusion_ray.failures import describe_failure
 from msfusion_ray.models.weights import Weights
 from msfusion_ray.records import ParticipantRoundRow
-from msfusion_ray.runtime.hosts import HostPool
+from msfusion_ray.runtime.failure_texts import describe_failure
+from msfusion_ray.runtime.host_pool import HostPool
 from msfusion_ray.runtime.participant import Result
 from msfusion_ray.strategies.base import Strategy, WorkOrder
 

@@ -34,11 +34,12 @@ from msfusion_ray.models.weights import Weights
 from msfusion_ray.pipeline.measured import MeasuredTimes
 from msfusion_ray.pipeline.plan import PipelinePlanner, owner_batches
 from msfusion_ray.pipeline.schedule import EpochSchedule, schedule_epoch
-from msfusion_ray.pipeline.time_model import PipelineTimes, edgesys_estimate
+from msfusion_ray.pipeline.time_model import OwnerTimes, PipelineTimes, edgesys_estimate
+from msfusion_ray.procedures.orders import WorkOrder
 from msfusion_ray.records import ParticipantRoundRow
 from msfusion_ray.runtime.engines.base import EngineContext, Step, absent_row, register_engine
 from msfusion_ray.runtime.engines.sync import SyncEngine
-from msfusion_ray.runtime.hosts import STARTUP_TIMEOUT_S
+from msfusion_ray.runtime.host_pool import STARTUP_TIMEOUT_S
 from msfusion_ray.runtime.pipeline_stage import StageActor, StageLink
 from msfusion_ray.strategies.base import Update
 
@@ -54,9 +55,9 @@ class PipelineEngine(SyncEngine):
 
     def __init__(self, context: EngineContext, weights: Weights):
         super().__init__(context, weights)
-        prepared, training = context.prepared, context.config.training
-        batches = [owner_batches(len(p), training) for p in prepared.partitions]
-        self.planner = PipelinePlanner(prepared.family, prepared.fleet, training, context.strategy.params, batches)
+        experiment, training = context.experiment, context.config.training
+        batches = [owner_batches(len(p), training) for p in experiment.partitions]
+        self.planner = PipelinePlanner(experiment.family, experiment.fleet, training, context.strategy.params, batches)
         split = context.strategy.choose_split(self.planner)
         self.fits_nowhere = split is None
         self.plan = self.planner.plan(split if split is not None else self.planner.split("equal"))
@@ -81,7 +82,7 @@ class PipelineEngine(SyncEngine):
         context, plan = self.context, self.plan
         runtime = context.config.runtime
         self.stages = [StageActor.options(num_cpus=0).remote(
-            position, context.prepared.family, layer_range, context.config.training, context.config.seed,
+            position, context.experiment.family, layer_range, context.config.training, context.config.seed,
             node.memory_cap_bytes, node.device.native, runtime.threads_per_host)
             for position, (node, layer_range) in enumerate(zip(plan.nodes, plan.split.ranges))]
         ray.get([stage.ping.remote() for stage in self.stages], timeout=STARTUP_TIMEOUT_S)
@@ -96,7 +97,7 @@ class PipelineEngine(SyncEngine):
             self._start_stages()
         context, strategy, plan = self.context, self.context.strategy, self.plan
         timeout = context.config.runtime.task_timeout_s
-        owners = [p.id for p in context.prepared.fleet.participants]
+        owners = [p.id for p in context.experiment.fleet.participants]
         reachable = self.reachable(epoch, owners)
         rows = [absent_row(context, epoch, pid, self.now) for pid in owners if not reachable[pid]]
         present = [pid for pid in owners if reachable[pid]]
@@ -133,7 +134,7 @@ class PipelineEngine(SyncEngine):
     def _part(self, start: int, end: int) -> Weights:
         return {k: self.weights[k] for k in self.context.strategy.part_keys(start, end)}
 
-    def _order(self, participant: int, epoch: int):  # noqa: ANN202 (WorkOrder)
+    def _order(self, participant: int, epoch: int) -> WorkOrder:
         plan, strategy = self.plan, self.context.strategy
         order = strategy.owner_order(participant, plan.front, plan.back)
         link = StageLink(participant, self.stages[0], self.stages[-1], self.context.config.runtime.task_timeout_s)
@@ -142,11 +143,11 @@ class PipelineEngine(SyncEngine):
                        state_from=self.state_from(participant), vt_start=self.now, extras=extras)
 
     def _measured(self, results: dict, reports: list[dict]) -> MeasuredTimes:
-        fleet, plan = self.context.prepared.fleet, self.plan
+        fleet, plan = self.context.experiment.fleet, self.plan
         logs = {pid: trained["pipeline_batches"] for pid, (row, _, trained) in results.items()
                 if row.status == "ok"}
         parts = {pid: self.planner.owner_part_bytes() for pid in logs}
-        return MeasuredTimes([p.device for p in fleet.participants], [n.device for n in plan.nodes],
+        return MeasuredTimes([fleet.device_of(p.id) for p in fleet.participants], [n.device for n in plan.nodes],
                              self.planner.aggregator.device, logs, [r["log"] for r in reports], parts)
 
     def _owner_rows(self, results: dict, measured: MeasuredTimes, schedule: EpochSchedule) -> list:
@@ -274,7 +275,7 @@ class PipelineEngine(SyncEngine):
         self.node_clock = [float(v) for v in values["node_clock"]]
 
 
-def _owner_batch_s(times) -> float:  # noqa: ANN001 (time_model.OwnerTimes)
+def _owner_batch_s(times: OwnerTimes) -> float:
     """An owner's own device seconds per full batch, as planned: compute and transfers."""
     return (times.front_forward_s + times.back_s + times.front_backward_s + times.to_first_s + times.from_last_s
             + times.to_last_s + times.from_first_s)

@@ -36,17 +36,19 @@ from typing import Any, Iterator
 import numpy as np
 
 from msfusion_ray.costs.flops import TrainingStepFlops
-from msfusion_ray.devices.clock import device_time, refusal_device_s
+from msfusion_ray.devices.clock import device_time, refusal_device_s, task_speed
 from msfusion_ray.models.weights import Weights
+from msfusion_ray.procedures.base import PlannedTask, make_procedure, refused_phase, selection_bytes
+from msfusion_ray.procedures.orders import ObjectiveSpec, ProcedureSpec, WorkOrder
 from msfusion_ray.records import ParticipantRoundRow
 from msfusion_ray.runtime.checkpoint import join_arrays, split_arrays
-from msfusion_ray.runtime.engines.base import Engine, EngineContext, Step, drop_at, lost_row, register_engine, wall_clock
+from msfusion_ray.runtime.engines.base import (Engine, EngineContext, Step, drop_at, hold_until, lost_row,
+                                               register_engine, wall_clock)
 from msfusion_ray.runtime.engines.dispatch import Dispatcher, PayloadStore, Result, take_result, unanswering_hosts
 from msfusion_ray.runtime.participant import PlannerCache
-from msfusion_ray.strategies.base import ObjectiveSpec, ProcedureSpec, Update, WorkOrder
+from msfusion_ray.strategies.base import Update
 from msfusion_ray.training.local import batch_sizes
 from msfusion_ray.training.losses import loss_of
-from msfusion_ray.training.procedure import PlannedTask, make_procedure, refused_phase, selection_bytes
 
 POLL_S = 5.0
 COMPLETION, DEADLINE, DEVICE_ON = 0, 1, 2  # event kinds, in the order they are taken at equal times
@@ -89,7 +91,7 @@ class SemiAsyncEngine(Engine):
     def __init__(self, context: EngineContext, weights: Weights):
         super().__init__(context, weights)
         self.schedule = context.strategy.schedule()
-        participants = len(context.prepared.fleet)
+        participants = len(context.experiment.fleet)
         self.concurrency = min(self.schedule.concurrency or participants, participants)
         self.now = 0.0
         self.version = 0
@@ -107,9 +109,9 @@ class SemiAsyncEngine(Engine):
         self._payloads = PayloadStore(context.strategy, context.executor.put)
         self._dispatch: Dispatcher | None = None
         self._refs: dict[Any, int] = {}  # handle of a sent task -> its task number
-        self._step_flops = TrainingStepFlops(context.prepared.family.build, context.prepared.family.example_batch,
-                                             loss_of(context.prepared.family.data.task))
-        self._planners = PlannerCache(context.prepared.family, context.config.training)  # the hosts' footprints
+        self._step_flops = TrainingStepFlops(context.experiment.family.build, context.experiment.family.example_batch,
+                                             loss_of(context.experiment.family.data.task))
+        self._planners = PlannerCache(context.experiment.family, context.config.training)  # the hosts' footprints
         self._wall_anchor = (wall_clock(), 0.0)
         self._step_wall = time.perf_counter()
 
@@ -245,6 +247,8 @@ class SemiAsyncEngine(Engine):
         self.version += 1
         self.history.models[self.version] = self.weights
         rows = sorted(self.rows, key=lambda r: (r.vt_end, r.participant))
+        barrier = self.schedule.buffer_size is None  # rounds: everyone waits for the aggregation
+        hold_until(rows, self.now, None if barrier else lambda r: r.status in ("oom", "error", "timeout"))
         step = Step(self.version, rows, self.weights, dict(metrics), self.last_aggregation, self.now,
                     time.perf_counter() - self._step_wall, utilisation=self._utilisation(rows))
         self.rows, self.buffered, self.parked, self.waiting = [], 0, set(), set()
@@ -261,7 +265,7 @@ class SemiAsyncEngine(Engine):
             return math.nan
         busy = sum(max(0.0, min(r.vt_end, end) - max(r.vt_start, start)) for r in rows if not math.isnan(r.vt_end))
         busy += sum(max(0.0, end - max(f.order.vt_start, start)) for f in self.in_flight.values())
-        return busy / ((end - start) * len(self.context.prepared.fleet))
+        return busy / ((end - start) * len(self.context.experiment.fleet))
 
     def _forget_old_versions(self) -> None:
         keep = {f.order.base_version for f in self.in_flight.values()}
@@ -277,7 +281,7 @@ class SemiAsyncEngine(Engine):
     def _idle(self) -> list[int]:
         busy = {f.order.participant for f in self.in_flight.values()}
         resting = busy | self.parked | self.waiting
-        return [p.id for p in self.context.prepared.fleet.participants if p.id not in resting]
+        return [p.id for p in self.context.experiment.fleet.participants if p.id not in resting]
 
     def _hand_out(self) -> None:
         free = self.concurrency - len(self.in_flight)
@@ -294,7 +298,7 @@ class SemiAsyncEngine(Engine):
 
     def _order(self, pid: int) -> WorkOrder:
         context = self.context
-        planned = context.strategy.order(context.infos[pid], self.version, context.prepared.capacity)
+        planned = context.strategy.order(context.infos[pid], self.version, context.experiment.capacity)
         task = self.next_task()
         order = replace(planned, task=task, seed_key=(task,), base_version=self.version,
                         state_from=self.state_from(pid), vt_start=self.now, wall_anchor=self._wall_anchor)
@@ -306,20 +310,22 @@ class SemiAsyncEngine(Engine):
     def _predict(self, order: WorkOrder) -> float | None:
         """Device time known before the task runs: a refusal's round trip where the participant's memory guard
         will refuse it, else counted FLOPs of its shapes and bytes of its payload."""
-        participant = self.context.prepared.fleet.participants[order.participant]
-        if participant.device.native:
+        fleet = self.context.experiment.fleet
+        participant, device = fleet.participants[order.participant], fleet.device_of(order.participant)
+        if device.native:
             return None
         procedure = make_procedure(order.procedure)
-        planned = PlannedTask(order, self.context.prepared.family, self.context.config.training,
+        planned = PlannedTask(order, self.context.experiment.family, self.context.config.training,
                               self._planners.planner)
         if refused_phase(procedure.memory_phases(planned), participant.memory_cap_bytes) is not None:
-            return refusal_device_s(participant.device)
+            return refusal_device_s(device)
         sizes = batch_sizes(self.context.infos[order.participant].samples, self.context.config.training)
-        flops = procedure.predict_flops(self.context.prepared.family, order, sizes, self._step_flops)
+        flops = procedure.predict_flops(self.context.experiment.family, order, sizes, self._step_flops)
         if flops is None:
             return None
         payload = self._payloads.nbytes(order, self.history[order.base_version])
-        spent = device_time(participant.device, flops, payload + selection_bytes(order.selection), payload)
+        speed = task_speed(device, self.context.config.seed, order.participant, order.task)
+        spent = device_time(device, flops, payload + selection_bytes(order.selection), payload, speed)
         return spent.total_s
 
     def _submit(self, orders: list[WorkOrder]) -> list[Any]:

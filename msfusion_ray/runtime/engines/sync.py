@@ -22,8 +22,8 @@ import numpy as np
 
 from msfusion_ray.models.weights import Weights
 from msfusion_ray.records import ParticipantRoundRow
-from msfusion_ray.runtime.engines.base import (Engine, EngineContext, Step, absent_row, drop_at, lost_row,
-                                               register_engine, wall_clock)
+from msfusion_ray.runtime.engines.base import (Engine, EngineContext, Step, absent_row, drop_at, hold_until,
+                                               lost_row, register_engine, wall_clock)
 from msfusion_ray.runtime.engines.dispatch import Dispatcher, PayloadStore, Result, take_result, unanswering_hosts
 from msfusion_ray.strategies.base import Update, WorkOrder
 
@@ -45,7 +45,7 @@ class SyncEngine(Engine):
     def cohort(self, round_idx: int) -> list[int]:
         """Participants asked to train this round: a seeded sample of the fleet."""
         config = self.context.config
-        n = len(self.context.prepared.fleet)
+        n = len(self.context.experiment.fleet)
         k = max(1, round(config.fleet.sample_fraction * n))
         if k == n:
             return list(range(n))
@@ -55,7 +55,7 @@ class SyncEngine(Engine):
         availability = self.context.availability
         if availability.windowed:
             return {pid: availability.is_on(pid, self.now) for pid in cohort}
-        drawn = self.context.prepared.fleet.available(round_idx)
+        drawn = self.context.experiment.fleet.available(round_idx)
         return {pid: bool(drawn[pid]) for pid in cohort}
 
     def round(self, round_idx: int) -> Step:
@@ -68,7 +68,7 @@ class SyncEngine(Engine):
         anchor = (wall_clock(), self.now)
         tasks = [replace(task, task=self.next_task(), seed_key=(round_idx,), base_version=round_idx - 1,
                          state_from=self.state_from(task.participant), vt_start=self.now, wall_anchor=anchor)
-                 for task in strategy.plan(round_idx, present, context.prepared.capacity)]
+                 for task in strategy.plan(round_idx, present, context.experiment.capacity)]
         accumulator = strategy.new_accumulator(self.weights)
         rows = absent
         for task, (row, payload, _) in self.collect(round_idx, tasks):
@@ -84,7 +84,8 @@ class SyncEngine(Engine):
         self.weights, metrics = strategy.combine(round_idx, self.weights, accumulator)
         vt_start = self.now
         self.now = max([self.now] + [r.vt_end for r in rows if not math.isnan(r.vt_end)])
-        length = (self.now - vt_start) * len(context.prepared.fleet)
+        hold_until(rows, self.now)
+        length = (self.now - vt_start) * len(context.experiment.fleet)
         utilisation = sum(r.device_time_s for r in rows) / length if length > 0 else math.nan
         return Step(round_idx, sorted(rows, key=lambda r: r.participant), self.weights, metrics, vt_start, self.now,
                     time.perf_counter() - started, utilisation)
