@@ -122,3 +122,4 @@ def test_after_aggregation_a_participant_has_one_update_per_aggregation(profiles
         (4, 6.0, [(0, 0, 5.0, 6.0), (1, 1, 4.0, 6.0)]),
     ]
     assert len(steps) == 12 and all(len({r.participant for r in s.rows}) == len(s.rows) for s in steps)
+    assert [r.device_wait_s for r in steps[0].rows] == [1.0, 0.0]  # participant 0 waited for the aggregation

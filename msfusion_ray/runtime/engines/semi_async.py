@@ -248,7 +248,7 @@ class SemiAsyncEngine(Engine):
         self.history.models[self.version] = self.weights
         rows = sorted(self.rows, key=lambda r: (r.vt_end, r.participant))
         barrier = self.schedule.buffer_size is None  # rounds: everyone waits for the aggregation
-        hold_until(rows, self.now, None if barrier else lambda r: r.status in ("oom", "error", "timeout"))
+        hold_until(rows, self.now, None if barrier else self._held)
         step = Step(self.version, rows, self.weights, dict(metrics), self.last_aggregation, self.now,
                     time.perf_counter() - self._step_wall, utilisation=self._utilisation(rows))
         self.rows, self.buffered, self.parked, self.waiting = [], 0, set(), set()
@@ -257,6 +257,12 @@ class SemiAsyncEngine(Engine):
         self._forget_old_versions()
         self._step_wall = time.perf_counter()
         return step
+
+    def _held(self, row: ParticipantRoundRow) -> bool:
+        """Whether a device waited for this aggregation: it brought no update, or (`after_aggregation`) its update
+        is one this aggregation takes."""
+        return row.status in ("oom", "error", "timeout") or \
+            (row.status == "ok" and self.schedule.dispatch == "after_aggregation")
 
     def _utilisation(self, rows: list[ParticipantRoundRow]) -> float:
         """Device seconds worked within the step / (its length x participants): Co-S2P's resource utilisation."""
