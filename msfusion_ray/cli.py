@@ -19,7 +19,7 @@ from typing import Sequence
 from msfusion_ray.app.request import RunRequest
 from msfusion_ray.app.run_dir import check_run_dir
 from msfusion_ray.app.stops import RunFailed, interruption
-from msfusion_ray.errors import ClusterStartError, UserInputError
+from msfusion_ray.errors import ClusterStartError, UserInputError, WriteFailed
 from msfusion_ray.paths import find, find_config
 from msfusion_ray.runtime.run_log import RUN_LOG
 
@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None, exiting: bool = False) -> int:
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except ClusterStartError as err:
+    except (ClusterStartError, WriteFailed) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as err:
@@ -148,7 +148,7 @@ def _validate(args: argparse.Namespace) -> int:
     print(f"{'participant':>11}  {'device':<22} {'samples':>7}  {'cap MiB':>9}  {'max rate':>8}")
     for p in shown:
         rate = experiment.strategy.largest_trainable_rate(p.id, experiment.capacity)
-        print(f"{p.id:>11}  {experiment.fleet.label(p.id)[:22]:<22} {len(experiment.partitions[p.id]):>7}  "
+        print(f"{p.id:>11}  {experiment.fleet.label(p.id)[:22]:<22} {experiment.partitions.size_of(p.id):>7}  "
               f"{p.memory_cap_bytes / 2**20:>9.1f}  {'none' if rate is None else f'{rate:.3f}':>8}")
     if len(shown) < len(experiment.fleet):
         print(f"({len(experiment.fleet) - len(shown)} more participants; records/fleet.parquet of a run lists all)")

@@ -43,7 +43,9 @@ def seed_range(value: int) -> str | None:
 class DataConfig:
     dataset: str = "fashion_mnist"
     data_dir: str | None = None  # default: where the data set's package installs it
-    partition: Literal["iid", "dirichlet", "play", "speaker"] = "dirichlet"  # play, speaker: shakespeare's groups
+    # play, speaker: shakespeare's groups; sampled: each participant draws samples_per_participant at random (shares
+    # may overlap: a fleet larger than its data set)
+    partition: Literal["iid", "dirichlet", "play", "speaker", "sampled"] = "dirichlet"
     alpha: float = checked(0.5, check=positive)  # Dirichlet concentration: small = strong label skew
     train_samples: int | None = checked(None, check=positive)  # seeded subset of the training split
     eval_samples: int | None = checked(None, check=positive)  # seeded subset of each evaluation split
@@ -52,6 +54,7 @@ class DataConfig:
     pad_to: int | None = checked(None, check=positive)  # pad images to pad_to x pad_to (28 -> 32)
     normalize: bool = True  # images: scaled to [0, 1], then standardised per channel; false: pixels / 255 only
     min_samples_per_participant: int = checked(8, check=positive)
+    samples_per_participant: int | None = checked(None, check=positive)  # sampled (default: min_samples_per_...)
     options: dict[str, Any] = field(default_factory=dict)  # data-set specific (e.g. the text's context length)
 
 
@@ -144,6 +147,9 @@ class RuntimeConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"  # where hosts train (auto: cuda when the cluster has GPUs)
     gpus_per_host: float | None = checked(None, check=fraction)  # GPU each host asks for (default: an even share)
     max_host_restarts: int = checked(3, check=non_negative)  # host actors replaced after their process died, per run
+    # on a cluster (`address`): how long a host no node can take (none offers its device class) waits for a node to
+    # join, at the start and after its node was lost, before the run ends naming the class
+    node_wait_s: float = checked(60.0, check=positive)
     max_driver_restarts: int = checked(2, check=non_negative)  # driver actors restarted from the last checkpoint
     tracking: Literal["mlflow", "tensorboard"] | None = None  # each round's row and the config (msfusion_ray.tracking)
     tracking_uri: str | None = None  # mlflow: the store (default sqlite:///mlflow.db); tensorboard: the event directory

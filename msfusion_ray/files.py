@@ -7,17 +7,19 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from msfusion_ray.errors import writing
+
 
 def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
-    """Have `write(temporary_path)` write the file, then rename it over `path` (same directory: one rename)."""
+    """Have `write(temporary_path)` write the file, then rename it over `path` (same directory: one rename). A
+    write that fails (a full disk, a read-only one, a quota) raises `WriteFailed` naming `path`, its temporary
+    file removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with writing(path, partial=(temporary,)):
+        path.parent.mkdir(parents=True, exist_ok=True)
         write(temporary)
         os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -235,6 +235,7 @@ def host_rows(run_id: str, round_idx: int, hosts: list[dict[str, Any]],
 
 
 def _write_atomic(frame: pd.DataFrame, path: Path) -> None:
+    """The frame written whole or not at all (a full disk: `WriteFailed` naming the file, nothing left of it)."""
     write_atomic(path, lambda temporary: frame.to_parquet(temporary, index=False))
 
 
@@ -254,11 +255,26 @@ class RecordWriter:
         _write_atomic(frame, self._path("participants", round_row.round))
         _write_atomic(pd.DataFrame([round_row.flat()]), self._path("rounds", round_row.round))
 
-    def write_fleet(self, columns: dict[str, Any]) -> None:
-        """The fleet as the run drew it, once per run (records/fleet.parquet): a row per participant."""
+    def write_fleet(self, parts: Iterable[dict[str, Any]]) -> None:
+        """The fleet as the run drew it, once per run (records/fleet.parquet): a row per participant, written a
+        part (of columns) at a time, each a row group, so that a fleet of millions is never a whole table in
+        memory."""
         import pandas as pd
+        import pyarrow as pa
+        import pyarrow.parquet as pq
 
-        _write_atomic(pd.DataFrame(columns), self.root / "fleet.parquet")
+        def write(temporary: Path) -> None:
+            writer = None
+            try:
+                for part in parts:
+                    table = pa.Table.from_pandas(pd.DataFrame(part), preserve_index=False)
+                    writer = writer or pq.ParquetWriter(temporary, table.schema)
+                    writer.write_table(table)
+            finally:
+                if writer is not None:
+                    writer.close()
+
+        write_atomic(self.root / "fleet.parquet", write)
 
     def write_hosts(self, round_idx: int, rows: list[HostStepRow]) -> None:
         import pandas as pd

@@ -25,10 +25,53 @@ class Shards(Sequence[np.ndarray]):
         return len(self.offsets) - 1
 
     def __getitem__(self, index: int) -> np.ndarray:  # type: ignore[override]  (no slices)
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"participant {index} of {len(self)}")
-        index %= len(self)
+        index = _checked(index, len(self))
         return self.flat[self.offsets[index]:self.offsets[index + 1]]
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return (self[i] for i in range(len(self)))
+
+    def size_of(self, index: int) -> int:
+        """One participant's sample count."""
+        index = _checked(index, len(self))
+        return int(self.offsets[index + 1] - self.offsets[index])
+
+    def subset(self, members: Sequence[int]) -> "Shards":
+        """The shards of `members`, in that order (what one host needs)."""
+        return Shards(self[pid] for pid in members)
+
+
+class SampledShards(Sequence[np.ndarray]):
+    """`parts` participants, each holding `size` distinct samples of the `n_samples` drawn at random (shares may
+    overlap: a fleet larger than its data set, as in FedScale's and Flower's simulated populations). Nothing is
+    stored per participant: its indices are drawn again, from the seed and its id, whenever they are asked for,
+    so a million participants cost four integers (a host's subset: its members' ids)."""
+
+    def __init__(self, n_samples: int, parts: int, size: int, seed: int, ids: np.ndarray | None = None):
+        self.n_samples, self.parts, self.size, self.seed = n_samples, parts, size, seed
+        self.ids = ids  # a subset's participants, by position (None: all, participant i at i)
+
+    def __len__(self) -> int:
+        return self.parts if self.ids is None else len(self.ids)
+
+    def __getitem__(self, index: int) -> np.ndarray:  # type: ignore[override]  (no slices)
+        index = _checked(index, len(self))
+        participant = index if self.ids is None else int(self.ids[index])
+        rng = np.random.default_rng([self.seed, 0x5A3, participant])
+        return np.sort(rng.choice(self.n_samples, self.size, replace=False))
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self[i] for i in range(len(self)))
+
+    def size_of(self, index: int) -> int:
+        _checked(index, len(self))
+        return self.size
+
+    def subset(self, members: Sequence[int]) -> "SampledShards":
+        return SampledShards(self.n_samples, self.parts, self.size, self.seed, np.asarray(members, dtype=np.int64))
+
+
+def _checked(index: int, length: int) -> int:
+    if not -length <= index < length:
+        raise IndexError(f"participant {index} of {length}")
+    return int(index) % length

@@ -96,7 +96,7 @@ def test_validate_shows_the_rates_the_scheme_trains_at(capsys):
         if len(cells) == 5 and cells[0].isdigit():
             shown[int(cells[0])] = cells[4]
     prepared = prepare(load_config("configs/smoke/cos2p.yaml"))
-    assert shown == {pid: f"{rate:.3f}" for pid, rate in prepared.strategy.rates.items()}
+    assert shown == {pid: f"{rate:.3f}" for pid, rate in enumerate(prepared.strategy.rates)}
     assert "none" not in shown.values()
 
 

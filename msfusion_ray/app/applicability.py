@@ -100,7 +100,7 @@ def facts_of(config: ExperimentConfig) -> Facts:
     return Facts(model=config.model.name, task=family.data.task, width_tags=bool(family.spec.groups),
                  exits=family.n_blocks is not None and len(family.exit_depths()) >= 2, layers=_has_layers(family),
                  features=family.has_features, whole_bytes=whole, narrowest_bytes=narrowest,
-                 largest_cap_bytes=max(p.memory_cap_bytes for p in fleet.participants),
+                 largest_cap_bytes=int(fleet.memory_caps.max()),
                  compute_nodes=len(fleet.compute_nodes), participants=len(fleet))
 
 

@@ -5,21 +5,22 @@ the cluster starts (msfusion_ray.app.ray_session)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ray.exceptions import RayError
 
 from msfusion_ray.app.ray_session import ClusterSession, RayLines
 from msfusion_ray.app.request import CheckedRun, code_named
 from msfusion_ray.app.run_dir import RunDirectory, new_run_id
-from msfusion_ray.app.run_handle import watch_with_restarts
+from msfusion_ray.app.run_handle import KEPT, watch_with_restarts
 from msfusion_ray.app.stops import RunFailed, RunInterrupted, interruption, stop_signals
 from msfusion_ray.code_refs import job_runtime_env
 from msfusion_ray.config import ExperimentConfig, RuntimeConfig
-from msfusion_ray.errors import ClusterStartError
+from msfusion_ray.errors import ClusterStartError, WriteFailed
 from msfusion_ray.experiment.shipment import Shipment
 from msfusion_ray.runtime.failure_texts import describe_failure
 
@@ -54,10 +55,12 @@ class Launcher:
         self.cluster.close()
         self.lines.__exit__(*exc)
 
-    def start_cluster(self, runtime: RuntimeConfig, configs: list[ExperimentConfig]) -> None:
+    def start_cluster(self, runtime: RuntimeConfig, configs: list[ExperimentConfig],
+                      device_classes: Sequence[str] = ()) -> None:
         """Start (or join) the cluster `runtime` describes, for runs of `configs`: the user's code they name goes
-        with the job to the cluster's nodes."""
-        self.cluster.start(runtime, job_runtime_env([ref for config in configs for ref in code_named(config)]))
+        with the job to the cluster's nodes; a joined cluster must have a node for each of `device_classes`."""
+        self.cluster.start(runtime, job_runtime_env([ref for config in configs for ref in code_named(config)]),
+                           device_classes)
 
     def launch(self, shipment: Shipment, run_dir: RunDirectory, resume: bool, show_progress: bool = True
                ) -> dict[str, Any]:
@@ -69,7 +72,7 @@ class Launcher:
         base = run_dir.base_summary(shipment.config, shipment.strategy_name, "running")
         try:
             try:
-                self.start_cluster(shipment.config.runtime, [shipment.config])
+                self.start_cluster(shipment.config.runtime, [shipment.config], shipment.fleet.class_names())
                 with stop_signals():
                     return watch_with_restarts(shipment, run_dir, resume, show_progress, handler)
             except (KeyboardInterrupt, SystemExit) as err:
@@ -84,6 +87,12 @@ class Launcher:
                 reason = describe_failure(err, "the run") if isinstance(err, RayError) else str(err)
                 log.error("run failed: %s\n%s", reason, err)
                 run_dir.set_status("failed", reason, base)
+                raise _with_run_dir(RunFailed(reason), run_dir) from None
+            except WriteFailed as err:  # the run's summary could not be written (a full disk): it stops there
+                reason = f"{err} ({KEPT})"
+                log.error("run failed: %s", reason)
+                with contextlib.suppress(WriteFailed):
+                    run_dir.set_status("failed", reason, base)
                 raise _with_run_dir(RunFailed(reason), run_dir) from None
             except RunFailed as err:
                 raise _with_run_dir(err, run_dir)

@@ -47,6 +47,8 @@ def run(request: RunRequest, *, apart: bool = False, exiting: bool = False,
                 checked, shipment = prepared_apart(child, launcher, overlap=exiting)
             else:
                 checked, shipment = prepare_here(request)
+            if shipment.config.runtime.address:  # joined before anything is written: no cluster, no node for a class
+                launcher.start_cluster(shipment.config.runtime, [shipment.config], shipment.fleet.class_names())
             run_dir = open_run_dir(checked, shipment, request.overrides)
             summary = launcher.launch(shipment, run_dir, checked.resumed is not None, show_progress)
             return FinishedRun(run_dir.path, shipment.config, summary)

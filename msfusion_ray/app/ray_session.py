@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from contextlib import ExitStack
 from logging.handlers import MemoryHandler
-from typing import Any
+from typing import Any, Sequence
 
 import ray  # Ray sets up its own logger when imported: `RayLines` replaces its handlers, then restores them
 
@@ -82,11 +82,13 @@ class ClusterSession:
         self.started = False
         self._stack = ExitStack()
 
-    def start(self, runtime: RuntimeConfig, runtime_env: dict[str, Any] | None) -> None:
+    def start(self, runtime: RuntimeConfig, runtime_env: dict[str, Any] | None,
+              device_classes: Sequence[str] = ()) -> None:
+        """`device_classes`: the fleet's, which a joined cluster must have nodes for (`join_cluster`)."""
         if self.started or ray.is_initialized():
             return
         disable_failure_signal_handler()
-        start_cluster(runtime, runtime_env)
+        start_cluster(runtime, runtime_env, device_classes)
         self.started = True
 
     def close(self) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from msfusion_ray.app.provenance import provenance
 from msfusion_ray.config import ExperimentConfig
-from msfusion_ray.errors import UserInputError
+from msfusion_ray.errors import UserInputError, writing
 from msfusion_ray.files import write_text_atomic
 from msfusion_ray.inputs import load_json
 from msfusion_ray.runtime.run_log import RUN_LOG, run_log_handler
@@ -73,10 +73,11 @@ class RunDirectory:
         summary."""
         run_dir = cls(path, run_id)
         run_dir.path.mkdir(parents=True)
-        run_dir.write_config(config)
-        for name, text in artifacts.items():
-            write_text_atomic(run_dir.path / name, text)
-        run_dir.write_summary(run_dir.base_summary(config, strategy, "starting"))
+        with writing(run_dir.path, partial=(run_dir.path,)):  # a full disk leaves no half-made run directory
+            run_dir.write_config(config)
+            for name, text in artifacts.items():
+                write_text_atomic(run_dir.path / name, text)
+            run_dir.write_summary(run_dir.base_summary(config, strategy, "starting"))
         return run_dir
 
     @classmethod

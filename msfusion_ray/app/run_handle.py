@@ -21,13 +21,14 @@ from msfusion_ray.app.progress import ProgressDisplay, round_postfix
 from msfusion_ray.app.run_dir import RunDirectory
 from msfusion_ray.app.stops import DriverDied, RunFailed, interruption
 from msfusion_ray.app.tracking import RoundFollower, follow_rounds
-from msfusion_ray.errors import UserInputError
+from msfusion_ray.errors import UserInputError, WriteFailed
 from msfusion_ray.experiment.shipment import Shipment
 from msfusion_ray.runtime.actor_classes import ByReference, DriverActor
 from msfusion_ray.runtime.failure_texts import describe_failure
 from msfusion_ray.runtime.host_pool import HostPool
 
 log = logging.getLogger(__name__)
+KEPT = "its last complete checkpoint is kept: free space, then resume"
 
 
 def start_driver(shipment: Shipment, data_ref: ray.ObjectRef, hosts: HostPool, run_dir: RunDirectory,
@@ -106,8 +107,12 @@ class RunHandle:
             if isinstance(cause, UserInputError):
                 self.fail(f"{cause.where}: {cause.message}", err)
                 raise UserInputError(cause.where, cause.message) from None
+            if isinstance(cause, WriteFailed):  # a full disk: the run stops, its last complete checkpoint kept
+                self.fail(str(cause), err)
+                raise RunFailed(f"{cause} ({KEPT})") from None
             reason = describe_failure(err, "the driver actor")
-            if isinstance(err, OutOfMemoryError) or isinstance(err, RayActorError) and not err.actor_init_failed:
+            died = isinstance(err, RayActorError) and not err.actor_init_failed and not isinstance(err, RayTaskError)
+            if isinstance(err, OutOfMemoryError) or died:  # not a failure the driver raised (a host's, say)
                 self.log.error("driver died: %s\n%s", reason, err)
                 raise DriverDied(reason) from None
             self.fail(reason, err)
@@ -122,9 +127,11 @@ class RunHandle:
         """Record a failure: one line in the summary (the driver's last, where it still answers), the full text
         in the run's log."""
         self.log.error("run failed: %s%s", reason, f"\n{err}" if err is not None else "")
-        self.last_progress()
+        with contextlib.suppress(WriteFailed):  # a full disk: the failure to report is the one that stopped it
+            self.last_progress()
         self._ended = True
-        self.run_dir.set_status("failed", reason, self.base_summary)
+        with contextlib.suppress(WriteFailed):
+            self.run_dir.set_status("failed", reason, self.base_summary)
 
     def interrupt(self, reason: str) -> None:
         """Stop the driver, waiting until it is gone (so that its run writes nothing more), and record why."""

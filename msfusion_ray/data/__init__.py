@@ -16,7 +16,7 @@ from msfusion_ray.data.shakespeare import load_shakespeare
 from msfusion_ray.data.subsets import hold_out, subset, subset_indices
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.models.base import DataShape
-from msfusion_ray.shards import Shards
+from msfusion_ray.shards import SampledShards, Shards
 
 
 def _image_bundle(name: str, arrays: dict[str, np.ndarray], config: DataConfig, seed: int) -> DataBundle:
@@ -160,7 +160,15 @@ def load_data(config: DataConfig, seed: int) -> DataBundle:
 
 def check_enough_samples(bundle: DataBundle, config: DataConfig, n_parts: int) -> None:
     """Every participant must get data.min_samples_per_participant training samples (a cheap check, made before
-    the fleet is built)."""
+    the fleet is built); drawn shares (`sampled`) need that many in the training split, whatever the fleet."""
+    if config.partition == "sampled":
+        size = sampled_size(config)
+        if size < config.min_samples_per_participant or size > len(bundle.train):
+            raise UserInputError("data.samples_per_participant", f"must be in [data.min_samples_per_participant = "
+                                                                 f"{config.min_samples_per_participant}, "
+                                                                 f"{len(bundle.train)} (the training split)] "
+                                                                 f"(got {size})")
+        return
     if n_parts * config.min_samples_per_participant > len(bundle.train):
         raise UserInputError("fleet", f"{n_parts} participants need at least "
                                       f"{n_parts * config.min_samples_per_participant} training samples "
@@ -168,17 +176,25 @@ def check_enough_samples(bundle: DataBundle, config: DataConfig, n_parts: int) -
                                       f"{len(bundle.train)}")
 
 
-def partition(bundle: DataBundle, config: DataConfig, n_parts: int, seed: int) -> Shards:
-    """Each participant's sample indices into the training split: IID, Dirichlet label skew (classification), or
-    whole natural groups of the data set (e.g. shakespeare's plays or speakers)."""
+def sampled_size(config: DataConfig) -> int:
+    """How many samples each participant draws under `partition: sampled`."""
+    return config.samples_per_participant or config.min_samples_per_participant
+
+
+def partition(bundle: DataBundle, config: DataConfig, n_parts: int, seed: int) -> Shards | SampledShards:
+    """Each participant's sample indices into the training split: IID, Dirichlet label skew (classification),
+    whole natural groups of the data set (e.g. shakespeare's plays or speakers), or drawn at random for each
+    participant (`sampled`: nothing stored per participant)."""
     check_enough_samples(bundle, config, n_parts)
+    if config.partition == "sampled":
+        return SampledShards(len(bundle.train), n_parts, sampled_size(config), seed)
     return Shards(_partition_lists(bundle, config, n_parts, seed))
 
 
 def _partition_lists(bundle: DataBundle, config: DataConfig, n_parts: int, seed: int) -> list[np.ndarray]:
     if config.partition == "iid":
         return partition_iid(len(bundle.train), n_parts, seed)
-    known = ["iid", *(["dirichlet"] if bundle.shape.task == "classification" else []), *bundle.groups]
+    known = ["iid", "sampled", *(["dirichlet"] if bundle.shape.task == "classification" else []), *bundle.groups]
     if config.partition not in known:
         raise UserInputError("data.partition", f"{bundle.name} cannot be partitioned by '{config.partition}' "
                                                f"(it can: {', '.join(known)})")

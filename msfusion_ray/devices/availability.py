@@ -106,19 +106,29 @@ class Windows:
 
 
 class WindowedAvailability:
+    """Each participant's on-windows, made the first time it is asked about (`make(participant)`): a run asks
+    about the participants it considers, not the whole registered fleet."""
+
     windowed = True
 
-    def __init__(self, windows: dict[int, Windows]):
-        self._windows = windows
+    def __init__(self, make: Callable[[int], Windows]):
+        self._make = make
+        self._windows: dict[int, Windows] = {}
+
+    def _of(self, participant: int) -> Windows:
+        windows = self._windows.get(participant)
+        if windows is None:
+            windows = self._windows[participant] = self._make(participant)
+        return windows
 
     def is_on(self, participant: int, t: float) -> bool:
-        return self._windows[participant].is_on(t)
+        return self._of(participant).is_on(t)
 
     def window_end(self, participant: int, t: float) -> float:
-        return self._windows[participant].window_end(t)
+        return self._of(participant).window_end(t)
 
     def next_on(self, participant: int, t: float) -> float:
-        return self._windows[participant].next_on(t)
+        return self._of(participant).next_on(t)
 
 
 def on_off_process(on_mean_s: float, off_mean_s: float, seed: list[int]) -> Windows:
@@ -139,13 +149,12 @@ def on_off_process(on_mean_s: float, off_mean_s: float, seed: list[int]) -> Wind
 
 
 def process_availability(fleet: Fleet, seed: int) -> WindowedAvailability:
-    windows = {}
-    for p in fleet.participants:
-        on, off = p.device.on_mean_s, p.device.off_mean_s
-        if on is None or off is None:
-            windows[p.id] = Windows([(0.0, INF)])
-        else:
-            windows[p.id] = on_off_process(on, off, [seed, p.id, 0x0FF])
+    def windows(participant: int) -> Windows:
+        device = fleet.device_of(participant)
+        if device.on_mean_s is None or device.off_mean_s is None:
+            return Windows([(0.0, INF)])
+        return on_off_process(device.on_mean_s, device.off_mean_s, [seed, participant, 0x0FF])
+
     return WindowedAvailability(windows)
 
 
@@ -173,13 +182,12 @@ def daily_windows(pattern: DiurnalPattern, availability: float, seed: list[int])
 
 
 def diurnal_availability(fleet: Fleet, seed: int) -> WindowedAvailability:
-    windows = {}
-    for p in fleet.participants:
-        device = fleet.device_of(p.id)
+    def windows(participant: int) -> Windows:
+        device = fleet.device_of(participant)
         if device.diurnal is None:
-            windows[p.id] = Windows([(0.0, INF)])
-        else:
-            windows[p.id] = daily_windows(device.diurnal, device.availability, [seed, p.id, 0xD1A])
+            return Windows([(0.0, INF)])
+        return daily_windows(device.diurnal, device.availability, [seed, participant, 0xD1A])
+
     return WindowedAvailability(windows)
 
 
@@ -196,10 +204,9 @@ def read_trace(path: str | Path, fleet: Fleet) -> WindowedAvailability:
     columns = set(reader.fieldnames or ())
     if not {"start_s", "end_s"} <= columns or not ({"participant", "device"} & columns):
         raise UserInputError(str(path), "an availability trace needs columns start_s, end_s and participant or device")
-    by_device: dict[str, list[int]] = {}
-    for p in fleet.participants:
-        by_device.setdefault(p.device.name, []).append(p.id)
-    spans: dict[int, list[tuple[float, float]]] = {p.id: [] for p in fleet.participants}
+    classes = {profile.name: k for k, profile in enumerate(fleet.profiles) if np.any(fleet.profile_of == k)}
+    own: dict[int, list[tuple[float, float]]] = {}  # rows naming a participant, by participant
+    of_class: dict[int, list[tuple[float, float]]] = {}  # rows naming a device class, by its index in the fleet
     for line, row in enumerate(reader, start=2):
         where = f"{path}:{line}"
         try:
@@ -208,20 +215,25 @@ def read_trace(path: str | Path, fleet: Fleet) -> WindowedAvailability:
             raise UserInputError(where, "start_s and end_s must be numbers") from None
         if not (math.isfinite(start) and start >= 0 and end > start):
             raise UserInputError(where, f"needs 0 <= start_s < end_s (got {start}, {end})")
-        for pid in _trace_targets(row, by_device, len(fleet), where):
-            spans[pid].append((start, end))
-    return WindowedAvailability({pid: Windows(windows) for pid, windows in spans.items()})
+        kind, key = _trace_target(row, classes, len(fleet), where)
+        (own if kind == "participant" else of_class).setdefault(key, []).append((start, end))
+
+    def windows(participant: int) -> Windows:
+        return Windows(own.get(participant, []) + of_class.get(int(fleet.profile_of[participant]), []))
+
+    return WindowedAvailability(windows)
 
 
-def _trace_targets(row: dict, by_device: dict[str, list[int]], size: int, where: str) -> list[int]:
+def _trace_target(row: dict, classes: dict[str, int], size: int, where: str) -> tuple[str, int]:
+    """What a trace row names: ("participant", its id) or ("device", the class's index in the fleet)."""
     participant, device = (row.get("participant") or "").strip(), (row.get("device") or "").strip()
     if participant:
         if not participant.isdigit() or int(participant) >= size:
             raise UserInputError(where, f"participant {participant!r} is not in the fleet (ids 0..{size - 1})")
-        return [int(participant)]
-    if device not in by_device:
-        raise UserInputError(where, f"device {device!r} is not in the fleet (known: {', '.join(sorted(by_device))})")
-    return by_device[device]
+        return "participant", int(participant)
+    if device not in classes:
+        raise UserInputError(where, f"device {device!r} is not in the fleet (known: {', '.join(sorted(classes))})")
+    return "device", classes[device]
 
 
 def make_availability(mode: str, fleet: Fleet, seed: int, trace: str | Path | None = None) -> Availability:

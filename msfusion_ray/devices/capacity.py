@@ -12,6 +12,8 @@ from __future__ import annotations
 import copy
 from typing import Any, Callable, Hashable, Mapping
 
+import numpy as np
+
 from msfusion_ray.config import TrainingConfig
 from msfusion_ray.costs.footprint import FootprintPlanner
 from msfusion_ray.devices.fleet import Fleet
@@ -38,7 +40,7 @@ class CapacityOracle:
 
     def __init__(self, fleet: Fleet, family: ModelFamily, planner: FootprintPlanner, batch_size: int,
                  resolution: int = 64):
-        self._caps = {p.id: p.memory_cap_bytes for p in fleet.participants}
+        self._caps = fleet.memory_caps  # per participant
         self._family = family
         self._planner = planner
         self._batch_size = batch_size
@@ -52,13 +54,13 @@ class CapacityOracle:
         return widths_of(self._family.spec, prefix_selection(self._family.spec, rate))
 
     def fits(self, participant: int, widths: Mapping[str, int], depth: int | None = None) -> bool:
-        return self.footprint_bytes(widths, depth) <= self._caps[participant]
+        return self.footprint_bytes(widths, depth) <= int(self._caps[participant])
 
     def largest_rate(self, participant: int,
                      shape_at: Callable[[float], tuple[Mapping[str, int], int | None]]) -> float | None:
         """Largest rate on the grid whose sub-model `shape_at(rate)` = (widths, depth) fits the participant
         (None: not even the smallest); shapes must grow with the rate."""
-        cap = self._caps[participant]
+        cap = int(self._caps[participant])
         return self._largest(lambda rate: self.footprint_bytes(*shape_at(rate)) <= cap)
 
     def under(self, key: Hashable, **planner_changes: Any) -> "CapacityOracle":
@@ -70,7 +72,17 @@ class CapacityOracle:
         return other
 
     def max_rate(self, participant: int) -> float | None:
-        cap = self._caps[participant]
+        return self._rate_of_cap(int(self._caps[participant]))
+
+    def alike(self, participant: int) -> int:
+        """Its memory cap: participants with the same cap get the same answers."""
+        return int(self._caps[participant])
+
+    def any_fits(self) -> bool:
+        """Whether any participant can train any sub-model (each distinct memory cap searched once)."""
+        return any(self._rate_of_cap(int(cap)) is not None for cap in np.unique(self._caps))
+
+    def _rate_of_cap(self, cap: int) -> float | None:
         if cap not in self._rate_by_cap:
             self._rate_by_cap[cap] = self._search(cap)
         return self._rate_by_cap[cap]

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from msfusion_ray.devices.energy import POWER_FIELDS
-from msfusion_ray.devices.fleet import Fleet, Participant
+from msfusion_ray.devices.fleet import Fleet
 from msfusion_ray.devices.profile import MIB, DeviceProfile
 from msfusion_ray.devices.variation import ParticipantValues
 from msfusion_ray.errors import UserInputError
@@ -114,6 +114,5 @@ def table_fleet(table: DeviceTable, rows: Sequence[int] | np.ndarray, *, memory_
     profile = DeviceProfile(name=table.name, description=table.description or f"{len(table)} listed devices",
                             memory_mib=float(np.median(memory)),
                             **{**{c: float(np.median(v)) for c, v in fields.items()}, **shared})
-    participants = tuple(Participant(i, profile, int(cap)) for i, cap in enumerate(caps))
-    return Fleet(participants, name=table.name, seed=seed,
-                 values=ParticipantValues(fields, table.names, rows.astype(np.int32)))
+    return Fleet.of_arrays((profile,), np.zeros(len(caps), np.int32), caps.astype(np.int64), name=table.name,
+                           seed=seed, values=ParticipantValues(fields, table.names, rows.astype(np.int32)))

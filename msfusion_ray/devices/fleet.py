@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -32,9 +33,10 @@ class FleetSpec:
     aggregator: str | None = None
 
 
-@dataclass(frozen=True, slots=True)  # one per participant: 10 000 in a large fleet
+@dataclass(frozen=True, slots=True)
 class Participant:
-    """One member of the fleet: its id, device class and memory cap after scaling."""
+    """One member of the fleet, as a record: its id, device class and memory cap after scaling (the fleet holds
+    them as arrays and builds these when asked)."""
 
     id: int
     device: DeviceProfile
@@ -51,26 +53,67 @@ class ComputeNode:
     memory_cap_bytes: int
 
 
-@dataclass(frozen=True)
 class Fleet:
-    participants: tuple[Participant, ...]
-    name: str = "inline"
-    seed: int = 0
-    compute_nodes: tuple[ComputeNode, ...] = ()
-    aggregator: ComputeNode | None = None
-    values: ParticipantValues | None = None  # each participant's own figures, where members of a class differ
+    """The participants as arrays: each one's device class (an index into `profiles`, each distinct profile once),
+    memory cap and, where members of a class differ, its own figures (`values`); its id its position. A million
+    participants are 12 MB here, where a tuple of `Participant` records was over 100 MB and pickled slowly to every
+    actor; `participants[i]` builds one on demand. Built from `Participant` records too (tests, small fleets)."""
+
+    def __init__(self, participants: Sequence[Participant] = (), name: str = "inline", seed: int = 0,
+                 compute_nodes: tuple[ComputeNode, ...] = (), aggregator: ComputeNode | None = None,
+                 values: ParticipantValues | None = None):
+        if any(p.id != i for i, p in enumerate(participants)):
+            raise ValueError("participants must be numbered 0, 1, ... in order")
+        by_name = {p.device.name: p.device for p in participants}
+        names = list(by_name)
+        self._set(tuple(by_name.values()), np.asarray([names.index(p.device.name) for p in participants], np.int32),
+                  np.asarray([p.memory_cap_bytes for p in participants], np.int64), name, seed, compute_nodes,
+                  aggregator, values)
+
+    @classmethod
+    def of_arrays(cls, profiles: tuple[DeviceProfile, ...], profile_of: np.ndarray, memory_caps: np.ndarray,
+                  name: str = "inline", seed: int = 0, compute_nodes: tuple[ComputeNode, ...] = (),
+                  aggregator: ComputeNode | None = None, values: ParticipantValues | None = None) -> "Fleet":
+        fleet = cls.__new__(cls)
+        fleet._set(profiles, np.asarray(profile_of, np.int32), np.asarray(memory_caps, np.int64), name, seed,
+                   compute_nodes, aggregator, values)
+        return fleet
+
+    def _set(self, profiles: tuple[DeviceProfile, ...], profile_of: np.ndarray, memory_caps: np.ndarray, name: str,
+             seed: int, compute_nodes: tuple[ComputeNode, ...], aggregator: ComputeNode | None,
+             values: ParticipantValues | None) -> None:
+        self.profiles = profiles  # each device class once
+        self.profile_of = profile_of  # per participant: its class, an index into `profiles`
+        self.memory_caps = memory_caps  # per participant: bytes
+        self.values = values  # each participant's own figures, where members of a class differ
+        self.name, self.seed, self.compute_nodes, self.aggregator = name, seed, compute_nodes, aggregator
+        self.participants = FleetMembers(self)
+
+    def with_nodes(self, compute_nodes: tuple[ComputeNode, ...], aggregator: ComputeNode | None) -> "Fleet":
+        """The same participants with a pipeline's compute nodes and aggregator."""
+        return Fleet.of_arrays(self.profiles, self.profile_of, self.memory_caps, self.name, self.seed, compute_nodes,
+                               aggregator, self.values)
 
     def __len__(self) -> int:
-        return len(self.participants)
+        return len(self.profile_of)
+
+    def profile(self, participant: int) -> DeviceProfile:
+        """The participant's class's profile (`device_of` lays its own figures over it)."""
+        return self.profiles[self.profile_of[participant]]
+
+    def class_names(self) -> list[str]:
+        """The device classes that have participants, in the order of their first."""
+        present, first = np.unique(self.profile_of, return_index=True)
+        return [self.profiles[k].name for k in present[np.argsort(first)]]
 
     def device_of(self, participant: int) -> DeviceProfile:
         """The participant's own device: its class's profile with its drawn or listed figures."""
-        return resolve(self.participants[participant].device, self.values, participant)
+        return resolve(self.profile(participant), self.values, participant)
 
     def label(self, participant: int) -> str:
         """Its device's name: a listed or sampled device's own, else its class's."""
         name = self.values.name(participant) if self.values is not None else ""
-        return name or self.participants[participant].device.name
+        return name or self.profile(participant).name
 
     def device_for(self, role: str, index: int) -> DeviceProfile:
         """The device behind a record row: a participant's own, or a pipeline's compute node or aggregator."""
@@ -80,13 +123,46 @@ class Fleet:
             return self.aggregator.device
         return self.device_of(index)
 
-    def available(self, round_idx: int) -> np.ndarray:
+    def available(self, round_idx: int, among: np.ndarray | None = None) -> np.ndarray:
         """Boolean mask of who is reachable this round: each participant independently with its device's
-        availability, seeded by (seed, round) so that resumed runs see the same fleet."""
+        availability, seeded by (seed, round) so that resumed runs see the same fleet; of the participants
+        `among` only, where given (the same draws, compared for those alone)."""
         rng = np.random.default_rng([self.seed, round_idx, 0xA5A1])
-        draws = rng.random(len(self.participants))
+        draws = rng.random(len(self))
+        ids = np.arange(len(self)) if among is None else np.asarray(among, dtype=np.int64)
         own = self.values.fields.get("availability") if self.values is not None else None
-        return draws < (own if own is not None else np.array([p.device.availability for p in self.participants]))
+        if own is None:
+            own = np.array([p.availability for p in self.profiles])[self.profile_of]
+        return draws[ids] < own[ids]
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "participants"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.participants = FleetMembers(self)
+
+
+class FleetMembers(Sequence[Participant]):
+    """A fleet's participants as records, each built when it is asked for."""
+
+    def __init__(self, fleet: Fleet):
+        self._fleet = fleet
+
+    def __len__(self) -> int:
+        return len(self._fleet)
+
+    def __getitem__(self, index: int | slice) -> Participant | list[Participant]:  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        fleet = self._fleet
+        if not -len(fleet) <= index < len(fleet):
+            raise IndexError(f"participant {index} of {len(fleet)}")
+        index = int(index) % len(fleet)
+        return Participant(index, fleet.profile(index), int(fleet.memory_caps[index]))
+
+    def __iter__(self) -> Iterator[Participant]:
+        return (self[i] for i in range(len(self)))
 
 
 def load_fleet_spec(path: str | Path) -> FleetSpec:
@@ -156,11 +232,9 @@ def make_fleet(spec: FleetSpec, profiles: dict[str, DeviceProfile], *, size: int
     if not math.isfinite(largest * scale):
         raise UserInputError("fleet.memory_scale" if memory_scale is not None else f"{where}.memory_scale",
                              f"is too large (got {scale}: memory caps become infinite)")
-    participants = []
-    for name, count in devices.items():
-        for _ in range(count):
-            profile = profiles[name]
-            participants.append(Participant(len(participants), profile, int(profile.memory_bytes * scale)))
+    classes = tuple(profiles[name] for name in devices)
+    profile_of = np.repeat(np.arange(len(classes), dtype=np.int32), list(devices.values()))
+    caps = np.array([int(profile.memory_bytes * scale) for profile in classes], dtype=np.int64)[profile_of]
     nodes, aggregator = compute_nodes_of(spec, profiles, scale, where)
-    return Fleet(tuple(participants), name=spec.name, seed=seed, compute_nodes=nodes, aggregator=aggregator,
-                 values=draw_values([p.device for p in participants], seed))
+    return Fleet.of_arrays(classes, profile_of, caps, name=spec.name, seed=seed, compute_nodes=nodes,
+                           aggregator=aggregator, values=draw_values(classes, profile_of, seed))

@@ -20,7 +20,7 @@ seed); a participant's network user is drawn from the same seed. Each participan
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -179,4 +179,4 @@ class ListedFleetSource:
         spec = FleetSpec(name=built.name, devices={}, compute_nodes=dict(fleet.compute_nodes or {}),
                          aggregator=fleet.aggregator)
         nodes, aggregator = compute_nodes_of(spec, self.profiles, scale, self.where)
-        return replace(built, compute_nodes=nodes, aggregator=aggregator)
+        return built.with_nodes(nodes, aggregator)

@@ -8,22 +8,27 @@ carry as `device_clock_s`.
 
 from __future__ import annotations
 
-from typing import Any
+import numpy as np
 
 from msfusion_ray.records import ParticipantRoundRow
 
 
 class VirtualTimeline:
-    def __init__(self) -> None:
-        self.busy_s: dict[int, float] = {}
+    """Per participant (ids 0 .. `participants`-1), its device seconds so far, as one array."""
+
+    def __init__(self, participants: int) -> None:
+        self.busy_s = np.zeros(participants, dtype=np.float64)
 
     def record(self, row: ParticipantRoundRow) -> None:
         """Count a finished (or lost) task's device time and stamp the participant's total on its row."""
-        self.busy_s[row.participant] = self.busy_s.get(row.participant, 0.0) + row.device_time_s
-        row.device_clock_s = self.busy_s[row.participant]
+        self.busy_s[row.participant] += row.device_time_s
+        row.device_clock_s = float(self.busy_s[row.participant])
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"busy_s": {str(k): v for k, v in self.busy_s.items()}}
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """The participants that have spent any device time, and how much (what a checkpoint keeps)."""
+        ids = np.flatnonzero(self.busy_s)
+        return {"busy_ids": ids, "busy_s": self.busy_s[ids]}
 
-    def load_state_dict(self, values: dict[str, Any]) -> None:
-        self.busy_s = {int(k): float(v) for k, v in values["busy_s"].items()}
+    def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        self.busy_s[:] = 0.0
+        self.busy_s[np.asarray(arrays["busy_ids"], dtype=np.int64)] = arrays["busy_s"]

@@ -51,24 +51,19 @@ def resolve(profile: DeviceProfile, values: ParticipantValues | None, participan
     return own
 
 
-def draw_values(classes: Sequence[DeviceProfile], seed: int) -> ParticipantValues | None:
-    """Per participant (`classes[i]`: participant i's profile), a value of every field some class gives as a
-    distribution; participants of a class without one keep its number. None when no class varies."""
-    distinct = {id(p): p for p in classes}.values()
-    varying = sorted({field for profile in distinct for field in profile.spread})
+def draw_values(profiles: Sequence[DeviceProfile], profile_of: np.ndarray, seed: int) -> ParticipantValues | None:
+    """Per participant (participant i's profile: `profiles[profile_of[i]]`), a value of every field some class
+    gives as a distribution; participants of a class without one keep its number. None when no class varies."""
+    varying = sorted({field for profile in profiles for field in profile.spread})
     if not varying:
         return None
-    size = len(classes)
-    members: dict[int, list[int]] = {}
-    for i, profile in enumerate(classes):
-        members.setdefault(id(profile), []).append(i)
-    by_id = {id(p): p for p in distinct}
+    size = len(profile_of)
     fields = {}
     for field in varying:
         z, u = field_draws(seed, field, size)
         column = np.empty(size, dtype=np.float64)
-        for key, index in members.items():
-            profile, index = by_id[key], np.asarray(index, dtype=np.int64)
+        for k, profile in enumerate(profiles):
+            index = np.flatnonzero(profile_of == k)
             distribution = profile.spread.get(field)
             column[index] = distribution.values(z[index], u[index]) if distribution else getattr(profile, field)
         fields[field] = column

@@ -9,7 +9,7 @@ behind; the driver and host actors are handed what it made.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -27,7 +27,7 @@ from msfusion_ray.errors import UserInputError
 from msfusion_ray.experiment.checks import check_fits_machine, check_module, check_object_store, check_tracking
 from msfusion_ray.models import ModelFamily, build_family
 from msfusion_ray.paths import find
-from msfusion_ray.shards import Shards
+from msfusion_ray.shards import SampledShards, Shards
 from msfusion_ray.strategies import make_strategy
 from msfusion_ray.strategies.base import ParticipantInfo, Strategy
 from msfusion_ray.training.objective import make_objective
@@ -40,21 +40,39 @@ class Experiment:
     config: ExperimentConfig
     data: DataBundle
     fleet: Fleet
-    partitions: Shards  # each participant's training indices
+    partitions: Shards | SampledShards  # each participant's training indices
     family: ModelFamily  # the global model's family (after the strategy fixed it)
     strategy: Strategy
     capacity: CapacityOracle
     availability: Availability
-    infos: list[ParticipantInfo]  # what the strategy knows of each participant (`participant_infos`)
+
+    def participant_infos(self) -> "ParticipantTable":
+        """What the strategy may know of each participant (labels only where it reads them)."""
+        return ParticipantTable(self.fleet, self.partitions, self.data if self.strategy.reads_labels() else None)
 
 
-def participant_infos(fleet: Fleet, partitions: Sequence[np.ndarray],
-                      data: DataBundle | None = None) -> list[ParticipantInfo]:
-    """What strategies may know of each participant: id, device class name, how many samples it holds, and (given
-    the data) which labels its training targets hold (label-split masking, as HeteroFL's reference code keeps)."""
-    return [ParticipantInfo(p.id, p.device.name, len(partitions[p.id]),
-                            held_labels(data, partitions[p.id]) if data is not None else None)
-            for p in fleet.participants]
+class ParticipantTable(Sequence[ParticipantInfo]):
+    """What strategies may know of each participant, by id: its device class name, how many samples it holds,
+    and (given the data) which labels its training targets hold (label-split masking, as HeteroFL's reference
+    code keeps). Each is made when asked for, from the fleet's and the partitions' arrays: a round reads its
+    cohort's, and a million registered participants cost nothing here."""
+
+    def __init__(self, fleet: Fleet, partitions: Shards | SampledShards, data: DataBundle | None = None):
+        self._fleet, self._partitions, self._data = fleet, partitions, data
+
+    def __len__(self) -> int:
+        return len(self._fleet)
+
+    def __getitem__(self, participant: int) -> ParticipantInfo:  # type: ignore[override]  (no slices)
+        if not 0 <= participant < len(self._fleet):
+            raise IndexError(f"participant {participant} of {len(self._fleet)}")
+        partitions = self._partitions
+        labels = held_labels(self._data, partitions[participant]) if self._data is not None else None
+        return ParticipantInfo(int(participant), self._fleet.profile(participant).name,
+                               partitions.size_of(participant), labels)
+
+    def __iter__(self) -> Iterator[ParticipantInfo]:
+        return (self[i] for i in range(len(self)))
 
 
 def held_labels(data: DataBundle, indices: np.ndarray) -> tuple[int, ...]:
@@ -132,11 +150,11 @@ def prepare(config: ExperimentConfig, data: DataBundle | None = None) -> Experim
         check_module(family, strategy, objective is not None)
     capacity = CapacityOracle(fleet, family, make_planner(family, config.training, objective),
                               config.training.batch_size)
-    if all(capacity.max_rate(p.id) is None for p in fleet.participants):
+    if not capacity.any_fits():
         narrowest = capacity.footprint_bytes(capacity.rate_widths(1e-9))
-        largest = max(p.memory_cap_bytes for p in fleet.participants)
+        largest = int(fleet.memory_caps.max())
         raise UserInputError("fleet", f"no participant can train even the narrowest sub-model (needs "
                                       f"{narrowest / 2**20:.1f} MiB, largest memory cap {largest / 2**20:.1f} MiB)")
-    infos = participant_infos(fleet, partitions, data)
-    global_family = strategy.configure(capacity, infos)
-    return Experiment(config, data, fleet, partitions, global_family, strategy, capacity, availability, infos)
+    # configuring needs no labels: without them, a strategy that reads every participant's info reads arrays only
+    global_family = strategy.configure(capacity, ParticipantTable(fleet, partitions))
+    return Experiment(config, data, fleet, partitions, global_family, strategy, capacity, availability)

@@ -43,6 +43,9 @@ class Host:
     def ping(self) -> int:
         return self.host.ping()
 
+    def node(self) -> str:
+        return self.host.node()
+
     def describe(self) -> dict[str, Any]:
         return self.host.describe()
 

@@ -1,7 +1,9 @@
 """Checkpoints without pickle: arrays in .npz (loaded with allow_pickle=False), everything else in JSON.
 
 Nested state (a strategy's, each participant's) may mix plain values and numpy arrays; arrays are moved into the
-.npz under generated keys and replaced by {"__array__": key} in the JSON.
+.npz under generated keys and replaced by {"__array__": key} in the JSON. Per-participant state is sparse: only
+the participants whose memory holds anything have an entry (none for FedAvg), and the engine's tables keep the
+participants that worked (ids and values as arrays), so a checkpoint does not grow with the registered fleet.
 
 A checkpoint is trusted only whole. It is written into checkpoint.new/ with a manifest (manifest.json, written
 last: the round, and for every file its size, its SHA-256 and, for an .npz, each array's name, shape and dtype),
@@ -26,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from msfusion_ray.errors import UserInputError
+from msfusion_ray.errors import UserInputError, writing
 from msfusion_ray.experiment.prepare import Experiment
 from msfusion_ray.inputs import load_json
 from msfusion_ray.models.weights import Weights, to_weights
@@ -77,15 +79,12 @@ class Checkpoint:
 
 def save_checkpoint(run_dir: str | Path, checkpoint: Checkpoint) -> None:
     """Write the whole checkpoint into checkpoint.new/ (its manifest last), then swap it in for the previous one,
-    which is kept until then: at every moment one complete checkpoint exists."""
+    which is kept until then: at every moment one complete checkpoint exists. A file that cannot be written (a
+    full disk) raises `WriteFailed` naming it, checkpoint.new/ removed and the previous checkpoint untouched."""
     root = Path(run_dir)
     final, new, old = root / "checkpoint", root / "checkpoint.new", root / "checkpoint.old"
     _finish_swap(root)
     shutil.rmtree(new, ignore_errors=True)
-    new.mkdir(parents=True)
-    np.savez(new / WEIGHTS, **checkpoint.weights)
-    np.savez(new / STRATEGY, **checkpoint.strategy_arrays)
-    np.savez(new / ENGINE, **checkpoint.engine_arrays)
     participant_arrays: dict[str, np.ndarray] = {}
     state = {
         "round": checkpoint.round,
@@ -93,9 +92,17 @@ def save_checkpoint(run_dir: str | Path, checkpoint: Checkpoint) -> None:
         "engine": checkpoint.engine_values,
         "participants": split_arrays({str(k): v for k, v in checkpoint.participants.items()}, participant_arrays),
     }
-    np.savez(new / PARTICIPANTS, **participant_arrays)
-    (new / STATE).write_text(json.dumps(state))
-    write_manifest(new, checkpoint.round)
+    files = {WEIGHTS: lambda path: np.savez(path, **checkpoint.weights),
+             STRATEGY: lambda path: np.savez(path, **checkpoint.strategy_arrays),
+             ENGINE: lambda path: np.savez(path, **checkpoint.engine_arrays),
+             PARTICIPANTS: lambda path: np.savez(path, **participant_arrays),
+             STATE: lambda path: path.write_text(json.dumps(state)),
+             MANIFEST: lambda path: write_manifest(new, checkpoint.round)}
+    with writing(new, partial=(new,)):
+        new.mkdir(parents=True)
+    for name, write in files.items():
+        with writing(new / name, partial=(new,)):
+            write(new / name)
     if final.exists():
         os.replace(final, old)
     os.replace(new, final)
@@ -302,11 +309,16 @@ def _check_against_config(directory: Path, checkpoint: Checkpoint, experiment: E
         name = sorted(set(found.items()) ^ set(expected.items()))[0][0]
         raise UserInputError(str(directory / WEIGHTS), f"does not fit the config's model: '{name}' has shape "
                                                       f"{found.get(name)}, the model {expected.get(name)}")
-    fleet = {p.id for p in experiment.fleet.participants}
-    if set(checkpoint.participants) != fleet:
-        unknown, missing = sorted(set(checkpoint.participants) - fleet), sorted(fleet - set(checkpoint.participants))
-        problem = f"unknown participant {unknown[0]}" if unknown else f"participant {missing[0]} is missing"
-        raise UserInputError(str(directory / STATE), f"{problem} (the fleet has participants 0 to {len(fleet) - 1})")
+    size = len(experiment.fleet)
+    unknown = sorted(pid for pid in checkpoint.participants if not 0 <= pid < size)
+    if unknown:  # the others' memory held nothing: a checkpoint keeps only those whose memory holds anything
+        raise UserInputError(str(directory / STATE), f"unknown participant {unknown[0]} (the fleet has participants "
+                                                    f"0 to {size - 1})")
+    for name in ("consumed_ids", "busy_ids"):
+        ids = checkpoint.engine_arrays.get(name, np.zeros(0, dtype=np.int64))
+        if ids.dtype.kind not in "iu" or ids.ndim != 1 or len(ids) and not (0 <= ids.min() and ids.max() < size):
+            raise UserInputError(str(directory / ENGINE), f"'{name}' names participants outside the fleet's 0 to "
+                                                         f"{size - 1}")
     try:
         copy.deepcopy(experiment.strategy).load_state_dict(checkpoint.strategy_values, checkpoint.strategy_arrays)
     except Exception as err:  # noqa: BLE001  (a strategy's own state reader)

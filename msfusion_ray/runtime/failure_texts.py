@@ -42,26 +42,30 @@ def likely_cause(text: str) -> str:
     return ""
 
 
-def describe_failure(err: BaseException, subject: str) -> str:
-    """One line for a failure of `subject` (e.g. "the driver actor", "host 2") that Ray reported as `err`."""
-    from ray.exceptions import (GetTimeoutError, NodeDiedError, ObjectLostError, OutOfMemoryError, RayActorError,
-                                RayTaskError)
+def describe_failure(err: BaseException, subject: str, where: str = "") -> str:
+    """One line for a failure of `subject` (e.g. "the driver actor", "host 2") that Ray reported as `err`;
+    `where` (e.g. "node 127.0.0.3") says where its process ran."""
+    from ray.exceptions import (ActorUnavailableError, GetTimeoutError, NodeDiedError, ObjectLostError,
+                                OutOfMemoryError, RayActorError, RayTaskError)
 
+    at = f" on {where}" if where else ""
     if isinstance(err, RayTaskError):
         cause = err.cause if err.cause is not None else err
         return f"{subject} raised {type(cause).__name__}: {first_line(cause) or '(no message)'}"
     if isinstance(err, OutOfMemoryError):
-        return f"{subject} was killed by Ray's memory monitor (the node ran low on memory)"
+        return f"{subject}{at} was killed by Ray's memory monitor (the node ran low on memory)"
+    if isinstance(err, ActorUnavailableError):  # its connection broke: the process, or its node, is gone
+        return f"{subject}'s process{at} stopped answering (its node lost, or the process killed)"
     if isinstance(err, RayActorError):
         text = str(err)
         if err.actor_init_failed:  # the text ends with the exception its constructor raised
-            return f"{subject} failed while starting: {raised_line(text)}"
+            return f"{subject}{at} failed while starting: {raised_line(text)}"
         pid = _PID.search(text)
         cause = likely_cause(text)
-        return (f"{subject}'s process{f' (pid {pid.group(1)})' if pid else ''} died"
+        return (f"{subject}'s process{f' (pid {pid.group(1)})' if pid else ''}{at} died"
                 f"{f' ({cause})' if cause else ''}")
     if isinstance(err, NodeDiedError):
-        return f"the node of {subject} died ({first_line(err)})"
+        return f"the node of {subject}{at} died ({first_line(err)})"
     if isinstance(err, GetTimeoutError):
         return f"{subject} did not answer in time ({first_line(err)})"
     if isinstance(err, ObjectLostError):

@@ -1,15 +1,17 @@
 """Host actors: the Ray processes that hold participants.
 
 A host keeps a `ParticipantWorker` (data shard, what its procedure remembers) for every participant assigned to it
-and carries out their work orders one after another. By default each participant has its own host; for large fleets a
-bounded pool of hosts carries many participants each. Assignment is sticky, so a participant's state never moves.
+that has worked on it (made at its first task: a million registered participants, of whom a thousand train a
+round, cost a host only those who trained) and carries out their work orders one after another. By default each
+participant has its own host; for large fleets a bounded pool of hosts carries many participants each. Assignment
+is sticky, so a participant's state never moves.
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import ray
@@ -22,31 +24,52 @@ from msfusion_ray.models.base import ModelFamily
 from msfusion_ray.models.pool import ModulePool
 from msfusion_ray.models.weights import Weights
 from msfusion_ray.runtime.actor_classes import ByReference
-from msfusion_ray.runtime.participant import ParticipantSpec, ParticipantWorker, PlannerCache, Result, WorkerSettings
+from msfusion_ray.runtime.participant import ParticipantWorker, PlannerCache, Result, WorkerSettings
+from msfusion_ray.runtime.settings import ParticipantSpecs
 from msfusion_ray.strategies.base import WorkOrder
 from msfusion_ray.training.evaluate_shards import Chunk, evaluate_chunks
 
 
 class Host:
-    def __init__(self, host_id: int, family: ModelFamily | Packed, data: ByReference,
-                 participants: Sequence[ParticipantSpec], settings: WorkerSettings, threads: int,
-                 fetch_timeout_s: float):
+    def __init__(self, host_id: int, family: ModelFamily | Packed, data: ByReference, participants: ParticipantSpecs,
+                 settings: WorkerSettings, threads: int, fetch_timeout_s: float):
         """`family` and `data` may come `Packed` (msfusion_ray.experiment.shipment)."""
         torch.set_num_threads(threads)
         self.gpu = host_gpu(settings.device, settings.device_required, settings.gpu_share, host_id)
         self.host_id = host_id
         self.fetch_timeout_s = fetch_timeout_s
         self.family = family = opened(family)
-        self.data = data = data.fetch(fetch_timeout_s)
-        costs = StepCostCache()  # shared by the host's participants: same shapes cost the same
-        planners = PlannerCache(family, settings.training)  # and need the same memory
-        modules = ModulePool()  # and train in the same modules
-        self.workers = {p.id: ParticipantWorker(p, family, data, settings, costs, planners, gpu=self.gpu,
-                                                modules=modules)
-                        for p in participants}
+        self.data = data.fetch(fetch_timeout_s)
+        self.participants = participants
+        self.settings = settings
+        self.costs = StepCostCache()  # shared by the host's participants: same shapes cost the same
+        self.planners = PlannerCache(family, settings.training)  # and need the same memory
+        self.modules = ModulePool()  # and train in the same modules
+        self.workers: dict[int, ParticipantWorker] = {}
+        # After a resume or a replacement: a participant of whom the checkpoint holds nothing had an empty memory
+        # then, whatever task its next order names.
+        self.carried_over = False
+
+    def worker(self, participant: int) -> ParticipantWorker:
+        """The participant's worker, made the first time it is needed."""
+        worker = self.workers.get(participant)
+        if worker is None:
+            spec = self.participants.spec_of(participant)
+            if spec is None:
+                raise KeyError(f"participant {participant} is not on host {self.host_id}")
+            worker = ParticipantWorker(spec, self.family, self.data, self.settings, self.costs, self.planners,
+                                       gpu=self.gpu, modules=self.modules)
+            if self.carried_over:
+                worker.restored = {}
+            self.workers[participant] = worker
+        return worker
 
     def ping(self) -> int:
         return self.host_id
+
+    def node(self) -> str:
+        """The address of the node it runs on (for the records of a failure)."""
+        return ray.util.get_node_ip_address()
 
     def describe(self) -> dict[str, Any]:
         """What the host trains on, for its records: the device, and the GPU share it holds."""
@@ -69,7 +92,7 @@ class Host:
                 fetched[ref] = ray.get(ref, timeout=self.fetch_timeout_s)
             return fetched[ref]
 
-        return [self.workers[task.participant].run(task, functools.partial(fetch, ref), lr)
+        return [self.worker(task.participant).run(task, functools.partial(fetch, ref), lr)
                 for task, ref, lr in zip(tasks, payloads, lrs)]
 
     def evaluate(self, weights: Weights, chunks: list[Chunk], calibration: np.ndarray, batch_size: int,
@@ -88,15 +111,20 @@ class Host:
         return parts, time.perf_counter() - started
 
     def export_state(self, tasks: dict[int, int]) -> dict[int, Any]:
-        """Each hosted participant's memory as of its task in `tasks` (its last aggregated one)."""
-        return {pid: self.workers[pid].export_state(task) for pid, task in tasks.items() if pid in self.workers}
+        """The memory of each hosted participant in `tasks` as of its task there (its last aggregated one), for
+        those whose memory holds anything (a checkpoint keeps only those)."""
+        exported = {pid: self.workers[pid].export_state(task) for pid, task in tasks.items() if pid in self.workers}
+        return {pid: entry for pid, entry in exported.items() if entry["state"]}
 
     def import_state(self, states: dict[int, Any]) -> None:
+        """A resumed run's participants, as its checkpoint saved them (only those whose memory held anything)."""
+        self.carried_over = True
         for pid, state in states.items():
-            if pid in self.workers:
-                self.workers[pid].import_state(state)
+            self.worker(pid).import_state(state)
 
     def restore_state(self, states: dict[int, Any]) -> None:
-        """A replacement host's participants, as saved before the previous host died."""
+        """A replacement host's participants, as saved before the previous host died (only those whose memory
+        held anything; the others start empty)."""
+        self.carried_over = True
         for pid, state in states.items():
-            self.workers[pid].restore_state(state)
+            self.worker(pid).restore_state(state)

@@ -2,15 +2,21 @@
 
 A host that dies (killed, crashed, its node lost, or stopped by Ray's memory monitor) is replaced by a new actor
 for the same participants, their memory restored from the run's last checkpoint (`saved_states`, set by the
-Runner; a fresh start before the first checkpoint). The run goes on; `runtime.max_host_restarts` replacements in
-all, then the run ends with `HostsKeepDying`.
+Runner; a fresh start before the first checkpoint), on whichever node offers what it asks for (its device class,
+with `runtime.device_resources`). The run goes on; `runtime.max_host_restarts` replacements in all, then the run
+ends with `HostsKeepDying`. Where no node of the cluster offers what a host asks for, the pool waits
+`runtime.node_wait_s` for one to join, then the run ends with `NoNodeFor`, naming the class.
+
+Participants are numbered 0 .. N-1 and the pool keeps which host holds each as one array (`host_of`).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable
 
+import numpy as np
 import ray
 from ray.actor import ActorHandle
 from ray.exceptions import OutOfMemoryError, RayActorError
@@ -23,11 +29,16 @@ from msfusion_ray.runtime.failure_texts import describe_failure
 from msfusion_ray.runtime.settings import ParticipantSpecs, WorkerSettings
 
 STARTUP_TIMEOUT_S = 300.0
+RESTART_ATTEMPTS = 3
 log = logging.getLogger(__name__)
 
 
 class HostsKeepDying(RuntimeError):
     """More host processes died than runtime.max_host_restarts allows."""
+
+
+class NoNodeFor(RuntimeError):
+    """No node of the cluster offers what a host asks for (its device class), and none joined in time."""
 
 
 def host_count(runtime: RuntimeConfig, participants: int, cpus: float) -> int:
@@ -49,10 +60,9 @@ class HostPool:
     def __init__(self, shipment: Shipment, data_ref: ray.ObjectRef, run_id: str):
         runtime = shipment.config.runtime
         fleet = shipment.fleet
-        ids = [p.id for p in fleet.participants]
-        groups = {p.id: p.device.name for p in fleet.participants} if runtime.device_resources else None
+        classes = fleet.profile_of if runtime.device_resources else None
         cpus = ray.cluster_resources().get("CPU", 1.0)
-        assignments = assign_hosts(ids, host_count(runtime, len(ids), cpus), groups)
+        assignments = assign_hosts(len(fleet), host_count(runtime, len(fleet), cpus), classes)
         # Hosts share the run's CPU budget logically (several runs of a sweep share the cluster); each caps its real
         # threads with torch.set_num_threads.
         budget = runtime.host_cpus if runtime.host_cpus is not None else 0.9 * cpus
@@ -64,27 +74,32 @@ class HostPool:
                                   training=shipment.config.training, clock=runtime.clock,
                                   task_timeout_s=runtime.task_timeout_s, device=self.device,
                                   device_required=runtime.device == "cuda", gpu_share=self.gpu_share)
-        self.host_of: dict[int, int] = {}
+        self.host_of = np.empty(len(fleet), dtype=np.int32)  # participant -> host
         self.actors = []
+        self.asks: list[dict] = []  # per host: the resources it asks for
         self._starts: list[Callable[[], object]] = []  # per host: how to start (or start again) its actor
         for host_id, members in enumerate(assignments):
             specs = ParticipantSpecs(members, fleet, shipment.partitions)
             options: dict = {"num_cpus": num_cpus}
             if self.gpu_share:
                 options["num_gpus"] = self.gpu_share
-            if groups is not None:
-                options["resources"] = {f"device:{groups[members[0]]}": 0.001}
+            if classes is not None:
+                options["resources"] = {device_resource(fleet.profiles[classes[members[0]]].name): 0.001}
             host_settings = WorkerSettings(**{**settings.__dict__, "host": host_id})
             args = (host_id, shipment.family, ByReference(data_ref), specs, host_settings, runtime.threads_per_host,
                     runtime.task_timeout_s)
             self._starts.append(lambda options=options, args=args: HostActor.options(**options).remote(*args))
+            self.asks.append(options)
             self.actors.append(self._starts[host_id]())
-            self.host_of.update({pid: host_id for pid in members})
+            self.host_of[members] = host_id
+        self.nodes: list[str] = ["?"] * len(self.actors)  # per host: the address of its node, once it answered
         self.restarts = 0
         self.generations = [0] * len(self.actors)  # per host: how many times it was replaced
         self.max_restarts = runtime.max_host_restarts
         self.timeout_s = runtime.task_timeout_s
-        self.saved_states: Callable[[], dict[int, dict]] = dict  # participant -> its state in the last checkpoint
+        self.node_wait_s = runtime.node_wait_s
+        # participant -> its state in the last checkpoint (those whose memory holds anything); None: no checkpoint
+        self.saved_states: Callable[[], dict[int, dict] | None] = lambda: None
         self._cpus = cpus
         self._ready = False
         self.descriptions: list[dict] = []  # what each host trains on, for the per-host records (GPU runs; ready)
@@ -92,43 +107,84 @@ class HostPool:
     def wait_ready(self) -> None:
         if self._ready:
             return
-        pings = [actor.ping.remote() for actor in self.actors]
-        ready, _ = ray.wait(pings, num_returns=len(pings), timeout=STARTUP_TIMEOUT_S)
-        if len(ready) < len(pings):
-            gpus = f", {self.gpu_share:g} GPU each" if self.gpu_share else ""
-            raise RuntimeError(f"only {len(ready)} of {len(pings)} host actors started within {STARTUP_TIMEOUT_S:.0f} s "
-                               f"(cluster CPUs: {self._cpus:g}{gpus}); lower runtime.hosts or runtime.threads_per_host")
-        ray.get(ready, timeout=STARTUP_TIMEOUT_S)  # surfaces a host that failed in its constructor
+        pings = [actor.node.remote() for actor in self.actors]
+        self.nodes = self._wait_started(pings, list(range(len(self.actors))))
         if self.gpu_share:
             self.descriptions = ray.get([a.describe.remote() for a in self.actors], timeout=STARTUP_TIMEOUT_S)
         self._ready = True
 
+    def _wait_started(self, answers: list[ray.ObjectRef], hosts: list[int]) -> list:
+        """The answers of hosts just started, once all are in. A host no node of the cluster can take (none
+        offers its device class) is waited for `runtime.node_wait_s`, then the run ends with `NoNodeFor`; one
+        that a node can take gets STARTUP_TIMEOUT_S to start."""
+        started = time.monotonic()
+        while True:
+            ready, _ = ray.wait(answers, num_returns=len(answers), timeout=1.0)
+            if len(ready) == len(answers):
+                return ray.get(answers, timeout=STARTUP_TIMEOUT_S)  # surfaces a host that failed in its constructor
+            waited = time.monotonic() - started
+            pending = [host for host, answer in zip(hosts, answers) if answer not in ready]
+            if waited > self.node_wait_s:
+                for host in pending:
+                    missing = unoffered(self.asks[host])
+                    if missing:
+                        raise NoNodeFor(f"no node of the cluster offers {missing} (host {host}'s participants); "
+                                        f"waited runtime.node_wait_s={self.node_wait_s:g} s for one to join")
+            if waited > max(self.node_wait_s, STARTUP_TIMEOUT_S):
+                gpus = f", {self.gpu_share:g} GPU each" if self.gpu_share else ""
+                raise RuntimeError(f"only {len(ready)} of {len(answers)} host actors started within {waited:.0f} s "
+                                   f"(cluster CPUs: {self._cpus:g}{gpus}); lower runtime.hosts or "
+                                   f"runtime.threads_per_host")
+
     def actor_for(self, participant: int) -> ActorHandle:
         return self.actors[self.host_of[participant]]
 
-    def members(self, host: int) -> list[int]:
-        return [pid for pid, h in self.host_of.items() if h == host]
+    def members(self, host: int) -> np.ndarray:
+        return np.flatnonzero(self.host_of == host)
 
-    def replace(self, host: int, cause: str, tasks: dict[int, int], detail: str = "") -> None:
+    def describe(self, err: BaseException, host: int) -> str:
+        """A failure of a host in one line, naming its node."""
+        return describe_failure(err, f"host {host}", where=f"node {self.nodes[host]}")
+
+    def replace(self, host: int, cause: str, detail: str = "") -> None:
         """Start a new actor for `host`, whose process died (`cause`, one line; `detail`, Ray's full text, goes to
-        the run's log), with its participants' memory as the last checkpoint saved it, known as of their task in
-        `tasks` (participant -> the task its next work starts from). Ends the run once more hosts died than
-        runtime.max_host_restarts allows."""
+        the run's log), with its participants' memory as the last checkpoint saved it (the others start empty).
+        Ends the run once more hosts died than runtime.max_host_restarts allows, or where no node can take the
+        new actor (`_wait_started`)."""
         if self.restarts >= self.max_restarts:
             raise HostsKeepDying(f"{cause}; {self.restarts + 1} host deaths in this run, more than "
                                  f"runtime.max_host_restarts={self.max_restarts}")
         self.restarts += 1
         ray.kill(self.actors[host], no_restart=True)
-        actor = self._starts[host]()
         saved = self.saved_states()
-        states = {pid: {"task": tasks.get(pid, -1), "state": saved.get(pid, {}).get("state", {})}
-                  for pid in self.members(host)}
-        ray.get(actor.restore_state.remote(states), timeout=STARTUP_TIMEOUT_S)
-        self.actors[host] = actor
+        states = {pid: entry for pid, entry in (saved or {}).items() if self.host_of[pid] == host}
+        self.actors[host] = self._restart(host, states)
         self.generations[host] += 1
-        log.warning("host %d replaced (restart %d of at most %d), its participants %s restored from %s: %s%s", host,
-                    self.restarts, self.max_restarts, self.members(host),
-                    "the last checkpoint" if saved else "their initial state", cause, f"\n{detail}" if detail else "")
+        restored = "the last checkpoint" if saved is not None else "their initial state"
+        log.warning("host %d replaced (restart %d of at most %d) on node %s, its participants restored from %s: %s%s",
+                    host, self.restarts, self.max_restarts, self.nodes[host], restored, cause,
+                    f"\n{detail}" if detail else "")
+
+    def _restart(self, host: int, states: dict[int, dict]):  # noqa: ANN202 (a Ray actor handle)
+        """A new actor for `host`, started with its participants' `states`. One that dies while it starts (placed
+        on a node that was being lost: the cluster notices a lost node only after a few seconds) is started
+        again, up to RESTART_ATTEMPTS times."""
+        for attempt in range(1, RESTART_ATTEMPTS + 1):
+            actor = self._starts[host]()
+            try:
+                self.nodes[host], _ = self._wait_started([actor.node.remote(), actor.restore_state.remote(states)],
+                                                         [host, host])
+                return actor
+            except RayActorError as err:
+                ray.kill(actor, no_restart=True)
+                if err.actor_init_failed or attempt == RESTART_ATTEMPTS:
+                    raise
+                log.warning("host %d's new actor died while starting (%s); starting another", host,
+                            describe_failure(err, f"host {host}"))
+            except BaseException:
+                ray.kill(actor, no_restart=True)
+                raise
+        raise AssertionError("unreachable")
 
     def export_states(self, tasks: dict[int, int], timeout_s: float) -> dict[int, dict]:
         """Every participant's memory as of its task in `tasks` (participant -> its last aggregated task)."""
@@ -151,14 +207,16 @@ class HostPool:
                 states.update(ray.get(ref, timeout=timeout_s))
             except (RayActorError, OutOfMemoryError) as err:
                 if generation == self.generations[host]:
-                    self.replace(host, describe_failure(err, f"host {host}"), tasks, str(err))
+                    self.replace(host, self.describe(err, host), str(err))
                 states.update(ray.get(self.actors[host].export_state.remote(tasks), timeout=timeout_s))
         return states
 
     def import_states(self, states: dict[int, dict], timeout_s: float) -> None:
-        by_host: dict[int, dict[int, dict]] = {}
+        """A resumed run's participants, as its checkpoint saved them; every host is told (the participants it
+        has no entry for had an empty memory)."""
+        by_host: dict[int, dict[int, dict]] = {host: {} for host in range(len(self.actors))}
         for pid, state in states.items():
-            by_host.setdefault(self.host_of[pid], {})[pid] = state
+            by_host[int(self.host_of[pid])][pid] = state
         ray.get([self.actors[h].import_state.remote(s) for h, s in by_host.items()], timeout=timeout_s)
 
     def shutdown(self) -> None:
@@ -166,17 +224,33 @@ class HostPool:
             ray.kill(actor)
 
 
-def assign_hosts(participant_ids: list[int], n_hosts: int, groups: dict[int, str] | None = None) -> list[list[int]]:
-    """Sticky assignment of participants to hosts: round-robin, or within device classes when `groups` is given
-    (so that a host serves one class and can be placed on that class's nodes)."""
-    if groups is None:
-        return [participant_ids[h::n_hosts] for h in range(n_hosts)]
-    by_class: dict[str, list[int]] = {}
-    for pid in participant_ids:
-        by_class.setdefault(groups[pid], []).append(pid)
-    hosts: list[list[int]] = []
-    share = max(1, n_hosts // len(by_class))
-    for members in by_class.values():
+def assign_hosts(participants: int, n_hosts: int, classes: np.ndarray | None = None) -> list[np.ndarray]:
+    """Sticky assignment of participants 0 .. `participants`-1 to hosts: round-robin, or within device classes
+    when `classes` (each participant's) is given, so that a host serves one class and can be placed on that
+    class's nodes; classes in the order of their first participant."""
+    ids = np.arange(participants)
+    if classes is None:
+        return [ids[h::n_hosts] for h in range(n_hosts)]
+    present, first = np.unique(classes, return_index=True)
+    hosts: list[np.ndarray] = []
+    share = max(1, n_hosts // len(present))
+    for cls in present[np.argsort(first)]:
+        members = ids[classes == cls]
         count = min(share, len(members))
         hosts.extend(members[h::count] for h in range(count))
     return hosts
+
+
+def device_resource(profile_name: str) -> str:
+    """The custom resource a node offers for a device class (`ray start --resources '{"device:NAME": 1000}'`)."""
+    return f"device:{profile_name}"
+
+
+def unoffered(ask: dict) -> str:
+    """The custom resources of an actor's `ask` that no alive node of the cluster has at all ('' if every one
+    is somewhere), comma-separated."""
+    offered: set[str] = set()
+    for node in ray.nodes():
+        if node.get("Alive"):
+            offered.update(k for k, v in node.get("Resources", {}).items() if v > 0)
+    return ", ".join(sorted(set(ask.get("resources", {})) - offered))

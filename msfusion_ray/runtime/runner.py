@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 import ray
 import torch
-from ray.exceptions import OutOfMemoryError, RayActorError
+from ray.exceptions import ObjectLostError, OutOfMemoryError, RayActorError
 
 from msfusion_ray.devices.energy import stamp_energy
-from msfusion_ray.devices.spread import fleet_table
+from msfusion_ray.devices.spread import fleet_parts
 from msfusion_ray.devices.timeline import VirtualTimeline
 from msfusion_ray.experiment.prepare import Experiment
 from msfusion_ray.experiment.shipment import Shipment
@@ -38,7 +38,6 @@ from msfusion_ray.records import RecordWriter, RoundRow, history_entry, host_row
 from msfusion_ray.runtime.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from msfusion_ray.runtime.engines import EngineContext, Step, make_engine
 from msfusion_ray.runtime.engines.dispatch import RayHosts
-from msfusion_ray.runtime.failure_texts import describe_failure
 from msfusion_ray.runtime.host_pool import HostPool
 from msfusion_ray.training.evaluate_shards import Chunk, combine_chunks, evaluation_splits, label_elements, plan_chunks
 
@@ -142,11 +141,11 @@ class Evaluation(RunCallback):
                                                                      started.weights, started.shares[k])
             try:
                 return ray.get(ref, timeout=timeout_s)
-            except (RayActorError, OutOfMemoryError) as err:
+            except (RayActorError, OutOfMemoryError, ObjectLostError) as err:  # lost: with its node
                 if attempt == hosts:
                     raise
                 log.warning("evaluation: %s; its share is sent to another host",
-                            describe_failure(err, f"host {(started.hosts[k] + attempt) % hosts}"))
+                            self.hosts.describe(err, (started.hosts[k] + attempt) % hosts))
         raise AssertionError("unreachable")
 
     def evaluate(self, weights: Weights) -> tuple[dict[str, dict[str, float]], float]:
@@ -251,7 +250,7 @@ class CheckpointSnapshot:
     weights: Weights
     strategy: tuple[dict[str, Any], dict[str, np.ndarray]]
     engine: tuple[dict[str, Any], dict[str, np.ndarray]]
-    tasks: dict[int, int]  # participant -> the task whose state it keeps
+    tasks: dict[int, int]  # participant -> the task whose state it keeps (those with any: the others' is empty)
     participant_states: list[tuple[int, ray.ObjectRef]]  # per host: (its generation, its answer)
 
 
@@ -268,12 +267,11 @@ class Runner:
         self.hosts.saved_states = self._saved_participant_states  # what a replaced host's participants restore
         self.hosts.wait_ready()
         self.timing: dict[str, Any] = {"runner_started": self.started, "hosts_ready": time.time(), "steps": []}
-        infos = {info.id: info for info in experiment.infos}
-        self.context = EngineContext(experiment, RayHosts(self.hosts), run_id, VirtualTimeline(),
-                                     experiment.availability, infos)
+        self.context = EngineContext(experiment, RayHosts(self.hosts), run_id, VirtualTimeline(len(experiment.fleet)),
+                                     experiment.availability, experiment.participant_infos())
         self.engine = make_engine(experiment.strategy.engine, self.context, initial_weights(experiment))
         self.records = Records(self.run_dir, run_id, experiment.strategy.name)
-        self.records.writer.write_fleet(fleet_table(experiment.fleet))
+        self.records.writer.write_fleet(fleet_parts(experiment.fleet))
         self.callbacks: list[RunCallback] = [Evaluation(experiment, self.hosts), self.records, Checkpointing(),
                                              Progress()]
         if self.hosts.descriptions:
@@ -299,9 +297,9 @@ class Runner:
         self.start_step = checkpoint.round + 1
         self.records.history = recorded_history(self.run_dir)
 
-    def _saved_participant_states(self) -> dict[int, dict]:
+    def _saved_participant_states(self) -> dict[int, dict] | None:
         checkpoint = load_checkpoint(self.run_dir)
-        return checkpoint.participants if checkpoint is not None else {}
+        return checkpoint.participants if checkpoint is not None else None
 
     def run(self) -> dict[str, Any]:
         self.timing["run_started"] = time.time()
@@ -352,7 +350,7 @@ class Runner:
 
     def snapshot(self, step: Step) -> CheckpointSnapshot:
         """The checkpoint of `step`, taken at its boundary (copies: the engine and the strategy go on)."""
-        tasks = _last_tasks(self.engine.consumed, self.experiment)
+        tasks = self.engine.consumed_tasks()
         return CheckpointSnapshot(step.index, step.weights, copy.deepcopy(self.experiment.strategy.state_dict()),
                                   copy.deepcopy(self.engine.state_dict()), tasks, self.hosts.request_states(tasks))
 
@@ -390,9 +388,3 @@ def recorded_history(run_dir: Path) -> list[dict[str, float]]:
     if not (run_dir / "records" / "rounds").is_dir():
         return []
     return [history_entry(row) for row in read_round_rows(run_dir).itertuples()]
-
-
-
-def _last_tasks(consumed: dict[int, int], experiment: Experiment) -> dict[int, int]:
-    """Every participant's last aggregated task (-1: none yet), whose resulting state a checkpoint keeps."""
-    return {p.id: consumed.get(p.id, -1) for p in experiment.fleet.participants}

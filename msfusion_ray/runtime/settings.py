@@ -11,10 +11,10 @@ import numpy as np
 from msfusion_ray.config import TrainingConfig
 from msfusion_ray.devices.profile import DeviceProfile
 from msfusion_ray.devices.variation import ParticipantValues, resolve
-from msfusion_ray.shards import Shards
 
 if TYPE_CHECKING:
     from msfusion_ray.devices.fleet import Fleet
+    from msfusion_ray.shards import SampledShards, Shards
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,21 +32,20 @@ class ParticipantSpec:
 
 
 class ParticipantSpecs(Sequence[ParticipantSpec]):
-    """A host's participants as they travel: ids, memory caps and sample indices as arrays, each distinct device
-    profile once, and each participant's own figures where members of a class differ (arrays too). The driver
-    keeps every host's (to start a host again), so a list of one object and one index array per participant cost
-    it 11 MB more with 10 000 registered participants than with 1000."""
+    """A host's participants as they travel: ids and memory caps as arrays, the fleet's device profiles once, the
+    sample indices as one array (or drawn from the ids: `SampledShards`), and each participant's own figures where
+    members of a class differ (arrays too). The driver keeps every host's (to start a host again), so a list of one
+    object and one index array per participant cost it 11 MB more with 10 000 registered participants than with
+    1000."""
 
-    def __init__(self, members: Sequence[int], fleet: "Fleet", partitions: Sequence[np.ndarray]):
-        participants = [fleet.participants[pid] for pid in members]
-        by_name = {p.device.name: p.device for p in participants}
-        names = list(by_name)
-        self.profiles = tuple(by_name.values())
+    def __init__(self, members: Sequence[int], fleet: "Fleet", partitions: "Shards | SampledShards"):
         self.ids = np.asarray(members, dtype=np.int64)
-        self.profile_of = np.asarray([names.index(p.device.name) for p in participants], dtype=np.int32)
-        self.memory_caps = np.asarray([p.memory_cap_bytes for p in participants], dtype=np.int64)
-        self.indices = Shards(partitions[pid] for pid in members)
-        self.values = fleet.values.take(members) if fleet.values is not None else None
+        self.profiles = fleet.profiles
+        self.profile_of = fleet.profile_of[self.ids]
+        self.memory_caps = fleet.memory_caps[self.ids]
+        self.indices = partitions.subset(self.ids)
+        self._order: np.ndarray | None = None  # the ids' sorting order, made where a host first looks one up
+        self.values = fleet.values.take(self.ids) if fleet.values is not None else None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -57,6 +56,15 @@ class ParticipantSpecs(Sequence[ParticipantSpec]):
 
     def __iter__(self) -> Iterator[ParticipantSpec]:
         return (self[i] for i in range(len(self)))
+
+    def spec_of(self, participant: int) -> ParticipantSpec | None:
+        """The spec of a participant by its id (None: not one of these)."""
+        order = np.argsort(self.ids, kind="stable") if self._order is None else self._order
+        self._order = order
+        place = int(np.searchsorted(self.ids, participant, sorter=order))
+        if place < len(order) and self.ids[order[place]] == participant:
+            return self[int(order[place])]
+        return None
 
 
 @dataclass(frozen=True)

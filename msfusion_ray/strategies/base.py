@@ -72,6 +72,10 @@ class Capacity(Protocol):
                      shape_at: Callable[[float], tuple[Mapping[str, int], int | None]]) -> float | None:
         """Largest rate whose sub-model `shape_at(rate)` = (widths, depth) fits the participant (None: none)."""
 
+    def alike(self, participant: int) -> Hashable:
+        """The same for participants whose answers are the same (a strategy that works out something per
+        participant from the capacity works it out once per kind)."""
+
     def under(self, key: Hashable, **footprint: Any) -> "Capacity":
         """The same answers for another training footprint (its build, loss or extra bytes replaced)."""
 
@@ -106,6 +110,11 @@ class Strategy(ABC):
     def objective(self) -> ObjectiveSpec | None:
         """The local objective participants train with (its memory counts in every footprint)."""
         return None
+
+    def reads_labels(self) -> bool:
+        """Whether it reads `ParticipantInfo.labels` (finding them reads each participant's samples: a run whose
+        strategy does not leaves them None)."""
+        return False
 
     def index_map(self, task: WorkOrder) -> IndexMap | None:
         return None if task.selection is None else index_map(self.spec, task.selection)

@@ -93,8 +93,8 @@ class Cos2p(AsyncStrategy):
         if family.n_blocks is None or len(family.exit_depths()) < 2:
             raise UserInputError("model.name", f"Co-S2P needs a model of blocks with early exits (vit, or "
                                                f"transformer with early_exits: true), not '{family.name}'")
-        self.rates: dict[int, float] = {}
-        self.depths: dict[int, int] = {}
+        self.rates = np.zeros(0)  # per participant (set by `configure`)
+        self.depths = np.zeros(0, dtype=np.int64)
         self.masks: dict[int, Selection] = {}  # each participant's kept mask, from its folded updates
         self.masks_learnt: dict[int, int] = {}  # mask tasks folded per participant
         self.participants = 0
@@ -128,18 +128,25 @@ class Cos2p(AsyncStrategy):
         return rate
 
     def configure(self, capacity: Capacity, participants: Sequence[ParticipantInfo]) -> ModelFamily:
+        """Every participant's rate and depth, as arrays (worked out once per kind of participant the capacity
+        tells apart: a million registered participants are a few searches)."""
         self.participants = len(participants)
+        self.rates, self.depths = np.zeros(len(participants)), np.zeros(len(participants), dtype=np.int64)
+        by_kind: dict = {}
         for p in participants:
-            self.rates[p.id] = snap_to_levels(self.largest_rate(p.id, capacity), self.params.rate_levels)
-            self.depths[p.id] = self.depth_at(self.rates[p.id])
-        deepest = max(self.depths.values())
+            kind = capacity.alike(p.id)
+            if kind not in by_kind:
+                rate = snap_to_levels(self.largest_rate(p.id, capacity), self.params.rate_levels)
+                by_kind[kind] = rate, self.depth_at(rate)
+            self.rates[p.id], self.depths[p.id] = by_kind[kind]
+        deepest = int(self.depths.max())
         self.family = self.base_family if deepest == self.base_family.n_blocks else self.base_family.cut(deepest)
         return self.family
 
     def largest_trainable_rate(self, participant: int, capacity: Capacity) -> float | None:
         """Its rate for depth and width, both phases fitting (the global model's width-only rate would miss the
         depth cut that lets the small devices in)."""
-        return self.rates.get(participant)
+        return float(self.rates[participant]) if participant < len(self.rates) else None
 
     # --- work -------------------------------------------------------------------------------------------------
 
@@ -163,7 +170,7 @@ class Cos2p(AsyncStrategy):
                  "mask_round_ratio": params.mask_round_ratio, "mask_trains": params.mask_trains,
                  "distill": params.distill and version >= params.kd_start_round, "kd_reduction": params.kd_reduction,
                  "gamma": params.gamma, "temperature": params.temperature, "exit_heads": params.exit_heads}
-        return WorkOrder(pid, selection=selection, depth=self.depths[pid], rate=self.rates[pid],
+        return WorkOrder(pid, selection=selection, depth=int(self.depths[pid]), rate=float(self.rates[pid]),
                          procedure=ProcedureSpec("cos2p", local))
 
     def history_depth(self) -> int:

@@ -60,6 +60,9 @@ class BaselineSplitting(WidthSplitting):
     def _uses_recipe(self) -> bool:
         return self.params.static_bn or self.params.scaler or self.params.label_mask
 
+    def reads_labels(self) -> bool:
+        return self.params.label_mask
+
     def objective(self) -> ObjectiveSpec | None:
         return ObjectiveSpec(RECIPE, {"static_bn": self.params.static_bn}) if self._uses_recipe() else None
 

@@ -3,6 +3,8 @@ footprints as it takes."""
 
 from types import SimpleNamespace
 
+import numpy as np
+
 from msfusion_ray.devices.capacity import CapacityOracle
 
 
@@ -25,7 +27,7 @@ def _oracle(caps, monkeypatch):
     monkeypatch.setattr("msfusion_ray.devices.capacity.prefix_selection", lambda spec, rate: rate)
     monkeypatch.setattr("msfusion_ray.devices.capacity.widths_of", lambda spec, rate: {"units": round(64 * rate)})
     planner = _Planner()
-    fleet = SimpleNamespace(participants=[SimpleNamespace(id=i, memory_cap_bytes=c) for i, c in enumerate(caps)])
+    fleet = SimpleNamespace(memory_caps=np.asarray(caps, dtype=np.int64))
     return CapacityOracle(fleet, _Family(), planner, batch_size=4), planner
 
 

@@ -64,7 +64,10 @@ class FakeHosts:
     def host_died(self, err):
         return False
 
-    def replace(self, host, handle, cause, detail, state_from):
+    def describe(self, err, host):
+        return f"host {host}: {err}"
+
+    def replace(self, host, handle, cause, detail):
         raise AssertionError(f"fake hosts do not die ({cause})")
 
 
@@ -81,6 +84,6 @@ def engine_for(profiles_dir, strategy, params, device_times, rounds, seed=0, fle
     data["fleet"] = {"devices": {"instant": len(device_times)}, "profiles_dir": str(profiles_dir), **dict(fleet_extra)}
     prepared = prepare(config_from_dict(data))
     refused = frozenset(p.id for p in prepared.fleet.participants if p.device.name in refusing)
-    context = EngineContext(prepared, FakeHosts(device_times, seed=seed, refused=refused), "fake", VirtualTimeline(),
-                            prepared.availability, {i.id: i for i in prepared.infos})
+    context = EngineContext(prepared, FakeHosts(device_times, seed=seed, refused=refused), "fake",
+                            VirtualTimeline(len(prepared.fleet)), prepared.availability, prepared.participant_infos())
     return make_engine(prepared.strategy.engine, context, initial_weights(prepared))

@@ -149,11 +149,18 @@ def test_an_unknown_participant_is_refused(run_dir, prepared, capsys):
     _refused(capsys, run_dir, "state.json: unknown participant 42")
 
 
-def test_a_missing_participant_is_refused(run_dir, prepared, capsys):
-    checkpoint = _checkpoint(prepared)
-    del checkpoint.participants[2]
+def test_participants_whose_memory_held_nothing_have_no_entry(run_dir, prepared):
+    checkpoint = _checkpoint(prepared, engine_arrays={"consumed_ids": np.array([0, 2]),
+                                                      "consumed_tasks": np.array([4, 5])})
+    del checkpoint.participants[1]
     save_checkpoint(run_dir, checkpoint)
-    _refused(capsys, run_dir, "state.json: participant 2 is missing")
+    assert set(check_resume(run_dir, prepared).participants) == {0, 2}
+
+
+def test_engine_tables_naming_participants_outside_the_fleet_are_refused(run_dir, prepared, capsys):
+    save_checkpoint(run_dir, _checkpoint(prepared, engine_arrays={"consumed_ids": np.array([0, 3]),
+                                                                  "consumed_tasks": np.array([4, 5])}))
+    _refused(capsys, run_dir, "engine.npz: 'consumed_ids' names participants outside the fleet's 0 to 2")
 
 
 def test_weights_of_another_model_are_refused(run_dir, capsys):

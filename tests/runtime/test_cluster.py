@@ -49,3 +49,17 @@ def test_a_cluster_that_times_out_at_start_is_tried_again_then_reported_in_one_l
     monkeypatch.setattr(ray, "init", wrong_argument)
     with pytest.raises(ValueError):  # anything else is not retried
         cluster.start_local_ray(num_cpus=1)
+
+
+def test_an_address_where_no_cluster_answers_is_bad_input(tmp_path, small_config_dict):
+    """Ray itself would wait minutes for a GCS that is not there: one line, exit 2, nothing written."""
+    import yaml
+
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump(small_config_dict))
+    done = subprocess.run([sys.executable, "-m", "msfusion_ray", "run", str(config), "--address", "127.0.0.250:9"],
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("error: runtime.address: no Ray cluster answers at 127.0.0.250:9 (")
+    assert not (tmp_path / "runs").exists()

@@ -47,7 +47,8 @@ def test_two_round_run_writes_complete_records(finished_run):
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "complete"
     checkpoint = load_checkpoint(run_dir)
     assert checkpoint.round == 2 and checkpoint.weights
-    assert set(checkpoint.participants) == {0, 1, 2}
+    assert checkpoint.participants == {}  # FedAvg's participants remember nothing: no entry is kept for them
+    assert set(checkpoint.engine_arrays["consumed_ids"]) == set(trained["participant"])  # who was aggregated
     # the virtual timeline: both rounds of every participant start at their round's start, and round 2 starts
     # when round 1's slowest participant ended
     assert (participants.groupby("round")["vt_start"].nunique() == 1).all()

@@ -75,7 +75,7 @@ def test_a_host_killed_mid_round_costs_its_tasks_and_the_run_goes_on(ray_session
     lost = rows[rows["status"] == "error"]
     assert len(lost) >= 1 and set(lost["round"]) == {2}  # the round it died in, nothing after
     host = int(lost["host"].iloc[0])
-    assert all(m.startswith(f"host {host}'s process (pid {killed[0]}) died") and "\n" not in m
+    assert all(m.startswith(f"host {host}'s process (pid {killed[0]}) on node 127.0.0.1 died") and "\n" not in m
                for m in lost["message"])
     members = set(rows[rows["host"] == host]["participant"])
     after = rows[(rows["round"] == 3) & rows["participant"].isin(members)]

@@ -65,4 +65,4 @@ def test_a_device_that_goes_off_during_a_round_loses_its_work(profiles_dir, tmp_
     assert [r.status for r in first.rows] == ["ok", "dropped", "unavailable"]
     assert first.rows[1].vt_end == 2.5 and first.vt_end == 2.5  # the round ends when its last device stops
     assert [r.status for r in second.rows] == ["ok", "unavailable", "unavailable"]  # participant 2 is on from 3 s
-    assert engine.consumed == {0: second.rows[0].task}  # only aggregated work advances a participant's state
+    assert engine.consumed_tasks() == {0: second.rows[0].task}  # only aggregated work advances its state

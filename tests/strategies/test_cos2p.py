@@ -42,7 +42,7 @@ class FakeFleet:
     """Memory caps only (what the oracle reads)."""
 
     def __init__(self, caps):
-        self.participants = [type("P", (), {"id": i, "memory_cap_bytes": c}) for i, c in enumerate(caps)]
+        self.memory_caps = np.asarray(caps, dtype=np.int64)
 
 
 def _oracle(family, caps):
@@ -72,14 +72,14 @@ def test_rates_are_the_largest_whose_training_and_mask_phases_both_fit(data):
         assert depth in family.exit_depths() and depth <= max(1, int(rate * 4))
     assert strategy.rates[0] > strategy.rates[1] > strategy.rates[2]
     # nobody holds all four blocks: the global model is cut after the deepest exit held
-    assert max(strategy.depths.values()) < 4 and global_family.depth == max(strategy.depths.values())
+    assert strategy.depths.max() < 4 and global_family.depth == strategy.depths.max()
 
 
 def test_the_codes_tier_table_snaps_rates_down(data):
     family = build_family("vit", data.shape, 1.0, VIT)
     strategy = _strategy(family, rate_levels=[0.25, 0.5, 0.75, 1.0])
     strategy.configure(_oracle(family, [10**9, 10**9]), [ParticipantInfo(0, "tiny", 25), ParticipantInfo(1, "t", 25)])
-    assert strategy.rates == {0: 1.0, 1: 1.0} and strategy.depths == {0: 4, 1: 4}
+    assert strategy.rates.tolist() == [1.0, 1.0] and strategy.depths.tolist() == [4, 4]
     assert strategy.depth_at(0.5) == 2 and strategy.depth_at(0.74) == 2 and strategy.depth_at(0.1) == 1
 
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import math
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import numpy as np
 
@@ -53,7 +53,7 @@ class EngineContext:
     run_id: str
     timeline: VirtualTimeline
     availability: Availability
-    infos: dict[int, ParticipantInfo] = field(default_factory=dict)
+    infos: Sequence[ParticipantInfo] = ()  # by participant id (the prepared experiment's table)
 
     @property
     def config(self) -> ExperimentConfig:
@@ -64,7 +64,7 @@ class EngineContext:
         return self.experiment.strategy
 
     def device_of(self, participant: int) -> str:
-        return self.experiment.fleet.participants[participant].device.name
+        return self.experiment.fleet.profile(participant).name
 
     def lr(self, step: int) -> float:
         """The learning rate of step t: lr * lr_decay^(t-1)."""
@@ -83,7 +83,8 @@ class Engine(ABC):
         self.context = context
         self.weights = weights
         self.tasks_issued = 0
-        self.consumed: dict[int, int] = {}  # participant -> its last task the engine aggregated (or accepted)
+        # per participant: its last task the engine aggregated (or accepted); -1: none yet
+        self.consumed = np.full(len(context.experiment.fleet), -1, dtype=np.int64)
 
     @abstractmethod
     def steps(self, start: int) -> Iterator[Step]:
@@ -94,26 +95,39 @@ class Engine(ABC):
         return self.tasks_issued - 1
 
     def state_from(self, participant: int) -> int:
-        return self.consumed.get(participant, -1)
+        return int(self.consumed[participant])
+
+    def consumed_tasks(self) -> dict[int, int]:
+        """The participants the engine aggregated work of, each with its last such task."""
+        ids = np.flatnonzero(self.consumed >= 0)
+        return dict(zip(ids.tolist(), self.consumed[ids].tolist()))
 
     def at_step_boundary(self) -> bool:
         """Whether the engine is where its last step left it (a checkpoint now continues exactly)."""
         return True
 
     def state_dict(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """What a checkpoint between steps must keep: JSON-able values and arrays."""
-        return {"tasks_issued": self.tasks_issued, "consumed": {str(k): v for k, v in self.consumed.items()},
-                "timeline": self.context.timeline.state_dict()}, {}
+        """What a checkpoint between steps must keep: JSON-able values and arrays. The per-participant tables go
+        sparse: only the participants that worked."""
+        ids = np.flatnonzero(self.consumed >= 0)
+        return {"tasks_issued": self.tasks_issued}, {"consumed_ids": ids, "consumed_tasks": self.consumed[ids],
+                                                     **self.context.timeline.state_arrays()}
 
     def load_state_dict(self, values: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         self.tasks_issued = int(values["tasks_issued"])
-        self.consumed = {int(k): int(v) for k, v in values["consumed"].items()}
-        self.context.timeline.load_state_dict(values["timeline"])
+        if "consumed" in values:  # a checkpoint written before the tables were arrays: JSON by participant
+            busy = values.get("timeline", {}).get("busy_s", {})
+            arrays = {"consumed_ids": [int(k) for k in values["consumed"]],
+                      "consumed_tasks": list(values["consumed"].values()),
+                      "busy_ids": [int(k) for k in busy], "busy_s": list(busy.values()), **arrays}
+        self.consumed[:] = -1
+        self.consumed[np.asarray(arrays["consumed_ids"], dtype=np.int64)] = arrays["consumed_tasks"]
+        self.context.timeline.load_arrays(arrays)
 
 
 def absent_row(context: EngineContext, step: int, participant: int, vt: float) -> ParticipantRoundRow:
     return ParticipantRoundRow(run_id=context.run_id, round=step, participant=participant,
-                               device=context.device_of(participant), host=context.executor.host_of[participant],
+                               device=context.device_of(participant), host=int(context.executor.host_of[participant]),
                                status="unavailable", vt_start=vt, vt_end=vt)
 
 
@@ -121,7 +135,7 @@ def lost_row(context: EngineContext, step: int, order: WorkOrder, status: str, m
     """A task that never came back (its host failed or stopped answering)."""
     return ParticipantRoundRow(run_id=context.run_id, round=step, participant=order.participant,
                                device=context.device_of(order.participant),
-                               host=context.executor.host_of[order.participant], status=status, rate=order.rate,
+                               host=int(context.executor.host_of[order.participant]), status=status, rate=order.rate,
                                task=order.task, base_version=order.base_version, vt_start=order.vt_start,
                                vt_end=order.vt_start, message=message[:500])
 

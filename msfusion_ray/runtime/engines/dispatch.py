@@ -17,7 +17,6 @@ from ray.exceptions import OutOfMemoryError, RayActorError, RayError
 from msfusion_ray.costs.payload import payload_bytes
 from msfusion_ray.models.weights import Weights
 from msfusion_ray.records import ParticipantRoundRow
-from msfusion_ray.runtime.failure_texts import describe_failure
 from msfusion_ray.runtime.host_pool import HostPool
 from msfusion_ray.runtime.participant import Result
 from msfusion_ray.strategies.base import Strategy, WorkOrder
@@ -55,10 +54,13 @@ class Executor(Protocol):
     def host_died(self, err: Exception) -> bool:
         """Whether a failure `get` raised means the host's process died (its tasks in flight are lost)."""
 
-    def replace(self, host: int, handle: Any, cause: str, detail: str, state_from: Callable[[int], int]) -> None:
+    def describe(self, err: Exception, host: int) -> str:
+        """A failure of the host in one line (what failed, where, the likely cause)."""
+
+    def replace(self, host: int, handle: Any, cause: str, detail: str) -> None:
         """Start a new actor for a host whose process died (`handle`: a task it lost), its participants' memory
-        restored as of the task `state_from(participant)` names, unless it was replaced since that task was sent;
-        may raise to end the run (too many deaths)."""
+        restored from the last checkpoint, unless it was replaced since that task was sent; may raise to end the
+        run (too many deaths, no node left for it)."""
 
 
 @dataclass(frozen=True)
@@ -109,13 +111,16 @@ class RayHosts:
         return result
 
     def host_died(self, err: Exception) -> bool:
-        return isinstance(err, (RayActorError, OutOfMemoryError))  # the memory monitor stops the process too
+        # the memory monitor stops the process too; an actor "unavailable" has lost its node or its connection
+        return isinstance(err, (RayActorError, OutOfMemoryError))
 
-    def replace(self, host: int, handle: TaskHandle, cause: str, detail: str,
-                state_from: Callable[[int], int]) -> None:
+    def describe(self, err: Exception, host: int) -> str:
+        return self._pool.describe(err, host)
+
+    def replace(self, host: int, handle: TaskHandle, cause: str, detail: str) -> None:
         if self._generation.pop(handle.call, self._pool.generations[host]) != self._pool.generations[host]:
             return  # sent to an actor that was replaced since (a checkpoint found it dead first)
-        self._pool.replace(host, cause, {pid: state_from(pid) for pid in self._pool.members(host)}, detail)
+        self._pool.replace(host, cause, detail)
 
 
 def selection_key(selection: Mapping[str, np.ndarray] | None) -> Hashable:
@@ -210,7 +215,7 @@ class Dispatcher:
     def add(self, tasks: Iterable[WorkOrder]) -> None:
         hosts = []
         for task in tasks:
-            host = self._host_of[task.participant]
+            host = int(self._host_of[task.participant])
             self._queues.setdefault(host, deque()).append(task)
             hosts.append(host)
         for host in dict.fromkeys(hosts):
@@ -238,7 +243,7 @@ class Dispatcher:
     def complete(self, handle: Any) -> WorkOrder:
         """The task behind a finished handle; once its call is all taken, the host gets its next call."""
         task = self.in_flight.pop(handle)
-        host = self._host_of[task.participant]
+        host = int(self._host_of[task.participant])
         call = self._call_of.pop(handle)
         call.pending.pop(handle, None)
         if not call.pending:
@@ -278,7 +283,7 @@ class Dispatcher:
         return tasks
 
     def host_of(self, task: WorkOrder) -> int:
-        return self._host_of[task.participant]
+        return int(self._host_of[task.participant])
 
 
 def unanswering_hosts(dispatch: Dispatcher, task_timeout_s: float, clock: str) -> dict[int, str]:
@@ -290,23 +295,23 @@ def unanswering_hosts(dispatch: Dispatcher, task_timeout_s: float, clock: str) -
     return {host: f"host {host} {message}" for host in dispatch.hung_hosts(task_limit_s, HUNG_HOST_GRACE_S)}
 
 
-def take_result(executor: Executor, handle: Any, dispatch: Dispatcher, state_from: Callable[[int], int],
+def take_result(executor: Executor, handle: Any, dispatch: Dispatcher,
                 fail: Callable[[WorkOrder, str], ParticipantRoundRow],
                 timeout_s: float) -> list[tuple[WorkOrder, Result]]:
-    """The outcome of a finished task, and of every task lost with it: a host whose process died costs the tasks it
-    had in flight (`error` rows saying which host, that its process died and the likely cause), is replaced with
-    its participants' memory restored (`Executor.replace`), and gets the tasks queued for it. Any other failure
-    of the host is an `error` row for that task alone."""
+    """The outcome of a finished task, and of every task lost with it: a host whose process died (or whose node
+    was lost) costs the tasks it had in flight (`error` rows saying which host on which node, that its process
+    died and the likely cause), is replaced with its participants' memory restored (`Executor.replace`), and
+    gets the tasks queued for it. Any other failure of the host is an `error` row for that task alone."""
     task = dispatch.in_flight[handle]
     host = dispatch.host_of(task)
     try:
         result = executor.get(handle, timeout_s)
     except RayError as err:
-        cause = describe_failure(err, f"host {host}")
+        cause = executor.describe(err, host)
         if executor.host_died(err):
             outcomes = [(lost, _finished_or_failed(executor, lost_handle, lost, fail, cause))
                         for lost_handle, lost in dispatch.drop_host(host)]
-            executor.replace(host, handle, cause, str(err), state_from)
+            executor.replace(host, handle, cause, str(err))
             dispatch.refill(host)
             return outcomes
         result = fail(task, cause), None, {}

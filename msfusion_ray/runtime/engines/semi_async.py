@@ -193,7 +193,7 @@ class SemiAsyncEngine(Engine):
 
     def _take(self, ref: Any) -> None:
         """A finished task's result, and those of the tasks lost with it where its host died."""
-        outcomes = take_result(self.context.executor, ref, self._dispatch, self.state_from,
+        outcomes = take_result(self.context.executor, ref, self._dispatch,
                                lambda order, message: lost_row(self.context, 0, order, "error", message),
                                self.context.config.runtime.task_timeout_s)
         for order, result in outcomes:
@@ -285,15 +285,18 @@ class SemiAsyncEngine(Engine):
         return self.schedule.buffer_size is not None or not self.in_flight
 
     def _idle(self) -> list[int]:
-        busy = {f.order.participant for f in self.in_flight.values()}
-        resting = busy | self.parked | self.waiting
-        return [p.id for p in self.context.experiment.fleet.participants if p.id not in resting]
+        idle = np.ones(len(self.context.experiment.fleet), dtype=bool)
+        idle[[f.order.participant for f in self.in_flight.values()]] = False
+        idle[list(self.parked | self.waiting)] = False
+        return np.flatnonzero(idle).tolist()
 
     def _hand_out(self) -> None:
         free = self.concurrency - len(self.in_flight)
         if free <= 0 or not self._handing_out():
             return
-        eligible = [pid for pid in self._idle() if self.context.availability.is_on(pid, self.now)]
+        availability = self.context.availability
+        eligible = [pid for pid in self._idle() if availability.is_on(pid, self.now)] if availability.windowed \
+            else self._idle()
         if len(eligible) > free:
             rng = np.random.default_rng([self.context.config.seed, self.draws, 0xA5])
             eligible = sorted(rng.choice(eligible, free, replace=False).tolist())

@@ -55,8 +55,8 @@ class SyncEngine(Engine):
         availability = self.context.availability
         if availability.windowed:
             return {pid: availability.is_on(pid, self.now) for pid in cohort}
-        drawn = self.context.experiment.fleet.available(round_idx)
-        return {pid: bool(drawn[pid]) for pid in cohort}
+        drawn = self.context.experiment.fleet.available(round_idx, among=cohort)
+        return {pid: bool(on) for pid, on in zip(cohort, drawn)}
 
     def round(self, round_idx: int) -> Step:
         started = time.perf_counter()
@@ -122,7 +122,7 @@ class SyncEngine(Engine):
                 if ref not in dispatch.in_flight:
                     continue  # lost with its host, which died
                 lost = lambda task, message: lost_row(context, round_idx, task, "error", message)  # noqa: E731
-                for task, result in take_result(executor, ref, dispatch, self.state_from, lost, runtime.task_timeout_s):
+                for task, result in take_result(executor, ref, dispatch, lost, runtime.task_timeout_s):
                     payloads.done(task)
                     result[0].param_fraction = payloads.param_fraction(task)
                     arrived[position[task.task]] = task, result
