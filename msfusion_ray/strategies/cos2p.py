@@ -14,9 +14,11 @@ semi-asynchronous training of depth-cut, data-aware structurally pruned sub-mode
 - Aggregation (splitting/cos2p_aggregation.py): each delta weighted by importance ||Delta||_1 / r over drift
   ||w^(t) - w^(tau)||_1 + 1, normalised; w <- w + sum gamma_i Delta_i; updates staler than `max_staleness`
   versions are not aggregated. `normalisation: entries` normalises per entry instead (a departure: blocks only
-  stale participants hold barely move under the code's rule). The engine aggregates when `buffer_fraction` of
-  the participants have reported (or a virtual `deadline_s` has passed); `synchronous: true` waits for every
-  participant instead.
+  stale participants hold barely move under the code's rule); `drift: mean` divides the drift by the parameter
+  count. The engine aggregates once ceil(`buffer_fraction` x participants) updates are in (or a virtual
+  `deadline_s` has passed); as in the code's server a participant has one task and is idle again only after the
+  aggregation that takes its update (`dispatch: after_aggregation`; `on_arrival`: at once); `synchronous: true`
+  waits for every participant instead.
 """
 
 from __future__ import annotations
