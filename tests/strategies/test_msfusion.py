@@ -274,7 +274,7 @@ def test_the_positive_normalises_as_the_trained_sub_model_does_on_the_same_batch
     rng = np.random.default_rng(0)
     for key in prepared.strategy.spec.buffers:  # statistics that match no participant's batch
         global_weights[key] = rng.uniform(0.5, 2.0, size=global_weights[key].shape).astype(np.float32)
-    tasks = prepared.strategy.plan(2, prepared.infos, prepared.capacity)
+    tasks = prepared.strategy.plan(2, prepared.participant_infos(), prepared.capacity)
     assert len(tasks) == len(prepared.fleet) == 6
     for task in tasks:
         received = extract(global_weights, prepared.strategy.index_map(task))
@@ -307,7 +307,7 @@ def test_the_contrastive_term_has_a_gradient_for_every_participant_in_every_roun
 
     torch.manual_seed(0)
     prepared = _prepared(config, "data.validation_samples=100")
-    strategy, infos = prepared.strategy, prepared.infos
+    strategy, infos = prepared.strategy, prepared.participant_infos()
     global_weights = to_weights(prepared.family.build())
     states = {p.id: {} for p in infos}
     training = TrainingConfig(batch_size=32, local_steps=3, lr=0.05, momentum=0.9)
@@ -360,7 +360,7 @@ def test_overlap_1_and_temporal_step_1_is_heterofl_to_the_bit():
                          "strategy.params.temporal_step=1", "strategy.params.adaptive_overlap=false",
                          "strategy.params.contrastive=false", "strategy.params.weighting=count")
     heterofl = make_strategy(StrategyConfig("heterofl", {}), msfusion.family, seed=0)
-    infos = msfusion.infos
+    infos = msfusion.participant_infos()
     heterofl.configure(msfusion.capacity, infos)
     start = to_weights(msfusion.family.build())
     weights = {"msfusion": start, "heterofl": start}
