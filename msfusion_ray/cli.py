@@ -1,4 +1,4 @@
-"""Command line: run, sweep, tune, compare, validate, split, profiles, plot, report, schema.
+"""Command line: run, sweep, tune, compare, validate, split, profiles, calibrate, plot, report, schema.
 
 Argument parsing and printing: every command calls the lifecycle (msfusion_ray.app) and prints what it returns.
 Bad input of any kind ends with one line on stderr naming the field or file, and exit code 2, before anything is
@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from msfusion_ray.app import calibrate
 from msfusion_ray.app.request import RunRequest
 from msfusion_ray.app.run_dir import check_run_dir
 from msfusion_ray.app.stops import RunFailed, interruption
@@ -84,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
 
     profiles = commands.add_parser("profiles", help="list the device profiles and fleets")
     profiles.add_argument("--dir", help="profile directory (default: the bundled device_profiles/)")
+
+    calibrate.add_arguments(commands.add_parser("calibrate", help="measure this node and write its device profile"))
 
     plot = commands.add_parser("plot", help="plot one or more finished runs")
     plot.add_argument("run_dirs", nargs="+")
@@ -355,4 +358,5 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": _run, "sweep": _sweep, "tune": _tune, "compare": _compare, "validate": _validate,
-            "split": _split, "profiles": _profiles, "plot": _plot, "report": _report, "schema": _schema}
+            "split": _split, "profiles": _profiles, "plot": _plot, "report": _report, "schema": _schema,
+            "calibrate": calibrate.command}

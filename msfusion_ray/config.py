@@ -151,6 +151,17 @@ class RuntimeConfig:
     # join, at the start and after its node was lost, before the run ends naming the class
     node_wait_s: float = checked(60.0, check=positive)
     max_driver_restarts: int = checked(2, check=non_negative)  # driver actors restarted from the last checkpoint
+    # compute time from FLOPs and the profile's FLOP/s, or per operation where the profile was calibrated (roofline:
+    # devices/time_model.py); a profile without a calibration is timed by its FLOP/s under either
+    time_model: Literal["roofline", "flops"] = "roofline"
+    # cgroups: each host in a control group of its own, its CPU quota and memory limit the device's (docs/emulation.md)
+    enforce: Literal["virtual", "cgroups"] = "virtual"
+    node_profile: str | None = None  # enforce: this node's calibration (default: the one `calibrate` kept for it)
+    enforce_slowdown: float | None = checked(None, check=lambda v: None if v >= 1 else f"must be >= 1 (got {v})")
+    memory_guard: Literal["planner", "kernel"] = "planner"  # enforce: kernel leaves every verdict to the limit
+    # enforce: what the memory limit judges: the training process as glibc runs it (process), or its tensors (tensors:
+    # freed tensors go back to the kernel at once, as the planner counts them; training runs slower, docs/emulation.md)
+    enforce_memory: Literal["process", "tensors"] = "process"
     tracking: Literal["mlflow", "tensorboard"] | None = None  # each round's row and the config (msfusion_ray.tracking)
     tracking_uri: str | None = None  # mlflow: the store (default sqlite:///mlflow.db); tensorboard: the event directory
 

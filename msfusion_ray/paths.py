@@ -17,7 +17,7 @@ from msfusion_ray.code_refs import is_code_ref, split_ref
 
 # The config fields that name files or directories, and those that may name code in a file (`path.py:function`).
 PATH_FIELDS = (("fleet", "file"), ("fleet", "profiles_dir"), ("fleet", "availability_trace"), ("data", "data_dir"),
-               ("fleet", "device_list"), ("fleet.sample", "source"))
+               ("fleet", "device_list"), ("fleet.sample", "source"), ("runtime", "node_profile"))
 CODE_FIELDS = (("model", "name"), ("data", "dataset"))
 
 

@@ -19,7 +19,8 @@ from msfusion_ray.files import write_atomic
 if TYPE_CHECKING:
     import pandas as pd  # imported where frames are made: host actors make rows, never frames
 
-# ok: trained and aggregated; oom: refused by its memory guard; unavailable: off when asked; error: failed;
+# ok: trained and aggregated; oom: refused by its memory guard (oom_source planner) or killed at its memory limit
+# (kernel: enforced devices); unavailable: off when asked; error: failed;
 # timeout: overran runtime.task_timeout_s; dropped: went off (availability window) while training, the work lost;
 # stale: trained, but arrived more than the strategy's max_staleness versions late and was not aggregated.
 STATUSES = ("ok", "oom", "unavailable", "error", "timeout", "dropped", "stale")
@@ -59,6 +60,7 @@ class ParticipantRoundRow:
     device_download_s: float = 0.0
     device_upload_s: float = 0.0
     predicted_device_s: float = math.nan  # what the engine predicted before the task ran (nan: no prediction)
+    compute_s_predicted: float = math.nan  # the time model's compute seconds (= device_compute_s unless measured)
     vt_start: float = math.nan  # run's virtual time at which the participant was handed the model
     vt_end: float = math.nan  # ... and at which its work ended (or was lost)
     device_clock_s: float = 0.0  # the participant's device seconds spent so far in the run (busy time)
@@ -74,6 +76,11 @@ class ParticipantRoundRow:
     mem_peak_rss_bytes: int = 0  # rise of the host process's resident set while training
     mem_peak_tensor_bytes: int = 0  # live-tensor peak of a measured training step
     mem_peak_gpu_bytes: int = 0  # on a GPU: torch.cuda.max_memory_allocated during the task (reset at its start)
+    oom_source: str = ""  # status oom: "planner" (refused before it started) or "kernel" (killed at its limit)
+    cpu_quota: float = math.nan  # enforced devices: CPU cores its host had while it trained
+    cpu_throttled_s: float = 0.0  # ... how long the kernel held the host back for that quota
+    mem_limit_bytes: int = 0  # ... the memory limit it trained under: its cap on top of what the host held
+    mem_baseline_bytes: int = 0  # ... what the host held before the task (not the device's memory)
     gpu_samples: int = 0  # NVML samples of the host's GPU taken while the task ran (0: CPU, or no NVML)
     gpu_total_bytes: int = 0  # the GPU's memory
     gpu_used_bytes: int = 0  # the most of it in use (every process's) in those samples

@@ -10,6 +10,7 @@ run_handle.py   a launched run: its driver and hosts, polled, restarted if the d
 ray_session.py  the cluster a lifecycle runs on, and Ray's own lines sent to the run's log
 progress.py, stops.py, tracking.py   what the user sees, how runs stop, optional MLflow / TensorBoard tracking
 sweep_plan.py, sweep_status.py, sweep.py, tuning.py, schema.py   sweeps, tuning and the files' JSON Schema
+calibrate.py    `calibrate`: a node measured (msfusion_ray.devices.calibration) and written as a device profile
 
 Several stages on one cluster (tuning's two sweeps, or a comparison that tunes, then runs the winners on fresh seeds):
 open a `launching.Launcher` and start its cluster; every run and sweep started inside it uses that cluster (a

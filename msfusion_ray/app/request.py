@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 
 from msfusion_ray.app.run_dir import check_output_dir, check_run_dir
 from msfusion_ray.config import ExperimentConfig, checked_structure
+from msfusion_ray.devices.enforcement import hierarchy_base
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.inputs import load_yaml, set_dotted
 from msfusion_ray.paths import CODE_FIELDS, find_config
@@ -83,13 +84,15 @@ class CheckedRun:
 
 def check_request(request: RunRequest, check: ConfigCheck = checked_structure) -> CheckedRun:
     """The check step: the config checked by `check` (errors naming the file and the field), and where the run
-    writes checked writable. The default check leaves the strategy's parameters to the whole one
-    (msfusion_ray.experiment.config_check.config_from_dict)."""
+    writes checked writable (its control groups too, for enforced devices). The default check leaves the
+    strategy's parameters to the whole one (msfusion_ray.experiment.config_check.config_from_dict)."""
     config = checked_config(request, check)
     if request.resume is not None:
         check_output_dir(request.resume, str(request.resume))
     else:
         check_output_dir(config.output_dir, "output_dir")
+    if config.runtime.enforce == "cgroups":
+        hierarchy_base()
     return CheckedRun(config, request.resume)
 
 

@@ -96,6 +96,10 @@ class RunDirectory:
     def write_config(self, config: ExperimentConfig) -> None:
         write_text_atomic(self.path / CONFIG, config.to_yaml())
 
+    def write_enforcement(self, description: dict[str, Any]) -> None:
+        """enforcement.json: how a run under `runtime.enforce: cgroups` ran its hosts (msfusion_ray.devices)."""
+        write_text_atomic(self.path / "enforcement.json", json.dumps(description, indent=2))
+
     def log_handler(self) -> logging.Handler:
         return run_log_handler(self.path)
 

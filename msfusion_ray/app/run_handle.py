@@ -64,6 +64,8 @@ class RunHandle:
         # The host actors and the driver actor start side by side (each imports torch and fetches the data); the
         # driver waits for the hosts only when its runner needs them.
         self.hosts = HostPool(shipment, data_ref, run_dir.run_id)
+        if self.hosts.enforced is not None:  # which hosts ran at once, under what quotas and limits
+            run_dir.write_enforcement(self.hosts.enforced.describe())
         self.driver = start_driver(shipment, data_ref, self.hosts, run_dir, resume)
         self.finished = self.driver.run.remote()
         self._pid = self.driver.pid.remote()

@@ -1,9 +1,11 @@
 """Device time: how long a participant's work would take on its device.
 
-device seconds = FLOPs / (device FLOP/s) + bytes down / downlink + bytes up / uplink + round-trip latency.
+device seconds = compute / c + bytes down / (downlink * b) + bytes up / (uplink * b) + round-trip latency, the
+compute from what the task computed under the run's time model (devices/time_model.py: FLOPs / FLOP/s, or the
+roofline of a calibrated profile).
 
-With per-task jitter (a profile's `jitter`: sigma), task k of participant p runs at FLOP/s * c and bandwidths * b,
-c = exp(sigma * z1), b = exp(sigma * z2), z1 and z2 standard normal draws seeded by (seed, p, k)
+With per-task jitter (a profile's `jitter`: sigma), task k of participant p runs at c = exp(sigma * z1) times its
+speed and b = exp(sigma * z2) times its bandwidths, z1 and z2 standard normal draws seeded by (seed, p, k)
 (msfusion_ray.devices.distributions.task_factors); the latency does not vary.
 The run's virtual timeline (devices/timeline.py) places that work in virtual time; in `real` mode the host also
 sleeps until wall time catches up with where the timeline says the work ends.
@@ -13,10 +15,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from msfusion_ray.devices.distributions import task_factors
 from msfusion_ray.devices.profile import DeviceProfile
+from msfusion_ray.devices import time_model
+from msfusion_ray.devices.time_model import TimeModelName
+
+if TYPE_CHECKING:  # the launcher reads profiles without importing torch
+    from msfusion_ray.costs.census import WorkCensus
 
 
 @dataclass(frozen=True)
@@ -47,14 +54,34 @@ def task_speed(profile: DeviceProfile, seed: int, participant: int, task: int) -
     return TaskSpeed(*task_factors(seed, participant, task, profile.jitter))
 
 
-def device_time(profile: DeviceProfile, flops: float, bytes_down: int, bytes_up: int,
-                speed: TaskSpeed = TaskSpeed()) -> DeviceTime:
+def device_time(profile: DeviceProfile, flops: float, bytes_down: int, bytes_up: int, speed: TaskSpeed = TaskSpeed(),
+                steps: Iterable[tuple[WorkCensus, int]] = (), model: TimeModelName = "roofline") -> DeviceTime:
+    """`steps`: the task's training steps as the operation census saw them ((census, times run)); the roofline
+    model reads them where the profile is calibrated."""
+    return with_compute(profile, task_compute_s(profile, flops, steps, model, speed), bytes_down, bytes_up, speed)
+
+
+def task_compute_s(profile: DeviceProfile, flops: float, steps: Iterable[tuple[WorkCensus, int]] = (),
+                   model: TimeModelName = "roofline", speed: TaskSpeed = TaskSpeed()) -> float:
+    return time_model.compute_seconds(profile.train_gflops, profile.timing, flops, steps, model) / speed.compute
+
+
+def with_compute(profile: DeviceProfile, compute_s: float, bytes_down: int, bytes_up: int,
+                 speed: TaskSpeed = TaskSpeed()) -> DeviceTime:
     return DeviceTime(
-        compute_s=flops / (profile.flops_per_s * speed.compute),
+        compute_s=compute_s,
         download_s=bytes_down / (profile.downlink_bytes_per_s * speed.network),
         upload_s=bytes_up / (profile.uplink_bytes_per_s * speed.network),
         latency_s=profile.latency_ms / 1000.0,
     )
+
+
+def earliest_device_time(profile: DeviceProfile, flops: float, bytes_down: int, bytes_up: int,
+                         speed: TaskSpeed = TaskSpeed(), model: TimeModelName = "roofline") -> DeviceTime:
+    """Device time known before the task runs, from its FLOPs alone: exact under the FLOP/s model, a lower bound
+    under the roofline (an engine that orders tasks by their ends may take it as the earliest end)."""
+    compute_s = time_model.compute_lower_bound(profile.train_gflops, profile.timing, flops, model) / speed.compute
+    return with_compute(profile, compute_s, bytes_down, bytes_up, speed)
 
 
 def refusal_device_s(profile: DeviceProfile) -> float:

@@ -10,7 +10,7 @@ extracted and aggregated like a width slice (keys it lacks are simply absent).
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import torch
 from torch import nn
@@ -79,7 +79,10 @@ def exit_head_keys(model: nn.Module) -> frozenset[str]:
 
 class ExitModel(nn.Module):
     """A network whose `exit_features(x)` gives (features, logits) at every exit, shallow to deep: its output is
-    the last exit's."""
+    the last exit's. `input_layer` names the module that embeds the input (Co-S2P's mask phase keeps it frozen, as
+    the code's mask model does its patch embedding)."""
+
+    input_layer: ClassVar[str] = ""
 
     def exit_features(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         raise NotImplementedError

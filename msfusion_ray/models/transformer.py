@@ -96,6 +96,8 @@ class GPT(ExitModel):
     """With `depth` < n_layers: the first `depth` blocks and the early exits at or below them (no final
     LayerNorm: it belongs to the last exit)."""
 
+    input_layer = "tokens"  # tied to the vocabulary head of the last exit
+
     def __init__(self, vocab: int, context: int, options: TransformerOptions, widths: Mapping[str, int],
                  depth: int | None = None):
         super().__init__()

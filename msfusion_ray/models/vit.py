@@ -40,6 +40,8 @@ class ViTOptions:
 
 
 class ViT(ExitModel):
+    input_layer = "patches"
+
     def __init__(self, channels: int, image_size: int, classes: int, options: ViTOptions,
                  widths: Mapping[str, int], depth: int):
         super().__init__()

@@ -4,6 +4,7 @@ the integer program's split against the manual ones."""
 from __future__ import annotations
 
 from msfusion_ray.pipeline.plan import PipelinePlan, PipelinePlanner
+from msfusion_ray.pipeline.time_model import Regime, regime
 
 GIB = 2**30
 MIB = 2**20
@@ -59,7 +60,18 @@ def split_report(planner: PipelinePlanner) -> str:
             lines.append(f"optimal vs {rule}: epoch {_change(best.schedule.epoch_s, other.schedule.epoch_s)} "
                          f"(schedule), {_change(best.estimate.epoch_s, other.estimate.epoch_s)} (closed form)"
                          + ("" if other.split.fits else f"; the {rule} split does not fit"))
+    lines.append("")
+    for rule, plan in plans.items():
+        lines.extend(regime_lines(rule, regime(plan.times, plan.schedule.epoch_s)))
     return "\n".join(lines)
+
+
+def regime_lines(rule: str, found: Regime) -> list[str]:
+    """Whether the schedule of a split follows the closed form, and what keeps its pipeline part-empty if not."""
+    head = f"regime, {rule}: schedule {found.gap * 100:+.1f} % against the closed form"
+    if found.holds:
+        return [f"{head}: in its regime (within {found.tolerance * 100:g} %)"]
+    return [f"{head}: outside its regime"] + [f"  - {reason}" for reason in found.reasons]
 
 
 def _change(new: float, old: float) -> str:

@@ -20,6 +20,7 @@ the sum over owners). The aggregator's own compute is taken as 0 (averaging is e
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -119,3 +120,63 @@ def edgesys_estimate(times: PipelineTimes) -> EdgeSysEstimate:
         epoch = start + empty + (times.batches - 1) * full + end
     aggregation = sum(o.upload_s for o in owners) / len(owners) + sum(o.download_s for o in owners)
     return EdgeSysEstimate(start, empty, full, end, times.batches, epoch, aggregation, one_hop)
+
+
+def round_trip_s(times: PipelineTimes, owner: int) -> float:
+    """One batch of `owner` alone through the empty pipeline: its own work, every node's, every transfer."""
+    o = times.owners[owner]
+    nodes = sum(s.forward_s + s.backward_s for s in times.stages)
+    hops = sum(times.hops_forward_s) + sum(times.hops_backward_s)
+    return (o.front_forward_s + o.to_first_s + o.from_last_s + o.back_s + o.to_last_s + o.from_first_s
+            + o.front_backward_s + nodes + hops)
+
+
+FULL_FEED = 1.5  # owners' batches per batch the busiest node serves, below which it is seen to wait
+
+
+@dataclass(frozen=True)
+class Regime:
+    """Whether an epoch's schedule is in the closed form's regime, and if it is not, why. The closed form counts
+    every batch after the first at pipe-full, the busiest node's forward and backward: that holds while the owners
+    keep a batch waiting at that node, i.e. while enough owners have batches left."""
+
+    gap: float  # (schedule - closed form) / closed form
+    tolerance: float
+    reasons: tuple[str, ...]  # why the pipeline runs part-empty (where the gap is beyond the tolerance)
+
+    @property
+    def holds(self) -> bool:
+        return abs(self.gap) <= self.tolerance
+
+
+def regime(times: PipelineTimes, schedule_epoch_s: float, tolerance: float = 0.03) -> Regime:
+    """Compare the schedule's epoch with the closed form's and name what empties the pipeline: too few owners (each
+    has one batch in flight, so K owners feed the busiest node at most K / round trip batches a second, fewer than
+    the 1 / pipe-full it serves), and unequal batches (the owners with more batches go on with fewer beside them,
+    down to one alone, B_max round trips)."""
+    estimate = edgesys_estimate(times)
+    gap = (schedule_epoch_s - estimate.epoch_s) / estimate.epoch_s
+    if abs(gap) <= tolerance:
+        return Regime(gap, tolerance, ())
+    full = estimate.pipe_full_s
+    trips = [round_trip_s(times, k) for k in range(len(times.owners))]
+    batches = [o.batches for o in times.owners]
+    reasons = []
+    feed = sum(full / trip for trip in trips)  # batches the owners can bring per pipe-full period, one each in flight
+    if feed < FULL_FEED:
+        slowest = max(trips)
+        few = "too few owners to fill the pipeline" if feed < 1 else "barely enough owners to keep it full"
+        reasons.append(f"{few}: a batch's round trip takes up to {slowest:.3g} s, {slowest / full:.1f} times "
+                       f"pipe-full ({full:.3g} s), so the {len(trips)} owners bring the busiest node {feed:.2f} "
+                       f"batches per batch it can serve (about {math.ceil(slowest / full)} owners would bring one; "
+                       f"below {FULL_FEED:g} it waits whenever their batches bunch)")
+    if min(batches) != max(batches):
+        longest = max(b * trip for b, trip in zip(batches, trips))
+        reasons.append(f"unequal batches ({min(batches)} to {max(batches)} per owner): the owners with more go on "
+                       f"with fewer beside them; the one with the most needs {longest:.3g} s alone, "
+                       f"{longest / estimate.epoch_s:.2f} times the closed form's epoch")
+    if not reasons:
+        owner_side = max(t - estimate.pipe_empty_s for t in trips)
+        reasons.append(f"what the closed form leaves out: the hops between nodes and each owner's own part of a "
+                       f"batch's round trip (up to {owner_side:.3g} s)")
+    return Regime(gap, tolerance, tuple(reasons))

@@ -96,6 +96,7 @@ class ProcedureResult:
     wall_setup_s: float = 0.0
     wall_train_s: float = 0.0
     wall_serialize_s: float = 0.0
+    wall_measuring_s: float = 0.0  # of wall_train_s, what measuring (not training) took: see training.local
     trained: dict[str, Any] = field(default_factory=dict)  # what the participant actually trained, if it chose
     metrics: dict[str, float] = field(default_factory=dict)
 
@@ -190,4 +191,4 @@ class StandardProcedure(LocalProcedure):
             peak_tensor_bytes=local.peak_tensor_bytes, task_loss=local.task_loss,
             extra_loss=local.extra_loss if objective is not None else float("nan"),
             wall_setup_s=setup_done - started, wall_train_s=train_done - setup_done,
-            wall_serialize_s=time.perf_counter() - train_done)
+            wall_serialize_s=time.perf_counter() - train_done, wall_measuring_s=local.wall_measuring_s)

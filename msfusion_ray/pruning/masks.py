@@ -6,10 +6,16 @@ A participant learns which attention heads and MLP units of the blocks it holds 
   (kaiming-normal over the group: N(0, 2 / units));
 - every step draws a mask m ~ Bernoulli(sigmoid(s)) per unit; the gradient reaches p = sigmoid(s) as p * g
   (`Bernoulli`, the code's `bern.py`), a straight-through estimator scaled by p;
-- the network runs with its weights frozen and every unit's output multiplied by its mask (the input of each layer
-  that reads the unit: the attention output projection for a head, the MLP's second layer for a hidden unit);
+- the network runs with its pruned layers frozen (below) and every unit's output multiplied by its mask (the input
+  of each layer that reads the unit: the attention output projection for a head, the MLP's second layer for a
+  hidden unit);
 - the loss is the task loss plus lambda1 * |mean(m) - r| over all scored units (`SparsityPenalty`), which pulls
   the kept fraction toward the participant's rate r.
+
+Besides the scores, the mask phase trains what the code's mask model trains (`trains: code`, the default): the
+class token, the position embedding, every LayerNorm and the exit head; the input embedding and every layer that
+reads or writes a scored unit stay frozen. `trains: scores` freezes everything but the scores (this project's
+rule before issue 25).
 
 After `mask_epochs` of this, one binary mask is drawn (a group that would keep nothing is drawn again) and read
 as a width selection: the units kept per group, from which the real, smaller network is built by the split spec's
@@ -26,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -88,6 +94,18 @@ def initial_scores(groups: Mapping[str, int], generator: torch.Generator | None 
     return {g: torch.randn(n, generator=generator) * math.sqrt(2.0 / n) for g, n in groups.items()}
 
 
+def frozen_parameters(model: nn.Module, groups: Mapping[str, int]) -> list[nn.Parameter]:
+    """What the code's mask model freezes: the input embedding (`input_layer` of an exit model: the ViT's patch
+    embedding) and every layer that reads or writes a scored group (its masked linears, biases included)."""
+    layers = [module for module in model.modules()
+              if any(getattr(getattr(module, side, None), "group", None) in groups
+                     for side in ("width_in", "width_out"))]
+    name = getattr(model, "input_layer", "")
+    if name:
+        layers.append(getattr(model, name))
+    return [parameter for layer in layers for parameter in layer.parameters()]
+
+
 def unit_consumers(model: nn.Module, groups: Sequence[str]) -> dict[str, list[tuple[nn.Linear, int]]]:
     """Per scored group, the linear layers whose input side is that group, with the elements per unit."""
     found: dict[str, list[tuple[nn.Linear, int]]] = {g: [] for g in groups}
@@ -103,14 +121,20 @@ def unit_consumers(model: nn.Module, groups: Sequence[str]) -> dict[str, list[tu
     return found
 
 
-class MaskedNetwork(nn.Module):
-    """A network with frozen weights and a learnable score per unit of the scored groups; each forward pass draws
-    fresh masks (kept in `masks` for the penalty) and silences the masked units."""
+MaskTrains = Literal["code", "scores"]
 
-    def __init__(self, network: nn.Module, groups: Mapping[str, int], generator: torch.Generator | None = None):
+
+class MaskedNetwork(nn.Module):
+    """A network with a learnable score per unit of the scored groups; each forward pass draws fresh masks (kept in
+    `masks` for the penalty) and silences the masked units. What else trains (`trains`): as the code's mask model,
+    every parameter but the input embedding and the layers that read or write a scored unit (the class token,
+    positions, every LayerNorm, the exit heads: `code`), or nothing but the scores (`scores`)."""
+
+    def __init__(self, network: nn.Module, groups: Mapping[str, int], generator: torch.Generator | None = None,
+                 trains: MaskTrains = "code"):
         super().__init__()
         self.network = network
-        for parameter in network.parameters():
+        for parameter in frozen_parameters(network, groups) if trains == "code" else network.parameters():
             parameter.requires_grad_(False)
         self.groups = dict(groups)
         self.scores = nn.ParameterDict({score_key(g): nn.Parameter(s)

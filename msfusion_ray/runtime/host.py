@@ -18,6 +18,7 @@ import ray
 import torch
 
 from msfusion_ray.costs.flops import StepCostCache
+from msfusion_ray.devices.enforcement import HostLimits
 from msfusion_ray.devices.gpu import host_gpu, release_cuda_memory
 from msfusion_ray.experiment.shipment import Packed, opened
 from msfusion_ray.models.base import ModelFamily
@@ -33,7 +34,10 @@ from msfusion_ray.training.evaluate_shards import Chunk, evaluate_chunks
 class Host:
     def __init__(self, host_id: int, family: ModelFamily | Packed, data: ByReference, participants: ParticipantSpecs,
                  settings: WorkerSettings, threads: int, fetch_timeout_s: float):
-        """`family` and `data` may come `Packed` (msfusion_ray.experiment.shipment)."""
+        """`family` and `data` may come `Packed` (msfusion_ray.experiment.shipment). An enforced host joins its
+        control group first, so that what it allocates from then on is charged there."""
+        plan = settings.enforcement
+        self.limits = HostLimits(plan, host_id, settings.generation) if plan is not None else None
         torch.set_num_threads(threads)
         self.gpu = host_gpu(settings.device, settings.device_required, settings.gpu_share, host_id)
         self.host_id = host_id
@@ -44,7 +48,8 @@ class Host:
         self.settings = settings
         self.costs = StepCostCache()  # shared by the host's participants: same shapes cost the same
         self.planners = PlannerCache(family, settings.training)  # and need the same memory
-        self.modules = ModulePool()  # and train in the same modules
+        # and train in the same modules (not an enforced host: modules kept between tasks would hold its memory)
+        self.modules = ModulePool() if self.limits is None else None
         self.workers: dict[int, ParticipantWorker] = {}
         # After a resume or a replacement: a participant of whom the checkpoint holds nothing had an empty memory
         # then, whatever task its next order names.
@@ -58,7 +63,7 @@ class Host:
             if spec is None:
                 raise KeyError(f"participant {participant} is not on host {self.host_id}")
             worker = ParticipantWorker(spec, self.family, self.data, self.settings, self.costs, self.planners,
-                                       gpu=self.gpu, modules=self.modules)
+                                       gpu=self.gpu, modules=self.modules, limits=self.limits)
             if self.carried_over:
                 worker.restored = {}
             self.workers[participant] = worker

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Callable
 
 import numpy as np
@@ -22,6 +23,7 @@ from ray.actor import ActorHandle
 from ray.exceptions import OutOfMemoryError, RayActorError
 
 from msfusion_ray.config import RuntimeConfig
+from msfusion_ray.devices.enforcement import RunGroups
 from msfusion_ray.devices.gpu_share import gpu_share, resolve_device
 from msfusion_ray.experiment.shipment import Shipment
 from msfusion_ray.runtime.actor_classes import ByReference, HostActor
@@ -62,22 +64,32 @@ class HostPool:
         fleet = shipment.fleet
         classes = fleet.profile_of if runtime.device_resources else None
         cpus = ray.cluster_resources().get("CPU", 1.0)
-        assignments = assign_hosts(len(fleet), host_count(runtime, len(fleet), cpus), classes)
         # Hosts share the run's CPU budget logically (several runs of a sweep share the cluster); each caps its real
         # threads with torch.set_num_threads.
         budget = runtime.host_cpus if runtime.host_cpus is not None else 0.9 * cpus
+        self.enforced = None
+        if runtime.enforce == "cgroups":
+            self.enforced = RunGroups.create(runtime, own_devices(fleet), run_id, budget)
+            assignments, self.enforced.note = enforced_hosts(fleet, self.enforced.plan,
+                                                             host_count(runtime, len(fleet), cpus), budget, classes)
+            log.info("enforced devices: %s", self.enforced.note)
+        else:
+            assignments = assign_hosts(len(fleet), host_count(runtime, len(fleet), cpus), classes)
         num_cpus = round(min(float(runtime.threads_per_host), budget / len(assignments)), 4)
         gpus = ray.cluster_resources().get("GPU", 0.0)
-        self.device = resolve_device(runtime.device, gpus)
+        self.device = resolve_device(runtime.device, gpus) if self.enforced is None else "cpu"
         self.gpu_share = gpu_share(gpus, len(assignments), runtime.gpus_per_host) if self.device == "cuda" else 0.0
         settings = WorkerSettings(run_id=run_id, host=0, seed=shipment.config.seed,
                                   training=shipment.config.training, clock=runtime.clock,
                                   task_timeout_s=runtime.task_timeout_s, device=self.device,
-                                  device_required=runtime.device == "cuda", gpu_share=self.gpu_share)
+                                  device_required=runtime.device == "cuda", gpu_share=self.gpu_share,
+                                  time_model=runtime.time_model,
+                                  enforcement=self.enforced.plan if self.enforced is not None else None)
         self.host_of = np.empty(len(fleet), dtype=np.int32)  # participant -> host
         self.actors = []
         self.asks: list[dict] = []  # per host: the resources it asks for
-        self._starts: list[Callable[[], object]] = []  # per host: how to start (or start again) its actor
+        # per host: how to start (or start again) its actor, given how many actors held its participants before
+        self._starts: list[Callable[[int], object]] = []
         for host_id, members in enumerate(assignments):
             specs = ParticipantSpecs(members, fleet, shipment.partitions)
             options: dict = {"num_cpus": num_cpus}
@@ -85,12 +97,13 @@ class HostPool:
                 options["num_gpus"] = self.gpu_share
             if classes is not None:
                 options["resources"] = {device_resource(fleet.profiles[classes[members[0]]].name): 0.001}
-            host_settings = WorkerSettings(**{**settings.__dict__, "host": host_id})
-            args = (host_id, shipment.family, ByReference(data_ref), specs, host_settings, runtime.threads_per_host,
-                    runtime.task_timeout_s)
-            self._starts.append(lambda options=options, args=args: HostActor.options(**options).remote(*args))
+            args = (host_id, shipment.family, ByReference(data_ref), specs)
+            self._starts.append(lambda generation, options=options, args=args, host_id=host_id:
+                                HostActor.options(**options).remote(
+                                    *args, replace(settings, host=host_id, generation=generation),
+                                    runtime.threads_per_host, runtime.task_timeout_s))
             self.asks.append(options)
-            self.actors.append(self._starts[host_id]())
+            self.actors.append(self._starts[host_id](0))
             self.host_of[members] = host_id
         self.nodes: list[str] = ["?"] * len(self.actors)  # per host: the address of its node, once it answered
         self.restarts = 0
@@ -150,11 +163,13 @@ class HostPool:
         """Start a new actor for `host`, whose process died (`cause`, one line; `detail`, Ray's full text, goes to
         the run's log), with its participants' memory as the last checkpoint saved it (the others start empty).
         Ends the run once more hosts died than runtime.max_host_restarts allows, or where no node can take the
-        new actor (`_wait_started`)."""
-        if self.restarts >= self.max_restarts:
+        new actor (`_wait_started`); hosts the kernel killed at an enforced device's memory limit do not count
+        (the device ran out of memory: its task's outcome)."""
+        at_limit = self.memory_killed(host)  # a device that ran out of memory: an outcome, not a failure
+        if self.restarts >= self.max_restarts and not at_limit:
             raise HostsKeepDying(f"{cause}; {self.restarts + 1} host deaths in this run, more than "
                                  f"runtime.max_host_restarts={self.max_restarts}")
-        self.restarts += 1
+        self.restarts += 0 if at_limit else 1
         ray.kill(self.actors[host], no_restart=True)
         saved = self.saved_states()
         states = {pid: entry for pid, entry in (saved or {}).items() if self.host_of[pid] == host}
@@ -170,7 +185,7 @@ class HostPool:
         on a node that was being lost: the cluster notices a lost node only after a few seconds) is started
         again, up to RESTART_ATTEMPTS times."""
         for attempt in range(1, RESTART_ATTEMPTS + 1):
-            actor = self._starts[host]()
+            actor = self._starts[host](self.generations[host] + 1)
             try:
                 self.nodes[host], _ = self._wait_started([actor.node.remote(), actor.restore_state.remote(states)],
                                                          [host, host])
@@ -219,9 +234,41 @@ class HostPool:
             by_host[int(self.host_of[pid])][pid] = state
         ray.get([self.actors[h].import_state.remote(s) for h, s in by_host.items()], timeout=timeout_s)
 
+    def memory_killed(self, host: int) -> bool:
+        """Whether the kernel killed the host's process at its memory limit (enforced devices)."""
+        return self.enforced is not None and self.enforced.oom_kills(host, self.generations[host]) > 0
+
     def shutdown(self) -> None:
+        """End the hosts; an enforced run's control groups go with them (their processes killed, if still there)."""
         for actor in self.actors:
             ray.kill(actor)
+        if self.enforced is not None:
+            self.enforced.remove()
+
+
+def own_devices(fleet) -> list:  # noqa: ANN001 (Fleet -> DeviceProfile)
+    """Each participant's own device (its class's profile with its drawn or listed figures): what it is enforced
+    as."""
+    return [fleet.device_of(pid) for pid in range(len(fleet))]
+
+
+def enforced_hosts(fleet, plan, most: int, budget: float,  # noqa: ANN001 (Fleet, EnforcementPlan)
+                   classes: np.ndarray | None = None) -> tuple[list[np.ndarray], str]:
+    """Hosts of an enforced run, and a line that says how many and why: at most `most`, grouped by device class
+    where there are hosts enough for every class (so that a host's quota rarely changes between tasks), and no
+    more than the node's cores hold at once: the quotas the hosts may hold together (each its participants' largest)
+    stay within `budget` cores, since hosts that contend for cores would measure the contention, not the devices."""
+    quota = np.asarray([plan.quota(device) for device in own_devices(fleet)])
+    by_class = classes if classes is not None else fleet.profile_of
+    for count in range(most, 0, -1):
+        assignment = assign_hosts(len(fleet), count, by_class if count >= len(np.unique(by_class)) else classes)
+        held = float(sum(quota[members].max() for members in assignment))
+        if held <= budget + 1e-9:
+            fewer = f", fewer than the {most} the CPUs allow: their quotas must fit" if len(assignment) < most else ""
+            return assignment, (f"{len(assignment)} hosts at once{fewer} ({held:.2f} of {budget:g} cores in quotas; "
+                                f"slowdown {plan.slowdown:g}, cgroup v{plan.version})")
+    raise RuntimeError(f"runtime.enforce: one host's quota ({quota.max():.2f} cores) is more than the {budget:g} "
+                       "cores the run's hosts may use (runtime.host_cpus)")
 
 
 def assign_hosts(participants: int, n_hosts: int, classes: np.ndarray | None = None) -> list[np.ndarray]:

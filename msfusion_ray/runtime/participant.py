@@ -28,8 +28,11 @@ from msfusion_ray.costs.memory import cuda_peak, rss_peak
 from msfusion_ray.costs.payload import payload_bytes
 from msfusion_ray.data.arrays import DataBundle
 from msfusion_ray.devices.capacity import make_planner
-from msfusion_ray.devices.clock import device_time, pace_until, refusal_device_s, task_speed
+from msfusion_ray.devices.clock import (TaskSpeed, pace_until, refusal_device_s, task_compute_s, task_speed,
+                                       with_compute)
+from msfusion_ray.devices.enforcement import HostLimits, TaskLimits
 from msfusion_ray.devices.gpu import GpuWindow, HostGpu, release_cuda_memory
+from msfusion_ray.devices.profile import DeviceProfile
 from msfusion_ray.models.base import ModelFamily
 from msfusion_ray.models.pool import ModulePool
 from msfusion_ray.models.weights import Weights
@@ -81,8 +84,9 @@ class ParticipantWorker:
     def __init__(self, spec: ParticipantSpec, family: ModelFamily, data: DataBundle, settings: WorkerSettings,
                  step_costs: StepCostCache, planners: PlannerCache | None = None,
                  clock: Callable[[], float] = time.perf_counter, gpu: HostGpu | None = None,
-                 modules: ModulePool | None = None):
+                 modules: ModulePool | None = None, limits: HostLimits | None = None):
         self.spec = spec
+        self.limits = limits  # enforced devices: the host's control group (None: virtual)
         self.gpu = gpu  # the host's GPU share (None: it trains on CPU)
         self.device = gpu.device if gpu is not None else torch.device("cpu")
         self.modules = modules if gpu is None else None  # on a GPU share, modules kept between tasks would hold it
@@ -136,7 +140,7 @@ class ParticipantWorker:
         phases = procedure.memory_phases(context)
         planned = max(phase.planned_bytes for phase in phases)
         phase = refused_phase(phases, self.spec.memory_cap_bytes)
-        if phase is not None and not self.spec.device.native:
+        if phase is not None and self._planner_guards():
             return self._out_of_memory(task, planned, started, f"{phase.name} needs {phase.planned_bytes / 2**20:.1f} "
                                                               f"MiB, cap {self.spec.memory_cap_bytes / 2**20:.1f} MiB")
         over_share = [phase for phase in phases if self.gpu is not None and phase.planned_bytes > self.gpu.budget_bytes]
@@ -148,21 +152,24 @@ class ParticipantWorker:
 
         seed_torch(int(np.random.default_rng(seed).integers(2**31)))
         ran_out = None
+        self.step_costs.begin_tally()
         try:
-            with rss_peak() as rss, cuda_peak(self.device) as gpu_peak, self._gpu_window() as gpu_use:
+            with rss_peak() as rss, cuda_peak(self.device) as gpu_peak, self._gpu_window() as gpu_use, \
+                    self._limits() as limits:
                 result = procedure.run(context)
         except torch.OutOfMemoryError as err:  # real memory ran out below the plan: an outcome, like the guard's
             ran_out = f"out of memory on {self.device.type}: {str(err).splitlines()[0][:300]}"
         if ran_out is not None:
             release_cuda_memory()  # once the error and the frames it kept are gone
-            return self._out_of_memory(task, planned, started, ran_out)
+            return self._out_of_memory(task, planned, started, ran_out, source="allocator")
 
         bytes_up = payload_bytes(result.payload)
         device = self.spec.profile()
         speed = task_speed(device, self.settings.seed, self.spec.id, task.task)
-        spent = device_time(device, result.flops, result.bytes_down, bytes_up, speed)
-        compute_s = result.wall_train_s if self.spec.device.native else spent.compute_s  # native: what it measured
-        total_s = compute_s + spent.communication_s
+        predicted_s = self._predicted_compute_s(device, result.flops, speed)
+        compute_s = self._measured_compute_s(result) if self._measures() else predicted_s
+        spent = with_compute(device, compute_s, result.bytes_down, bytes_up, speed)
+        total_s = spent.total_s
         message = ""
         if self.settings.clock == "real" and task.wall_anchor is not None:
             wall_0, vt_0 = task.wall_anchor
@@ -182,14 +189,43 @@ class ParticipantWorker:
             mem_peak_gpu_bytes=gpu_peak.peak_bytes, gpu_samples=gpu_use.samples,
             gpu_total_bytes=gpu_use.total_bytes, gpu_used_bytes=gpu_use.used_max_bytes,
             gpu_util_pct=gpu_use.util_mean_pct, gpu_util_max_pct=gpu_use.util_max_pct,
+            compute_s_predicted=predicted_s, cpu_quota=limits.cpu_quota, cpu_throttled_s=limits.throttled_s,
+            mem_limit_bytes=limits.memory_limit_bytes, mem_baseline_bytes=limits.baseline_bytes,
         )
         return row, result.payload, result.trained
 
-    def _out_of_memory(self, task: WorkOrder, planned: int, started: float,
-                       message: str) -> tuple[ParticipantRoundRow, None, dict]:
-        """Work that does not fit: the device only answered (its latency), nothing trained, no state kept."""
+    def _planner_guards(self) -> bool:
+        """Whether the planner refuses work over the cap: not on a native device (the node is the device), nor
+        where an enforced device's memory limit alone decides (runtime.memory_guard: kernel)."""
+        return not self.spec.device.native and (self.limits is None or self.limits.plan.memory_guard == "planner")
+
+    def _measures(self) -> bool:
+        """Whether compute time is measured (native and enforced devices) rather than predicted."""
+        return self.spec.device.native or self.limits is not None
+
+    def _measured_compute_s(self, result) -> float:  # noqa: ANN001 (ProcedureResult)
+        """The wall time of training less what measuring its steps cost (each shape's first step runs under the
+        FLOP counter and census); an enforced run slowed down by `slowdown` is scaled back to the device's."""
+        seconds = max(0.0, result.wall_train_s - result.wall_measuring_s)
+        return seconds / self.limits.plan.slowdown if self.limits is not None else seconds
+
+    def _predicted_compute_s(self, device: DeviceProfile, flops: int, speed: TaskSpeed) -> float:
+        """The run's time model on what the task computed (its steps as the census saw them); an enforced device
+        without a calibration of its own is timed as the node's roofline at its speed, which is what it runs as."""
+        device = self.limits.plan.timed_like_node(device) if self.limits is not None else device
+        return task_compute_s(device, flops, self.step_costs.tally(), self.settings.time_model, speed)
+
+    def _limits(self):  # noqa: ANN202 (a context manager of TaskLimits)
+        if self.limits is None:
+            return contextlib.nullcontext(TaskLimits())
+        return self.limits.task(self.spec.profile(), self.spec.memory_cap_bytes)
+
+    def _out_of_memory(self, task: WorkOrder, planned: int, started: float, message: str,
+                       source: str = "planner") -> tuple[ParticipantRoundRow, None, dict]:
+        """Work that does not fit: the device only answered (its latency), nothing trained, no state kept.
+        `source`: who said so (the planner, or torch's allocator that ran out)."""
         latency_s = refusal_device_s(self.spec.profile())
-        return self._row(task, "oom", mem_planned_bytes=planned, device_comm_s=latency_s,
+        return self._row(task, "oom", oom_source=source, mem_planned_bytes=planned, device_comm_s=latency_s,
                          device_time_s=latency_s, vt_end=task.vt_start + latency_s, message=message,
                          wall_total_s=self.clock() - started), None, {}
 

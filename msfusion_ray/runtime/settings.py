@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import numpy as np
 
 from msfusion_ray.config import TrainingConfig
+from msfusion_ray.devices.enforcement import EnforcementPlan
 from msfusion_ray.devices.profile import DeviceProfile
 from msfusion_ray.devices.variation import ParticipantValues, resolve
 
@@ -78,3 +79,6 @@ class WorkerSettings:
     device: str = "cpu"  # the run's device ("cuda": hosts train on the GPU share Ray gives them)
     device_required: bool = False  # runtime.device said cuda (not auto): a host that cannot use its GPU stops
     gpu_share: float = 0.0  # of a GPU, each host's (runtime.gpus_per_host or the even share)
+    time_model: str = "roofline"  # runtime.time_model
+    enforcement: EnforcementPlan | None = None  # runtime.enforce: cgroups (None: virtual devices)
+    generation: int = 0  # how many hosts held these participants before this one (enforced hosts: its group)

@@ -50,10 +50,12 @@ def importance(update: Mapping[str, np.ndarray], rate: float) -> float:
     return l1_norm(update) / rate
 
 
-def drift(current: Mapping[str, np.ndarray], past: Mapping[str, np.ndarray]) -> float:
-    """||w^(t) - w^(tau)||_1 over the global model's keys."""
-    return float(sum(np.abs(np.asarray(current[k], np.float64) - np.asarray(past[k], np.float64)).sum()
-                     for k in past))
+def drift(current: Mapping[str, np.ndarray], past: Mapping[str, np.ndarray], per_parameter: bool = False) -> float:
+    """||w^(t) - w^(tau)||_1 over the global model's keys; with `per_parameter`, divided by their entries (a mean
+    absolute change, whatever the model's size)."""
+    total = float(sum(np.abs(np.asarray(current[k], np.float64) - np.asarray(past[k], np.float64)).sum()
+                      for k in past))
+    return total / max(1, sum(np.size(v) for v in past.values())) if per_parameter else total
 
 
 def raw_weight(importance_value: float, drift_value: float) -> float:

@@ -81,26 +81,47 @@ def extract(weights: Mapping[str, np.ndarray], imap: IndexMap | None) -> Weights
     return sub
 
 
-def _axis_indices(index: np.ndarray | None, length: int) -> np.ndarray:
-    return np.arange(length) if index is None else index
-
-
-def overlay(spec: SplitSpec, target: Mapping[str, np.ndarray], target_selection: Selection | None,
+def realign(spec: SplitSpec, target: Mapping[str, np.ndarray], target_selection: Selection | None,
             source: Mapping[str, np.ndarray], source_selection: Selection | None) -> Weights:
-    """A copy of sub-model `target` in which every entry that sub-model `source` also holds (same position in the
-    global model) takes the source's value: the source re-expressed in the target's coordinates."""
-    target_map, source_map = index_map(spec, target_selection), index_map(spec, source_selection)
+    """Sub-model `source` expressed in the coordinates of sub-model `target` (the same network, other units): in
+    every width group a unit both hold stays in its place, and the target's other units take the source's other
+    units in order, as many as the source has (the rest keep the target's values). With equal widths every entry
+    comes from the source and the result is the source's own network with its hidden units permuted, so it
+    computes what the source computes; where the two selections share no unit of a group, that group is paired
+    by position alone."""
+    pairs = {group: _paired_units(_units(target_selection, group, units), _units(source_selection, group, units))
+             for group, units in spec.groups.items()}
     out = {key: np.array(value) for key, value in target.items()}
     for key, value in out.items():
+        if key not in source:
+            continue
         into, take = [], []
-        for t_idx, s_idx, length in zip(target_map[key], source_map[key], spec.shapes[key]):
-            _, t_pos, s_pos = np.intersect1d(_axis_indices(t_idx, length), _axis_indices(s_idx, length),
-                                             assume_unique=True, return_indices=True)
-            into.append(t_pos)
-            take.append(s_pos)
+        for axis, length in zip(spec.params[key], value.shape):
+            if axis is None:
+                into.append(np.arange(length))
+                take.append(np.arange(length))
+                continue
+            (t_pos, s_pos), (t_units, s_units) = pairs[axis.group]
+            into.append(axis_indices(axis, t_pos, t_units))
+            take.append(axis_indices(axis, s_pos, s_units))
         if all(len(i) for i in into):
             value[np.ix_(*into)] = np.asarray(source[key])[np.ix_(*take)]
     return out
+
+
+def _units(selection: Selection | None, group: str, units: int) -> np.ndarray:
+    return np.asarray(selection[group]) if selection is not None and group in selection else np.arange(units)
+
+
+def _paired_units(target: np.ndarray, source: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], tuple[int, int]]:
+    """(positions in target, positions in source) of the paired units, and each side's unit count: common units
+    by identity, then the rest in order."""
+    _, t_common, s_common = np.intersect1d(target, source, assume_unique=True, return_indices=True)
+    t_rest = np.setdiff1d(np.arange(len(target)), t_common)
+    s_rest = np.setdiff1d(np.arange(len(source)), s_common)
+    n = min(len(t_rest), len(s_rest))
+    return ((np.concatenate([t_common, t_rest[:n]]), np.concatenate([s_common, s_rest[:n]])),
+            (len(target), len(source)))
 
 
 def shared_entries(spec: SplitSpec, a: Selection | None, b: Selection | None,

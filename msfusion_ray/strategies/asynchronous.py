@@ -32,6 +32,8 @@ class AsyncParams:
     concurrency: int | None = checked(None, check=positive)  # participants training at once (None: all)
     max_staleness: int | None = checked(None, check=non_negative)  # staler updates are recorded `stale`
     deadline_s: float | None = checked(None, check=positive)  # aggregate at most this long after the last one
+    # a participant whose update arrived trains again at once (the papers' rule), or after the next aggregation
+    dispatch: Literal["on_arrival", "after_aggregation"] = "on_arrival"
     # what a participant trains: the whole model (refused where it does not fit), or the largest prefix slice of
     # every width group its memory holds (HeteroFL's sub-models, asynchronously)
     width: Literal["full", "fit"] = "full"
@@ -47,7 +49,8 @@ class BufferedAsync(AsyncStrategy):
 
     def schedule(self) -> AsyncSchedule:
         return AsyncSchedule(concurrency=self.params.concurrency, buffer_size=self.buffer_size(),
-                             deadline_s=self.params.deadline_s, max_staleness=self.params.max_staleness)
+                             deadline_s=self.params.deadline_s, max_staleness=self.params.max_staleness,
+                             dispatch=self.params.dispatch)
 
     def order(self, participant: ParticipantInfo, version: int, capacity: Capacity) -> WorkOrder:
         if self.params.width == "full":

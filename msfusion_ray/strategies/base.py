@@ -21,7 +21,7 @@ import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Callable, ClassVar, Hashable, Mapping, Protocol, Sequence
+from typing import Any, Callable, ClassVar, Hashable, Literal, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -177,6 +177,9 @@ class AsyncSchedule:
     buffer_size: int | None = 1  # aggregate after this many updates (None: after every handed-out task is back)
     deadline_s: float | None = None  # ... or once this much virtual time has passed since the last aggregation
     max_staleness: int | None = None  # updates staler than this are recorded `stale` and not aggregated
+    # when a participant whose update arrived may be handed work again: at once (`on_arrival`), or only after the
+    # aggregation that takes its update (`after_aggregation`: at most one update per participant per aggregation)
+    dispatch: Literal["on_arrival", "after_aggregation"] = "on_arrival"
 
 
 class ModelHistory(Protocol):

@@ -14,9 +14,11 @@ semi-asynchronous training of depth-cut, data-aware structurally pruned sub-mode
 - Aggregation (splitting/cos2p_aggregation.py): each delta weighted by importance ||Delta||_1 / r over drift
   ||w^(t) - w^(tau)||_1 + 1, normalised; w <- w + sum gamma_i Delta_i; updates staler than `max_staleness`
   versions are not aggregated. `normalisation: entries` normalises per entry instead (a departure: blocks only
-  stale participants hold barely move under the code's rule). The engine aggregates when `buffer_fraction` of
-  the participants have reported (or a virtual `deadline_s` has passed); `synchronous: true` waits for every
-  participant instead.
+  stale participants hold barely move under the code's rule); `drift: mean` divides the drift by the parameter
+  count. The engine aggregates once ceil(`buffer_fraction` x participants) updates are in (or a virtual
+  `deadline_s` has passed); as in the code's server a participant has one task and is idle again only after the
+  aggregation that takes its update (`dispatch: after_aggregation`; `on_arrival`: at once); `synchronous: true`
+  waits for every participant instead.
 """
 
 from __future__ import annotations
@@ -32,12 +34,14 @@ from msfusion_ray.models.base import ModelFamily
 from msfusion_ray.models.exits import deepest_exit_at_or_below
 from msfusion_ray.models.weights import Weights
 from msfusion_ray.procedures.cos2p import mask_footprint, rate_widths, training_footprint
+from msfusion_ray.pruning.masks import MaskTrains
 from msfusion_ray.splitting.cos2p_aggregation import WeightedDeltaSum, drift, importance, raw_weight
 from msfusion_ray.splitting.index_map import IndexMap, Selection, index_map, selection_fraction
 from msfusion_ray.strategies import register
 from msfusion_ray.strategies.base import (AsyncSchedule, AsyncStrategy, Capacity, ModelHistory, ParticipantInfo,
                                           ProcedureSpec, Update, WorkOrder)
 from msfusion_ray.strategies.width import check_levels, snap_to_levels
+from msfusion_ray.training.losses import KLReduction
 from msfusion_ray.validation import checked, fraction, non_negative, positive, probability
 
 
@@ -56,13 +60,20 @@ class Cos2pParams:
     kd_start_round: int = checked(10, check=non_negative)  # first global version whose tasks distil
     gamma: float = checked(0.5, check=non_negative)
     temperature: float = checked(3.0, check=positive)
+    kd_reduction: KLReduction = "mean"  # the code's nn.KLDivLoss(): averaged over classes too; batchmean: not
+    mask_trains: MaskTrains = "code"  # the mask phase also trains class token, positions, LayerNorms, exit head
     max_staleness: int = checked(10, check=non_negative)  # the code's stale_ths
     buffer_fraction: float = checked(0.5, check=fraction)  # aggregate once this share of participants reported
+    # after_aggregation (the code): one task per participant, handed out again once the aggregation that takes
+    # its update is done; on_arrival: as soon as its update arrives (a fast device may fill the buffer twice)
+    dispatch: Literal["after_aggregation", "on_arrival"] = "after_aggregation"
     concurrency: int | None = checked(None, check=positive)  # participants training at once (None: all)
     deadline_s: float | None = checked(None, check=positive)  # ... or this much virtual time since the last one
     exit_heads: Literal["shared", "local"] = "shared"  # local: never sent back (the code as released)
     # gamma normalised over the aggregated updates (the code), or per entry over the updates that hold it
     normalisation: Literal["updates", "entries"] = "updates"
+    # the drift ||w^(t) - w^(tau)||_1 as the code sums it (`sum`), or divided by the parameter count (`mean`)
+    drift: Literal["sum", "mean"] = "sum"
 
 
 @dataclass
@@ -112,7 +123,8 @@ class Cos2p(AsyncStrategy):
         training = capacity.under("cos2p-training", **training_footprint(self.base_family.data.task))
         rate = training.largest_rate(participant, self.training_shape)
         if self.params.prune and self.params.mask_rounds > 0 and rate is not None:
-            mask = capacity.under("cos2p-mask", **mask_footprint(self.base_family))
+            mask = capacity.under(f"cos2p-mask-{self.params.mask_trains}",
+                                  **mask_footprint(self.base_family, self.params.mask_trains))
             mask_rate = mask.largest_rate(participant, self.mask_shape)
             rate = None if mask_rate is None else min(rate, mask_rate)
         return rate
@@ -145,7 +157,7 @@ class Cos2p(AsyncStrategy):
             return AsyncSchedule(concurrency=None, buffer_size=None, max_staleness=self.params.max_staleness)
         buffer = max(1, math.ceil(self.params.buffer_fraction * max(self.participants, 1)))
         return AsyncSchedule(concurrency=self.params.concurrency, buffer_size=buffer, deadline_s=self.params.deadline_s,
-                             max_staleness=self.params.max_staleness)
+                             max_staleness=self.params.max_staleness, dispatch=self.params.dispatch)
 
     def learns_mask(self, participant: int) -> bool:
         return self.params.prune and self.masks_learnt.get(participant, 0) < self.params.mask_rounds
@@ -157,7 +169,8 @@ class Cos2p(AsyncStrategy):
         local = {"learn_mask": learn, "prune": params.prune, "mask_epochs": params.mask_epochs,
                  "mask_steps": params.mask_steps,
                  "mask_lr": params.mask_lr, "sparsity_weight": params.sparsity_weight,
-                 "mask_round_ratio": params.mask_round_ratio, "distill": params.distill and version >= params.kd_start_round,
+                 "mask_round_ratio": params.mask_round_ratio, "mask_trains": params.mask_trains,
+                 "distill": params.distill and version >= params.kd_start_round, "kd_reduction": params.kd_reduction,
                  "gamma": params.gamma, "temperature": params.temperature, "exit_heads": params.exit_heads}
         return WorkOrder(pid, selection=selection, depth=int(self.depths[pid]), rate=float(self.rates[pid]),
                          procedure=ProcedureSpec("cos2p", local))
@@ -186,7 +199,8 @@ class Cos2p(AsyncStrategy):
         if update.trained.get("learnt"):
             self.masks[task.participant] = {g: np.asarray(u, dtype=np.int64) for g, u in selection.items()}
             self.masks_learnt[task.participant] = self.masks_learnt.get(task.participant, 0) + 1
-        moved = drift(history[update.base_version + staleness], history[update.base_version])
+        moved = drift(history[update.base_version + staleness], history[update.base_version],
+                      per_parameter=self.params.drift == "mean")
         weight = raw_weight(importance(update.weights, task.rate), moved)
         buffer.deltas.add(update.weights, self.imap_of(selection, task.depth), weight)
         buffer.staleness.append(staleness)

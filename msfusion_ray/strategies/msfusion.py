@@ -12,10 +12,13 @@ below is our reading of its abstract; docs/algorithms.md states them with their 
   get more common parameters to fuse on; participants that agree spread out and cover more of the model.
 - Contrastive loss (MOON-style, on the penultimate representation z of the local sub-model): positive is the
   representation of the sub-model as received this round, negative that of the participant's previous local
-  model expressed in this round's window; loss = CE + mu x -log(e^{cos(z,z+)/tau} / (e^{cos(z,z+)/tau} +
-  e^{cos(z,z-)/tau})). The cheaper variant (`contrastive_negatives: batch`) drops the previous model: the
-  negatives of a sample are the received model's representations of the batch's other samples (InfoNCE), so one
-  frozen copy and one extra forward pass instead of two.
+  model realigned to this round's window (units both windows hold in place, the others in order: the previous
+  network itself, its units permuted); loss = CE + mu x -log(e^{cos(z,z+)/tau} / (e^{cos(z,z+)/tau} +
+  e^{cos(z,z-)/tau})). A participant with no previous model (its first task) takes the batch's other samples
+  as negatives. The cheaper variant (`contrastive_negatives: batch`) always does: the negatives of a sample are
+  the received model's representations of the batch's other samples (InfoNCE), so one frozen copy and one extra
+  forward pass instead of two. The frozen copies normalise with the batch's own statistics, as the trained
+  sub-model does (the global running statistics are averages over other windows and widths).
 - Model shift: measured over the trainable parameters (BatchNorm running statistics left out).
 - Aggregation on common parameters: scatter-average of the updates over the participants holding each entry,
   weighted by sample count. Peer-to-peer bytes: what each participant would send its peers, i.e. the entries of its
@@ -38,7 +41,7 @@ from msfusion_ray.models.base import ModelFamily
 from msfusion_ray.models.weights import Weights, load_weights, to_weights
 from msfusion_ray.splitting import schedules
 from msfusion_ray.splitting.aggregate import ScatterAccumulator
-from msfusion_ray.splitting.index_map import Selection, extract, overlay, shared_entries, units_at_rate
+from msfusion_ray.splitting.index_map import Selection, extract, realign, shared_entries, units_at_rate
 from msfusion_ray.strategies import register
 from msfusion_ray.strategies.base import Capacity, ObjectiveSpec, ParticipantInfo, TrainTask, Update
 from msfusion_ray.strategies.width import SMALLEST_RATE, WidthParams, WidthSplitting
@@ -46,6 +49,7 @@ from msfusion_ray.training.objective import LocalObjective, ObjectiveContext, re
 from msfusion_ray.validation import checked, fraction, positive, probability
 
 BYTES_PER_ENTRY = 4  # float32
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 @dataclass(frozen=True)
@@ -168,9 +172,10 @@ def _model_bytes(model: nn.Module) -> int:
 @register_objective("msfusion_contrastive")
 class SubModelContrastive(LocalObjective):
     """Keeps the local sub-model's representation of each sample near the received sub-model's and away from a
-    negative: its own previous model's (`negatives: previous`, two frozen copies of the sub-model) or the received
-    sub-model's representations of the batch's other samples (`negatives: batch`, one frozen copy). The copies
-    and their passes are counted in the participant's footprint and FLOPs."""
+    negative: its own previous local model's, realigned to this round's window (`negatives: previous`, two frozen
+    copies of the sub-model; in a participant's first task, before there is a previous model, the batch's other
+    samples), or the received sub-model's representations of the batch's other samples (`negatives: batch`, one
+    frozen copy). The copies and their passes are counted in the participant's footprint and FLOPs."""
 
     Params = ContrastiveParams
 
@@ -180,31 +185,31 @@ class SubModelContrastive(LocalObjective):
 
     def extra_bytes(self, model: nn.Module, batch: Any) -> int:
         """The frozen copies of the sub-model and the representations kept from their passes; with in-batch
-        negatives also the similarity matrix of the batch's representations and its softmax (kept for backward).
-        The passes run before the trained model's forward (`before_forward`), when its saved activations are not
-        yet alive, and a no-grad pass holds less than a training forward keeps, so their transient memory adds
-        nothing to the peak."""
+        negatives (always with `batch`, in a first task with `previous`, in place of the second copy) the
+        similarity matrix of the batch's representations and its softmax (kept for backward). The passes run
+        before the trained model's forward (`before_forward`), when its saved activations are not yet alive, and
+        a no-grad pass holds less than a training forward keeps, so their transient memory adds nothing to the
+        peak."""
         was_training = model.training
         with torch.no_grad():
             kept = model.eval().forward_features(batch[0])[0]  # eval: BatchNorm's running statistics stay as they are
         model.train(was_training)
         representation = kept.numel() * kept.element_size()
-        extra = self.copies * (_model_bytes(model) + representation)
+        copy_bytes = _model_bytes(model) + representation
+        rows = kept.numel() // kept.shape[-1]
+        similarities = 2 * rows * rows * kept.element_size()
         if self.params.negatives == "batch":
-            rows = kept.numel() // kept.shape[-1]
-            extra += 2 * rows * rows * kept.element_size()
-        return extra
+            return copy_bytes + similarities
+        return copy_bytes + max(copy_bytes, similarities)
 
     def begin(self, model: nn.Module, context: ObjectiveContext) -> None:
         self._positive = _frozen_copy(model, context.received)
         self._negative = None
-        if self.params.negatives == "previous":
-            previous = context.state.get("previous")
-            before = context.received
-            if previous is not None:
-                before = overlay(context.family.spec, context.received, context.selection, previous["weights"],
-                                 previous["selection"])
-            self._negative = _frozen_copy(model, before)
+        previous = context.state.get("previous") if self.params.negatives == "previous" else None
+        if previous is not None:
+            realigned = realign(context.family.spec, context.received, context.selection, previous["weights"],
+                                previous["selection"])
+            self._negative = _frozen_copy(model, realigned)
 
     def before_forward(self, x: torch.Tensor) -> None:
         with torch.no_grad():
@@ -235,9 +240,16 @@ class SubModelContrastive(LocalObjective):
 
 
 def _frozen_copy(model: nn.Module, weights: Weights) -> nn.Module:
+    """A frozen copy of `model` holding `weights`, in eval mode (no dropout) except its BatchNorm layers, which
+    normalise with each batch's own statistics as the trained model does in training and leave the running
+    statistics they were given untouched."""
     frozen = copy.deepcopy(model)
     load_weights(frozen, weights)
     frozen.eval()
+    for module in frozen.modules():
+        if isinstance(module, BATCH_NORMS):
+            module.train()
+            module.track_running_stats = False  # batch statistics; running ones neither read nor updated
     for parameter in frozen.parameters():
         parameter.requires_grad_(False)
     return frozen

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Callable, Hashable, Iterator
 
@@ -27,6 +28,18 @@ class LocalResult:
     peak_tensor_bytes: int  # live-tensor peak of the largest measured step
     task_loss: float  # mean over steps
     extra_loss: float  # mean over steps of the objective's term (0 without one)
+    wall_measuring_s: float = 0.0  # of its wall time, what measuring steps cost beyond training (`measuring_cost`)
+
+
+def measuring_cost(measured: list[tuple[float, int]], plain: list[tuple[float, int]]) -> float:
+    """Wall seconds that measuring steps (FLOP counter, census, tensor tracker: each shape's first step) added to
+    training: their wall time less what the same samples took in the task's plain steps (seconds per sample);
+    0 where the task had no plain step to compare with."""
+    samples = sum(n for _, n in plain)
+    if not measured or not samples:
+        return 0.0
+    per_sample = sum(s for s, _ in plain) / samples
+    return max(0.0, sum(s - per_sample * n for s, n in measured))
 
 
 def make_optimizer(model: nn.Module, training: TrainingConfig, lr: float) -> Optimizer:
@@ -83,6 +96,7 @@ def train_local(model: nn.Module, data: DataBundle, indices: np.ndarray, trainin
     resident = list(model.parameters()) + list(model.buffers())
     flops = steps = samples = peak = 0
     task_sum = extra_sum = 0.0
+    timed: dict[bool, list[tuple[float, int]]] = {True: [], False: []}  # (seconds, samples) of measured, plain steps
     for batch in batch_indices(len(indices), training, rng):
         if on_step is not None:
             on_step()
@@ -113,7 +127,9 @@ def train_local(model: nn.Module, data: DataBundle, indices: np.ndarray, trainin
             return float(loss.detach()), float(extra.detach()) if extra is not None else 0.0
 
         key = (shape_key, len(chosen), objective.name if objective is not None else None)
+        started = time.perf_counter()
         (task_value, extra_value), cost = costs.run(key, step, resident)
+        timed[cost.measured].append((time.perf_counter() - started, len(chosen)))
         flops += cost.flops
         peak = max(peak, cost.peak_tensor_bytes)
         task_sum += task_value
@@ -121,4 +137,5 @@ def train_local(model: nn.Module, data: DataBundle, indices: np.ndarray, trainin
         steps += 1
         samples += len(chosen)
     return LocalResult(samples=samples, steps=steps, flops=flops, peak_tensor_bytes=peak,
-                       task_loss=task_sum / max(steps, 1), extra_loss=extra_sum / max(steps, 1))
+                       task_loss=task_sum / max(steps, 1), extra_loss=extra_sum / max(steps, 1),
+                       wall_measuring_s=measuring_cost(timed[True], timed[False]))

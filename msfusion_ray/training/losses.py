@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 from torch import nn
@@ -42,17 +42,24 @@ def loss_of(task: str) -> FootprintLoss:
     return loss
 
 
-def distillation_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(softmax(teacher / T) || softmax(student / T)), averaged over samples (over tokens for a language
-    model). The teacher is not detached: as in Co-S2P's code, the deepest exit also moves toward the others."""
+KLReduction = Literal["mean", "batchmean"]
+
+
+def distillation_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float,
+                    reduction: KLReduction = "mean") -> torch.Tensor:
+    """KL(softmax(teacher / T) || softmax(student / T)): averaged over every element, i.e. over samples (tokens
+    for a language model) and classes (`mean`, Co-S2P's `nn.KLDivLoss()` with its default reduction), or over
+    samples only (`batchmean`, the formula's KL: `mean` times the number of classes). The teacher is not detached:
+    as in Co-S2P's code, the deepest exit also moves toward the others."""
     classes = student.shape[-1]
-    return F.kl_div(F.log_softmax(student.reshape(-1, classes) / temperature, dim=-1),
-                    F.log_softmax(teacher.reshape(-1, classes) / temperature, dim=-1),
-                    log_target=True, reduction="batchmean")
+    per_sample = F.kl_div(F.log_softmax(student.reshape(-1, classes) / temperature, dim=-1),
+                          F.log_softmax(teacher.reshape(-1, classes) / temperature, dim=-1),
+                          log_target=True, reduction="batchmean")
+    return per_sample / classes if reduction == "mean" else per_sample  # torch's "mean" warns of a change
 
 
 def exit_distillation_loss(task: str, exit_logits: Sequence[torch.Tensor], targets: torch.Tensor, gamma: float,
-                           temperature: float, distill: bool) -> torch.Tensor:
+                           temperature: float, distill: bool, reduction: KLReduction = "mean") -> torch.Tensor:
     """Co-S2P's cross-block knowledge transfer (`new_weights_perform_local_epochs` in lee355/Co-S2P): every exit
     learns the task, and with `distill` each shallower exit i also learns from the deepest one,
     CE(z_last, y) + sum_{i < last} [CE(z_i, y) + gamma T^2 KL(softmax(z_last / T) || softmax(z_i / T))]."""
@@ -61,18 +68,20 @@ def exit_distillation_loss(task: str, exit_logits: Sequence[torch.Tensor], targe
     for logits in shallow:
         loss = loss + task_loss(task, logits, targets)
         if distill:
-            loss = loss + gamma * temperature**2 * distillation_kl(logits, last, temperature)
+            loss = loss + gamma * temperature**2 * distillation_kl(logits, last, temperature, reduction)
     return loss
 
 
-def exit_distillation_forward(task: str, gamma: float, temperature: float, distill: bool) -> ForwardLoss:
+def exit_distillation_forward(task: str, gamma: float, temperature: float, distill: bool,
+                              reduction: KLReduction = "mean") -> ForwardLoss:
     """A `forward_loss` for train_local: every exit of the model, the deepest exit's cross-entropy as the task
     loss and the rest of `exit_distillation_loss` as the extra term."""
 
     def forward(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> ForwardLossResult:
         exits = model.exit_features(x)
         features, last = exits[-1]
-        total = exit_distillation_loss(task, [logits for _, logits in exits], y, gamma, temperature, distill)
+        total = exit_distillation_loss(task, [logits for _, logits in exits], y, gamma, temperature, distill,
+                                       reduction)
         deepest = task_loss(task, last, y)
         return features, last, deepest, (total - deepest) if len(exits) > 1 else None
 

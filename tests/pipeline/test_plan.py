@@ -93,3 +93,39 @@ def test_split_command_bad_input_is_one_line(tmp_path, capsys, change, where):
     assert main(["split", str(path), *(arg for c in changes for arg in ("--set", c))]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and where in err
+
+
+def _owners(count, **changes):
+    data = {**SMALL, "fleet": {**SMALL["fleet"], "devices": {"raspberry-pi-4": count},
+                               "compute_nodes": {"vm-8vcpu-16gb": 2}}}
+    return config_from_dict(data, [f"{k}={v}" for k, v in changes.items()])
+
+
+def test_with_equal_batches_and_100_owners_the_schedule_is_the_closed_form_within_3_percent():
+    """Issue 25, item 7: the closed form's regime (a full pipeline) is where the schedule meets it."""
+    from msfusion_ray.pipeline.time_model import regime
+
+    planner = planner_for(_owners(100))
+    plan = planner.plan(planner.split("equal"))
+    assert len({o.batches for o in plan.times.owners}) == 1
+    assert plan.schedule.epoch_s == pytest.approx(plan.estimate.epoch_s, rel=0.03)
+    assert regime(plan.times, plan.schedule.epoch_s).holds
+
+
+def test_split_says_when_the_schedule_leaves_the_closed_forms_regime_and_why(tmp_path, capsys):
+    """Eight owners cannot fill the pipeline, and owners of Dirichlet-split data train unequal batch counts: the
+    schedule is several times the closed form, and `split` names both causes."""
+    path = tmp_path / "plan.yaml"
+    few = {**SMALL, "fleet": {**SMALL["fleet"], "devices": {"raspberry-pi-4": 8}, "compute_nodes": {"vm-8vcpu-16gb": 2}},
+           "data": {**SMALL["data"], "train_samples": 800, "partition": "dirichlet", "alpha": 0.5},
+           "strategy": {"name": "mpsl", "params": {"front_layers": 2, "split": "equal"}}}
+    path.write_text(yaml.safe_dump(few))
+    assert main(["split", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "regime, equal: schedule +" in out and "outside its regime" in out
+    assert "too few owners to fill the pipeline" in out and "unequal batches" in out
+    path.write_text(yaml.safe_dump({**SMALL, "fleet": {**SMALL["fleet"], "devices": {"raspberry-pi-4": 100},
+                                                       "compute_nodes": {"vm-8vcpu-16gb": 2}}}))
+    assert main(["split", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "regime, equal: schedule -0.0 % against the closed form: in its regime (within 3 %)" in out

@@ -61,7 +61,7 @@ def test_the_penalty_drives_the_kept_fraction_to_the_rate(rate, one_thread):
     torch.manual_seed(0)
     network = family.build()
     before = to_weights(network)
-    masked = MaskedNetwork(network, family.spec.groups, torch.Generator().manual_seed(0))
+    masked = MaskedNetwork(network, family.spec.groups, torch.Generator().manual_seed(0), trains="scores")
     start = float(kept_fraction(masked.probabilities()).detach())
     penalty = SparsityPenalty(SparsityParams(rate=rate, weight=1.0))
     penalty.begin(masked)
@@ -120,15 +120,21 @@ def test_an_empty_draw_is_drawn_again():
     assert hopeless["g"].tolist() == [1]  # every draw empty: the highest score is kept
 
 
-def test_the_mask_phase_footprint_counts_scores_as_the_only_trained_parameters():
+@pytest.mark.parametrize("trains", ["scores", "code"])
+def test_the_mask_phase_footprint_counts_what_it_trains(trains):
+    """The scores alone, or (the code's mask model) the scores, class token, positions, LayerNorms and exit heads."""
     family = _vit()
     torch.manual_seed(0)
     batch = family.example_batch(8)
     dense = plan_footprint(family.build(), batch, loss_of("classification"), optimizer_state_copies=2)
-    masked = plan_footprint(MaskedNetwork(family.build(), family.spec.groups), batch, loss_of("classification"),
-                            optimizer_state_copies=2)
+    network = MaskedNetwork(family.build(), family.spec.groups, trains=trains)
+    masked = plan_footprint(network, batch, loss_of("classification"), optimizer_state_copies=2)
     units = sum(family.spec.groups.values())
-    assert masked.gradients == 4 * units and masked.optimizer_state == 8 * units
+    others = 0 if trains == "scores" else sum(
+        p.numel() for name, p in network.network.named_parameters()
+        if name in ("cls_token", "pos_embedding") or ".ln" in name or name.startswith("exits."))
+    assert others >= 0 if trains == "scores" else others > 0
+    assert masked.gradients == 4 * (units + others) and masked.optimizer_state == 8 * (units + others)
     assert masked.parameters == dense.parameters + 4 * units
     assert 0 < masked.activations
 

@@ -28,6 +28,7 @@ class FakeHosts:
         self.delta = delta
         self.results: dict[int, tuple] = {}
         self.sent: list = []
+        self.call_tasks = 32
 
     def put(self, value):
         return value
@@ -62,6 +63,9 @@ class FakeHosts:
         return row, payload, trained
 
     def host_died(self, err):
+        return False
+
+    def memory_killed(self, host):
         return False
 
     def describe(self, err, host):

@@ -107,3 +107,19 @@ def test_a_refused_task_is_taken_at_its_refusal_whatever_order_hosts_answer_in(p
         assert all(previous <= r.vt_end <= step.vt_end for r in step.rows), schedule([step])
         previous = step.vt_end
     assert schedule(run) == schedule(steps(0))
+
+
+def test_after_aggregation_a_participant_has_one_update_per_aggregation(profiles_dir):
+    """Issue 25, item 4 (Co-S2P's code: a client has at most one task and is idle again only after the aggregation
+    that takes its update): the fast device no longer fills the buffer twice. Devices of 1, 2 and 5 s, a buffer of
+    two, worked out by hand: against the first test's schedule, participant 0 waits from 1 s to 2 s, and so on."""
+    params = {"buffer_size": 2, "dispatch": "after_aggregation"}
+    steps = list(engine_for(profiles_dir, "fedbuff", params, {0: 1.0, 1: 2.0, 2: 5.0}, rounds=12).steps(1))
+    assert schedule(steps[:4]) == [
+        (1, 2.0, [(0, 0, 0.0, 1.0), (1, 0, 0.0, 2.0)]),
+        (2, 4.0, [(0, 0, 2.0, 3.0), (1, 0, 2.0, 4.0)]),
+        (3, 5.0, [(0, 0, 4.0, 5.0), (2, 2, 0.0, 5.0)]),
+        (4, 6.0, [(0, 0, 5.0, 6.0), (1, 1, 4.0, 6.0)]),
+    ]
+    assert len(steps) == 12 and all(len({r.participant for r in s.rows}) == len(s.rows) for s in steps)
+    assert [r.device_wait_s for r in steps[0].rows] == [1.0, 0.0]  # participant 0 waited for the aggregation

@@ -25,6 +25,8 @@ def test_weights_and_the_new_global_model_on_three_fake_updates_match_a_hand_com
     assert imp == pytest.approx([1.0, 5.6, 8.0])
     drifts = [drift(current, history[tau]) for tau in (5, 4, 3)]
     assert drifts == pytest.approx([0.0, 10 * 0.5, 10 * 1.0])  # 10 entries moved 0.5 and 1.0
+    # per parameter (Co-S2P's `drift: mean`, issue 25): the mean absolute change, whatever the model's size
+    assert [drift(current, history[tau], per_parameter=True) for tau in (5, 4, 3)] == pytest.approx([0.0, 0.5, 1.0])
     raw = np.array([raw_weight(i, d) for i, d in zip(imp, drifts)])
     np.testing.assert_allclose(raw, [1.0 / 1.0, 5.6 / 6.0, 8.0 / 11.0])
     gamma = raw / raw.sum()  # what WeightedDeltaSum's normalisation makes of them

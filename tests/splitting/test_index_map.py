@@ -8,7 +8,7 @@ from msfusion_ray.costs.flops import count_flops
 from msfusion_ray.models import DataShape, build_family
 from msfusion_ray.models.weights import load_weights, to_weights
 from msfusion_ray.splitting.aggregate import ScatterAccumulator
-from msfusion_ray.splitting.index_map import (extract, index_map, overlay, prefix_selection, selection_fraction,
+from msfusion_ray.splitting.index_map import (extract, index_map, prefix_selection, realign, selection_fraction,
                                               shared_entries, widths_of)
 
 FAMILIES = [("cnn", (1, 28, 28), 0.5), ("resnet18", (3, 32, 32), 0.125)]
@@ -105,27 +105,56 @@ def test_conv_flops_scale_with_the_product_of_in_and_out_rates():
     assert flops(full["conv1"] // 4, full["conv2"] // 4) == base // 16
 
 
-def test_overlay_copies_the_source_where_both_sub_models_hold_an_entry():
+def test_realign_keeps_common_units_in_place_and_takes_the_sources_own_value_there():
     family = build_family("cnn", DataShape((1, 28, 28), 10), 0.25)
     spec = family.spec
     global_weights = {k: np.random.default_rng(0).normal(size=s).astype(np.float32) for k, s in spec.shapes.items()}
     a, b = _random_selection(spec, np.random.default_rng(4)), _random_selection(spec, np.random.default_rng(5))
     target = extract(global_weights, index_map(spec, a))
     source = {k: v + 100 for k, v in extract(global_weights, index_map(spec, b)).items()}
-    merged = overlay(spec, target, a, source, b)
-    # scatter both into global coordinates and compare entry by entry
-    acc_target, acc_merged = ScatterAccumulator(global_weights), ScatterAccumulator(global_weights)
-    acc_target.add(target, index_map(spec, a), 1.0)
+    merged = realign(spec, target, a, source, b)
+    # scatter both into global coordinates and compare entry by entry where both sub-models hold it
+    acc_merged = ScatterAccumulator(global_weights)
     acc_merged.add(merged, index_map(spec, a), 1.0)
-    in_b = ScatterAccumulator(global_weights)
+    acc_target, in_b = ScatterAccumulator(global_weights), ScatterAccumulator(global_weights)
+    acc_target.add(target, index_map(spec, a), 1.0)
     in_b.add(source, index_map(spec, b), 1.0)
     nan = {k: np.full(v.shape, np.nan, dtype=np.float32) for k, v in global_weights.items()}
-    t, m = acc_target.result(nan), acc_merged.result(nan)
+    m = acc_merged.result(nan)
     for key in global_weights:
         both = (acc_target.coverage()[key] > 0) & (in_b.coverage()[key] > 0)
-        only_a = (acc_target.coverage()[key] > 0) & ~both
         assert np.allclose(m[key][both], global_weights[key][both] + 100)
-        assert np.array_equal(m[key][only_a], t[key][only_a])
+    # equal widths: every entry is the source's, so nothing of the target is left
+    assert all(np.all(merged[k] >= 50) for k in merged)
+
+
+@pytest.mark.parametrize("shift", [2, 4])  # in eighths of each group: windows that half overlap, or share nothing
+@pytest.mark.parametrize("name,shape", [("cnn", (1, 28, 28)), ("transformer", (16,))])
+def test_realign_of_another_window_is_the_source_network_with_its_units_permuted(name, shape, shift):
+    """MSfusion's previous local model in this round's window: with equal widths it is still the network it was
+    (the same outputs), its units paired with the target's (common ones in place, the rest by position)."""
+    if name == "cnn":
+        family = build_family("cnn", DataShape(shape, 10), 1.0)
+    else:
+        family = build_family("transformer", DataShape(shape, 30, "language_model"), 1.0, {"d_model": 32, "n_heads": 8})
+    spec = family.spec
+    weights = {k: v + np.float32(0.1) * np.random.default_rng(1).normal(size=v.shape).astype(np.float32)
+               for k, v in to_weights(family.build()).items()}
+    first = {g: np.arange(n // 2) for g, n in spec.groups.items()}
+    later = {g: np.arange(shift * n // 8, shift * n // 8 + n // 2) for g, n in spec.groups.items()}
+    source = extract(weights, index_map(spec, first))
+    target = extract({k: v * 0 for k, v in weights.items()}, index_map(spec, later))
+    moved = realign(spec, target, later, source, first)
+    # disjoint windows pair by position alone (a copy); overlapping ones keep their common units in place
+    assert all(np.array_equal(moved[k], source[k]) for k in source) == (shift == 4)
+    x = torch.randn(4, *shape) if name == "cnn" else torch.randint(0, 30, (4, *shape))
+    outputs = []
+    for sub in (source, moved):
+        model = family.build(widths_of(spec, first))
+        load_weights(model, sub)
+        with torch.no_grad():
+            outputs.append(model.eval()(x))
+    torch.testing.assert_close(outputs[0], outputs[1])
 
 
 def test_shared_entries_and_fraction_count_the_common_parameters():

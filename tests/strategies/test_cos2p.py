@@ -55,7 +55,7 @@ def test_rates_are_the_largest_whose_training_and_mask_phases_both_fit(data):
     train = planner.variant("t", **training_footprint("classification"))
     mask = planner.variant("m", **mask_footprint(family))
     full = train.footprint(family.full_widths(), 16).total
-    caps = [full - 1, full // 2, full // 4]
+    caps = [full - 1, full // 2, full // 3]
     strategy = _strategy(family)
     infos = [ParticipantInfo(i, "tiny", 25) for i in range(3)]
     global_family = strategy.configure(_oracle(family, caps), infos)
@@ -231,3 +231,47 @@ def test_a_model_without_early_exits_is_a_one_line_error_naming_the_field(data):
     plain = build_family("transformer", DataShape((16,), 50, "language_model"), 1.0, {"d_model": 16, "n_heads": 2})
     with pytest.raises(UserInputError, match="early_exits"):
         _strategy(plain)
+
+
+def test_the_codes_rules_are_the_defaults(data):
+    """Issue 25, items 4 and 6: one task per participant until the aggregation that takes its update, the KL
+    averaged over classes as nn.KLDivLoss() does, and a mask phase that trains what the code's mask model trains."""
+    strategy, _, info, _ = _setup(data)
+    assert strategy.schedule().dispatch == "after_aggregation"
+    params = strategy.order(info, 12, None).procedure.params
+    assert params["kd_reduction"] == "mean" and params["mask_trains"] == "code"
+    assert _strategy(strategy.base_family, dispatch="on_arrival").schedule().dispatch == "on_arrival"
+
+
+@pytest.mark.parametrize("trains", ["code", "scores"])
+def test_the_mask_phase_trains_what_the_codes_mask_model_trains_and_the_update_carries_it(data, trains):
+    """The code's mask model freezes the patch embedding and the masked linears (qkv, the attention output, both MLP
+    layers, biases included) and trains the class token, the positions, every LayerNorm and its exit head with the
+    scores; the weight model starts from those and the update is taken against what was received. With the
+    training phase's learning rate at 0, the update of a mask task is the mask phase's own training."""
+    from msfusion_ray.pruning.masks import MaskedNetwork
+
+    strategy, worker, info, weights = _setup(data, mask_trains=trains, mask_lr=0.01)
+    network = MaskedNetwork(strategy.family.build(depth=2), strategy.family.groups_at(2), trains=trains)
+    trainable = {name for name, p in network.named_parameters() if p.requires_grad}
+    scores = {name for name in trainable if name.startswith("scores.")}
+    assert len(scores) == 4
+    if trains == "scores":
+        assert trainable == scores
+    else:
+        assert trainable - scores == {f"network.{k}" for k in
+                                      ("cls_token", "pos_embedding", *[f"blocks.{b}.{ln}.{p}" for b in (0, 1)
+                                                                       for ln in ("ln1", "ln2")
+                                                                       for p in ("weight", "bias")],
+                                       *[f"exits.{e}.{m}.{p}" for e in (0, 1) for m in ("norm", "linear")
+                                         for p in ("weight", "bias")])}
+    order = replace(strategy.order(info, 0, None), task=0, state_from=-1, seed_key=(0,), base_version=0)
+    row, update, _ = worker.run(order, lambda: strategy.payload(order, weights), lr=0.0)
+    assert row.status == "ok", row.message
+    moved = {k for k, v in update.items() if np.abs(v).max() > 0}
+    if trains == "scores":
+        assert moved == set()
+    else:  # the deepest exit of the cut is the one the mask model trains
+        assert {"cls_token", "pos_embedding", "blocks.0.ln1.weight", "blocks.1.ln2.bias",
+                "exits.1.norm.weight", "exits.1.linear.weight"} <= moved
+        assert not any(k.startswith(("patches.", "exits.0.")) or ".attn." in k or ".mlp." in k for k in moved)

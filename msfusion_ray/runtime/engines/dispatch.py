@@ -38,6 +38,7 @@ class Executor(Protocol):
     """The host actors as an engine uses them (`RayHosts`; tests substitute their own)."""
 
     host_of: Mapping[int, int]  # participant -> host
+    call_tasks: int  # tasks one call may carry (1: a host that dies was working on the first task sent to it)
 
     def put(self, value: Any) -> Any: ...
 
@@ -53,6 +54,9 @@ class Executor(Protocol):
 
     def host_died(self, err: Exception) -> bool:
         """Whether a failure `get` raised means the host's process died (its tasks in flight are lost)."""
+
+    def memory_killed(self, host: int) -> bool:
+        """Whether the kernel killed that host's process at its memory limit (enforced devices)."""
 
     def describe(self, err: Exception, host: int) -> str:
         """A failure of the host in one line (what failed, where, the likely cause)."""
@@ -75,6 +79,8 @@ class RayHosts:
     def __init__(self, pool: HostPool):
         self._pool = pool
         self.host_of = pool.host_of
+        # enforced hosts get one task per call: the task a host killed at its memory limit died in is then known
+        self.call_tasks = 1 if pool.enforced is not None else CALL_TASKS
         self._generation: dict[ray.ObjectRef, int] = {}  # per call in flight: its host's generation when sent
         self._results: dict[ray.ObjectRef, dict[int, Result]] = {}  # per call fetched: its results not yet taken
 
@@ -113,6 +119,9 @@ class RayHosts:
     def host_died(self, err: Exception) -> bool:
         # the memory monitor stops the process too; an actor "unavailable" has lost its node or its connection
         return isinstance(err, (RayActorError, OutOfMemoryError))
+
+    def memory_killed(self, host: int) -> bool:
+        return self._pool.memory_killed(host)
 
     def describe(self, err: Exception, host: int) -> str:
         return self._pool.describe(err, host)
@@ -268,8 +277,13 @@ class Dispatcher:
         return handles
 
     def drop_host(self, host: int) -> list[tuple[Any, WorkOrder]]:
-        """Take out of flight the tasks sent to a host whose process died; those queued for it stay queued."""
+        """Take out of flight the tasks sent to a host whose process died, in the order it would have run them;
+        those queued for it stay queued."""
         return [(handle, self.in_flight.pop(handle)) for handle in self._take_sent(host)]
+
+    def requeue(self, host: int, tasks: list[WorkOrder]) -> None:
+        """Queue again, first, tasks a host that died never started (sent to its replacement by `refill`)."""
+        self._queues.setdefault(host, deque()).extendleft(reversed(tasks))
 
     def refill(self, host: int) -> None:
         """Send a host the tasks queued for it, up to `depth` calls in flight."""
@@ -309,8 +323,12 @@ def take_result(executor: Executor, handle: Any, dispatch: Dispatcher,
     except RayError as err:
         cause = executor.describe(err, host)
         if executor.host_died(err):
-            outcomes = [(lost, _finished_or_failed(executor, lost_handle, lost, fail, cause))
-                        for lost_handle, lost in dispatch.drop_host(host)]
+            lost = dispatch.drop_host(host)
+            if executor.memory_killed(host):
+                outcomes = _killed_at_limit(executor, lost, dispatch, host, fail)
+            else:
+                outcomes = [(order, _finished_or_failed(executor, lost_handle, order, fail, cause))
+                            for lost_handle, order in lost]
             executor.replace(host, handle, cause, str(err))
             dispatch.refill(host)
             return outcomes
@@ -319,12 +337,39 @@ def take_result(executor: Executor, handle: Any, dispatch: Dispatcher,
     return [(task, result)]
 
 
+def _killed_at_limit(executor: Executor, lost: list[tuple[Any, WorkOrder]], dispatch: Dispatcher, host: int,
+                     fail: Callable[[WorkOrder, str], ParticipantRoundRow]) -> list[tuple[WorkOrder, Result]]:
+    """A host the kernel killed at its memory limit: the first task it had not finished is the one that did not
+    fit (`oom`, `oom_source: kernel`; hosts get one task per call when this can happen), the tasks sent after it
+    never started and go to the host's replacement, those it had finished keep their results."""
+    outcomes, unstarted, culprit = [], [], None
+    for lost_handle, order in lost:
+        done = _result_if_done(executor, lost_handle)
+        if done is not None:
+            outcomes.append((order, done))
+        elif culprit is None:
+            culprit = fail(order, f"killed by the kernel at host {host}'s memory limit (the participant's memory "
+                                  "cap on top of what the host held)")
+            culprit.status, culprit.oom_source = "oom", "kernel"
+            outcomes.append((order, (culprit, None, {})))
+        else:
+            unstarted.append(order)
+    dispatch.requeue(host, unstarted)
+    return outcomes
+
+
 def _finished_or_failed(executor: Executor, handle: Any, task: WorkOrder,
                         fail: Callable[[WorkOrder, str], ParticipantRoundRow], cause: str) -> Result:
     """A task of a host that died: its result if it was done before (results outlive the process), else `error`."""
+    done = _result_if_done(executor, handle)
+    return done if done is not None else (fail(task, cause), None, {})
+
+
+def _result_if_done(executor: Executor, handle: Any) -> Result | None:
+    """The result of a task of a host that died, if it was done before (results outlive the process)."""
     if executor.wait([handle], 0.0):
         try:
             return executor.get(handle, 0.0)
         except RayError:
             pass
-    return fail(task, cause), None, {}
+    return None

@@ -11,7 +11,9 @@ the aggregation deadline, then devices coming on; among completions by participa
 - The driver aggregates when `buffer_size` updates have arrived (None: once every handed-out task is back, which
   makes rounds: nobody gets new work until then), or at `deadline_s` after the last aggregation if the buffer
   has anything. Each aggregation is a step: version v + 1, one round row, its tasks' rows.
-- A participant whose task brought no update (oom, error, timeout) waits for the next aggregation.
+- A participant whose task brought no update (oom, error, timeout) waits for the next aggregation; so does one
+  whose update was buffered, where the schedule's `dispatch` is `after_aggregation` (at most one task per
+  participant, idle again once the aggregation that takes its update is done: Co-S2P's code).
 - The run ends after `rounds` aggregations or once the next event lies beyond `time_budget_s`.
 
 Hosts train in parallel in wall time, ahead of the virtual clock; the driver takes each result in virtual-time
@@ -34,7 +36,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from msfusion_ray.costs.flops import TrainingStepFlops
-from msfusion_ray.devices.clock import device_time, refusal_device_s, task_speed
+from msfusion_ray.devices.clock import earliest_device_time, refusal_device_s, task_speed
 from msfusion_ray.models.weights import Weights
 from msfusion_ray.procedures.base import PlannedTask, make_procedure, refused_phase, selection_bytes
 from msfusion_ray.procedures.orders import ObjectiveSpec, ProcedureSpec, WorkOrder
@@ -97,7 +99,8 @@ class SemiAsyncEngine(Engine):
         self.history = VersionStore()
         self.history.models[0] = weights
         self.in_flight: dict[int, InFlight] = {}  # by task number
-        self.parked: set[int] = set()  # participants waiting for the next aggregation
+        self.parked: set[int] = set()  # participants whose last task brought no update: until the next aggregation
+        self.waiting: set[int] = set()  # participants whose buffered update awaits its aggregation (after_aggregation)
         self.draws = 0
         self.buffer: Any = None
         self.buffered = 0
@@ -117,7 +120,7 @@ class SemiAsyncEngine(Engine):
     def steps(self, start: int) -> Iterator[Step]:
         context = self.context
         self._wall_anchor = (wall_clock(), self.now)
-        self._dispatch = Dispatcher(context.executor.host_of, self._submit,
+        self._dispatch = Dispatcher(context.executor.host_of, self._submit, call_tasks=context.executor.call_tasks,
                                     weigh=lambda order: self._payloads.nbytes(order, self.history[order.base_version]))
         resumed = [replace(flight.order, wall_anchor=self._wall_anchor) for flight in self.in_flight.values()]
         self._payloads.expect(resumed)
@@ -194,10 +197,11 @@ class SemiAsyncEngine(Engine):
                                lambda order, message: lost_row(self.context, 0, order, "error", message),
                                self.context.config.runtime.task_timeout_s)
         for order, result in outcomes:
-            self._refs = {r: t for r, t in self._refs.items() if t != order.task}
             self._payloads.done(order)
             result[0].param_fraction = self._payloads.param_fraction(order)
             self.in_flight[order.task].result = result
+        # handles taken, or lost with a host that died (a task it never started was sent again under a new one)
+        self._refs = {r: t for r, t in self._refs.items() if r in self._dispatch.in_flight}
 
     # what happens at an event -------------------------------------------------------------------------------
 
@@ -220,6 +224,8 @@ class SemiAsyncEngine(Engine):
                             row.device_time_s, row.metrics)
             self.context.strategy.fold(self.buffer, order, update, row.staleness, self.history)
             self.buffered += 1
+            if self.schedule.dispatch == "after_aggregation":
+                self.waiting.add(order.participant)
         if row.status in ("ok", "stale"):
             self.consumed[order.participant] = order.task
         elif row.status != "dropped":
@@ -243,15 +249,21 @@ class SemiAsyncEngine(Engine):
         self.history.models[self.version] = self.weights
         rows = sorted(self.rows, key=lambda r: (r.vt_end, r.participant))
         barrier = self.schedule.buffer_size is None  # rounds: everyone waits for the aggregation
-        hold_until(rows, self.now, None if barrier else lambda r: r.status in ("oom", "error", "timeout"))
+        hold_until(rows, self.now, None if barrier else self._held)
         step = Step(self.version, rows, self.weights, dict(metrics), self.last_aggregation, self.now,
                     time.perf_counter() - self._step_wall, utilisation=self._utilisation(rows))
-        self.rows, self.buffered, self.parked = [], 0, set()
+        self.rows, self.buffered, self.parked, self.waiting = [], 0, set(), set()
         self.buffer = strategy.new_buffer(self.weights)
         self.last_aggregation = self.now
         self._forget_old_versions()
         self._step_wall = time.perf_counter()
         return step
+
+    def _held(self, row: ParticipantRoundRow) -> bool:
+        """Whether a device waited for this aggregation: it brought no update, or (`after_aggregation`) its update
+        is one this aggregation takes."""
+        return row.status in ("oom", "error", "timeout") or \
+            (row.status == "ok" and self.schedule.dispatch == "after_aggregation")
 
     def _utilisation(self, rows: list[ParticipantRoundRow]) -> float:
         """Device seconds worked within the step / (its length x participants): Co-S2P's resource utilisation."""
@@ -276,7 +288,7 @@ class SemiAsyncEngine(Engine):
     def _idle(self) -> list[int]:
         idle = np.ones(len(self.context.experiment.fleet), dtype=bool)
         idle[[f.order.participant for f in self.in_flight.values()]] = False
-        idle[list(self.parked)] = False
+        idle[list(self.parked | self.waiting)] = False
         return np.flatnonzero(idle).tolist()
 
     def _hand_out(self) -> None:
@@ -307,10 +319,13 @@ class SemiAsyncEngine(Engine):
 
     def _predict(self, order: WorkOrder) -> float | None:
         """Device time known before the task runs: a refusal's round trip where the participant's memory guard
-        will refuse it, else counted FLOPs of its shapes and bytes of its payload."""
+        will refuse it, else from counted FLOPs of its shapes and bytes of its payload (exact under the FLOP/s
+        time model, the earliest it can end under the roofline). None where it is measured (native and enforced
+        devices), or where it depends on what the task will draw."""
         fleet = self.context.experiment.fleet
         participant, device = fleet.participants[order.participant], fleet.device_of(order.participant)
-        if device.native:
+        runtime = self.context.config.runtime
+        if device.native or runtime.enforce != "virtual":
             return None
         procedure = make_procedure(order.procedure)
         planned = PlannedTask(order, self.context.experiment.family, self.context.config.training,
@@ -323,7 +338,8 @@ class SemiAsyncEngine(Engine):
             return None
         payload = self._payloads.nbytes(order, self.history[order.base_version])
         speed = task_speed(device, self.context.config.seed, order.participant, order.task)
-        spent = device_time(device, flops, payload + selection_bytes(order.selection), payload, speed)
+        spent = earliest_device_time(device, flops, payload + selection_bytes(order.selection), payload, speed,
+                                     runtime.time_model)
         return spent.total_s
 
     def _submit(self, orders: list[WorkOrder]) -> list[Any]:
@@ -343,7 +359,7 @@ class SemiAsyncEngine(Engine):
         orders = [dataclasses.asdict(f.order) for f in self.in_flight.values()]
         history = {str(v): w for v, w in self.history.models.items()}
         values.update(now=self.now, version=self.version, last_aggregation=self.last_aggregation,
-                      draws=self.draws, parked=sorted(self.parked),
+                      draws=self.draws, parked=sorted(self.parked), waiting=sorted(self.waiting),
                       in_flight=split_arrays(orders, arrays, prefix="order"),
                       history=split_arrays(history, arrays, prefix="model"))
         return values, arrays
@@ -353,6 +369,7 @@ class SemiAsyncEngine(Engine):
         self.now, self.version = float(values["now"]), int(values["version"])
         self.last_aggregation, self.draws = float(values["last_aggregation"]), int(values["draws"])
         self.parked = set(values["parked"])
+        self.waiting = set(values.get("waiting", ()))
         self.history.models = {int(v): w for v, w in join_arrays(values["history"], arrays).items()}
         self.in_flight = {}
         for fields in join_arrays(values["in_flight"], arrays):

@@ -106,7 +106,8 @@ class SyncEngine(Engine):
         lr = context.lr(round_idx)
         submit = lambda batch: executor.submit(batch, [payloads.ref(t, self.weights) for t in batch],  # noqa: E731
                                                [lr] * len(batch))
-        dispatch = Dispatcher(executor.host_of, submit, weigh=lambda task: payloads.nbytes(task, self.weights))
+        dispatch = Dispatcher(executor.host_of, submit, weigh=lambda task: payloads.nbytes(task, self.weights),
+                              call_tasks=executor.call_tasks)
         dispatch.add(tasks)
         position = {task.task: i for i, task in enumerate(tasks)}
         arrived: dict[int, tuple[WorkOrder, Result]] = {}
