@@ -33,7 +33,7 @@ def _problem(*overrides):
     ("training.lr=.nan", "training.lr: must be finite (got nan)"),
     ("training.lr=.inf", "training.lr: must be finite (got inf)"),
     ("training.lr=0", "training.lr: must be > 0 (got 0.0)"),
-    ("data.partition=rows", "data.partition: must be one of iid, dirichlet, play, speaker (got 'rows')"),
+    ("data.partition=rows", "data.partition: must be one of iid, dirichlet, play, speaker, sampled (got 'rows')"),
     ("fleet.devices.phone-midrange=1.5", "fleet.devices.phone-midrange: must be an integer (got 1.5)"),
     ("data=[1]", "data: must be a mapping (got list)"),
     ("strategy.name=magic", "strategy.name: unknown strategy 'magic' (known: "),

@@ -115,7 +115,7 @@ def test_group_partition_balances_unequal_groups_and_refuses_too_few_groups():
 
 
 def test_label_skew_and_unknown_groupings_are_refused_for_text(bundle):
-    with pytest.raises(UserInputError, match="data.partition.*iid, play, speaker"):
+    with pytest.raises(UserInputError, match="data.partition.*iid, sampled, play, speaker"):
         partition(bundle, DataConfig(dataset="shakespeare", partition="dirichlet"), 4, seed=0)
 
 
