@@ -276,14 +276,32 @@ def overhead_part(args: argparse.Namespace, node_path: Path) -> list[dict[str, A
     rows = []
     with ray_session():
         for repeat in range(args.repeats):
-            walls = {}
+            walls, phases = {}, {}
             for mode, runtime in runtimes.items():
                 prepared = prepare(config_from_dict({**base, "runtime": runtime}))
-                walls[mode] = measured_run(prepared)["run_wall_s"]
+                measured = measured_run(prepared)
+                walls[mode], phases[mode] = measured["run_wall_s"], run_phases(measured)
             rows.append({"repeat": repeat, "virtual_s": walls["virtual"], "cgroups_s": walls["cgroups"],
-                         "ratio": walls["cgroups"] / walls["virtual"], "load": load()})
+                         "ratio": walls["cgroups"] / walls["virtual"], "load": load(),
+                         **{f"{mode} {name}": value for mode, figures in phases.items()
+                            for name, value in figures.items()}})
             print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def run_phases(measured: dict[str, Any]) -> dict[str, float]:
+    """Where a run's wall time went (seconds): before its first round (hosts started, data loaded), per round
+    after the first (median time between two steps' ends), and per task the host's whole time on it (memory guard,
+    group limits, set-up, training, record: `wall_total_s`) and its training alone, medians over rounds 2 on."""
+    from msfusion_ray.records import read_participant_rows
+
+    timing = measured["summary"]["timing"]
+    steps = timing["steps"]
+    tasks = read_participant_rows(measured["run_dir"])
+    later = tasks[tasks["round"] > 1] if (tasks["round"] > 1).any() else tasks
+    return {"to_round1_s": steps[0] - timing["runner_started"] if steps else float("nan"),
+            "round_s": statistics.median(np.diff(steps)) if len(steps) > 1 else float("nan"),
+            "task_s": float(later["wall_total_s"].median()), "train_s": float(later["wall_train_s"].median())}
 
 
 def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -256,7 +256,13 @@ class TaskLimits:
 
 class HostLimits:
     """A host's own group: it joins it when it starts and sets its quota and memory limit around each task.
-    Between tasks (planning, evaluation, Ray's own work) the group has no limit."""
+    Between tasks (planning, evaluation, Ray's own work) the group has no limit.
+
+    Before each task a full garbage collection frees what earlier tasks left in reference cycles, so that the task's
+    baseline is the host's own memory. The host's start-up (torch, Ray, its data: some 215 000 objects, which a full
+    collection walked in 270 ms, as long as a task of the small CNN trained) is frozen out of the collector's way
+    at its first task (`gc.freeze`): it lives as long as the host, and each collection then walks only what came
+    after it (under a millisecond)."""
 
     def __init__(self, plan: EnforcementPlan, host: int, generation: int, pid: int | None = None):
         self.plan = plan
@@ -264,6 +270,7 @@ class HostLimits:
         if plan.memory == "tensors" and pid is None:
             return_freed_tensors()
         pid = pid if pid is not None else os.getpid()
+        self.started = False  # whether it ran a task (gc.get_freeze_count walks the frozen objects: 44 ms)
         _malloc_trim()
         self.group.add(pid)
         if pid not in self.group.pids():
@@ -272,6 +279,9 @@ class HostLimits:
     @contextmanager
     def task(self, profile: DeviceProfile, memory_cap_bytes: int) -> Iterator[TaskLimits]:
         gc.collect()
+        if not self.started:  # its first task: the host's start-up, collected once, is frozen
+            gc.freeze()
+            self.started = True
         _malloc_trim()
         baseline = self.group.memory_bytes() - self.group.file_bytes()  # page cache is given back on demand
         throttled = self.group.throttled_s()

@@ -68,10 +68,14 @@ class HostPool:
         # threads with torch.set_num_threads.
         budget = runtime.host_cpus if runtime.host_cpus is not None else 0.9 * cpus
         self.enforced = None
+        self.evaluation_beside = True  # whether a step's evaluation may run beside the next step
         if runtime.enforce == "cgroups":
             self.enforced = RunGroups.create(runtime, own_devices(fleet), run_id, budget)
-            assignments, self.enforced.note = enforced_hosts(fleet, self.enforced.plan,
-                                                             host_count(runtime, len(fleet), cpus), budget, classes)
+            assignments, note = enforced_hosts(fleet, self.enforced.plan, host_count(runtime, len(fleet), cpus),
+                                               budget, classes)
+            self.evaluation_beside, beside = evaluation_beside_training(len(assignments), runtime.threads_per_host,
+                                                                        budget)
+            self.enforced.note = f"{note}; {beside}"
             log.info("enforced devices: %s", self.enforced.note)
         else:
             assignments = assign_hosts(len(fleet), host_count(runtime, len(fleet), cpus), classes)
@@ -269,6 +273,17 @@ def enforced_hosts(fleet, plan, most: int, budget: float,  # noqa: ANN001 (Fleet
                                 f"slowdown {plan.slowdown:g}, cgroup v{plan.version})")
     raise RuntimeError(f"runtime.enforce: one host's quota ({quota.max():.2f} cores) is more than the {budget:g} "
                        "cores the run's hosts may use (runtime.host_cpus)")
+
+
+def evaluation_beside_training(hosts: int, threads: int, budget: float) -> tuple[bool, str]:
+    """Whether an enforced run's evaluation may run beside its next step, and a line saying so. A host evaluates at
+    its whole threads (evaluation is not the device's work: no quota), so only where every host at its whole threads
+    fits the run's cores at once does an evaluating host leave the training ones the cores their quotas measure on;
+    elsewhere the evaluation runs between steps."""
+    if hosts * threads <= budget + 1e-9:
+        return True, "evaluation beside the next step"
+    return False, (f"evaluation between steps ({hosts} hosts at {threads} thread(s) each would exceed the "
+                   f"{budget:g} cores)")
 
 
 def assign_hosts(participants: int, n_hosts: int, classes: np.ndarray | None = None) -> list[np.ndarray]:

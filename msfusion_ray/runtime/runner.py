@@ -343,11 +343,11 @@ class Runner:
 
     def _overlaps_next_step(self, report: StepReport) -> bool:
         """Whether the step's callbacks finish after the next step: only while its evaluation runs, never after
-        the last step, nor where hosts pace themselves to wall time (`clock: real`), nor where they measure their
-        devices' time (`enforce: cgroups`: an evaluation beside the training would take the cores it measures on)."""
+        the last step, nor where hosts pace themselves to wall time (`clock: real`), nor where enforced hosts
+        measuring their devices' time would lose cores to it (`HostPool.evaluation_beside`)."""
         runtime = self.config.runtime
         return ("evaluation" in report.started and runtime.eval_overlap and runtime.clock != "real"
-                and runtime.enforce == "virtual" and report.step.index < self.config.rounds)
+                and self.hosts.evaluation_beside and report.step.index < self.config.rounds)
 
     def snapshot(self, step: Step) -> CheckpointSnapshot:
         """The checkpoint of `step`, taken at its boundary (copies: the engine and the strategy go on)."""

@@ -1,10 +1,15 @@
 """Planning enforced devices: quotas from the node's calibration, the slowdown that fits a device faster than the
-node, throttling compensated, and every impossible set-up refused with one line naming what."""
+node, throttling compensated, and every impossible set-up refused with one line naming what; a host's limits
+around its tasks (on directories made to look like a v1 hierarchy)."""
+
+import gc
+import os
+import weakref
 
 import pytest
 
 from msfusion_ray.config import RuntimeConfig
-from msfusion_ray.devices.enforcement import plan_enforcement, throttle_factor
+from msfusion_ray.devices.enforcement import HostLimits, plan_enforcement, throttle_factor
 from msfusion_ray.devices.profile import DeviceProfile
 from msfusion_ray.errors import UserInputError
 
@@ -86,3 +91,42 @@ def test_uncalibrated_devices_are_predicted_as_the_node_runs_them(node):
     assert plan.timed_like_node(_profile("pi", 5)).timing == plan.node_timing
     own = _profile("calibrated", 5, timing=plan.node_timing)
     assert plan.timed_like_node(own) is own
+
+
+def _fake_v1_host(node, tmp_path):
+    """A host's limits on a v1 hierarchy made of plain directories, its files as the kernel would show them."""
+    run = (str(tmp_path / "cpu" / "run"), str(tmp_path / "memory" / "run"))
+    plan = plan_enforcement(_runtime(node), [_profile("pi", 5)], run, version=1)
+    for directory in run:
+        host = os.path.join(directory, "host-0.0")
+        os.makedirs(host)
+        files = {"memory.usage_in_bytes": "50000000", "memory.stat": "active_file 0\ninactive_file 0\n",
+                 "cpu.stat": "nr_throttled 0\nthrottled_time 0\n", "memory.limit_in_bytes": "-1",
+                 "cpu.cfs_quota_us": "-1", "cpu.cfs_period_us": "100000"}
+        for name, text in files.items():
+            with open(os.path.join(host, name), "w") as out:
+                out.write(text)
+    return HostLimits(plan, 0, 0, pid=os.getpid())
+
+
+class _Cycle:
+    def __init__(self):
+        self.me = self
+
+
+def test_each_task_collects_what_came_after_the_hosts_start_up_frozen_at_its_first(node, tmp_path):
+    """A full collection before each task (cycles left by earlier tasks are not the host's baseline) walked the
+    host's 215 000 start-up objects in 270 ms a task: they are frozen at its first task."""
+    limits = _fake_v1_host(node, tmp_path)
+    assert not gc.get_freeze_count()
+    try:
+        with limits.task(_profile("pi", 5), 2**20) as first:
+            assert first.memory_limit_bytes == 50_000_000 + 2**20 and first.cpu_quota == pytest.approx(0.125 * 1.4)
+        assert gc.get_freeze_count() > 0
+        left = _Cycle()
+        collected = weakref.ref(left)
+        del left
+        with limits.task(_profile("pi", 5), 2**20):
+            assert collected() is None
+    finally:
+        gc.unfreeze()

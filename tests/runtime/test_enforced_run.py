@@ -64,6 +64,7 @@ def test_an_enforced_run_measures_its_devices_and_survives_the_kernel(ray_sessio
     assert list(cramped["status"]) == ["oom", "oom"] and list(cramped["oom_source"]) == ["kernel", "kernel"]
     report = json.loads((run_dir / "enforcement.json").read_text())
     assert report["slowdown"] == 1.0 and report["hosts"].startswith("2 hosts at once")
+    assert report["hosts"].endswith("evaluation between steps (2 hosts at 1 thread(s) each would exceed the 1.8 cores)")
     assert not _groups_of_this_process(base)
 
 
