@@ -290,7 +290,8 @@ def overhead_part(args: argparse.Namespace, node_path: Path) -> list[dict[str, A
 
 
 def run_phases(measured: dict[str, Any]) -> dict[str, float]:
-    """Where a run's wall time went (seconds): before its first round (hosts started, data loaded), per round
+    """Where a run's wall time went (seconds): outside the driver's run (the launch, hosts started beside the
+    driver, the records after), from the driver's start to its first round's end, per round
     after the first (median time between two steps' ends), and per task the host's whole time on it (memory guard,
     group limits, set-up, training, record: `wall_total_s`) and its training alone, medians over rounds 2 on."""
     from msfusion_ray.records import read_participant_rows
@@ -299,7 +300,8 @@ def run_phases(measured: dict[str, Any]) -> dict[str, float]:
     steps = timing["steps"]
     tasks = read_participant_rows(measured["run_dir"])
     later = tasks[tasks["round"] > 1] if (tasks["round"] > 1).any() else tasks
-    return {"to_round1_s": steps[0] - timing["runner_started"] if steps else float("nan"),
+    return {"outside_s": measured["run_wall_s"] - measured["summary"]["wall_s"],
+            "to_round1_s": steps[0] - timing["runner_started"] if steps else float("nan"),
             "round_s": statistics.median(np.diff(steps)) if len(steps) > 1 else float("nan"),
             "task_s": float(later["wall_total_s"].median()), "train_s": float(later["wall_train_s"].median())}
 
