@@ -9,6 +9,7 @@ import weakref
 import pytest
 
 from msfusion_ray.config import RuntimeConfig
+from msfusion_ray.devices import enforcement
 from msfusion_ray.devices.enforcement import HostLimits, plan_enforcement, throttle_factor
 from msfusion_ray.devices.profile import DeviceProfile
 from msfusion_ray.errors import UserInputError
@@ -128,5 +129,34 @@ def test_each_task_collects_what_came_after_the_hosts_start_up_frozen_at_its_fir
         del left
         with limits.task(_profile("pi", 5), 2**20):
             assert collected() is None
+    finally:
+        gc.unfreeze()
+
+
+def test_the_free_heap_stays_for_the_task_where_it_is_small_beside_its_cap(node, tmp_path, monkeypatch):
+    """Trimmed before every task, the heap's free pages were faulted in again by every task (5 200 faults a task
+    of the small CNN): they stay where they are at most a sixteenth of the cap, and count as the task's."""
+    mib = 2**20
+    heap = {"free": 3 * mib, "trims": 0}
+
+    def trim():
+        heap["trims"] += 1
+        heap["free"] = mib  # what a trim leaves counted as free: released, not resident
+
+    monkeypatch.setattr(enforcement, "allocator_free_bytes", lambda: heap["free"])
+    monkeypatch.setattr(enforcement, "_malloc_trim", trim)
+    limits = _fake_v1_host(node, tmp_path)  # it trims before it joins its group
+    heap["trims"] = 0
+    held = 50_000_000
+    try:
+        with limits.task(_profile("pi", 5), 400 * mib) as first:  # the host's start-up garbage: always trimmed
+            assert heap["trims"] == 1 and first.baseline_bytes == held
+        heap["free"] = 21 * mib  # what the task freed into the heap
+        with limits.task(_profile("pi", 5), 400 * mib) as roomy:  # 20 MiB resident beside 400 MiB: kept
+            assert heap["trims"] == 1 and roomy.baseline_bytes == held - 20 * mib
+            assert roomy.memory_limit_bytes == held - 20 * mib + 400 * mib
+        heap["free"] = 21 * mib
+        with limits.task(_profile("pi", 5), 64 * mib) as cramped:  # a third of 64 MiB: given back
+            assert heap["trims"] == 2 and cramped.baseline_bytes == held
     finally:
         gc.unfreeze()
