@@ -15,7 +15,8 @@
    kernel's verdict (killed or not) against the planner's (F <= cap), and, with no limit, the group's peak over
    what it held before (the real need).
 4. Overhead (`--part overhead`): the same small run under enforce: virtual and enforce: cgroups with every device
-   at the node's speed (quota 1.0), alternating, `--repeats` times; the ratio of their wall times.
+   at the node's speed (quota 1.0), alternating, `--repeats` times; the ratio of their wall times, and where each
+   run's time went (outside the driver's run, to the first round's end, per round, per task, training per task).
 
     sudo .venv/bin/python benchmarks/emulation_fidelity.py                    # all parts, ~15 minutes on 2 cores
     sudo .venv/bin/python benchmarks/emulation_fidelity.py --quick --seconds 0.5   # a smoke test, ~3 minutes
