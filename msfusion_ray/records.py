@@ -10,7 +10,7 @@ every figure is measured or computed while the round runs. Where hosts train on 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -92,9 +92,15 @@ class ParticipantRoundRow:
     metrics: dict[str, float] = field(default_factory=dict)  # the procedure's own figures (open, like Flower's)
 
     def flat(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.update({f"metric_{k}": float(v) for k, v in data.pop("metrics").items()})
+        """The row as a record: its fields, and each metric as a `metric_` column. Read field by field, not with
+        `dataclasses.asdict`, which deep-copies every value: 0.1 ms a row, a tenth of a second of the driver's
+        between rounds of 1000 participants."""
+        data = {name: getattr(self, name) for name in _PARTICIPANT_FIELDS}
+        data.update({f"metric_{k}": float(v) for k, v in self.metrics.items()})
         return data
+
+
+_PARTICIPANT_FIELDS = tuple(f.name for f in fields(ParticipantRoundRow) if f.name != "metrics")
 
 
 @dataclass
