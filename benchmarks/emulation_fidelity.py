@@ -166,33 +166,36 @@ def memory_part(args: argparse.Namespace, node_path: Path) -> list[dict[str, Any
 
 
 def memory_verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per memory mode: the verdicts from the smallest footprint at which every verdict agrees upwards (below it
-    the allocator's granularity decides), and the real need over the planner's threshold and over the
-    footprint."""
+    """Per memory mode and margin (the refused caps at one factor under the threshold, the caps at or over it that
+    the planner says fit): the verdicts from the smallest footprint at which every verdict agrees upwards (below
+    it the allocator's granularity decides), and the real need over the planner's threshold and footprint."""
     table = []
     for mode in ("process", "tensors"):
-        chosen = [r for r in rows if r["mode"] == mode]
-        if not chosen:
-            continue
-        agree = lambda r: (r["planner"] == "fits") == (r["kernel"] == "ran")  # noqa: E731
-        sizes = sorted({r["footprint_mb"] for r in chosen})
-        smallest = next((s for s in sizes if all(agree(r) for r in chosen if r["footprint_mb"] >= s)), None)
-        counted = [r for r in chosen if smallest is not None and r["footprint_mb"] >= smallest]
-        fits = [r for r in counted if r["planner"] == "fits"]
-        refused = [r for r in counted if r["planner"] == "refuses"]
-        cases = {(r["case"], r["rate"]): r for r in chosen}.values()
-        over_plan = sorted(r["need_mb"] / r["planned_mb"] for r in cases)
-        over_footprint = sorted(r["need_mb"] / r["footprint_mb"] for r in cases)
-        table.append({"memory": mode, "caps": len(chosen), "smallest deciding MB": smallest,
-                      "fits (killed)": f"{len(fits)} ({sum(r['kernel'] == 'killed' for r in fits)})",
-                      "refused (failed)": f"{len(refused)} ({sum(r['kernel'] != 'ran' for r in refused)})",
-                      "all fits killed": sum(r["kernel"] == "killed" for r in chosen if r["planner"] == "fits"),
-                      "all refused failed": f"{sum(r['kernel'] != 'ran' for r in chosen if r['planner'] == 'refuses')}"
-                                            f" of {sum(r['planner'] == 'refuses' for r in chosen)}",
-                      "need / threshold median": statistics.median(over_plan), "min": over_plan[0],
-                      "max": over_plan[-1], "need / footprint median": statistics.median(over_footprint),
-                      "min ": over_footprint[0], "max ": over_footprint[-1]})
+        for refuse in sorted({r["factor"] for r in rows if r["mode"] == mode and r["factor"] < 1}):
+            chosen = [r for r in rows if r["mode"] == mode and (r["factor"] == refuse or r["factor"] >= 1)]
+            table.append(_verdicts(chosen, mode, refuse))
     return table
+
+
+def _verdicts(chosen: list[dict[str, Any]], mode: str, refuse: float) -> dict[str, Any]:
+    agree = lambda r: (r["planner"] == "fits") == (r["kernel"] == "ran")  # noqa: E731
+    sizes = sorted({r["footprint_mb"] for r in chosen})
+    smallest = next((s for s in sizes if all(agree(r) for r in chosen if r["footprint_mb"] >= s)), None)
+    counted = [r for r in chosen if smallest is not None and r["footprint_mb"] >= smallest]
+    fits = [r for r in counted if r["planner"] == "fits"]
+    refused = [r for r in counted if r["planner"] == "refuses"]
+    cases = {(r["case"], r["rate"]): r for r in chosen}.values()
+    over_plan = sorted(r["need_mb"] / r["planned_mb"] for r in cases)
+    over_footprint = sorted(r["need_mb"] / r["footprint_mb"] for r in cases)
+    return {"memory": mode, "refused at": refuse, "caps": len(chosen), "smallest deciding MB": smallest,
+            "fits (killed)": f"{len(fits)} ({sum(r['kernel'] == 'killed' for r in fits)})",
+            "refused (failed)": f"{len(refused)} ({sum(r['kernel'] != 'ran' for r in refused)})",
+            "all fits killed": sum(r["kernel"] == "killed" for r in chosen if r["planner"] == "fits"),
+            "all refused failed": f"{sum(r['kernel'] != 'ran' for r in chosen if r['planner'] == 'refuses')}"
+                                  f" of {sum(r['planner'] == 'refuses' for r in chosen)}",
+            "need / threshold median": statistics.median(over_plan), "min": over_plan[0], "max": over_plan[-1],
+            "need / footprint median": statistics.median(over_footprint), "min ": over_footprint[0],
+            "max ": over_footprint[-1]}
 
 
 def overhead_part(args: argparse.Namespace, node_path: Path) -> list[dict[str, Any]]:
