@@ -283,7 +283,8 @@ def tables(results: dict[str, Any]) -> str:
             row[f"{r['mode']} MB"] = r["need_mb"]
             row[f"{r['mode']} / planned"] = r["need_mb"] / r["footprint_mb"]
         parts += ["memory: whole tasks' need (the group's peak, no limit) against the planner's footprint",
-                  markdown_table(list(needs.values())), "memory verdicts", markdown_table(results["memory_summary"])]
+                  markdown_table(list(needs.values())), "memory verdicts",
+                  markdown_table(memory_verdicts(results["memory"]))]
     if results.get("overhead"):
         parts += ["overhead at quota 1.0", markdown_table(results["overhead"]),
                   f"median ratio {results['overhead_median_ratio']:.3f}"]
