@@ -81,6 +81,7 @@ class ParticipantRoundRow:
     cpu_throttled_s: float = 0.0  # ... how long the kernel held the host back for that quota
     mem_limit_bytes: int = 0  # ... the memory limit it trained under: its cap on top of what the host held
     mem_baseline_bytes: int = 0  # ... what the host held before the task (not the device's memory)
+    mem_peak_group_bytes: int = 0  # ... the most its group held during the task over its start: the process's need
     gpu_samples: int = 0  # NVML samples of the host's GPU taken while the task ran (0: CPU, or no NVML)
     gpu_total_bytes: int = 0  # the GPU's memory
     gpu_used_bytes: int = 0  # the most of it in use (every process's) in those samples
