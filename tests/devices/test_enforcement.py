@@ -94,6 +94,14 @@ def test_uncalibrated_devices_are_predicted_as_the_node_runs_them(node):
     assert plan.timed_like_node(own) is own
 
 
+@pytest.fixture(autouse=True)
+def _collector_unfrozen():
+    """A host's first task freezes what the process holds (gc.freeze): not the test process's for good."""
+    gc.unfreeze()
+    yield
+    gc.unfreeze()
+
+
 def _fake_v1_host(node, tmp_path):
     """A host's limits on a v1 hierarchy made of plain directories, its files as the kernel would show them."""
     run = (str(tmp_path / "cpu" / "run"), str(tmp_path / "memory" / "run"))
@@ -119,7 +127,7 @@ def test_each_task_collects_what_came_after_the_hosts_start_up_frozen_at_its_fir
     """A full collection before each task (cycles left by earlier tasks are not the host's baseline) walked the
     host's 215 000 start-up objects in 270 ms a task: they are frozen at its first task."""
     limits = _fake_v1_host(node, tmp_path)
-    assert not gc.get_freeze_count()
+    assert not gc.get_freeze_count()  # the fixture unfroze it
     try:
         with limits.task(_profile("pi", 5), 2**20) as first:
             assert first.memory_limit_bytes == 50_000_000 + 2**20 and first.cpu_quota == pytest.approx(0.125 * 1.4)
@@ -160,3 +168,38 @@ def test_the_free_heap_stays_for_the_task_where_it_is_small_beside_its_cap(node,
             assert heap["trims"] == 2 and cramped.baseline_bytes == held
     finally:
         gc.unfreeze()
+
+
+def _fake_v2_host(tmp_path, node):
+    """A host's limits on a directory tree made to look like v2, with what the kernel's files would say."""
+    root = tmp_path / "unified"
+    run = root / "msfusion_ray.1.run"
+    run.mkdir(parents=True)
+    for directory in (root, run):
+        (directory / "cgroup.subtree_control").write_text("")
+    plan = plan_enforcement(_runtime(node), [_profile("d", 40)], (str(run),), 2)
+    limits = HostLimits(plan, 0, 0, pid=12345)
+    files = {"memory.current": "1000\n", "memory.stat": "anon 1000\nfile 0\n", "cpu.stat": "throttled_usec 0\n",
+             "memory.peak": "1000\n", "cpu.max": "max 100000\n", "memory.max": "max\n"}
+    for name, text in files.items():
+        (limits.group.dirs[0] / name).write_text(text)
+    return limits
+
+
+def test_a_task_records_its_groups_peak_over_its_start(tmp_path, node):
+    limits = _fake_v2_host(tmp_path, node)
+    peak = limits.group.dirs[0] / "memory.peak"
+    with limits.task(_profile("d", 40), 10**6) as task:
+        assert peak.read_text() == "0"  # reset as the task starts
+        peak.write_text("6000\n")  # the kernel's figure once the task allocated
+    assert task.peak_bytes == 5000 and task.baseline_bytes == 1000 and task.memory_limit_bytes == 1000 + 10**6
+
+
+def test_a_peak_the_kernel_cannot_reset_or_read_costs_the_figure_not_the_task(tmp_path, node):
+    limits = _fake_v2_host(tmp_path, node)
+    peak = limits.group.dirs[0] / "memory.peak"
+    peak.unlink()
+    peak.mkdir()  # neither written nor read, as on v2 kernels before 5.19
+    with limits.task(_profile("d", 40), 10**6) as task:
+        pass
+    assert task.peak_bytes == 0 and task.baseline_bytes == 1000
