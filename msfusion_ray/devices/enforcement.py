@@ -325,10 +325,10 @@ class HostLimits:
         the host's memory. Where it is small beside the cap (at most REUSABLE_SHARE of it), it stays resident and
         counts as the task's; elsewhere, and at the host's first task (its start-up's garbage), `malloc_trim` gives
         it back to the kernel, and the task faults in again what it uses: trimmed before every task, the small CNN's
-        tasks took 5 200 page faults each (its 20 MiB of activations), 15 % of their CPU time. What a trim gave back
-        still counts as free but is not resident (`released`): left out, it lets the task have at most that much
-        (about 1 MiB) more than its cap; a free heap that does not suit the task's blocks, at most REUSABLE_SHARE
-        of its cap less."""
+        tasks took 5 000 page faults each (its 20 MiB of activations), 9 to 15 % of their CPU time. What a trim gave
+        back still counts as free but is not resident (`released`): left out, it lets the task have at most that
+        much (about 1 MiB) more than its cap; a free heap that does not suit the task's blocks, at most
+        REUSABLE_SHARE of its cap less."""
         free = allocator_free_bytes()
         if not trim and free is not None and free - self.released <= REUSABLE_SHARE * memory_cap_bytes:
             return max(0, free - self.released)
