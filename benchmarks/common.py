@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -210,6 +211,24 @@ def write_results(name: str, results: dict[str, Any]) -> Path:
     OUT_DIR.mkdir(exist_ok=True)
     path = OUT_DIR / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(results, indent=2))
+    return path
+
+
+def report(name: str, results: dict[str, Any], tables: list[dict[str, Any]] | dict[str, list[dict[str, Any]]],
+           *, command: str | None = None, machine_info: dict[str, Any] | None = None, footer: str = "") -> Path:
+    """Close a benchmark the one way every benchmark does: its results, under the command that produced them and
+    the machine they ran on, written to benchmarks/out/, then its table(s) printed for docs/benchmarks.md and the
+    file's path. `tables` is one table, or several by title."""
+    path = write_results(name, {"command": command or " ".join(sys.argv), "machine": machine_info or machine(),
+                                **results})
+    if isinstance(tables, dict):
+        for title, rows in tables.items():
+            print(f"\n{title}\n")
+            print(markdown_table(rows))
+        print()
+    elif tables:
+        print(markdown_table(tables))
+    print(f"{footer}results: {path}")
     return path
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import load, machine, markdown_table, median, write_results  # noqa: E402
+from benchmarks.common import load, median, report  # noqa: E402
 
 COMMAND = [sys.executable, "-m", "msfusion_ray", "compare", "quickstart", "--quick"]
 
@@ -52,11 +52,8 @@ def main() -> None:
                "max_wall_s": max(r["wall_s"] for r in runs), "objectives": runs[0]["objectives"],
                "winner_named": runs[0]["winner_named"], "load_before": runs[0]["load_before"],
                "load_after": runs[-1]["load_after"]}
-    path = write_results("compare-quick", {"command": " ".join([*COMMAND, *args.extra]), "machine": machine(),
-                                           "runs": runs, "summary": summary})
-    print(markdown_table([summary]))
     print(json.dumps(runs[-1]["lines"], indent=1))
-    print(f"results: {path}")
+    report("compare-quick", {"runs": runs, "summary": summary}, [summary], command=" ".join([*COMMAND, *args.extra]))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import load, machine, markdown_table, write_results  # noqa: E402
+from benchmarks.common import load, report  # noqa: E402
 from msfusion_ray.models import DataShape, build_family  # noqa: E402
 
 MODELS = [("fedavg_cnn", 1.0, (1, 28, 28), 2000), ("cnn", 1.0, (1, 28, 28), 2000), ("resnet18", 0.25, (3, 32, 32), 1000)]
@@ -52,10 +52,7 @@ def main() -> None:
         print(rows[-1], file=sys.stderr, flush=True)
     rows.append({"model": "load (before-after)", **{f"batch {s}": "" for s in args.sizes}})
     rows[-1][f"batch {args.sizes[0]}"] = f"{load_before:.1f}-{load():.1f}"
-    path = write_results("eval_batch", {"command": " ".join(sys.argv), "machine": machine(), "args": vars(args),
-                                        "images_per_s": rows})
-    print(markdown_table(rows))
-    print(f"results: {path}")
+    report("eval_batch", {"args": vars(args), "images_per_s": rows}, rows)
 
 
 if __name__ == "__main__":

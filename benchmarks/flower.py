@@ -57,8 +57,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import (BENCH_DEVICE, TreeMemory, load, machine, markdown_table, median,  # noqa: E402
-                               write_results)
+from benchmarks.common import BENCH_DEVICE, TreeMemory, load, median, report  # noqa: E402
 
 FLOWER_REQUIREMENTS = ["flwr[simulation]==1.42.0", "torch==2.13.0"]
 DEFAULT_FLOWER_VENV = ROOT / "benchmarks" / "out" / "flower-venv"  # git-ignored, made on first use
@@ -267,13 +266,8 @@ def main() -> None:
                                 "load_after": load(),
                                 "raw": runs, "figures": {side: figures(run, flops) for side, run in runs.items()}})
     tables = summarise(repetitions, args.sides)
-    path = write_results("flower", {"command": " ".join(sys.argv), "machine": machine(), "args":
-                                    {k: str(v) for k, v in vars(args).items()}, "repetitions": repetitions,
-                                    "medians": tables})
-    for name, rows in tables.items():
-        print(f"\n{name}\n")
-        print(markdown_table(rows))
-    print(f"\nresults: {path}")
+    report("flower", {"args": {k: str(v) for k, v in vars(args).items()}, "repetitions": repetitions,
+                      "medians": tables}, tables)
 
 
 def training_flops(args: argparse.Namespace) -> float:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import machine, markdown_table, measured_run, ray_session, write_results  # noqa: E402
+from benchmarks.common import machine, measured_run, ray_session, report  # noqa: E402
 from msfusion_ray.experiment.config_check import load_config  # noqa: E402
 from msfusion_ray.experiment.prepare import prepare  # noqa: E402
 from msfusion_ray.records import read_host_rows, read_participant_rows, read_round_rows  # noqa: E402
@@ -66,10 +66,7 @@ def main() -> None:
             results.append({"config": path, "participants": summary["participants"], "hosts": summary["hosts"],
                             "rounds": summary["rounds_completed"], **gpu_figures(run["run_dir"]),
                             "final_accuracy": summary["final_accuracy"], "run_wall_s": run["run_wall_s"]})
-    out = write_results("gpu", {"command": " ".join(sys.argv), "machine": {**machine(), **gpu_machine()},
-                                "results": results})
-    print(markdown_table(results))
-    print(f"results: {out}")
+    report("gpu", {"results": results}, results, machine_info={**machine(), **gpu_machine()})
 
 
 if __name__ == "__main__":

@@ -28,8 +28,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (BENCH_DEVICE, load, machine, markdown_table, measured_run, median,  # noqa: E402
-                               ray_session, write_results)
+from benchmarks.common import BENCH_DEVICE, load, measured_run, median, ray_session, report  # noqa: E402
 from msfusion_ray.config import ExperimentConfig  # noqa: E402
 from msfusion_ray.devices.profile import default_profiles_dir  # noqa: E402
 from msfusion_ray.experiment.config_check import config_from_dict  # noqa: E402
@@ -130,10 +129,7 @@ def main() -> None:
     summary["bare torch threads"] = cores
     loads = [r["load_before"] for r in repeats] + [r["load_after"] for r in repeats]
     summary["load (min-max)"] = f"{min(loads):.1f}-{max(loads):.1f}"
-    path = write_results("overhead", {"command": " ".join(sys.argv), "machine": machine(), "args": vars(args),
-                                      "repeats": repeats, "medians": summary})
-    print(markdown_table([summary]))
-    print(f"results: {path}")
+    report("overhead", {"args": vars(args), "repeats": repeats, "medians": summary}, [summary])
 
 
 if __name__ == "__main__":

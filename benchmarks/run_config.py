@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import machine, markdown_table, measured_run, median, ray_session, write_results  # noqa: E402
+from benchmarks.common import measured_run, median, ray_session, report  # noqa: E402
 from msfusion_ray.experiment.config_check import load_config  # noqa: E402
 from msfusion_ray.experiment.prepare import prepare  # noqa: E402
 from msfusion_ray.records import read_participant_rows, read_round_rows  # noqa: E402
@@ -40,10 +40,7 @@ def main() -> None:
         "median_round_device_s": median(rounds["device_time_s"].tolist()),
         **{k: run[k] for k in ("driver_peak_mb", "host_peak_mb", "hosts_total_mb", "load_before", "load_after")},
     }
-    path = write_results(f"run-{Path(args.config).stem}", {"command": " ".join(sys.argv), "machine": machine(),
-                                                           "result": result})
-    print(markdown_table([result]))
-    print(f"results: {path}")
+    report(f"run-{Path(args.config).stem}", {"result": result}, [result])
 
 
 if __name__ == "__main__":

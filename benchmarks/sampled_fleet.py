@@ -27,7 +27,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import load, machine, markdown_table, median, ray_session, write_results  # noqa: E402
+from benchmarks.common import load, median, ray_session, report  # noqa: E402
 from msfusion_ray.app.launching import run_prepared  # noqa: E402
 from msfusion_ray.cli import main as cli  # noqa: E402
 from msfusion_ray.experiment.config_check import config_from_dict  # noqa: E402
@@ -102,10 +102,7 @@ def main() -> None:
                 runs.append(measure(fleet, args.size, Path(scratch)))
                 print(f"repeat {repeat + 1}: {runs[-1]}", file=sys.stderr, flush=True)
     table = summarise(runs)
-    path = write_results("sampled_fleet", {"command": " ".join(sys.argv), "machine": machine(), "args": vars(args),
-                                           "runs": runs, "medians": table})
-    print(markdown_table(table))
-    print(f"results: {path}")
+    report("sampled_fleet", {"args": vars(args), "runs": runs, "medians": table}, table)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import machine, markdown_table, measured_run, median, ray_session, write_results  # noqa: E402
+from benchmarks.common import measured_run, median, ray_session, report  # noqa: E402
 from msfusion_ray.config import ExperimentConfig  # noqa: E402
 from msfusion_ray.experiment.config_check import config_from_dict  # noqa: E402
 from msfusion_ray.records import (ParticipantRoundRow, RecordWriter, RoundRow, read_participant_rows,  # noqa: E402
@@ -162,10 +162,7 @@ def main() -> None:
                     runs.append(measure(size, args.rounds, args.hosts, Path(scratch), args.per_round, fleet))
                     print(f"repeat {repeat + 1}: {runs[-1]}", file=sys.stderr, flush=True)
     table = summarise(runs)
-    path = write_results("scalability", {"command": " ".join(sys.argv), "machine": machine(), "args": vars(args),
-                                         "runs": runs, "medians": table})
-    print(markdown_table(table))
-    print(f"results: {path}")
+    report("scalability", {"args": vars(args), "runs": runs, "medians": table}, table)
 
 
 if __name__ == "__main__":

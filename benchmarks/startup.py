@@ -34,7 +34,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import load, machine, markdown_table, median, write_results  # noqa: E402
+from benchmarks.common import load, median, report  # noqa: E402
 
 DAEMONS = ("dashboard.py", "agent.py", "runtime_env/agent/main.py", "log_monitor.py", "monitor.py")
 SAMPLE_S = 0.1
@@ -252,13 +252,9 @@ def main() -> None:
             {"part": k, "CPU s": v} for k, v in phases.items()],
     }
     loads = [v for r in repetitions for v in (r["load_before"], r["load_after"])]
-    path = write_results("startup", {"command": " ".join(sys.argv), "machine": machine(), "config": str(config),
-                                     "tree": str(tree),
-                                     "repetitions": repetitions, "preparing_phases": phases, "tables": tables})
-    for name, rows in tables.items():
-        print(f"\n{name}\n")
-        print(markdown_table(rows))
-    print(f"\nload {min(loads):.1f}-{max(loads):.1f}; results: {path}")
+    report("startup", {"config": str(config), "tree": str(tree), "repetitions": repetitions,
+                       "preparing_phases": phases, "tables": tables}, tables,
+           footer=f"load {min(loads):.1f}-{max(loads):.1f}; ")
 
 
 def workload(args: argparse.Namespace, scratch: Path) -> Path:

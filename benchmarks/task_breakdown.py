@@ -28,7 +28,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import load, machine, measured_run, ray_session, write_results  # noqa: E402
+from benchmarks.common import load, measured_run, ray_session, report  # noqa: E402
 from benchmarks.scalability import config_for  # noqa: E402
 from msfusion_ray.records import read_participant_rows, read_round_rows  # noqa: E402
 
@@ -125,9 +125,7 @@ def main() -> None:
         print(f"| in the task: {field} | {ms:.2f} |")
     rates = result["tasks_per_s"]
     print(f"| participant tasks / s in rounds 2 on | {min(rates):.0f}-{max(rates):.0f} |")
-    path = write_results("task_breakdown", {"command": " ".join(sys.argv), "machine": machine(),
-                                            "args": vars(args), **result})
-    print(f"\nresults: {path}")
+    report("task_breakdown", {"args": vars(args), **result}, [])
 
 
 if __name__ == "__main__":

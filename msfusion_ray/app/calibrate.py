@@ -22,7 +22,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from msfusion_ray.devices.enforcement import node_cache_path
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.files import write_text_atomic
 
@@ -173,6 +172,9 @@ def calibrate(out: str | None, threads: int = 1, quick: bool = False, address: s
     write_text_atomic(path, profile_text(node, path.stem))
     written = [path]
     if address is None:  # this node's calibration, where enforced runs that name none find it
+        # Imported here: the command line imports this module, and numpy would cost every command 0.3 s.
+        from msfusion_ray.devices.enforcement import node_cache_path
+
         cache = node_cache_path()
         write_text_atomic(cache, profile_text(node, cache.stem))
         written.append(cache)

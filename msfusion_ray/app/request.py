@@ -13,7 +13,6 @@ from typing import Any, Callable, Sequence
 
 from msfusion_ray.app.run_dir import check_output_dir, check_run_dir
 from msfusion_ray.config import ExperimentConfig, checked_structure
-from msfusion_ray.devices.enforcement import hierarchy_base
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.inputs import load_yaml, set_dotted
 from msfusion_ray.paths import CODE_FIELDS, find_config
@@ -92,6 +91,9 @@ def check_request(request: RunRequest, check: ConfigCheck = checked_structure) -
     else:
         check_output_dir(config.output_dir, "output_dir")
     if config.runtime.enforce == "cgroups":
+        # Imported here: the command line imports this module, and numpy would cost every command 0.3 s.
+        from msfusion_ray.devices.enforcement import hierarchy_base
+
         hierarchy_base()
     return CheckedRun(config, request.resume)
 

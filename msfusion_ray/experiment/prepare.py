@@ -145,7 +145,7 @@ def prepare(config: ExperimentConfig, data: DataBundle | None = None) -> Experim
                           config.model.memory_format)
     check_fits_machine(family, config.training)
     strategy = make_strategy(config.strategy, family, config.seed)
-    check_enforcement(config.runtime, [fleet.device_of(pid) for pid in range(len(fleet))], strategy.engine)
+    check_enforcement(config.runtime, (fleet.device_of(pid) for pid in range(len(fleet))), strategy.engine)
     spec = strategy.objective()
     objective = make_objective(spec.name, spec.params) if spec is not None else None
     if is_code_ref(config.model.name):  # the user's code; the built-in networks are tested
