@@ -8,12 +8,13 @@
    (devices.enforcement.HostLimits, the quota raised by the measured throttling cost), the step timed in wall
    time, against the FLOP/s model (the node's train_gflops) and the roofline (its timing block). `--raw` also times
    each quota below 1 without the throttling compensation: what throttling costs.
-3. Memory (`--part memory`): for each (model, rate) the planner's footprint F, and caps on both sides of it
-   (F x 0.8 and 1.25), under each `runtime.enforce_memory` (process: glibc as it is; tensors: freed tensors go back
-   to the kernel): a fresh process per cap trains the sub-model (the planner's pass first, then three steps, the
-   first measured as hosts measure it) under the limit an enforced host sets (what it holds, plus the cap); the
-   kernel's verdict (killed or not) against the planner's (F <= cap), and, with no limit, the group's peak over
-   what it held before (the real need).
+3. Memory (`--part memory`): for each (model, rate) and each `runtime.enforce_memory` (process: glibc as it is;
+   tensors: freed tensors go back to the kernel), whole tasks as a host runs them (msfusion_ray/app/task_memory.py:
+   a fresh process per run that joins its group after its imports, the planner's pass, then `--memory-tasks` tasks
+   of `--memory-steps` steps each, the update made) first with no limit (the real need: the group's peak over what
+   it held at a task's start), then under the limit an enforced host sets for caps at `--cap-factors` times the
+   planner's threshold (the need the node's `memory_need` makes of the footprint under process; the footprint
+   under tensors, or where the node has no model): the kernel's verdict (killed or not) against the planner's.
 4. Overhead (`--part overhead`): the same small run under enforce: virtual and enforce: cgroups with every device
    at the node's speed (quota 1.0), alternating, `--repeats` times; the ratio of their wall times.
 
@@ -45,20 +46,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import OUT_DIR, load, machine, markdown_table, write_results  # noqa: E402
 from msfusion_ray.app.calibrate import measure_node, profile_text  # noqa: E402
-from msfusion_ray.config import RuntimeConfig, TrainingConfig  # noqa: E402
+from msfusion_ray.app.task_memory import TaskCase, in_fresh_process  # noqa: E402
+from msfusion_ray.config import RuntimeConfig  # noqa: E402
 from msfusion_ray.costs.flops import StepCostCache  # noqa: E402
 from msfusion_ray.devices import calibration, cgroups  # noqa: E402
 from msfusion_ray.devices.calibration import Workload  # noqa: E402
-from msfusion_ray.devices.capacity import make_planner  # noqa: E402
 from msfusion_ray.devices.enforcement import HostLimits, hierarchy_base, plan_enforcement  # noqa: E402
 from msfusion_ray.devices.profile import DeviceProfile, load_profile  # noqa: E402
 from msfusion_ray.devices.time_model import step_seconds  # noqa: E402
 from msfusion_ray.files import write_text_atomic  # noqa: E402
-from msfusion_ray.models.module import build_family  # noqa: E402
-from msfusion_ray.models.weights import load_weights, to_weights  # noqa: E402
-from msfusion_ray.splitting.index_map import prefix_selection, widths_of  # noqa: E402
-from msfusion_ray.training.losses import loss_of  # noqa: E402
-from msfusion_ray.training.optimizers import SGD  # noqa: E402
 
 TIME_CASES = calibration.suite((16, 64), (4, 16), (0.25, 0.5))
 QUICK_TIME = [Workload("mlp", 16), Workload("cnn", 16, 0.5), Workload("transformer", 4, 1.0, "text64", calibration.GPT)]
@@ -68,7 +64,7 @@ MEMORY_MODELS = [Workload("mlp", 4, 0.1), Workload("mlp", 32), Workload("cnn", 8
                  Workload("transformer", 8, 1.0, "text64", calibration.GPT)]
 QUICK_MEMORY = [Workload("mlp", 4, 0.1), Workload("mlp", 32), Workload("cnn", 32)]
 MEMORY_RATES = (1.0, 0.5)
-CAP_FACTORS = (0.8, 1.25)  # the planner's margin: its verdicts are taken 20 % either side of its footprint
+CAP_FACTORS = (0.65, 0.8, 1.0)  # caps as multiples of the planner's threshold: 35 % and 20 % under it, and at it
 BIG_CAP = 16 * 2**30
 
 
@@ -135,92 +131,34 @@ def time_part(args: argparse.Namespace, node_path: Path) -> list[dict[str, Any]]
     return rows
 
 
-def _train(family: Any, widths: Any, workload: Workload, payload: Any, steps: int) -> None:  # noqa: ANN401
-    """`steps` training steps of the sub-model as a participant runs them (the first measured: FLOPs, census,
-    live tensors), on a model built from `payload`."""
-    batch = family.example_batch(workload.batch_size)
-    if calibration.SHAPES[workload.shape].input_dtype != "int":
-        batch = (torch.randn(batch[0].shape), batch[1])
-    loss = loss_of(calibration.SHAPES[workload.shape].task)
-    model = family.build(widths).train()
-    load_weights(model, payload)
-    optimizer = SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
-    costs = StepCostCache()
-
-    def step() -> float:
-        optimizer.zero_grad(set_to_none=True)
-        value = loss(model, batch)
-        value.backward()
-        optimizer.step()
-        return float(value.detach())
-
-    for _ in range(steps):
-        costs.run("step", step, [*model.parameters(), *model.buffers()])
-    to_weights(model)
-
-
-def memory_child(spec: dict[str, Any]) -> dict[str, int]:
-    """One cap of the memory grid, in a fresh interpreter of its own as a host is (see the module's docstring):
-    the planner's footprint and the group's peak over what it held before training (need), in bytes. A child
-    forked from the benchmark instead (no 2.3 s of imports) needed 1 to 8 MB more (smoke test, 2026-12-07): it
-    inherits its parent's allocator state, and the kernel charges its group for every shared page it writes."""
-    torch.set_num_threads(1)
-    workload = Workload(**spec["workload"])
-    runtime = runtime_for(Path(spec["node"]), enforce_memory=spec["mode"])
-    node = load_profile(spec["node"])
-    plan = plan_enforcement(runtime, [node], tuple(spec["run_dirs"]), spec["version"])
-    limits = HostLimits(plan, spec["index"], 0)  # joins its group after the imports, as a host does
-    family = build_family(workload.family, calibration.SHAPES[workload.shape], workload.width, workload.options)
-    widths = widths_of(family.spec, prefix_selection(family.spec, spec["rate"]))
-    # as a participant does: the planner's pass (a forward and backward) before the limit is set
-    footprint = make_planner(family, TrainingConfig(batch_size=workload.batch_size, momentum=0.9)).footprint(
-        widths, workload.batch_size).total
-    payload = to_weights(family.build(widths))
-    with limits.task(node, int(spec["cap"])):
-        before = limits.group.memory_bytes()
-        limits.group.reset_peak()
-        _train(family, widths, workload, payload, steps=3)
-        return {"footprint": footprint, "need": limits.group.peak_bytes() - before}
-
-
-def _memory_run(run: cgroups.Group, version: int, node_path: Path, workload: Workload, rate: float, cap: int,
-                mode: str, index: int) -> tuple[str, dict[str, int] | None]:
-    """One child under one limit: the kernel's verdict (killed, ran) and, when it ran, the footprint and need."""
-    spec = {"workload": dataclasses.asdict(workload), "rate": rate, "cap": cap, "index": index, "mode": mode,
-            "node": str(node_path), "run_dirs": [str(d) for d in run.dirs], "version": version}
-    child = subprocess.run([sys.executable, __file__, "--memory-child", json.dumps(spec)], capture_output=True,
-                           text=True, timeout=600)
-    group = cgroups.Group(version, tuple(d / f"host-{index}.0" for d in run.dirs))
-    if group.oom_kills():
-        return "killed", None
-    if child.returncode != 0:
-        return f"failed {child.returncode}: {child.stderr.strip().splitlines()[-1:]}", None
-    return "ran", json.loads(child.stdout.strip().splitlines()[-1])
-
-
 def memory_part(args: argparse.Namespace, node_path: Path) -> list[dict[str, Any]]:
-    """Per (model, rate) and memory mode: the real need with no limit, then the kernel's verdict at each cap."""
-    hierarchy = cgroups.detect()
+    """Per (model, rate) and memory mode: the real need of whole tasks with no limit, then the kernel's verdict at
+    each cap around the planner's threshold (the need its node's model makes of the footprint; the footprint
+    itself under `tensors`, or where the node has no model)."""
+    model = load_profile(node_path).memory_need
     run = cgroups.run_group(hierarchy_base(), "fidelity-memory").make()
     rows, index = [], 0
     try:
         for workload in QUICK_MEMORY if args.quick else MEMORY_MODELS:
             for rate in MEMORY_RATES:
-                for mode in ("process", "tensors"):
-                    ended, free = _memory_run(run, hierarchy.version, node_path, workload, rate, BIG_CAP, mode,
-                                              index)
+                for mode in args.modes:
+                    case = TaskCase(workload, rate, args.memory_steps * workload.batch_size, args.memory_tasks, mode)
+                    ended, free = in_fresh_process(case, run, index)
                     index += 1
                     if free is None:
-                        print(f"{workload.label} rate {rate} {mode}: no limit, and it {ended}", flush=True)
+                        print(f"{case.label} {mode}: no limit, and it {ended}", flush=True)
                         continue
-                    footprint, need = free["footprint"], free["need"] / 1e6
-                    for factor in CAP_FACTORS:
-                        cap = int(footprint * factor)
-                        kernel, _ = _memory_run(run, hierarchy.version, node_path, workload, rate, cap, mode, index)
+                    footprint, need = free["planned"], max(t["need"] for t in free["tasks"])
+                    planned = (model.of(workload.family).need_bytes(footprint) if model is not None and
+                               mode == "process" else footprint)
+                    for factor in args.cap_factors:
+                        cap = int(planned * factor)
+                        kernel, _ = in_fresh_process(case, run, index, cap_bytes=cap)
                         index += 1
                         rows.append({"case": workload.label, "rate": rate, "mode": mode,
-                                     "footprint_mb": footprint / 1e6, "need_mb": need, "cap_mb": cap / 1e6,
-                                     "planner": "fits" if footprint <= cap else "refuses", "kernel": kernel})
+                                     "footprint_mb": footprint / 1e6, "planned_mb": planned / 1e6,
+                                     "need_mb": need / 1e6, "cap_mb": cap / 1e6, "factor": factor,
+                                     "planner": "fits" if planned <= cap else "refuses", "kernel": kernel})
                         print(json.dumps(rows[-1]), flush=True)
     finally:
         run.remove(wait_s=5)
@@ -228,30 +166,36 @@ def memory_part(args: argparse.Namespace, node_path: Path) -> list[dict[str, Any
 
 
 def memory_verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per memory mode: the verdicts from the smallest footprint at which every verdict agrees upwards (below it
-    the allocator's granularity decides), and the planner's footprint over the real need (its margin)."""
+    """Per memory mode and margin (the refused caps at one factor under the threshold, the caps at or over it that
+    the planner says fit): the verdicts from the smallest footprint at which every verdict agrees upwards (below
+    it the allocator's granularity decides), and the real need over the planner's threshold and footprint."""
     table = []
     for mode in ("process", "tensors"):
-        chosen = [r for r in rows if r["mode"] == mode]
-        if not chosen:
-            continue
-        agree = lambda r: (r["planner"] == "fits") == (r["kernel"] == "ran")  # noqa: E731
-        sizes = sorted({r["footprint_mb"] for r in chosen})
-        smallest = next((s for s in sizes if all(agree(r) for r in chosen if r["footprint_mb"] >= s)), None)
-        counted = [r for r in chosen if smallest is not None and r["footprint_mb"] >= smallest]
-        fits = [r for r in counted if r["planner"] == "fits"]
-        refused = [r for r in counted if r["planner"] == "refuses"]
-        ratios = sorted({(r["case"], r["rate"]): r["need_mb"] / r["footprint_mb"] for r in chosen
-                         if r["need_mb"] == r["need_mb"]}.values())
-        table.append({"memory": mode, "cases": len(chosen), "smallest deciding MB": smallest,
-                      "fits (killed)": f"{len(fits)} ({sum(r['kernel'] == 'killed' for r in fits)})",
-                      "refused (failed)": f"{len(refused)} ({sum(r['kernel'] != 'ran' for r in refused)})",
-                      "all fits killed": sum(r["kernel"] == "killed" for r in chosen if r["planner"] == "fits"),
-                      "all refused failed": sum(r["kernel"] != "ran" for r in chosen if r["planner"] == "refuses"),
-                      "need / plan median": statistics.median(ratios) if ratios else None,
-                      "need / plan min": ratios[0] if ratios else None,
-                      "need / plan max": ratios[-1] if ratios else None})
+        for refuse in sorted({r["factor"] for r in rows if r["mode"] == mode and r["factor"] < 1}):
+            chosen = [r for r in rows if r["mode"] == mode and (r["factor"] == refuse or r["factor"] >= 1)]
+            table.append(_verdicts(chosen, mode, refuse))
     return table
+
+
+def _verdicts(chosen: list[dict[str, Any]], mode: str, refuse: float) -> dict[str, Any]:
+    agree = lambda r: (r["planner"] == "fits") == (r["kernel"] == "ran")  # noqa: E731
+    sizes = sorted({r["footprint_mb"] for r in chosen})
+    smallest = next((s for s in sizes if all(agree(r) for r in chosen if r["footprint_mb"] >= s)), None)
+    counted = [r for r in chosen if smallest is not None and r["footprint_mb"] >= smallest]
+    fits = [r for r in counted if r["planner"] == "fits"]
+    refused = [r for r in counted if r["planner"] == "refuses"]
+    cases = {(r["case"], r["rate"]): r for r in chosen}.values()
+    over_plan = sorted(r["need_mb"] / r["planned_mb"] for r in cases)
+    over_footprint = sorted(r["need_mb"] / r["footprint_mb"] for r in cases)
+    return {"memory": mode, "refused at": refuse, "caps": len(chosen), "smallest deciding MB": smallest,
+            "fits (killed)": f"{len(fits)} ({sum(r['kernel'] == 'killed' for r in fits)})",
+            "refused (failed)": f"{len(refused)} ({sum(r['kernel'] != 'ran' for r in refused)})",
+            "all fits killed": sum(r["kernel"] == "killed" for r in chosen if r["planner"] == "fits"),
+            "all refused failed": f"{sum(r['kernel'] != 'ran' for r in chosen if r['planner'] == 'refuses')}"
+                                  f" of {sum(r['planner'] == 'refuses' for r in chosen)}",
+            "need / threshold median": statistics.median(over_plan), "min": over_plan[0], "max": over_plan[-1],
+            "need / footprint median": statistics.median(over_footprint), "min ": over_footprint[0],
+            "max ": over_footprint[-1]}
 
 
 def overhead_part(args: argparse.Namespace, node_path: Path) -> list[dict[str, Any]]:
@@ -334,10 +278,13 @@ def tables(results: dict[str, Any]) -> str:
         for r in results["memory"]:
             row = needs.setdefault((r["case"], r["rate"]), {"case": r["case"], "rate": r["rate"],
                                                             "planned MB": r["footprint_mb"]})
+            if r["mode"] == "process":
+                row["process threshold MB"] = r["planned_mb"]
             row[f"{r['mode']} MB"] = r["need_mb"]
             row[f"{r['mode']} / planned"] = r["need_mb"] / r["footprint_mb"]
-        parts += ["memory: the group's peak (no limit) against the planner's footprint", markdown_table(
-            list(needs.values())), "memory verdicts", markdown_table(results["memory_summary"])]
+        parts += ["memory: whole tasks' need (the group's peak, no limit) against the planner's footprint",
+                  markdown_table(list(needs.values())), "memory verdicts",
+                  markdown_table(memory_verdicts(results["memory"]))]
     if results.get("overhead"):
         parts += ["overhead at quota 1.0", markdown_table(results["overhead"]),
                   f"median ratio {results['overhead_median_ratio']:.3f}"]
@@ -359,11 +306,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="overhead: rounds of each run")
     parser.add_argument("--quick", action="store_true", help="a few small cases: a smoke test")
     parser.add_argument("--tables", help="print the docs' tables of a results file, and nothing else")
-    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    parser.add_argument("--cap-factors", type=float, nargs="+", default=list(CAP_FACTORS),
+                        help="memory: caps as multiples of the planner's threshold")
+    parser.add_argument("--modes", nargs="+", choices=("process", "tensors"), default=["process", "tensors"],
+                        help="memory: runtime.enforce_memory settings to judge")
+    parser.add_argument("--memory-steps", type=int, default=20, help="memory: training steps per task (an epoch)")
+    parser.add_argument("--memory-tasks", type=int, default=2, help="memory: tasks in a row per process")
     args = parser.parse_args()
-    if args.memory_child:
-        print(json.dumps(memory_child(json.loads(args.memory_child))), flush=True)
-        return
     if args.tables:
         print(tables(json.loads(Path(args.tables).read_text())))
         return

@@ -162,6 +162,10 @@ class RuntimeConfig:
     # enforce: what the memory limit judges: the training process as glibc runs it (process), or its tensors (tensors:
     # freed tensors go back to the kernel at once, as the planner counts them; training runs slower, docs/emulation.md)
     enforce_memory: Literal["process", "tensors"] = "process"
+    # what the planner holds against a memory cap: a task's process as `calibrate` measured it where a profile (or,
+    # enforced with enforce_memory: process, the node's calibration) has a memory_need block (calibrated), or the
+    # footprint alone (footprint: every result before 2026-12-08; docs/emulation.md)
+    memory_plan: Literal["calibrated", "footprint"] = "calibrated"
     tracking: Literal["mlflow", "tensorboard"] | None = None  # each round's row and the config (msfusion_ray.tracking)
     tracking_uri: str | None = None  # mlflow: the store (default sqlite:///mlflow.db); tensorboard: the event directory
 

@@ -1,6 +1,8 @@
 """`calibrate`: it writes a profile that loads like any other and that a config's fleet may name (validate accepts
 it), keeps this node's copy for enforced runs, and refuses an output it cannot write before measuring anything."""
 
+import os
+
 import pytest
 import yaml
 
@@ -26,6 +28,9 @@ def test_calibrate_writes_a_profile_that_a_fleet_can_name(tmp_path, cache, small
     text = out.read_text()
     assert "# Calibrated by `python -m msfusion_ray calibrate`" in text and "load average" in text
     assert "throttle not measured: not asked (--no-throttle)" in text
+    if os.geteuid() == 0:  # whole tasks in control groups: what a task's process needs against its footprint
+        assert profile.memory_need is not None and set(profile.memory_need.families) == {"mlp", "cnn"}
+        assert profile.memory_need.headroom == 1.25 and "# Workloads (family, width, batch, rate)" in text
     assert load_profile(node_cache_path()).timing == profile.timing and str(cache) in str(node_cache_path())
     config = {**small_config_dict, "fleet": {"devices": {"my-node": 2}, "profiles_dir": str(profiles)}}
     path = tmp_path / "exp.yaml"

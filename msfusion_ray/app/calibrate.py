@@ -43,11 +43,12 @@ def check_out(out: str | Path) -> Path:
     return path
 
 
-def measure_node(quick: bool, threads: int, seconds: float, throttle: bool) -> dict[str, Any]:
+def measure_node(quick: bool, threads: int, seconds: float, throttle: bool, memory: bool = True) -> dict[str, Any]:
     """Everything a profile of this node holds, measured here (in a Ray task where the node is remote)."""
     import psutil
     import torch
 
+    from msfusion_ray.app import task_memory
     from msfusion_ray.devices import calibration
     from msfusion_ray.devices.cgroups import CgroupError
 
@@ -67,6 +68,13 @@ def measure_node(quick: bool, threads: int, seconds: float, throttle: bool) -> d
     else:
         why_not = "not asked (--no-throttle)"
     timing = replace(timing, throttle=factors)
+    need, tasks, no_need = None, [], "not asked (--no-memory)"
+    if memory:
+        try:
+            need, tasks = task_memory.fitted_need(task_memory.QUICK_MEMORY_CASES if quick else
+                                                  task_memory.MEMORY_CASES, threads)
+        except CgroupError as err:
+            no_need = str(err)
     predicted = {m.workload.label: calibration.step_seconds(timing, m.census) for m in measured}
     return {
         "host": socket.gethostname(), "cpu": _cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
@@ -77,6 +85,7 @@ def measure_node(quick: bool, threads: int, seconds: float, throttle: bool) -> d
         "train_gflops": timing.reference_gflops, "throttle_note": why_not,
         "cases": [(m.workload.label, m.step_s, m.gflops, predicted[m.workload.label], m.steps) for m in measured],
         "kinds": calibration.kinds_used(measured),
+        "memory_need": need, "memory_tasks": tasks, "memory_note": no_need,
     }
 
 
@@ -135,11 +144,38 @@ def profile_text(node: dict[str, Any], name: str) -> str:
     lines.append("# Workloads (family, width, batch): measured step ms, GFLOP/s, roofline ms, steps timed:")
     lines += [f"#   {label:<24} {step * 1e3:9.2f} {gflops:7.2f} {fit * 1e3:9.2f} {steps:5d}"
               for label, step, gflops, fit, steps in cases]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + memory_lines(node)) + "\n"
 
 
-def remote_measure(address: str, resource: str, quick: bool, threads: int, seconds: float,
-                   throttle: bool) -> dict[str, Any]:
+def memory_lines(node: dict[str, Any]) -> list[str]:
+    """The memory_need block (devices/memory_need.py) with the tasks it was fitted to, or why there is none."""
+    need = node.get("memory_need")
+    if need is None:
+        return [f"# memory_need not measured: {node.get('memory_note', 'not asked')}"]
+    lines = ["# What a training task's process needs against the planner's footprint: whole tasks (an epoch, two in",
+             "# a row), each workload in a fresh process that joined a control group as a host does; a task's need",
+             "# is its group's peak over what the group held at its start. need = headroom x (scale x footprint +",
+             "# fixed_mib MiB): one fixed part, and per family the smallest scale above its own tasks (the pair",
+             "# closest to them in relative terms); `scale`, above every task, for a network not listed. `headroom`",
+             "# is for what two tasks per family do not show (docs/emulation.md). The planner refuses work whose",
+             "# need exceeds a memory cap.",
+             "memory_need:", f"  scale: {need.scale:g}", f"  fixed_mib: {need.fixed_mib:g}",
+             "  families: {" + ", ".join(f"{name}: {scale:g}" for name, scale in need.families.items()) + "}",
+             f"  headroom: {need.headroom:g}",
+             "# Workloads (family, width, batch, rate): footprint MiB, need MiB (largest task), need / its family's",
+             "# line (without the headroom):"]
+    for task in node["memory_tasks"]:
+        if "error" in task:
+            lines.append(f"#   {task['case']:<28} failed: {task['error'][:80]}")
+            continue
+        footprint, largest = task["planned"], max(t["need"] for t in task["tasks"])
+        lines.append(f"#   {task['case']:<28} {footprint / 2**20:8.2f} {largest / 2**20:8.2f} "
+                     f"{largest * need.headroom / need.of(task['family']).need_bytes(footprint):6.3f}")
+    return lines
+
+
+def remote_measure(address: str, resource: str, quick: bool, threads: int, seconds: float, throttle: bool,
+                   memory: bool) -> dict[str, Any]:
     """`measure_node` as a Ray task on a node of the cluster at `address` that has `resource`."""
     import ray
 
@@ -151,13 +187,14 @@ def remote_measure(address: str, resource: str, quick: bool, threads: int, secon
         if resource not in ray.cluster_resources():
             raise UserInputError("--resource", f"no node of the cluster at {address} has resource '{resource}'")
         task = ray.remote(measure_node).options(num_cpus=threads, resources={resource: 0.001})
-        return ray.get(task.remote(quick, threads, seconds, throttle), timeout=3600)
+        return ray.get(task.remote(quick, threads, seconds, throttle, memory), timeout=3600)
     finally:
         ray.shutdown()
 
 
 def calibrate(out: str | None, threads: int = 1, quick: bool = False, address: str | None = None,
-              resource: str | None = None, seconds: float | None = None, throttle: bool = True) -> list[Path]:
+              resource: str | None = None, seconds: float | None = None, throttle: bool = True,
+              memory: bool = True) -> list[Path]:
     """Measure the node, write its profile to `out` (default: <host>.yaml here); the paths written."""
     if threads < 1:
         raise UserInputError("--threads", f"must be >= 1 (got {threads})")
@@ -166,9 +203,9 @@ def calibrate(out: str | None, threads: int = 1, quick: bool = False, address: s
     path = check_out(out or f"{socket.gethostname()}.yaml")
     seconds = seconds if seconds is not None else (0.3 if quick else 1.5)
     if address is not None:
-        node = remote_measure(address, resource, quick, threads, seconds, throttle)
+        node = remote_measure(address, resource, quick, threads, seconds, throttle, memory)
     else:
-        node = measure_node(quick, threads, seconds, throttle)
+        node = measure_node(quick, threads, seconds, throttle, memory)
     write_text_atomic(path, profile_text(node, path.stem))
     written = [path]
     if address is None:  # this node's calibration, where enforced runs that name none find it
@@ -187,6 +224,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="a few tiny workloads (seconds; for trying it out)")
     parser.add_argument("--seconds", type=float, help="timing per workload (default 1.5; 0.3 with --quick)")
     parser.add_argument("--no-throttle", action="store_true", help="do not measure CPU quotas' cost (needs root)")
+    parser.add_argument("--no-memory", action="store_true",
+                        help="do not measure what a task's process needs beyond its footprint (needs root)")
     parser.add_argument("--address", help="a Ray cluster: measure one of its nodes (with --resource)")
     parser.add_argument("--resource", help="a custom resource only the node to measure has")
 
@@ -194,7 +233,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def command(args: argparse.Namespace) -> int:
     """The `calibrate` command (msfusion_ray.cli)."""
     written = calibrate(args.out, args.threads, args.quick, args.address, args.resource, args.seconds,
-                        not args.no_throttle)
+                        not args.no_throttle, not args.no_memory)
     print(f"profile: {written[0]}")
     for path in written[1:]:
         print(f"this node's calibration for enforced runs: {path}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,10 +56,19 @@ class DataBundle:
             return torch.from_numpy(np.asarray(x, dtype=np.float32)), labels
         images = torch.from_numpy(np.asarray(x, dtype=np.float32)).div_(255.0)
         if self.mean:
-            mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
-            std = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
+            mean, std = channel_tensors(self.mean, self.std)
             images = images.sub_(mean).div_(std)
         return images, torch.from_numpy(np.asarray(y, dtype=np.int64))
+
+
+@functools.lru_cache(maxsize=16)
+def channel_tensors(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The channel statistics as tensors shaped for N x C x H x W batches, made once per data set rather than
+    for every batch (only read: never changed in place; plain tensors even where first asked for under inference
+    mode, which evaluation runs in)."""
+    with torch.inference_mode(False):
+        return (torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1),
+                torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
 
 def pad_images(x: np.ndarray, size: int) -> np.ndarray:

@@ -17,6 +17,7 @@ import numpy as np
 from msfusion_ray.config import TrainingConfig
 from msfusion_ray.costs.footprint import FootprintPlanner
 from msfusion_ray.devices.fleet import Fleet
+from msfusion_ray.devices.memory_need import plannable_caps
 from msfusion_ray.models.base import ModelFamily
 from msfusion_ray.splitting.index_map import prefix_selection, widths_of
 from msfusion_ray.training.losses import loss_of
@@ -40,7 +41,9 @@ class CapacityOracle:
 
     def __init__(self, fleet: Fleet, family: ModelFamily, planner: FootprintPlanner, batch_size: int,
                  resolution: int = 64):
-        self._caps = fleet.memory_caps  # per participant
+        # per participant: the footprint its cap holds (the cap itself, or what its device's need model leaves)
+        self._caps = plannable_caps([p.memory_need for p in fleet.profiles], fleet.profile_of, fleet.memory_caps,
+                                    family.name)
         self._family = family
         self._planner = planner
         self._batch_size = batch_size
@@ -75,7 +78,7 @@ class CapacityOracle:
         return self._rate_of_cap(int(self._caps[participant]))
 
     def alike(self, participant: int) -> int:
-        """Its memory cap: participants with the same cap get the same answers."""
+        """The footprint its memory cap holds: participants with the same get the same answers."""
         return int(self._caps[participant])
 
     def any_fits(self) -> bool:

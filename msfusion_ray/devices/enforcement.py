@@ -22,7 +22,7 @@ import gc
 import math
 import os
 import socket
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -252,6 +252,7 @@ class TaskLimits:
     memory_limit_bytes: int = 0
     baseline_bytes: int = 0  # what the host held before the task (its own memory, not the device's)
     throttled_s: float = 0.0  # how long the kernel held the host back for its quota during the task
+    peak_bytes: int = 0  # the most the group held during the task over what it held at its start (its real need)
 
 
 class HostLimits:
@@ -276,6 +277,7 @@ class HostLimits:
         baseline = self.group.memory_bytes() - self.group.file_bytes()  # page cache is given back on demand
         throttled = self.group.throttled_s()
         self.group.set_memory(baseline + memory_cap_bytes)
+        held = self._reset_peak()
         quota = self.plan.quota(profile)  # a whole host's threads need no quota (Ray's own threads would eat it)
         self.group.set_cpu(quota if quota < self.plan.threads else None, self.plan.period_us)
         limits = TaskLimits(self.group.cpu_quota() or float(self.plan.threads), self.group.memory_limit(),
@@ -284,5 +286,19 @@ class HostLimits:
             yield limits
         finally:
             self.group.set_cpu(None, self.plan.period_us)
+            limits.peak_bytes = self._peak_over(held)
             self.group.set_memory(None)
             limits.throttled_s = self.group.throttled_s() - throttled
+
+    def _reset_peak(self) -> int:
+        """What the group holds now, its peak reset to that where the kernel lets it (v2 resets it per open file
+        from 6.12 on, and not before: there, the group's peak since it was made)."""
+        with suppress(CgroupError):
+            self.group.reset_peak()
+        return self.group.memory_bytes()
+
+    def _peak_over(self, held: int) -> int:
+        try:
+            return max(0, self.group.peak_bytes() - held)
+        except CgroupError:  # v2 before 5.19 has no memory.peak
+            return 0

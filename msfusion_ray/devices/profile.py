@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from msfusion_ray.devices.distributions import Distribution, split_spread
+from msfusion_ray.devices.memory_need import MemoryNeed
 from msfusion_ray.devices.time_model import ComputeTiming
 from msfusion_ray.errors import UserInputError
 from msfusion_ray.inputs import load_yaml
@@ -63,6 +64,7 @@ class DeviceProfile:
     native: bool = False  # on a real cluster: the node is the device (no memory refusal, measured compute time)
     hourly_cost_usd: float | None = checked(None, check=positive)  # renting one (compute nodes), where known
     timing: ComputeTiming | None = None  # per kind of operation, as `calibrate` measured (devices/time_model.py)
+    memory_need: MemoryNeed | None = None  # a task's process against its footprint, as `calibrate` measured it
     # task-to-task variation: lognormal sigma of the FLOP/s and of the bandwidths, drawn per participant and task
     jitter: float = checked(0.0, check=non_negative)
     diurnal: DiurnalPattern | None = None  # daily on-window (fleet.availability: diurnal)

@@ -22,6 +22,7 @@ from msfusion_ray.devices.capacity import CapacityOracle, make_planner
 from msfusion_ray.devices.enforcement import check_enforcement
 from msfusion_ray.devices.fleet import Fleet, FleetSpec, device_counts, load_fleet_spec, make_fleet
 from msfusion_ray.devices.gpu import check_device
+from msfusion_ray.devices.memory_plan import with_memory_plan
 from msfusion_ray.devices.profile import DeviceProfile, default_profiles_dir, load_profiles
 from msfusion_ray.devices.sources import ListedFleetSource
 from msfusion_ray.errors import UserInputError
@@ -146,6 +147,7 @@ def prepare(config: ExperimentConfig, data: DataBundle | None = None) -> Experim
     check_fits_machine(family, config.training)
     strategy = make_strategy(config.strategy, family, config.seed)
     check_enforcement(config.runtime, (fleet.device_of(pid) for pid in range(len(fleet))), strategy.engine)
+    fleet = with_memory_plan(fleet, config.runtime)
     spec = strategy.objective()
     objective = make_objective(spec.name, spec.params) if spec is not None else None
     if is_code_ref(config.model.name):  # the user's code; the built-in networks are tested

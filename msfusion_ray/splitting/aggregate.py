@@ -21,6 +21,9 @@ class ScatterAccumulator:
         self._shapes = {k: v.shape for k, v in template.items()}
         self._sums = {k: np.zeros(s, dtype=np.float64) for k, s in self._shapes.items()}
         self._weights = {k: np.zeros(s, dtype=np.float64) for k, s in self._shapes.items()}
+        # per key, while every update so far covered it whole at one weight: the weights' running sum, the same
+        # float64 additions each entry would have made (a round of FedAvg adds no array of weights per update)
+        self._whole: dict[str, float] = dict.fromkeys(self._shapes, 0.0)
         self._squares = ({k: np.zeros(s, dtype=np.float64) for k, s in self._shapes.items()}
                          if track_dispersion else None)
         self._counts = ({k: np.zeros(s, dtype=np.int32) for k, s in self._shapes.items()}
@@ -37,10 +40,19 @@ class ScatterAccumulator:
         if weight <= 0:
             return
         for key, value in sub.items():
-            value = np.asarray(value, dtype=np.float64)  # weight x float32 would round in float32
-            index = imap[key] if imap is not None else (None,) * value.ndim
+            index = imap[key] if imap is not None else (None,) * np.ndim(value)
             where = outer_index(index, self._shapes[key]) if any(i is not None for i in index) else ...
-            entry_weight = _masked_weight(weight, value.shape, kept_rows.get(key) if kept_rows else None)
+            kept = kept_rows.get(key) if kept_rows else None
+            if where is ... and kept is None and self._squares is None:
+                self._sums[key] += np.multiply(value, weight, dtype=np.float64)  # in float64, not float32
+                if key in self._whole:
+                    self._whole[key] += weight
+                else:
+                    self._weights[key] += weight
+                continue
+            self._weights_of(key)
+            value = np.asarray(value, dtype=np.float64)  # weight x float32 would round in float32
+            entry_weight = _masked_weight(weight, value.shape, kept)
             self._sums[key][where] += entry_weight * value
             self._weights[key][where] += entry_weight
             if self._squares is not None:
@@ -49,14 +61,21 @@ class ScatterAccumulator:
                 self._counts[key][where] += np.asarray(entry_weight > 0, dtype=np.int32)
         self.updates += 1
 
+    def _weights_of(self, key: str) -> np.ndarray:
+        """The key's weights per entry, from now on kept entry by entry."""
+        whole = self._whole.pop(key, None)
+        if whole:
+            self._weights[key] += whole  # entries were all 0: each now holds what its own additions made it
+        return self._weights[key]
+
     def coverage(self) -> dict[str, np.ndarray]:
         """Per entry, the total weight of the updates that covered it (0: nobody trained it)."""
-        return self._weights
+        return {key: self._weights_of(key) for key in self._shapes}
 
     def result(self, previous: Mapping[str, np.ndarray]) -> Weights:
         out = {}
         for key, prev in previous.items():
-            weights = self._weights[key]
+            weights = self._weights_of(key)
             covered = weights > 0
             merged = np.array(prev, dtype=np.float32)
             merged[covered] = (self._sums[key][covered] / weights[covered]).astype(np.float32)
@@ -77,7 +96,7 @@ class ScatterAccumulator:
             shared = self._counts[key] >= 2
             if not shared.any():
                 continue
-            w = self._weights[key][shared]
+            w = self._weights_of(key)[shared]
             mean_delta = self._sums[key][shared] / w - prev[shared]
             mean_square = self._squares[key][shared] / w
             variance += float(np.maximum(mean_square - mean_delta**2, 0.0).sum())

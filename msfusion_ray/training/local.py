@@ -93,7 +93,6 @@ def train_local(model: nn.Module, data: DataBundle, indices: np.ndarray, trainin
     model.train()
     device = model_device(model)
     optimizer = make_optimizer(model, training, lr)
-    resident = list(model.parameters()) + list(model.buffers())
     flops = steps = samples = peak = 0
     task_sum = extra_sum = 0.0
     timed: dict[bool, list[tuple[float, int]]] = {True: [], False: []}  # (seconds, samples) of measured, plain steps
@@ -127,6 +126,8 @@ def train_local(model: nn.Module, data: DataBundle, indices: np.ndarray, trainin
             return float(loss.detach()), float(extra.detach()) if extra is not None else 0.0
 
         key = (shape_key, len(chosen), objective.name if objective is not None else None)
+        # tensors alive before a measured step (the model's), listed only where the step is measured
+        resident = [] if key in costs else list(model.parameters()) + list(model.buffers())
         started = time.perf_counter()
         (task_value, extra_value), cost = costs.run(key, step, resident)
         timed[cost.measured].append((time.perf_counter() - started, len(chosen)))

@@ -1,6 +1,7 @@
 """The live-tensor tracker: peaks against hand counts, nothing of Python run when torch frees a tracked storage, and
 the sequence that crashed the suite (FLOP counting, then footprint planning's backward with Ray alive in the
-process and Python's collector running in Ray's thread) looped in a process of its own."""
+process and Python's collector running in Ray's thread) looped in a process of its own; the resident-set peak
+read through /proc/self files kept open."""
 
 import gc
 import subprocess
@@ -8,9 +9,11 @@ import sys
 import textwrap
 import weakref
 
+import numpy as np
+import psutil
 import torch
 
-from msfusion_ray.costs.memory import TensorPeakTracker
+from msfusion_ray.costs.memory import TensorPeakTracker, proc_memory, rss_peak
 
 FLOAT_BYTES = 4
 
@@ -116,3 +119,17 @@ def test_flop_counting_then_planning_beside_ray_does_not_crash(tmp_path):
                           timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("peak ")
+
+
+def test_resident_set_is_read_as_psutil_reads_it_and_a_block_s_rise_is_seen():
+    memory = proc_memory()
+    assert memory is proc_memory()  # the files are opened once per process
+    assert abs(memory.rss_bytes() - psutil.Process().memory_info().rss) < 8 * 2**20
+    assert memory.status_kib("VmHWM") * 1024 >= memory.rss_bytes() - 8 * 2**20
+    assert memory.status_kib("NoSuchField") is None
+    with rss_peak() as peak:
+        block = np.ones(64 * 2**20, dtype=np.uint8)  # written: resident
+    assert block.sum() > 0 and peak.delta_bytes >= 48 * 2**20
+    with rss_peak() as quiet:
+        pass
+    assert quiet.delta_bytes < 16 * 2**20  # the high-water mark was reset at the block's start

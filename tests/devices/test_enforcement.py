@@ -4,7 +4,7 @@ node, throttling compensated, and every impossible set-up refused with one line 
 import pytest
 
 from msfusion_ray.config import RuntimeConfig
-from msfusion_ray.devices.enforcement import plan_enforcement, throttle_factor
+from msfusion_ray.devices.enforcement import HostLimits, plan_enforcement, throttle_factor
 from msfusion_ray.devices.profile import DeviceProfile
 from msfusion_ray.errors import UserInputError
 
@@ -86,3 +86,38 @@ def test_uncalibrated_devices_are_predicted_as_the_node_runs_them(node):
     assert plan.timed_like_node(_profile("pi", 5)).timing == plan.node_timing
     own = _profile("calibrated", 5, timing=plan.node_timing)
     assert plan.timed_like_node(own) is own
+
+
+def _fake_v2_host(tmp_path, node):
+    """A host's limits on a directory tree made to look like v2, with what the kernel's files would say."""
+    root = tmp_path / "unified"
+    run = root / "msfusion_ray.1.run"
+    run.mkdir(parents=True)
+    for directory in (root, run):
+        (directory / "cgroup.subtree_control").write_text("")
+    plan = plan_enforcement(_runtime(node), [_profile("d", 40)], (str(run),), 2)
+    limits = HostLimits(plan, 0, 0, pid=12345)
+    files = {"memory.current": "1000\n", "memory.stat": "anon 1000\nfile 0\n", "cpu.stat": "throttled_usec 0\n",
+             "memory.peak": "1000\n", "cpu.max": "max 100000\n", "memory.max": "max\n"}
+    for name, text in files.items():
+        (limits.group.dirs[0] / name).write_text(text)
+    return limits
+
+
+def test_a_task_records_its_groups_peak_over_its_start(tmp_path, node):
+    limits = _fake_v2_host(tmp_path, node)
+    peak = limits.group.dirs[0] / "memory.peak"
+    with limits.task(_profile("d", 40), 10**6) as task:
+        assert peak.read_text() == "0"  # reset as the task starts
+        peak.write_text("6000\n")  # the kernel's figure once the task allocated
+    assert task.peak_bytes == 5000 and task.baseline_bytes == 1000 and task.memory_limit_bytes == 1000 + 10**6
+
+
+def test_a_peak_the_kernel_cannot_reset_or_read_costs_the_figure_not_the_task(tmp_path, node):
+    limits = _fake_v2_host(tmp_path, node)
+    peak = limits.group.dirs[0] / "memory.peak"
+    peak.unlink()
+    peak.mkdir()  # neither written nor read, as on v2 kernels before 5.19
+    with limits.task(_profile("d", 40), 10**6) as task:
+        pass
+    assert task.peak_bytes == 0 and task.baseline_bytes == 1000

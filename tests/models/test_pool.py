@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from msfusion_ray.models.pool import ModulePool
+from msfusion_ray.models.pool import ModulePool, _advance_generator
 from msfusion_ray.models.weights import load_weights, to_weights
 
 
@@ -68,3 +68,19 @@ def test_a_module_given_back_with_a_hook_on_it_is_dropped():
     module.head.register_forward_hook(lambda *args: None)
     pool.give_back("net", module)
     assert pool.take("net", _Net) is not module
+
+
+def test_the_generator_is_advanced_by_exactly_the_draws_asked_for_odd_or_even():
+    generator = torch.default_generator
+    saved = generator.get_state()
+    try:
+        for draws in (0, 1, 2, 623, 624, 26675):
+            generator.manual_seed(7)
+            if draws:
+                torch.empty(draws, dtype=torch.int32).random_()  # one 32-bit draw per element
+            expected = generator.get_state()
+            generator.manual_seed(7)
+            _advance_generator(draws)
+            assert torch.equal(generator.get_state(), expected), draws
+    finally:
+        generator.set_state(saved)

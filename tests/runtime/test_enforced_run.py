@@ -60,8 +60,14 @@ def test_an_enforced_run_measures_its_devices_and_survives_the_kernel(ray_sessio
     page = 4096  # a v1 limit is kept in pages
     assert ((roomy["mem_limit_bytes"] - roomy["mem_baseline_bytes"] - 2000 * 2**20).abs() < page).all()
     assert (roomy["mem_baseline_bytes"] > 0).all()
+    assert (roomy["mem_peak_group_bytes"] > 0).all()  # the group's peak over its start: the process's need
     assert (roomy["device_compute_s"] > 0).all() and (roomy["compute_s_predicted"] > 0).all()
     assert list(cramped["status"]) == ["oom", "oom"] and list(cramped["oom_source"]) == ["kernel", "kernel"]
+    # what the host had set and planned for the task it died in
+    assert (cramped["mem_cap_bytes"] == roomy["mem_cap_bytes"].iloc[0] // 4000).all()
+    assert (cramped["cpu_quota"] == 0.25).all()
+    assert ((cramped["mem_limit_bytes"] - cramped["mem_baseline_bytes"] - cramped["mem_cap_bytes"]).abs() < page).all()
+    assert (cramped["mem_baseline_bytes"] > 0).all() and (cramped["mem_planned_bytes"] > cramped["mem_cap_bytes"]).all()
     report = json.loads((run_dir / "enforcement.json").read_text())
     assert report["slowdown"] == 1.0 and report["hosts"].startswith("2 hosts at once")
     assert not _groups_of_this_process(base)

@@ -1,6 +1,7 @@
 """A participant held to its device, without Ray: refused work, costs, its memory kept per task, its own deadline."""
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -8,11 +9,13 @@ import torch
 from msfusion_ray.config import DataConfig, TrainingConfig
 from msfusion_ray.costs.flops import StepCostCache
 from msfusion_ray.data import load_data
+from msfusion_ray.devices.memory_need import MemoryNeed
 from msfusion_ray.devices.profile import DeviceProfile
 from msfusion_ray.models import build_family
 from msfusion_ray.models.pool import ModulePool
 from msfusion_ray.models.weights import to_weights
 from msfusion_ray.runtime.participant import ParticipantSpec, ParticipantWorker, WorkerSettings
+from msfusion_ray.splitting.index_map import widths_of
 from msfusion_ray.strategies.base import ObjectiveSpec, WorkOrder
 
 TRAINING = TrainingConfig(batch_size=16, local_steps=2)
@@ -20,10 +23,10 @@ PROFILE = DeviceProfile(name="tiny", description="", memory_mib=1, train_gflops=
                         latency_ms=30)
 
 
-def _worker(cap_bytes, timeout_s=float("inf"), clock=None, modules=None):
+def _worker(cap_bytes, timeout_s=float("inf"), clock=None, modules=None, profile=PROFILE):
     data = load_data(DataConfig(train_samples=100, eval_samples=50), seed=0)
     family = build_family("cnn", data.shape, 0.25)
-    spec = ParticipantSpec(0, PROFILE, cap_bytes, np.arange(40))
+    spec = ParticipantSpec(0, profile, cap_bytes, np.arange(40))
     settings = WorkerSettings(run_id="t", host=0, seed=0, training=TRAINING, task_timeout_s=timeout_s)
     extra = {"clock": clock} if clock is not None else {}
     return family, ParticipantWorker(spec, family, data, settings, StepCostCache(), modules=modules, **extra)
@@ -37,6 +40,18 @@ def test_participant_over_its_cap_records_oom_without_fetching_weights():
     assert row.mem_planned_bytes > row.mem_cap_bytes == 10_000
     assert "training needs" in row.message and "MiB" in row.message
     assert row.vt_end == 5.0 + 0.03 and row.device_time_s == 0.03  # it only answered
+
+
+def test_a_device_with_a_need_model_refuses_work_whose_process_would_not_fit():
+    """The footprint fits the cap, the process its device's model makes of it does not: refused, saying both."""
+    _, plain = _worker(cap_bytes=10**9)
+    footprint = plain.planners.planner(None).footprint(widths_of(plain.family.spec, None), TRAINING.batch_size).total
+    need = MemoryNeed(scale=1.5, fixed_mib=0.0)
+    _, worker = _worker(cap_bytes=int(footprint * 1.2), profile=replace(PROFILE, memory_need=need))
+    row, weights, _ = worker.run(WorkOrder(0), lambda: None, lr=0.1)
+    assert row.status == "oom" and row.oom_source == "planner" and weights is None
+    assert row.mem_planned_bytes == footprint < row.mem_cap_bytes
+    assert f"1.5 x its footprint of {footprint / 2**20:.1f} MiB" in row.message
 
 
 def test_participant_under_its_cap_trains_and_records_its_costs():

@@ -10,6 +10,7 @@ everything needed to continue exactly (docs/engines.md).
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from abc import ABC, abstractmethod
@@ -23,10 +24,12 @@ from msfusion_ray.devices.availability import Availability
 from msfusion_ray.devices.timeline import VirtualTimeline
 from msfusion_ray.experiment.prepare import Experiment
 from msfusion_ray.models.weights import Weights
+from msfusion_ray.procedures.base import PlannedTask, make_procedure
 from msfusion_ray.procedures.orders import WorkOrder
 from msfusion_ray.records import ParticipantRoundRow
 from msfusion_ray.registry import Registry
 from msfusion_ray.runtime.engines.dispatch import Executor
+from msfusion_ray.runtime.participant import PlannerCache
 from msfusion_ray.strategies.base import ParticipantInfo, Strategy
 
 
@@ -65,6 +68,11 @@ class EngineContext:
 
     def device_of(self, participant: int) -> str:
         return self.experiment.fleet.profile(participant).name
+
+    @functools.cached_property
+    def planners(self) -> PlannerCache:
+        """Footprint planners as the hosts have them (what a task was planned at, where its host cannot say)."""
+        return PlannerCache(self.experiment.family, self.config.training)
 
     def lr(self, step: int) -> float:
         """The learning rate of step t: lr * lr_decay^(t-1)."""
@@ -138,6 +146,21 @@ def lost_row(context: EngineContext, step: int, order: WorkOrder, status: str, m
                                host=int(context.executor.host_of[order.participant]), status=status, rate=order.rate,
                                task=order.task, base_version=order.base_version, vt_start=order.vt_start,
                                vt_end=order.vt_start, message=message[:500])
+
+
+def killed_row(context: EngineContext, step: int, order: WorkOrder, message: str) -> ParticipantRoundRow:
+    """A task the kernel killed at its host's memory limit (`oom`, `oom_source: kernel`), with what the host had
+    set and planned for it: the participant's cap, the limit and CPU quota its group still has (the host died
+    before lifting them), the baseline under the cap, and the planner's footprint of the work."""
+    row = lost_row(context, step, order, "oom", message)
+    row.oom_source = "kernel"
+    row.mem_cap_bytes = int(context.experiment.fleet.memory_caps[order.participant])
+    limits = context.executor.killed_limits(row.host)
+    row.cpu_quota, row.mem_limit_bytes = limits.cpu_quota, limits.memory_limit_bytes
+    row.mem_baseline_bytes = max(0, limits.memory_limit_bytes - row.mem_cap_bytes) if limits.memory_limit_bytes else 0
+    planned = PlannedTask(order, context.experiment.family, context.config.training, context.planners.planner)
+    row.mem_planned_bytes = max(phase.planned_bytes for phase in make_procedure(order.procedure).memory_phases(planned))
+    return row
 
 
 def drop_at(row: ParticipantRoundRow, end_s: float) -> None:

@@ -15,6 +15,8 @@ import ray
 from ray.exceptions import OutOfMemoryError, RayActorError, RayError
 
 from msfusion_ray.costs.payload import payload_bytes
+from msfusion_ray.devices.cgroups import CgroupError
+from msfusion_ray.devices.enforcement import TaskLimits
 from msfusion_ray.models.weights import Weights
 from msfusion_ray.records import ParticipantRoundRow
 from msfusion_ray.runtime.host_pool import HostPool
@@ -57,6 +59,9 @@ class Executor(Protocol):
 
     def memory_killed(self, host: int) -> bool:
         """Whether the kernel killed that host's process at its memory limit (enforced devices)."""
+
+    def killed_limits(self, host: int) -> TaskLimits:
+        """The CPU quota and memory limit a host the kernel killed had set for its task (its group keeps them)."""
 
     def describe(self, err: Exception, host: int) -> str:
         """A failure of the host in one line (what failed, where, the likely cause)."""
@@ -122,6 +127,14 @@ class RayHosts:
 
     def memory_killed(self, host: int) -> bool:
         return self._pool.memory_killed(host)
+
+    def killed_limits(self, host: int) -> TaskLimits:
+        plan = self._pool.enforced.plan
+        try:
+            group = plan.host_group(host, self._pool.generations[host])
+            return TaskLimits(group.cpu_quota() or float(plan.threads), group.memory_limit() or 0)
+        except CgroupError:
+            return TaskLimits()
 
     def describe(self, err: Exception, host: int) -> str:
         return self._pool.describe(err, host)
@@ -310,12 +323,13 @@ def unanswering_hosts(dispatch: Dispatcher, task_timeout_s: float, clock: str) -
 
 
 def take_result(executor: Executor, handle: Any, dispatch: Dispatcher,
-                fail: Callable[[WorkOrder, str], ParticipantRoundRow],
-                timeout_s: float) -> list[tuple[WorkOrder, Result]]:
+                fail: Callable[[WorkOrder, str], ParticipantRoundRow], timeout_s: float,
+                killed: Callable[[WorkOrder, str], ParticipantRoundRow]) -> list[tuple[WorkOrder, Result]]:
     """The outcome of a finished task, and of every task lost with it: a host whose process died (or whose node
     was lost) costs the tasks it had in flight (`error` rows saying which host on which node, that its process
     died and the likely cause), is replaced with its participants' memory restored (`Executor.replace`), and
-    gets the tasks queued for it. Any other failure of the host is an `error` row for that task alone."""
+    gets the tasks queued for it. Any other failure of the host is an `error` row for that task alone. `killed`
+    makes the row of a task the kernel killed at its host's memory limit."""
     task = dispatch.in_flight[handle]
     host = dispatch.host_of(task)
     try:
@@ -325,7 +339,7 @@ def take_result(executor: Executor, handle: Any, dispatch: Dispatcher,
         if executor.host_died(err):
             lost = dispatch.drop_host(host)
             if executor.memory_killed(host):
-                outcomes = _killed_at_limit(executor, lost, dispatch, host, fail)
+                outcomes = _killed_at_limit(executor, lost, dispatch, host, killed)
             else:
                 outcomes = [(order, _finished_or_failed(executor, lost_handle, order, fail, cause))
                             for lost_handle, order in lost]
@@ -338,7 +352,7 @@ def take_result(executor: Executor, handle: Any, dispatch: Dispatcher,
 
 
 def _killed_at_limit(executor: Executor, lost: list[tuple[Any, WorkOrder]], dispatch: Dispatcher, host: int,
-                     fail: Callable[[WorkOrder, str], ParticipantRoundRow]) -> list[tuple[WorkOrder, Result]]:
+                     killed: Callable[[WorkOrder, str], ParticipantRoundRow]) -> list[tuple[WorkOrder, Result]]:
     """A host the kernel killed at its memory limit: the first task it had not finished is the one that did not
     fit (`oom`, `oom_source: kernel`; hosts get one task per call when this can happen), the tasks sent after it
     never started and go to the host's replacement, those it had finished keep their results."""
@@ -348,9 +362,8 @@ def _killed_at_limit(executor: Executor, lost: list[tuple[Any, WorkOrder]], disp
         if done is not None:
             outcomes.append((order, done))
         elif culprit is None:
-            culprit = fail(order, f"killed by the kernel at host {host}'s memory limit (the participant's memory "
-                                  "cap on top of what the host held)")
-            culprit.status, culprit.oom_source = "oom", "kernel"
+            culprit = killed(order, f"killed by the kernel at host {host}'s memory limit (the participant's memory "
+                                    "cap on top of what the host held)")
             outcomes.append((order, (culprit, None, {})))
         else:
             unstarted.append(order)

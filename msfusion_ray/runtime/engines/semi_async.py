@@ -37,13 +37,14 @@ import numpy as np
 
 from msfusion_ray.costs.flops import TrainingStepFlops
 from msfusion_ray.devices.clock import earliest_device_time, refusal_device_s, task_speed
+from msfusion_ray.devices.memory_need import plannable_bytes
 from msfusion_ray.models.weights import Weights
 from msfusion_ray.procedures.base import PlannedTask, make_procedure, refused_phase, selection_bytes
 from msfusion_ray.procedures.orders import ObjectiveSpec, ProcedureSpec, WorkOrder
 from msfusion_ray.records import ParticipantRoundRow
 from msfusion_ray.runtime.checkpoint import join_arrays, split_arrays
-from msfusion_ray.runtime.engines.base import (Engine, EngineContext, Step, drop_at, hold_until, lost_row,
-                                               register_engine, wall_clock)
+from msfusion_ray.runtime.engines.base import (Engine, EngineContext, Step, drop_at, hold_until, killed_row,
+                                               lost_row, register_engine, wall_clock)
 from msfusion_ray.runtime.engines.dispatch import Dispatcher, PayloadStore, Result, take_result, unanswering_hosts
 from msfusion_ray.runtime.participant import PlannerCache
 from msfusion_ray.strategies.base import Update
@@ -195,7 +196,8 @@ class SemiAsyncEngine(Engine):
         """A finished task's result, and those of the tasks lost with it where its host died."""
         outcomes = take_result(self.context.executor, ref, self._dispatch,
                                lambda order, message: lost_row(self.context, 0, order, "error", message),
-                               self.context.config.runtime.task_timeout_s)
+                               self.context.config.runtime.task_timeout_s,
+                               lambda order, message: killed_row(self.context, 0, order, message))
         for order, result in outcomes:
             self._payloads.done(order)
             result[0].param_fraction = self._payloads.param_fraction(order)
@@ -330,7 +332,8 @@ class SemiAsyncEngine(Engine):
         procedure = make_procedure(order.procedure)
         planned = PlannedTask(order, self.context.experiment.family, self.context.config.training,
                               self._planners.planner)
-        if refused_phase(procedure.memory_phases(planned), participant.memory_cap_bytes) is not None:
+        cap = plannable_bytes(participant.memory_cap_bytes, device.memory_need, self.context.experiment.family.name)
+        if refused_phase(procedure.memory_phases(planned), cap) is not None:
             return refusal_device_s(device)
         sizes = batch_sizes(self.context.infos[order.participant].samples, self.context.config.training)
         flops = procedure.predict_flops(self.context.experiment.family, order, sizes, self._step_flops)

@@ -23,7 +23,7 @@ import numpy as np
 from msfusion_ray.models.weights import Weights
 from msfusion_ray.records import ParticipantRoundRow
 from msfusion_ray.runtime.engines.base import (Engine, EngineContext, Step, absent_row, drop_at, hold_until,
-                                               lost_row, register_engine, wall_clock)
+                                               killed_row, lost_row, register_engine, wall_clock)
 from msfusion_ray.runtime.engines.dispatch import Dispatcher, PayloadStore, Result, take_result, unanswering_hosts
 from msfusion_ray.strategies.base import Update, WorkOrder
 
@@ -123,7 +123,8 @@ class SyncEngine(Engine):
                 if ref not in dispatch.in_flight:
                     continue  # lost with its host, which died
                 lost = lambda task, message: lost_row(context, round_idx, task, "error", message)  # noqa: E731
-                for task, result in take_result(executor, ref, dispatch, lost, runtime.task_timeout_s):
+                killed = lambda task, message: killed_row(context, round_idx, task, message)  # noqa: E731
+                for task, result in take_result(executor, ref, dispatch, lost, runtime.task_timeout_s, killed):
                     payloads.done(task)
                     result[0].param_fraction = payloads.param_fraction(task)
                     arrived[position[task.task]] = task, result
