@@ -39,10 +39,13 @@ def _strategy(family, **params):
 
 
 class FakeFleet:
-    """Memory caps only (what the oracle reads)."""
+    """Memory caps of one device class without a memory-need model (what the oracle reads)."""
+
+    profiles = ()
 
     def __init__(self, caps):
         self.memory_caps = np.asarray(caps, dtype=np.int64)
+        self.profile_of = np.zeros(len(self.memory_caps), dtype=np.int64)
 
 
 def _oracle(family, caps):
