@@ -62,7 +62,7 @@ class MemoryNeed:
 
     def plannable_bytes(self, cap_bytes: int) -> int:
         """The largest footprint whose need fits `cap_bytes` (0: none)."""
-        return max(0, math.floor((cap_bytes / self.headroom - self.fixed_mib * MIB) / self.scale))
+        return int(_plannable(cap_bytes, self.headroom, self.fixed_mib * MIB, self.scale))
 
 
 def plannable_bytes(cap_bytes: int, need: MemoryNeed | None, family: str | None = None) -> int:
@@ -80,7 +80,12 @@ def plannable_caps(needs: Sequence[MemoryNeed | None], profile_of: np.ndarray, c
     scale = np.array([need.scale if need is not None else 1.0 for need in needs])[profile_of]
     fixed = np.array([need.fixed_mib * MIB if need is not None else 0.0 for need in needs])[profile_of]
     headroom = np.array([need.headroom if need is not None else 1.0 for need in needs])[profile_of]
-    return np.maximum(0, np.floor((caps / headroom - fixed) / scale)).astype(np.int64)
+    return _plannable(caps, headroom, fixed, scale).astype(np.int64)
+
+
+def _plannable(caps, headroom, fixed_bytes, scale):  # noqa: ANN001, ANN202 (numbers or arrays of them)
+    """need(footprint) <= cap, solved for the footprint: one formula for one participant and for a fleet."""
+    return np.maximum(0, np.floor((caps / headroom - fixed_bytes) / scale))
 
 
 def _round_up(value: float, places: int) -> float:
